@@ -1,0 +1,33 @@
+public import HeraldWire
+public import NIOCore
+
+/// A client connection as the hub sees it: where deliveries go.
+///
+/// The transport (the WebSocket handler in HeraldServer) implements it. The hub calls every
+/// method on the connection's own ``eventLoop`` and nowhere else, so implementations keep their
+/// state confined to that loop and need no locks.
+public protocol ClientConnection: AnyObject, Sendable {
+    /// Unique on this node.
+    var id: String { get }
+    /// The authenticated user this connection belongs to.
+    var user: String { get }
+    /// The event loop that owns the connection's socket.
+    var eventLoop: any EventLoop { get }
+
+    /// Queues an encoded frame without flushing it.
+    ///
+    /// The same buffer is handed to every recipient; implementations must not mutate it.
+    /// Returns `true` when the connection has unflushed data and wants ``flush()`` called this
+    /// event-loop turn. A connection over its outbound limit cuts itself off (slow consumer) and
+    /// returns `false`.
+    func enqueue(_ frame: ByteBuffer) -> Bool
+
+    /// Writes out everything queued since the last flush (one vectored write for all of it).
+    func flush()
+
+    /// Called once per heartbeat interval: ping, or close a connection that did not answer the last ping.
+    func heartbeat()
+
+    /// Closes the connection with a close frame.
+    func close(_ code: CloseCode, reason: String)
+}

@@ -1,0 +1,37 @@
+/// Why the hub refused a connection or a membership. Each description says what to do.
+public struct HubError: Error, Sendable, Equatable, CustomStringConvertible {
+    enum Reason: Sendable, Equatable {
+        case serverFull(limit: Int)
+        case userFull(user: String, limit: Int)
+        case userRoomLimit(user: String, limit: Int)
+        case roomLimit(limit: Int)
+        case roomFull(room: String, limit: Int)
+    }
+
+    let reason: Reason
+
+    public static func serverFull(limit: Int) -> HubError { .init(reason: .serverFull(limit: limit)) }
+
+    /// Whether the error concerns the number of connections (close 4029) rather than memberships.
+    public var isConnectionLimit: Bool {
+        switch reason {
+        case .serverFull, .userFull: true
+        default: false
+        }
+    }
+
+    public var description: String {
+        switch reason {
+        case .serverFull(let limit):
+            "server full: it holds its maximum of \(limit) connections; retry later or connect to another node"
+        case .userFull(let user, let limit):
+            "too many connections for user \(user): the limit is \(limit) per user; close one first"
+        case .userRoomLimit(let user, let limit):
+            "user \(user) is already in \(limit) rooms, the limit per user; leave one first"
+        case .roomLimit(let limit):
+            "the server already has its maximum of \(limit) rooms; retry later"
+        case .roomFull(let room, let limit):
+            "room \(room) already has its maximum of \(limit) members"
+        }
+    }
+}

@@ -1,0 +1,95 @@
+import NIOCore
+
+/// The connections of one event loop, and the fan-out to them.
+///
+/// All state is confined to ``eventLoop``: the hub reaches a shard with one `execute` per
+/// message, never with a lock, and the shard writes to each of its connections in turn
+/// without waiting for any of them (a write only queues bytes; a connection over its limit
+/// cuts itself off). Flushes are coalesced: every connection written to during one
+/// event-loop turn is flushed once, at the end of the turn's queued work.
+final class LoopShard: @unchecked Sendable {
+    let eventLoop: any EventLoop
+    /// user → that user's connections on this loop (usually one or a few).
+    private var byUser: [String: [any ClientConnection]] = [:]
+    private var pendingFlush: [any ClientConnection] = []
+    private var flushScheduled = false
+    private(set) var connectionCount = 0
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func add(_ connection: any ClientConnection) {
+        eventLoop.preconditionInEventLoop()
+        byUser[connection.user, default: []].append(connection)
+        connectionCount += 1
+    }
+
+    func remove(_ connection: any ClientConnection) {
+        eventLoop.preconditionInEventLoop()
+        guard var list = byUser[connection.user], let index = list.firstIndex(where: { $0 === connection }) else { return }
+        list.remove(at: index)
+        byUser[connection.user] = list.isEmpty ? nil : list
+        connectionCount -= 1
+    }
+
+    /// Writes `frame` to the target's local connections. `members` is the room's member
+    /// snapshot for a room target.
+    func deliver(_ frame: ByteBuffer, to target: DeliveryTarget, members: Set<String>?) -> Int {
+        eventLoop.preconditionInEventLoop()
+        var written = 0
+        switch target {
+        case .all:
+            for list in byUser.values {
+                for connection in list { written += write(frame, to: connection) }
+            }
+        case .user(let user):
+            for connection in byUser[user] ?? [] { written += write(frame, to: connection) }
+        case .room:
+            guard let members else { break }
+            // Walk the smaller side: the room's members or this loop's users.
+            if members.count <= byUser.count {
+                for user in members {
+                    for connection in byUser[user] ?? [] { written += write(frame, to: connection) }
+                }
+            } else {
+                for (user, list) in byUser where members.contains(user) {
+                    for connection in list { written += write(frame, to: connection) }
+                }
+            }
+        }
+        return written
+    }
+
+    /// Calls `body` for every connection of this loop.
+    func forEachConnection(_ body: (any ClientConnection) -> Void) {
+        eventLoop.preconditionInEventLoop()
+        for list in byUser.values {
+            for connection in list { body(connection) }
+        }
+    }
+
+    func hasConnections(of user: String) -> Bool {
+        byUser[user] != nil
+    }
+
+    private func write(_ frame: ByteBuffer, to connection: any ClientConnection) -> Int {
+        if connection.enqueue(frame) {
+            pendingFlush.append(connection)
+            if !flushScheduled {
+                flushScheduled = true
+                // Runs after the tasks already queued on this loop: every delivery of this
+                // turn shares one flush (one syscall) per connection.
+                eventLoop.execute { self.flushPending() }
+            }
+        }
+        return 1
+    }
+
+    private func flushPending() {
+        flushScheduled = false
+        let connections = pendingFlush
+        pendingFlush.removeAll(keepingCapacity: true)
+        for connection in connections { connection.flush() }
+    }
+}

@@ -1,0 +1,99 @@
+import HeraldWire
+public import Foundation
+public import JWTKit
+
+/// Turns the credentials of a WebSocket upgrade into an ``Identity``.
+///
+/// With a secret: an HS256 JWT from `?token=` or `Authorization: Bearer`, `sub` = user id,
+/// optional `rooms` claim and `exp`. Without one (development mode): `?user=NAME` is trusted.
+public struct Authenticator: Sendable {
+    private let keys: JWTKeyCollection?
+
+    /// Development mode: trusts `?user=NAME`.
+    public static let development = Authenticator(keys: nil)
+
+    private init(keys: JWTKeyCollection?) {
+        self.keys = keys
+    }
+
+    /// Verifies HS256 tokens signed with `secret`.
+    public static func jwt(secret: String) async -> Authenticator {
+        let keys = JWTKeyCollection()
+        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        return Authenticator(keys: keys)
+    }
+
+    public var isDevelopmentMode: Bool { keys == nil }
+
+    /// - Parameters:
+    ///   - token: from `?token=` or the `Authorization: Bearer` header.
+    ///   - user: from `?user=` (development mode only).
+    public func authenticate(token: String?, user: String?) async -> Result<Identity, AuthenticationFailure> {
+        guard let keys else { return Self.developmentIdentity(user: user) }
+        guard let token, !token.isEmpty else {
+            return .failure(.init("token missing: pass a JWT as ?token= or Authorization: Bearer"))
+        }
+        do {
+            let claims = try await keys.verify(token, as: HeraldClaims.self)
+            let user = claims.sub.value
+            if let problem = Name.problem(user) { return .failure(.init("token malformed: sub \(problem)")) }
+            return .success(Identity(user: user, rooms: RoomPermissions(patterns: claims.rooms ?? [])))
+        } catch let error as JWTError {
+            switch error.errorType {
+            case .claimVerificationFailure where error.reason == "expired":
+                return .failure(.init("token expired"))
+            case .signatureVerificationFailed:
+                return .failure(.init("token signature invalid"))
+            case .malformedToken:
+                return .failure(.init("token malformed"))
+            default:
+                return .failure(.init("token rejected: \(error.errorType)"))
+            }
+        } catch {
+            // Decoding errors: the token parsed but its claims are not what Herald needs (e.g. no `sub`).
+            return .failure(.init("token malformed: claims must include a string sub"))
+        }
+    }
+
+    /// Development mode: `?user=NAME` is trusted, every room is open.
+    static func developmentIdentity(user: String?) -> Result<Identity, AuthenticationFailure> {
+        guard let user, !user.isEmpty else {
+            return .failure(.init("user missing: in development mode connect with ?user=NAME"))
+        }
+        if let problem = Name.problem(user) { return .failure(.init("user name \(problem)")) }
+        return .success(Identity(user: user, rooms: .any))
+    }
+
+    /// Mints a token (for `herald token` and tests).
+    public func mint(_ claims: HeraldClaims) async throws -> String {
+        guard let keys else { throw AuthenticationFailure("no JWT secret configured: cannot sign tokens") }
+        return try await keys.sign(claims)
+    }
+}
+
+/// Why a connection was refused; sent as the reason of close code 4001. At most 123 bytes.
+public struct AuthenticationFailure: Error, Sendable, Equatable, CustomStringConvertible {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
+/// The claims Herald reads from a client token.
+public struct HeraldClaims: JWTPayload, Equatable {
+    /// The user id.
+    public var sub: SubjectClaim
+    /// Expiry; a token past it is refused with "token expired".
+    public var exp: ExpirationClaim?
+    /// Rooms the client may join itself: exact names or `prefix*` patterns.
+    public var rooms: [String]?
+
+    public init(sub: String, exp: Date?, rooms: [String]?) {
+        self.sub = SubjectClaim(value: sub)
+        self.exp = exp.map { ExpirationClaim(value: $0) }
+        self.rooms = rooms
+    }
+
+    public func verify(using algorithm: some JWTAlgorithm) async throws {
+        try exp?.verifyNotExpired()
+    }
+}

@@ -1,0 +1,59 @@
+public import Herald
+public import NIOCore
+
+/// Everything a Herald node is configured with. Only the executable reads flags and the
+/// environment; tests and embedding apps build this struct directly.
+public struct HeraldConfiguration: Sendable {
+    /// Address to bind. Development mode (no JWT secret) is meant for 127.0.0.1.
+    public var host: String = "127.0.0.1"
+    /// Port to bind; 0 picks a free one (see ``HeraldServer/run(onListening:)``).
+    public var port: Int = 8080
+    /// This node's name in `welcome` frames and connection ids. Random when `nil`.
+    public var nodeID: String?
+    /// HS256 secret for client tokens. `nil` is development mode: `?user=NAME` is trusted.
+    public var jwtSecret: String?
+    /// When set, every `/api` call needs `Authorization: Bearer <apiKey>`.
+    public var apiKey: String?
+    /// Whether clients may send `broadcast` frames (to every connection).
+    public var allowClientBroadcast: Bool = false
+    /// Who may publish to a room over WebSocket. `nil` means: members only when a JWT secret
+    /// is configured, anyone in development mode.
+    public var publishPolicy: PublishPolicy?
+    /// Hub limits and heartbeat.
+    public var hub = HubConfiguration()
+    /// Largest WebSocket frame (and fragmented message) a client may send; larger closes with 1009.
+    public var maxFrameSize: Int = 64 * 1024
+    /// Largest HTTP API request body.
+    public var maxBodySize: Int = 1024 * 1024
+    /// Client frames per second per connection (token bucket rate).
+    public var rateLimit: Double = 100
+    /// Client frames a connection may send in a burst above the rate.
+    public var rateBurst: Int = 200
+    /// Bytes a connection may have queued for sending; past it the connection is closed with
+    /// 1013 (slow consumer). Bounds the server's memory per connection.
+    public var maxOutboundBytes: Int = 1024 * 1024
+    /// How long a closing connection may take to flush its close frame before the socket is dropped.
+    public var closeTimeout: TimeAmount = .seconds(2)
+
+    /// How long a new TCP connection may take to send its first request head (HTTP or
+    /// WebSocket upgrade) before it is dropped.
+    public var requestHeadTimeout: TimeAmount = .seconds(10)
+
+    public init() {}
+
+    /// Development mode: no JWT secret configured.
+    public var isDevelopmentMode: Bool { jwtSecret == nil }
+
+    /// The publish policy in force.
+    public var effectivePublishPolicy: PublishPolicy {
+        publishPolicy ?? (isDevelopmentMode ? .anyone : .members)
+    }
+}
+
+/// Who may publish to a room over WebSocket (the HTTP API may always publish).
+public enum PublishPolicy: String, Sendable, CaseIterable {
+    /// Only the room's members.
+    case members
+    /// Any connected user.
+    case anyone
+}

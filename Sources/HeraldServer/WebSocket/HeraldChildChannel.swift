@@ -1,0 +1,132 @@
+import HTTPTypes
+import Herald
+public import HummingbirdCore
+public import Logging
+public import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import NIOWebSocket
+
+/// Hummingbird child channel: HTTP/1.1 for the API and the demo page, and a WebSocket upgrade on
+/// `/ws` into Herald's own pipeline.
+///
+/// Hummingbird's stock WebSocket handler runs one task per connection behind an async channel
+/// (about 31 KB per idle connection measured here). Herald instead ends the upgraded pipeline in
+/// ``WebSocketConnection``, a plain channel handler: no task, no async sequence buffers, and
+/// deliveries written straight into the channel by the hub.
+public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
+    public enum UpgradeResult: Sendable {
+        /// Upgraded: the connection lives in the channel pipeline, nothing to await.
+        case webSocket
+        case notUpgraded(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+    }
+
+    public struct Value: ServerChildChannelValue {
+        let upgradeResult: EventLoopFuture<UpgradeResult>
+        public let channel: any Channel
+    }
+
+    public let responder: HTTPChannelHandler.Responder
+    let node: HeraldNode
+
+    init(responder: @escaping HTTPChannelHandler.Responder, node: HeraldNode) {
+        self.responder = responder
+        self.node = node
+    }
+
+    public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        let node = self.node
+        let configuration = node.configuration
+        return channel.eventLoop.makeCompletedFuture {
+            let firstRequestGuard = FirstRequestGuard(timeout: configuration.requestHeadTimeout)
+            try channel.pipeline.syncOperations.addHandler(firstRequestGuard)
+            let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
+                maxFrameSize: configuration.maxFrameSize,
+                shouldUpgrade: { channel, head in
+                    // Every /ws request is upgraded, even one with bad credentials: a browser can
+                    // read a close code and reason, but not the status of a refused handshake.
+                    let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+                    return channel.eventLoop.makeSucceededFuture(path == "/ws" ? HTTPHeaders() : nil)
+                },
+                upgradePipelineHandler: { channel, head in
+                    Self.installConnection(channel: channel, head: head, node: node)
+                }
+            )
+            let upgradeConfiguration = NIOTypedHTTPServerUpgradeConfiguration(
+                upgraders: [upgrader],
+                notUpgradingCompletionHandler: { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: .seconds(60), logger: logger))
+                        let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                            wrappingChannelSynchronously: channel,
+                            configuration: .init(isOutboundHalfClosureEnabled: true)
+                        )
+                        return UpgradeResult.notUpgraded(asyncChannel)
+                    }
+                }
+            )
+            var pipelineConfiguration = NIOUpgradableHTTPServerPipelineConfiguration<UpgradeResult>(
+                upgradeConfiguration: upgradeConfiguration
+            )
+            pipelineConfiguration.enablePipelining = false
+            pipelineConfiguration.enableErrorHandling = false
+            pipelineConfiguration.enableResponseHeaderValidation = false
+            let result = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(
+                configuration: pipelineConfiguration
+            )
+            let boundGuard = NIOLoopBound(firstRequestGuard, eventLoop: channel.eventLoop)
+            result.whenComplete { _ in
+                channel.pipeline.syncOperations.removeHandler(boundGuard.value, promise: nil)
+            }
+            return Value(upgradeResult: result, channel: channel)
+        }
+    }
+
+    public func handle(value: Value, logger: Logger) async {
+        do {
+            switch try await value.upgradeResult.get() {
+            case .webSocket:
+                return
+            case .notUpgraded(let http):
+                await handleHTTP(asyncChannel: http, logger: logger)
+            }
+        } catch {
+            logger.debug("connection ended before its first request", metadata: ["error": .string("\(error)")])
+        }
+    }
+
+    /// Authenticates the upgrade request and puts a ``WebSocketConnection`` at the top of the pipeline.
+    static func installConnection(channel: any Channel, head: HTTPRequestHead, node: HeraldNode) -> EventLoopFuture<UpgradeResult> {
+        let query = URI(head.uri).queryParameters
+        let bearer = head.headers.first(name: "authorization").flatMap { value in
+            value.lowercased().hasPrefix("bearer ") ? String(value.dropFirst("bearer ".count)) : nil
+        }
+        let token = query["token"].map(String.init) ?? bearer
+        let user = query["user"].map(String.init)
+        let authenticator = node.authenticator
+        let configuration = node.configuration
+        let promise = channel.eventLoop.makePromise(of: Result<Identity, AuthenticationFailure>.self)
+        if authenticator.isDevelopmentMode {
+            // No await needed: skip the task hop on the hot connect path.
+            promise.succeed(Authenticator.developmentIdentity(user: user))
+        } else {
+            promise.completeWithTask { await authenticator.authenticate(token: token, user: user) }
+        }
+        return promise.futureResult.flatMapThrowing { identity in
+            let water = max(configuration.maxOutboundBytes, 1024)
+            try channel.syncOptions?.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: water / 2, high: water))
+            let handlers: [any ChannelHandler] = [
+                NIOWebSocketFrameAggregator(
+                    minNonFinalFragmentSize: 0,
+                    maxAccumulatedFrameCount: 1024,
+                    maxAccumulatedFrameSize: configuration.maxFrameSize
+                ),
+                WebSocketConnection(identity: identity, node: node, eventLoop: channel.eventLoop),
+            ]
+            try channel.pipeline.syncOperations.addHandlers(handlers)
+            return .webSocket
+        }
+    }
+}

@@ -1,0 +1,75 @@
+public import NIOCore
+
+/// A frame a client sends over the WebSocket (protocol v1, docs/protocol.md).
+public struct ClientFrame: Sendable, Equatable {
+    public enum Command: Sendable, Equatable {
+        /// Make the connection's user (all of its connections) a member of a room.
+        case join(room: String)
+        /// End the user's membership of a room.
+        case leave(room: String)
+        /// Deliver `data` to every connection of every member of `room`.
+        case publish(room: String, data: RawJSON)
+        /// Deliver `data` to every connection of `user`.
+        case send(user: String, data: RawJSON)
+        /// Deliver `data` to every connection (only when the server allows client broadcasts).
+        case broadcast(data: RawJSON)
+        /// Ask who is in a room and who of them is online.
+        case presence(room: String)
+    }
+
+    public var command: Command
+    /// The client's correlation id, echoed in the reply exactly as sent (any JSON value).
+    public var id: RawJSON?
+
+    public init(command: Command, id: RawJSON? = nil) {
+        self.command = command
+        self.id = id
+    }
+
+    /// Parses and validates one text frame.
+    ///
+    /// - Throws: ``ClientFrameError`` naming the problem; it carries the frame's `id` whenever
+    ///   the frame was a JSON object with one, so the error reply can echo it.
+    public static func decode(_ buffer: ByteBuffer) throws(ClientFrameError) -> ClientFrame {
+        let object: JSONObject
+        do {
+            object = try JSONObject(parsing: buffer)
+        } catch {
+            throw ClientFrameError(id: nil, message: "malformed JSON: \(error.message)")
+        }
+        let id = object.raw("id")
+        do throws(ClientFrameError) {
+            guard let type = try object.string("type").get() else {
+                throw ClientFrameError(id: id, message: "missing field \"type\"")
+            }
+            let command: Command
+            switch type {
+            case "join": command = .join(room: try object.name("room").get())
+            case "leave": command = .leave(room: try object.name("room").get())
+            case "publish": command = .publish(room: try object.name("room").get(), data: try object.required("data").get())
+            case "send": command = .send(user: try object.name("user").get(), data: try object.required("data").get())
+            case "broadcast": command = .broadcast(data: try object.required("data").get())
+            case "presence": command = .presence(room: try object.name("room").get())
+            default:
+                throw ClientFrameError(id: id, message: "unknown frame type \"\(type.prefix(64))\"")
+            }
+            return ClientFrame(command: command, id: id)
+        } catch {
+            throw ClientFrameError(id: id, message: error.message)
+        }
+    }
+}
+
+/// A client frame Herald cannot act on; answered with an `error` frame of code `bad_request`.
+public struct ClientFrameError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The frame's `id`, when it had one, so the error reply can echo it.
+    public let id: RawJSON?
+    public let message: String
+    public var description: String { message }
+
+    public init(id: RawJSON?, message: String) {
+        self.id = id
+        self.message = message
+    }
+}
+

@@ -1,0 +1,24 @@
+/// The close codes Herald uses, in one table (docs/protocol.md lists them with what a client should do).
+public enum CloseCode: UInt16, Sendable, CaseIterable {
+    /// The client or server ended the session normally.
+    case normal = 1000
+    /// The connection did not answer a heartbeat ping in time. Reconnect.
+    case heartbeatTimeout = 1001
+    /// Protocol error from the client (for example an unmasked or malformed WebSocket frame).
+    case protocolError = 1002
+    /// Sustained abuse of the frame rate limit. Fix the client before reconnecting.
+    case policyViolation = 1008
+    /// A frame larger than the server's maximum frame size.
+    case frameTooLarge = 1009
+    /// An unexpected server error. Reconnect with backoff.
+    case internalError = 1011
+    /// The server is shutting down or restarting. Reconnect (to another node) soon.
+    case serviceRestart = 1012
+    /// The connection could not keep up with its deliveries (its outbound queue hit the limit). Reconnect.
+    case slowConsumer = 1013
+    /// Authentication failed: token missing, malformed, badly signed or expired (the reason says which).
+    /// Do not retry with the same token.
+    case unauthorized = 4001
+    /// A connection limit was reached (per user, or the server's total). Retry later with backoff.
+    case tooManyConnections = 4029
+}

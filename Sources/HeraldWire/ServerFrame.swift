@@ -1,0 +1,117 @@
+public import NIOCore
+
+/// Encoders for the frames the server sends (protocol v1, docs/protocol.md).
+///
+/// Each returns the finished JSON text in a `ByteBuffer`. A delivery is encoded once and the
+/// same buffer is written to every recipient.
+public enum ServerFrame {
+    /// `{"type":"welcome","user":U,"connection":C,"node":N,"heartbeat":SECONDS}`, the first frame of a connection.
+    public static func welcome(user: String, connection: String, node: String, heartbeat: Int) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(96 + user.utf8.count + connection.utf8.count + node.utf8.count)
+        buffer.writeStaticString(#"{"type":"welcome","user":"#)
+        buffer.writeJSONString(user)
+        buffer.writeStaticString(#","connection":"#)
+        buffer.writeJSONString(connection)
+        buffer.writeStaticString(#","node":"#)
+        buffer.writeJSONString(node)
+        buffer.writeStaticString(#","heartbeat":"#)
+        buffer.writeString(String(heartbeat))
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    /// `{"type":"joined","room":R,"id":X}`
+    public static func joined(room: String, id: RawJSON?) -> ByteBuffer {
+        roomReply(type: #"{"type":"joined","room":"#, room: room, id: id)
+    }
+
+    /// `{"type":"left","room":R,"id":X}`
+    public static func left(room: String, id: RawJSON?) -> ByteBuffer {
+        roomReply(type: #"{"type":"left","room":"#, room: room, id: id)
+    }
+
+    /// `{"type":"ok","id":X}`
+    public static func ok(id: RawJSON?) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"ok""#)
+        buffer.writeID(id)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    /// `{"type":"error","id":X,"code":CODE,"message":TEXT}`
+    public static func error(_ code: ErrorCode, message: String, id: RawJSON?) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"error""#)
+        buffer.writeID(id)
+        buffer.writeStaticString(#","code":"#)
+        buffer.writeJSONString(code.rawValue)
+        buffer.writeStaticString(#","message":"#)
+        buffer.writeJSONString(message)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    /// `{"type":"presence","room":R,"members":[...],"online":[...],"id":X}`
+    public static func presence(room: String, members: [String], online: [String], id: RawJSON?) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"presence","room":"#)
+        buffer.writeJSONString(room)
+        buffer.writeStaticString(#","members":"#)
+        buffer.writeJSONStringArray(members)
+        buffer.writeStaticString(#","online":"#)
+        buffer.writeJSONStringArray(online)
+        buffer.writeID(id)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    /// A delivery: `{"type":"message","scope":S[,"room":R][,"from":U],"data":ANY}`.
+    public static func message(scope: Scope, from sender: String?, data: RawJSON) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(64 + data.bytes.readableBytes + (sender?.utf8.count ?? 0))
+        switch scope {
+        case .all:
+            buffer.writeStaticString(#"{"type":"message","scope":"all""#)
+        case .user:
+            buffer.writeStaticString(#"{"type":"message","scope":"user""#)
+        case .room(let room):
+            buffer.writeStaticString(#"{"type":"message","scope":"room","room":"#)
+            buffer.writeJSONString(room)
+        }
+        if let sender {
+            buffer.writeStaticString(#","from":"#)
+            buffer.writeJSONString(sender)
+        }
+        buffer.writeStaticString(#","data":"#)
+        var data = data.bytes
+        buffer.writeBuffer(&data)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    private static func roomReply(type prefix: StaticString, room: String, id: RawJSON?) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(prefix)
+        buffer.writeJSONString(room)
+        buffer.writeID(id)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+}
+
+/// How a delivered message was addressed, as the `scope` field of a `message` frame says.
+public enum Scope: Sendable, Hashable {
+    case all
+    case room(String)
+    case user
+}
+
+extension ByteBuffer {
+    fileprivate mutating func writeID(_ id: RawJSON?) {
+        guard var bytes = id?.bytes else { return }
+        writeStaticString(#","id":"#)
+        writeBuffer(&bytes)
+    }
+}

@@ -1,0 +1,11 @@
+import ArgumentParser
+
+@main
+struct HeraldCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "herald",
+        abstract: "Herald: a real-time messaging server. Deliver to everyone, a room, or every device of a user.",
+        subcommands: [Serve.self, Token.self],
+        defaultSubcommand: Serve.self
+    )
+}

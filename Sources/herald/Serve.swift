@@ -1,0 +1,127 @@
+import ArgumentParser
+import Foundation
+import Herald
+import HeraldServer
+import Logging
+import NIOCore
+
+/// `herald serve`: every option is also read from a `HERALD_*` environment variable; a flag wins.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a Herald node (the default subcommand).",
+        discussion: """
+            Every option can also be set with the environment variable named in its help (a flag wins over \
+            the environment). Without --jwt-secret the server runs in development mode: clients name \
+            themselves with ?user=NAME and may join any room.
+            """
+    )
+
+    @Option(help: "Address to bind. (env: HERALD_HOST, default 127.0.0.1)")
+    var host: String?
+
+    @Option(help: "Port to bind; 0 picks a free one. (env: HERALD_PORT, default 8080)")
+    var port: Int?
+
+    @Option(name: .customLong("node-id"), help: "This node's name in welcome frames and connection ids. (env: HERALD_NODE_ID, default random)")
+    var nodeID: String?
+
+    @Option(name: .customLong("jwt-secret"), help: "HS256 secret for client tokens; unset means development mode. (env: HERALD_JWT_SECRET)")
+    var jwtSecret: String?
+
+    @Option(name: .customLong("api-key"), help: "Bearer key required by every /api call; unset leaves the API open. (env: HERALD_API_KEY)")
+    var apiKey: String?
+
+    @Flag(name: .customLong("allow-client-broadcast"), help: "Let clients send broadcast frames to everyone. (env: HERALD_ALLOW_CLIENT_BROADCAST=true)")
+    var allowClientBroadcast = false
+
+    @Option(name: .customLong("publish-policy"), help: "Who may publish to a room over WebSocket: members or anyone. (env: HERALD_PUBLISH_POLICY, default members with a JWT secret, anyone in development mode)")
+    var publishPolicy: String?
+
+    @Option(help: "Seconds between server pings; a connection silent until the next ping is closed. (env: HERALD_HEARTBEAT, default 25)")
+    var heartbeat: Int?
+
+    @Option(name: .customLong("max-frame-size"), help: "Largest client frame or message in bytes; larger closes with 1009. (env: HERALD_MAX_FRAME_SIZE, default 65536)")
+    var maxFrameSize: Int?
+
+    @Option(name: .customLong("max-body-size"), help: "Largest HTTP API body in bytes. (env: HERALD_MAX_BODY_SIZE, default 1048576)")
+    var maxBodySize: Int?
+
+    @Option(name: .customLong("max-connections"), help: "Connections this node accepts; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS, default 100000)")
+    var maxConnections: Int?
+
+    @Option(name: .customLong("max-connections-per-user"), help: "Connections per user on this node; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS_PER_USER, default 32)")
+    var maxConnectionsPerUser: Int?
+
+    @Option(name: .customLong("max-rooms-per-user"), help: "Rooms a user may be a member of. (env: HERALD_MAX_ROOMS_PER_USER, default 256)")
+    var maxRoomsPerUser: Int?
+
+    @Option(name: .customLong("max-rooms"), help: "Rooms that may exist at once. (env: HERALD_MAX_ROOMS, default 1000000)")
+    var maxRooms: Int?
+
+    @Option(name: .customLong("rate-limit"), help: "Client frames per second per connection. (env: HERALD_RATE_LIMIT, default 100)")
+    var rateLimit: Double?
+
+    @Option(name: .customLong("rate-burst"), help: "Frames a connection may send in a burst above the rate. (env: HERALD_RATE_BURST, default 200)")
+    var rateBurst: Int?
+
+    @Option(name: .customLong("max-outbound-bytes"), help: "Bytes queued for one connection before it is cut off as a slow consumer (1013). (env: HERALD_MAX_OUTBOUND_BYTES, default 1048576)")
+    var maxOutboundBytes: Int?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env: HERALD_LOG_LEVEL, default info)")
+    var logLevel: String?
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        func value<T: LosslessStringConvertible>(_ flag: T?, _ name: String) throws -> T? {
+            if let flag { return flag }
+            guard let text = environment[name], !text.isEmpty else { return nil }
+            guard let parsed = T(text) else { throw ValidationError("\(name)=\(text) is not a valid value") }
+            return parsed
+        }
+
+        var configuration = HeraldConfiguration()
+        if let host = try value(host, "HERALD_HOST") { configuration.host = host }
+        if let port = try value(port, "HERALD_PORT") { configuration.port = port }
+        configuration.nodeID = try value(nodeID, "HERALD_NODE_ID")
+        configuration.jwtSecret = try value(jwtSecret, "HERALD_JWT_SECRET")
+        configuration.apiKey = try value(apiKey, "HERALD_API_KEY")
+        configuration.allowClientBroadcast = try allowClientBroadcast || (value(nil as Bool?, "HERALD_ALLOW_CLIENT_BROADCAST") ?? false)
+        if let policy = try value(publishPolicy, "HERALD_PUBLISH_POLICY") {
+            guard let parsed = PublishPolicy(rawValue: policy) else {
+                throw ValidationError("publish policy must be members or anyone, not \(policy)")
+            }
+            configuration.publishPolicy = parsed
+        }
+        if let seconds = try value(heartbeat, "HERALD_HEARTBEAT") {
+            guard seconds > 0 else { throw ValidationError("heartbeat must be at least 1 second") }
+            configuration.hub.heartbeat = .seconds(Int64(seconds))
+        }
+        if let size = try value(maxFrameSize, "HERALD_MAX_FRAME_SIZE") { configuration.maxFrameSize = try positive(size, "max-frame-size") }
+        if let size = try value(maxBodySize, "HERALD_MAX_BODY_SIZE") { configuration.maxBodySize = try positive(size, "max-body-size") }
+        if let count = try value(maxConnections, "HERALD_MAX_CONNECTIONS") { configuration.hub.maxConnections = try positive(count, "max-connections") }
+        if let count = try value(maxConnectionsPerUser, "HERALD_MAX_CONNECTIONS_PER_USER") {
+            configuration.hub.maxConnectionsPerUser = try positive(count, "max-connections-per-user")
+        }
+        if let count = try value(maxRoomsPerUser, "HERALD_MAX_ROOMS_PER_USER") { configuration.hub.maxRoomsPerUser = try positive(count, "max-rooms-per-user") }
+        if let count = try value(maxRooms, "HERALD_MAX_ROOMS") { configuration.hub.maxRooms = try positive(count, "max-rooms") }
+        if let rate = try value(rateLimit, "HERALD_RATE_LIMIT") {
+            guard rate > 0 else { throw ValidationError("rate-limit must be positive") }
+            configuration.rateLimit = rate
+        }
+        if let burst = try value(rateBurst, "HERALD_RATE_BURST") { configuration.rateBurst = try positive(burst, "rate-burst") }
+        if let bytes = try value(maxOutboundBytes, "HERALD_MAX_OUTBOUND_BYTES") { configuration.maxOutboundBytes = try positive(bytes, "max-outbound-bytes") }
+
+        var logger = Logger(label: "herald")
+        let level = try value(logLevel, "HERALD_LOG_LEVEL") ?? "info"
+        guard let parsedLevel = Logger.Level(rawValue: level) else { throw ValidationError("unknown log level \(level)") }
+        logger.logLevel = parsedLevel
+
+        let server = await HeraldServer(configuration: configuration, logger: logger)
+        try await server.run()
+    }
+
+    private func positive(_ value: Int, _ name: String) throws -> Int {
+        guard value > 0 else { throw ValidationError("\(name) must be positive") }
+        return value
+    }
+}

@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""Browser test of Herald's demo chat page (served at GET /), across a server restart.
+
+    python3 Tests/Browser/chat_test.py --herald PATH_TO_HERALD_BINARY [--timeout 60]
+
+Starts `herald serve` on a free port of 127.0.0.1, opens the page in two headless
+Chromium sessions (alice and bob), and checks: connecting, joining a room, room
+messages, a direct message (delivered to alice, not to bob), presence, and that after a
+SIGTERM + restart of the server both pages reconnect and re-join by themselves.
+
+Needs: pip install selenium; apt-get install chromium chromium-driver
+(/usr/bin/chromium, /usr/bin/chromedriver). Every wait is bounded by --timeout.
+Exit code 0 when every check passed; on a failure it prints the server log and each
+browser's log and console, then exits 1.
+"""
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ROOM = "lobby"
+
+
+class CheckFailed(Exception):
+    pass
+
+
+class Checks:
+    """Counts checks; the first failure ends the run (the later steps depend on it)."""
+
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def ok(self, what: str):
+        self.passed += 1
+        print(f"PASS {what}", flush=True)
+
+    def fail(self, what: str, why: str):
+        self.failed += 1
+        print(f"FAIL {what}: {why}", flush=True)
+        raise CheckFailed(what)
+
+    def that(self, condition: bool, what: str, why: str = "condition is false"):
+        if condition:
+            self.ok(what)
+        else:
+            self.fail(what, why)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One `herald serve` process at a time, every run appending to the same log file."""
+
+    def __init__(self, binary: str, port: int, log_path: str):
+        self.binary, self.port, self.log_path = binary, port, log_path
+        self.proc = None
+        self.runs = 0
+
+    def start(self):
+        self.runs += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"===== herald run {self.runs} =====\n".encode())
+            log.flush()
+            # The child keeps its own copy of the file descriptor.
+            self.proc = subprocess.Popen(
+                [self.binary, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def wait_healthy(self, timeout: float):
+        """Polls GET /healthz until it answers 200; raises if the process exits first."""
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                raise RuntimeError(f"herald exited with code {code} before /healthz answered")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"HTTP {resp.status}"
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}"
+            except OSError as e:  # refused while it starts up, timeouts
+                last = str(e)
+            time.sleep(0.1)  # polling a socket: there is no event to wait on
+        raise TimeoutError(f"/healthz did not answer 200 within {timeout:.0f} s (last: {last})")
+
+    def terminate(self, timeout: float) -> int:
+        """SIGTERM, then the exit code; raises subprocess.TimeoutExpired if it does not exit."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError as e:
+            return f"(cannot read server log: {e})"
+
+
+class Page:
+    """One headless Chromium session on the demo page, as one user."""
+
+    def __init__(self, label: str, timeout: float):
+        self.label, self.timeout = label, timeout
+        self.profile = tempfile.mkdtemp(prefix=f"herald-chrome-{label}-")
+        opts = Options()
+        opts.binary_location = CHROMIUM
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                    f"--user-data-dir={self.profile}",
+                    # containers often have a tiny /dev/shm, which crashes Chromium tabs
+                    "--disable-dev-shm-usage", "--window-size=1200,900"):
+            opts.add_argument(arg)
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        try:
+            self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        except Exception:
+            shutil.rmtree(self.profile, ignore_errors=True)
+            raise
+        self.driver.set_page_load_timeout(timeout)
+
+    def open(self, url: str):
+        self.driver.get(url)
+
+    # -- reading the page (textContent, so scrolled-away lines count too) --
+
+    def js(self, script, *args):
+        return self.driver.execute_script(script, *args)
+
+    def state(self) -> str:
+        return self.js("return document.getElementById('state').textContent.trim();")
+
+    def texts(self, selector: str) -> list:
+        return self.js(
+            "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.textContent);",
+            selector)
+
+    def messages(self) -> list:
+        return self.texts("#log .msg")
+
+    def online(self) -> set:
+        return {t.strip() for t in self.texts("#online .user")}
+
+    def room_joined(self, room: str) -> bool:
+        return self.js(
+            "return Array.from(document.querySelectorAll('#rooms li.joined'))"
+            ".some(li => li.dataset.room === arguments[0]);", room)
+
+    # -- acting --
+
+    def fill(self, element_id: str, text: str):
+        el = self.driver.find_element(By.ID, element_id)
+        el.clear()
+        el.send_keys(text)
+
+    def click(self, element_id: str):
+        self.driver.find_element(By.ID, element_id).click()
+
+    def wait(self, condition, what: str):
+        """Waits for condition(page) to be truthy; returns it, or raises TimeoutError(what)."""
+        try:
+            return WebDriverWait(self.driver, self.timeout, poll_frequency=0.1).until(
+                lambda _driver: condition(self))
+        except TimeoutException:
+            raise TimeoutError(f"{self.label}: timed out after {self.timeout:.0f} s waiting for {what}") from None
+
+    # -- diagnostics and cleanup --
+
+    def dump(self):
+        print(f"----- {self.label}: #state / #error / #log -----")
+        try:
+            print("state:", self.state())
+            print("error:", self.js("return document.getElementById('error').textContent;"))
+            for line in self.js("return Array.from(document.querySelectorAll('#log > *'))"
+                                ".map(e => (e.dataset.time || '') + ' [' + e.className + '] ' + e.textContent);"):
+                print(" ", line)
+        except Exception as e:  # the browser may be the thing that broke
+            print(f"(cannot read the page: {e})")
+        print(f"----- {self.label}: browser console -----")
+        try:
+            for entry in self.driver.get_log("browser"):
+                print(f"  {entry.get('level')} {entry.get('message')}")
+        except Exception as e:
+            print(f"(no console log: {e})")
+
+    def quit(self):
+        try:
+            self.driver.quit()
+        finally:
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def contains(lines: list, *parts: str) -> bool:
+    return any(all(p in line for p in parts) for line in lines)
+
+
+def run(args, checks: Checks, pages: list, server_holder: list):
+    timeout = args.timeout
+    port = free_port()
+    log_dir = tempfile.mkdtemp(prefix="herald-browser-")
+    server = Server(args.herald, port, os.path.join(log_dir, "herald.log"))
+    server_holder.append(server)
+
+    # 1. The server.
+    server.start()
+    try:
+        server.wait_healthy(timeout)
+    except (RuntimeError, TimeoutError) as e:
+        checks.fail("server starts and /healthz answers 200", str(e))
+    checks.ok(f"server starts on 127.0.0.1:{port} and /healthz answers 200")
+
+    # 2. Two browsers.
+    url = f"http://127.0.0.1:{port}/"
+    # Each page is in `pages` before it loads anything, so `finally` always quits it.
+    alice = Page("alice", timeout)
+    pages.append(alice)
+    bob = Page("bob", timeout)
+    pages.append(bob)
+    for page in (alice, bob):
+        page.open(url)
+    checks.ok("two headless Chromium sessions load the demo page")
+
+    # 3. Connect.
+    for page in (alice, bob):
+        page.fill("name", page.label)
+        page.click("connect")
+    for page in (alice, bob):
+        page.wait(lambda p: p.state() == "connected", "#state == connected")
+        user = page.js("return document.getElementById('me-user').textContent;")
+        checks.that(user == page.label, f"{page.label} is connected as {page.label}",
+                    f"welcome shows user {user!r}")
+
+    # 4. Room messages, a direct message, presence.
+    for page in (alice, bob):
+        page.fill("room", ROOM)
+        page.click("join")
+        page.wait(lambda p: p.room_joined(ROOM), f"room {ROOM} joined in #rooms")
+        checks.ok(f"{page.label} joined {ROOM}")
+
+    alice.fill("message", "hello from alice")
+    alice.click("send")
+    for page in (bob, alice):
+        page.wait(lambda p: contains(p.messages(), f"[{ROOM}]", "alice", "hello from alice"),
+                  "the message from alice in #log")
+        checks.ok(f"{page.label} received '[{ROOM}] alice: hello from alice'")
+
+    bob.fill("to-user", "alice")
+    bob.fill("dm", "psst alice")
+    bob.click("send-dm")
+    alice.wait(lambda p: contains(p.messages(), "[direct]", "bob", "psst alice"),
+               "the direct message from bob in #log")
+    checks.ok("alice received '[direct] bob: psst alice'")
+    # A delivery to bob's own connection would be queued before anything the server sends
+    # him for a later frame, so once bob sees his own next room message, it would be there.
+    bob.fill("message", "bob sync")
+    bob.click("send")
+    bob.wait(lambda p: contains(p.messages(), "bob", "bob sync"), "bob's own room message")
+    checks.that(not contains(bob.messages(), "psst alice"),
+                "bob did not receive his own direct message to alice",
+                f"bob's log: {bob.messages()}")
+
+    for page in (alice, bob):
+        page.wait(lambda p: {"alice", "bob"} <= p.online(), "alice and bob in #online")
+        checks.ok(f"{page.label} sees alice and bob online in {ROOM}")
+
+    # 5. Restart the server: the pages notice, reconnect by themselves and re-join.
+    try:
+        code = server.terminate(timeout)
+    except subprocess.TimeoutExpired:
+        checks.fail("server exits on SIGTERM", f"still running after {timeout:.0f} s")
+    checks.that(code == 0, "server exits with code 0 on SIGTERM", f"exit code {code}")
+    for page in (alice, bob):
+        page.wait(lambda p: p.state() in ("disconnected", "connecting"), "#state to leave 'connected'")
+        checks.ok(f"{page.label} shows the connection as lost")
+
+    server.start()
+    try:
+        server.wait_healthy(timeout)
+    except (RuntimeError, TimeoutError) as e:
+        checks.fail("server restarts on the same port", str(e))
+    checks.ok(f"server restarts on port {port}")
+
+    for page in (alice, bob):
+        page.wait(lambda p: p.state() == "connected", "#state == connected after the restart")
+        checks.ok(f"{page.label} reconnected by itself")
+    for page in (alice, bob):
+        # The restarted server knows no memberships: the page re-joins on welcome.
+        page.wait(lambda p: p.room_joined(ROOM), f"room {ROOM} re-joined after the restart")
+        checks.ok(f"{page.label} re-joined {ROOM}")
+
+    bob.fill("message", "back again")
+    bob.click("send")
+    alice.wait(lambda p: contains(p.messages(), f"[{ROOM}]", "bob", "back again"),
+               "the message from bob after the restart")
+    checks.ok(f"alice received '[{ROOM}] bob: back again' after the restart")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--herald", required=True, help="path to the herald executable")
+    parser.add_argument("--timeout", type=float, default=60.0, help="bound on every wait, in seconds")
+    args = parser.parse_args()
+
+    checks = Checks()
+    pages: list = []
+    server_holder: list = []
+    failed = False
+    try:
+        run(args, checks, pages, server_holder)
+    except CheckFailed:
+        failed = True
+    except Exception as e:  # a timeout or a crash is a failed check too
+        failed = True
+        checks.failed += 1
+        print(f"FAIL {type(e).__name__}: {e}", flush=True)
+    finally:
+        if failed:
+            for server in server_holder:
+                print(f"----- herald log ({server.log_path}) -----")
+                print(server.log_text())
+            for page in pages:
+                page.dump()
+        for page in pages:
+            try:
+                page.quit()
+            except Exception as e:
+                print(f"(quitting {page.label}'s browser: {e})")
+        for server in server_holder:
+            server.kill()
+            if not failed:
+                shutil.rmtree(os.path.dirname(server.log_path), ignore_errors=True)
+    print(f"{checks.passed} passed, {checks.failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+import Herald
+import HeraldWire
+import NIOCore
+import NIOPosix
+import Testing
+
+@Suite("Hub fan-out through the LocalBroker")
+struct HubTests {
+    /// The seed's scenario: alice with two connections (on different loops), bob and carol; alice and bob in room R.
+    struct Scenario {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let hub: Hub
+        let broker: LocalBroker
+        let a1, a2, b1, c1: RecordingConnection
+
+        init() throws {
+            hub = Hub(eventLoopGroup: group)
+            broker = LocalBroker(deliveringTo: hub)
+            let loops = Array(group.makeIterator())
+            a1 = RecordingConnection(id: "a1", user: "alice", eventLoop: loops[0])
+            a2 = RecordingConnection(id: "a2", user: "alice", eventLoop: loops[1])
+            b1 = RecordingConnection(id: "b1", user: "bob", eventLoop: loops[1])
+            c1 = RecordingConnection(id: "c1", user: "carol", eventLoop: loops[0])
+        }
+
+        var everyone: [RecordingConnection] { [a1, a2, b1, c1] }
+
+        func start() async throws {
+            for connection in everyone {
+                try await connection.eventLoop.submit { try self.hub.register(connection) }.get()
+            }
+            try hub.join(user: "alice", room: "R")
+            try hub.join(user: "bob", room: "R")
+        }
+
+        func publish(_ target: DeliveryTarget, _ data: String) async throws {
+            try await broker.publish(.message(to: target, from: "tester", data: try RawJSON(validating: data)), on: group.any())
+            try await settle(group)
+        }
+    }
+
+    func count(_ connection: RecordingConnection, containing needle: String) -> Int {
+        connection.frames.filter { $0.contains(needle) }.count
+    }
+
+    @Test func eachScopeReachesExactlyTheRightConnectionsOnce() async throws {
+        let s = try Scenario()
+        try await s.start()
+
+        try await s.publish(.room("R"), #""to-room""#)
+        #expect([s.a1, s.a2, s.b1, s.c1].map { count($0, containing: "to-room") } == [1, 1, 1, 0])
+
+        try await s.publish(.user("alice"), #""to-alice""#)
+        #expect([s.a1, s.a2, s.b1, s.c1].map { count($0, containing: "to-alice") } == [1, 1, 0, 0])
+
+        try await s.publish(.all, #""to-all""#)
+        #expect([s.a1, s.a2, s.b1, s.c1].map { count($0, containing: "to-all") } == [1, 1, 1, 1])
+
+        try await s.publish(.room("nobody-here"), #""lost""#)
+        try await s.publish(.user("dave"), #""lost""#)
+        #expect(s.everyone.allSatisfy { count($0, containing: "lost") == 0 })
+        try await s.group.shutdownGracefully()
+    }
+
+    @Test func theFrameIsEncodedOnceWithScopeAndSender() async throws {
+        let s = try Scenario()
+        try await s.start()
+        try await s.publish(.room("R"), #"{"x": 1}"#)
+        #expect(s.b1.frames == [#"{"type":"message","scope":"room","room":"R","from":"tester","data":{"x": 1}}"#])
+        try await s.group.shutdownGracefully()
+    }
+
+    @Test func membershipBelongsToTheUserAndLeavingStopsDelivery() async throws {
+        let s = try Scenario()
+        try await s.start()
+        s.hub.leave(user: "alice", room: "R")
+        try await s.publish(.room("R"), #""after-leave""#)
+        #expect([s.a1, s.a2, s.b1].map { count($0, containing: "after-leave") } == [0, 0, 1])
+        s.hub.leave(user: "bob", room: "R")
+        #expect(s.hub.roomCount == 0)
+        try await s.group.shutdownGracefully()
+    }
+
+    @Test func unregisterRemovesFromEveryIndex() async throws {
+        let s = try Scenario()
+        try await s.start()
+        try await s.a1.eventLoop.submit { s.hub.unregister(s.a1) }.get()
+        #expect(s.hub.connectionCount(of: "alice") == 1)
+        #expect(s.hub.connectionCount == 3)
+        try await s.publish(.all, #""x""#)
+        #expect(s.a1.frames.isEmpty)
+        try await s.a2.eventLoop.submit { s.hub.unregister(s.a2) }.get()
+        #expect(s.hub.onlineMembers(of: "R") == ["bob"])
+        #expect(s.hub.members(of: "R") == ["alice", "bob"])  // membership outlives connections
+        try await s.group.shutdownGracefully()
+    }
+
+    @Test func deliveriesInOneTurnShareOneFlush() async throws {
+        let s = try Scenario()
+        try await s.start()
+        let loop = s.c1.eventLoop
+        // Publish 50 messages from c1's loop within one task: they must be flushed together.
+        try await loop.submit {
+            for n in 0..<50 {
+                _ = s.broker.publish(.message(to: .user("carol"), from: nil, data: try! RawJSON(validating: String(n))), on: loop)
+            }
+        }.get()
+        try await settle(s.group)
+        #expect(s.c1.frames.count == 50)
+        #expect(s.c1.flushCount == 1)
+        try await s.group.shutdownGracefully()
+    }
+
+    @Test func connectionLimitsRefuse() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var configuration = HubConfiguration()
+        configuration.maxConnectionsPerUser = 2
+        configuration.maxConnections = 3
+        let hub = Hub(configuration: configuration, eventLoopGroup: group)
+        let loop = group.next()
+        let connections = (0..<4).map { RecordingConnection(id: "c\($0)", user: $0 < 3 ? "alice" : "bob", eventLoop: loop) }
+        try await loop.submit {
+            try hub.register(connections[0])
+            try hub.register(connections[1])
+            #expect(throws: HubError.self) { try hub.register(connections[2]) }
+            try hub.register(connections[3])
+            let extra = RecordingConnection(id: "x", user: "carol", eventLoop: loop)
+            #expect { try hub.register(extra) } throws: { ($0 as? HubError)?.isConnectionLimit == true }
+        }.get()
+        #expect(hub.connectionCount == 3)
+        #expect(hub.statistics.snapshot().connectionsRefused == 2)
+        try await group.shutdownGracefully()
+    }
+
+    @Test func tokenBucketAllowsBurstThenRate() {
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var bucket = TokenBucket(rate: 10, burst: 3, now: start)
+        #expect((0..<3).allSatisfy { _ in bucket.take(now: start) })
+        #expect(!bucket.take(now: start))
+        #expect(bucket.take(now: start + .milliseconds(100)))
+        #expect(!bucket.take(now: start + .milliseconds(100)))
+        #expect((0..<3).allSatisfy { _ in bucket.take(now: start + .seconds(10)) })
+        #expect(!bucket.take(now: start + .seconds(10)))
+    }
+}
