@@ -85,7 +85,9 @@ let package = Package(
         .testTarget(
             name: "HeraldServerTests",
             dependencies: [
+                "Herald",
                 "HeraldServer",
+                "HeraldWire",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "JWTKit", package: "jwt-kit"),

@@ -16,8 +16,17 @@ public struct Authenticator: Sendable {
         self.keys = keys
     }
 
+    /// The shortest secret accepted: HS256 needs a key at least as long as its 32-byte hash.
+    public static let minimumSecretBytes = 32
+
     /// Verifies HS256 tokens signed with `secret`.
-    public static func jwt(secret: String) async -> Authenticator {
+    /// - Throws: ``ConfigurationError`` when the secret is shorter than ``minimumSecretBytes``.
+    public static func jwt(secret: String) async throws(ConfigurationError) -> Authenticator {
+        guard secret.utf8.count >= minimumSecretBytes else {
+            throw ConfigurationError(
+                "the JWT secret is \(secret.utf8.count) bytes; HS256 needs at least \(minimumSecretBytes) (generate one with: openssl rand -hex 32)"
+            )
+        }
         let keys = JWTKeyCollection()
         await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
         return Authenticator(keys: keys)
@@ -42,6 +51,8 @@ public struct Authenticator: Sendable {
             switch error.errorType {
             case .claimVerificationFailure where error.reason == "expired":
                 return .failure(.init("token expired"))
+            case .claimVerificationFailure:
+                return .failure(.init("token not valid yet (nbf)"))
             case .signatureVerificationFailed:
                 return .failure(.init("token signature invalid"))
             case .malformedToken:
@@ -50,8 +61,7 @@ public struct Authenticator: Sendable {
                 return .failure(.init("token rejected: \(error.errorType)"))
             }
         } catch {
-            // Decoding errors: the token parsed but its claims are not what Herald needs (e.g. no `sub`).
-            return .failure(.init("token malformed: claims must include a string sub"))
+            return .failure(.init("token malformed"))
         }
     }
 
@@ -84,6 +94,8 @@ public struct HeraldClaims: JWTPayload, Equatable {
     public var sub: SubjectClaim
     /// Expiry; a token past it is refused with "token expired".
     public var exp: ExpirationClaim?
+    /// Not before; a token used earlier is refused.
+    public var nbf: NotBeforeClaim?
     /// Rooms the client may join itself: exact names or `prefix*` patterns.
     public var rooms: [String]?
 
@@ -95,5 +107,13 @@ public struct HeraldClaims: JWTPayload, Equatable {
 
     public func verify(using algorithm: some JWTAlgorithm) async throws {
         try exp?.verifyNotExpired()
+        try nbf?.verifyNotBefore()
     }
+}
+
+/// A configuration Herald cannot run with; the message says what to change.
+public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
 }

@@ -9,7 +9,7 @@ import NIOPosix
 /// demo page, the hub and the broker, run together in one service group.
 ///
 /// ```swift
-/// let server = await HeraldServer(configuration: configuration, logger: logger)
+/// let server = try await HeraldServer(configuration: configuration, logger: logger)
 /// try await server.run()   // until SIGINT or SIGTERM
 /// ```
 public struct HeraldServer: Sendable {
@@ -17,11 +17,12 @@ public struct HeraldServer: Sendable {
     let logger: Logger
 
     /// Builds a node with the in-process ``LocalBroker``.
-    public init(configuration: HeraldConfiguration, logger: Logger = Logger(label: "herald")) async {
+    /// - Throws: ``ConfigurationError`` for a configuration Herald cannot run with.
+    public init(configuration: HeraldConfiguration, logger: Logger = Logger(label: "herald")) async throws(ConfigurationError) {
         let group = MultiThreadedEventLoopGroup.singleton
         let hub = Hub(configuration: configuration.hub, eventLoopGroup: group, logger: logger)
         let authenticator: Authenticator =
-            if let secret = configuration.jwtSecret { await .jwt(secret: secret) } else { .development }
+            if let secret = configuration.jwtSecret { try await .jwt(secret: secret) } else { .development }
         let broker = LocalBroker(deliveringTo: hub)
         self.node = HeraldNode(configuration: configuration, hub: hub, broker: broker, authenticator: authenticator, logger: logger)
         self.logger = logger

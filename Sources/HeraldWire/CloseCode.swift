@@ -4,7 +4,7 @@ public enum CloseCode: UInt16, Sendable, CaseIterable {
     case normal = 1000
     /// The connection did not answer a heartbeat ping in time. Reconnect.
     case heartbeatTimeout = 1001
-    /// Protocol error from the client (for example an unmasked or malformed WebSocket frame).
+    /// Protocol error from the client (a malformed WebSocket frame or fragmented message).
     case protocolError = 1002
     /// Sustained abuse of the frame rate limit. Fix the client before reconnecting.
     case policyViolation = 1008

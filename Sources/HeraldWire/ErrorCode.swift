@@ -10,7 +10,7 @@ public struct ErrorCode: RawRepresentable, Sendable, Hashable, CustomStringConve
     public static let notAMember = ErrorCode(rawValue: "not_a_member")
     /// Not allowed: a room outside the token's `rooms` claim, or a client broadcast the server does not allow.
     public static let forbidden = ErrorCode(rawValue: "forbidden")
-    /// Too many frames: slow down (see `rate` in welcome-time configuration).
+    /// Too many frames: the connection is over its frame rate (`--rate-limit`, `--rate-burst`); slow down.
     public static let rateLimited = ErrorCode(rawValue: "rate_limited")
     /// A server limit was reached (for example rooms per user).
     public static let limitExceeded = ErrorCode(rawValue: "limit_exceeded")

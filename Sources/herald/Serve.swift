@@ -85,7 +85,15 @@ struct Serve: AsyncParsableCommand {
         configuration.nodeID = try value(nodeID, "HERALD_NODE_ID")
         configuration.jwtSecret = try value(jwtSecret, "HERALD_JWT_SECRET")
         configuration.apiKey = try value(apiKey, "HERALD_API_KEY")
-        configuration.allowClientBroadcast = try allowClientBroadcast || (value(nil as Bool?, "HERALD_ALLOW_CLIENT_BROADCAST") ?? false)
+        if configuration.apiKey?.isEmpty == true { throw ValidationError("--api-key must not be empty (leave it unset for an open API)") }
+        if allowClientBroadcast {
+            configuration.allowClientBroadcast = true
+        } else if let text = environment["HERALD_ALLOW_CLIENT_BROADCAST"]?.lowercased(), !text.isEmpty {
+            guard let enabled = ["true": true, "1": true, "yes": true, "false": false, "0": false, "no": false][text] else {
+                throw ValidationError("HERALD_ALLOW_CLIENT_BROADCAST=\(text) must be true or false")
+            }
+            configuration.allowClientBroadcast = enabled
+        }
         if let policy = try value(publishPolicy, "HERALD_PUBLISH_POLICY") {
             guard let parsed = PublishPolicy(rawValue: policy) else {
                 throw ValidationError("publish policy must be members or anyone, not \(policy)")
@@ -116,7 +124,12 @@ struct Serve: AsyncParsableCommand {
         guard let parsedLevel = Logger.Level(rawValue: level) else { throw ValidationError("unknown log level \(level)") }
         logger.logLevel = parsedLevel
 
-        let server = await HeraldServer(configuration: configuration, logger: logger)
+        let server: HeraldServer
+        do {
+            server = try await HeraldServer(configuration: configuration, logger: logger)
+        } catch {
+            throw ValidationError(error.description)
+        }
         try await server.run()
     }
 

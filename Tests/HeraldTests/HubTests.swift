@@ -135,11 +135,12 @@ struct HubTests {
     @Test func tokenBucketAllowsBurstThenRate() {
         let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
         var bucket = TokenBucket(rate: 10, burst: 3, now: start)
-        #expect((0..<3).allSatisfy { _ in bucket.take(now: start) })
-        #expect(!bucket.take(now: start))
-        #expect(bucket.take(now: start + .milliseconds(100)))
-        #expect(!bucket.take(now: start + .milliseconds(100)))
-        #expect((0..<3).allSatisfy { _ in bucket.take(now: start + .seconds(10)) })
-        #expect(!bucket.take(now: start + .seconds(10)))
+        var results: [Bool] = []
+        for _ in 0..<4 { results.append(bucket.take(now: start)) }
+        #expect(results == [true, true, true, false])
+        results = [bucket.take(now: start + .milliseconds(100)), bucket.take(now: start + .milliseconds(100))]
+        #expect(results == [true, false])  // 100 ms at 10/s refills one token
+        results = (0..<4).map { _ in bucket.take(now: start + .seconds(10)) }
+        #expect(results == [true, true, true, false])  // never more than the burst
     }
 }

@@ -49,7 +49,7 @@ struct ClientFrameTests {
         "not json", "", "   ", "[1,2]", "\"join\"", "{", #"{"type":"join""#, #"{"type":"join","room":"a"} x"#,
         #"{"type":"publish","room":"room1","data":1"#, #"{"type":"publish","room":"r","data":01}"#,
         #"{"type":"publish","room":"r","data":tru}"#, #"{"type":"publish","room":"r","data":"\x"}"#,
-        #"{"type":"publish","room":"r","data":"\ud800"}"#, #"{"type":"publish","room":"r","data":[1,]}"#,
+        #"{"type":"publish","room":"r","data":[1,]}"#, #"{"type":"join","room":"\ud800"}"#,
         #"{"type":"publish","room":"r","data":{"a" 1}}"#, #"{"type":"publish","room":"r","data":-}"#,
         #"{"type":"publish","room":"r","data":1.}"#, #"{"type":"publish","room":"r","data":1e}"#,
         "{\"type\":\"publish\",\"room\":\"r\",\"data\":\"a\u{0001}b\"}",
@@ -87,6 +87,13 @@ struct ClientFrameTests {
         #expect(decodeError(#"{"type":7}"#)?.message == "field \"type\" must be a string")
         #expect(decodeError(#"{"type":"join","room":""}"#)?.message == "field \"room\" must not be empty")
         #expect(decodeError(#"{"type":"join","room":"a\nb"}"#)?.message == "field \"room\" must not contain control characters")
+    }
+
+    /// RFC 8259's grammar allows an escaped lone surrogate; JavaScript parses it. Data passes
+    /// through untouched, but a name (which Herald decodes) must be real Unicode.
+    @Test func loneSurrogateEscapesPassInDataButNotInNames() throws {
+        #expect(try decode(#"{"type":"send","user":"u","data":"\ud800"}"#) == ClientFrame(command: .send(user: "u", data: try RawJSON(validating: #""\ud800""#))))
+        #expect(decodeError(#"{"type":"send","user":"\udc00","data":1}"#)?.message.contains("surrogate") == true)
     }
 
     @Test func unicodeEscapesDecode() throws {

@@ -120,6 +120,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             close(.frameTooLarge, reason: "message larger than \(node.configuration.maxFrameSize) bytes")
         } else if error is NIOWebSocketFrameAggregator.Error {
             close(.protocolError, reason: "malformed fragmented message")
+        } else if let error = error as? NIOWebSocketError {
+            // WebSocketProtocolErrorHandler, below us, has already sent the close frame and closes the channel.
+            state = .closing
+            closeCode = error == .invalidFrameLength ? .frameTooLarge : .protocolError
+            closeReason = error == .invalidFrameLength ? "frame larger than \(node.configuration.maxFrameSize) bytes" : "protocol error: \(error)"
         } else {
             // Protocol errors from the frame decoder are answered by WebSocketProtocolErrorHandler;
             // I/O errors end the connection.
@@ -241,8 +246,10 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         var payload = ByteBuffer()
         payload.writeInteger(code.rawValue)
         payload.writeString(Self.truncatedReason(reason))
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)))
-            .whenComplete { [weak self] _ in self?.context?.close(promise: nil) }
+        // RFC 6455 closing handshake: wait for the client's close frame before dropping TCP.
+        // Closing at once would make the client's reply hit a closed socket, and the reset can
+        // destroy our close frame (and its reason) in the client's receive buffer.
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)), promise: nil)
         scheduleHardClose()
     }
 

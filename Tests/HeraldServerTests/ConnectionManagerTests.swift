@@ -1,0 +1,150 @@
+import Foundation
+import Herald
+import HeraldServer
+import HeraldWire
+import NIOCore
+import Testing
+
+/// The seed's "cleanup, pings and limits", against a real server and real clients.
+@Suite("Connection manager")
+struct ConnectionManagerTests {
+    @Test func badFramesGetBadRequestAndTheConnectionStaysUsable() async throws {
+        try await TestServer.with { server in
+            let client = try await TestClient.connect(port: server.port, query: "user=carol")
+            _ = try await client.next(type: "welcome")
+            let bad = [
+                "not json", #"{"type":"join","id":6}"#, #"{"type":"bogus"}"#, #"{"type":"publish","room":"r"}"#,
+                #"{"type":"publish","room":"r","data":1"#, "[1,2]", #"{"type":"join","room":""}"#,
+            ]
+            for frame in bad {
+                try await client.send(frame)
+                let error = try await client.nextJSON()
+                #expect(error["type"] as? String == "error" && error["code"] as? String == "bad_request", "frame \(frame)")
+                if frame.contains(#""id":6"#) { #expect(error["id"] as? Int == 6) }
+            }
+            try await client.sendBinary([0, 1, 2])
+            #expect(try await client.nextJSON()["code"] as? String == "bad_request")
+            try await client.send(#"{"type":"join","room":"r2","id":8}"#)
+            #expect(try await client.next() == #"{"type":"joined","room":"r2","id":8}"#)
+            await client.close()
+        }
+    }
+
+    @Test func oversizeFrameClosesWith1009() async throws {
+        try await TestServer.with({ $0.maxFrameSize = 1024 }) { server in
+            let client = try await TestClient.connect(port: server.port, query: "user=big")
+            _ = try await client.next(type: "welcome")
+            try await client.send(#"{"type":"publish","room":"r","data":""# + String(repeating: "x", count: 2000) + #""}"#)
+            #expect(try await client.closed().code == 1009)
+            try await eventually("the connection is removed") { server.hub.connectionCount == 0 }
+        }
+    }
+
+    @Test func silentClientIsRemovedByTheHeartbeat() async throws {
+        try await TestServer.with({ $0.hub.heartbeat = .seconds(1) }) { server in
+            let lively = try await TestClient.connect(port: server.port, query: "user=lively")
+            #expect(try await lively.nextJSON()["heartbeat"] as? Int == 1)
+            try await lively.send(#"{"type":"join","room":"r"}"#)
+            _ = try await lively.next(type: "joined")
+            _ = try await TestClient.connect(port: server.port, query: "user=silent", reading: false)
+            try await eventually("silent connects") { server.hub.connectionCount(of: "silent") == 1 }
+            // Within two heartbeats the silent client is pinged, misses it, and is removed from every index.
+            try await eventually("silent is removed", within: 10) { server.hub.connectionCount(of: "silent") == 0 }
+            let user = try json(try await server.http("GET", "/api/users/silent").body)
+            #expect(user["online"] as? Bool == false)
+            // The client that answers pings (WSClient does, while reading) is still there and usable.
+            #expect(server.hub.connectionCount(of: "lively") == 1)
+            #expect(try await server.http("POST", "/api/rooms/r/publish", body: #"{"data":1}"#).status == 202)
+            #expect(try await lively.next(type: "message")["data"] as? Int == 1)
+            await lively.close()
+        }
+    }
+
+    @Test func rateLimitRefusesThenClosesSustainedAbuse() async throws {
+        try await TestServer.with({
+            $0.rateLimit = 2
+            $0.rateBurst = 5
+        }) { server in
+            let client = try await TestClient.connect(port: server.port, query: "user=spammer")
+            _ = try await client.next(type: "welcome")
+            for n in 0..<40 {
+                try? await client.send(#"{"type":"join","room":"r\#(n)"}"#)
+            }
+            var joined = 0
+            var limited = 0
+            while let frame = try? await client.nextJSON(timeout: 5) {
+                if frame["type"] as? String == "joined" { joined += 1 }
+                if frame["code"] as? String == "rate_limited" { limited += 1 }
+            }
+            #expect(joined >= 5 && joined < 40)
+            #expect(limited >= 1)
+            #expect(try await client.closed().code == 1008)
+        }
+    }
+
+    @Test func slowConsumerIsCutOffWhileOthersKeepReceiving() async throws {
+        try await TestServer.with({
+            $0.maxOutboundBytes = 64 * 1024
+            $0.closeTimeout = .milliseconds(500)
+        }) { server in
+            let fast = try await TestClient.connect(port: server.port, query: "user=fast")
+            _ = try await fast.next(type: "welcome")
+            _ = try await TestClient.connect(port: server.port, query: "user=slow", reading: false)
+            try await eventually("slow connects") { server.hub.connectionCount(of: "slow") == 1 }
+            try server.hub.join(user: "fast", room: "big")
+            try server.hub.join(user: "slow", room: "big")
+
+            let payload = "\"" + String(repeating: "p", count: 16 * 1024) + "\""
+            var sent = 0
+            // The slow client's kernel buffers fill first (several MB), then its 64 KiB queue: it
+            // must be cut long before 4,000 messages (64 MB). The fast client receives each one.
+            while server.hub.statistics.snapshot().slowConsumersCut == 0 && sent < 4000 {
+                let data = try RawJSON(validating: #"{"n":\#(sent),"p":\#(payload)}"#)
+                try await server.node.broker.publish(.message(to: .room("big"), from: nil, data: data), on: server.hub.anyEventLoop)
+                let frame = try await fast.nextJSON()
+                #expect((frame["data"] as? [String: Any])?["n"] as? Int == sent)
+                sent += 1
+            }
+            #expect(server.hub.statistics.snapshot().slowConsumersCut == 1)
+            #expect(sent < 4000)
+            try await eventually("the slow consumer is removed") { server.hub.connectionCount(of: "slow") == 0 }
+            // Everyone else carries on.
+            #expect(try await server.http("POST", "/api/rooms/big/publish", body: #"{"data":"after"}"#).status == 202)
+            #expect(try await fast.nextJSON()["data"] as? String == "after")
+            #expect(server.hub.connectionCount(of: "fast") == 1)
+            await fast.close()
+        }
+    }
+
+    @Test func perUserConnectionLimitClosesWith4029() async throws {
+        try await TestServer.with({ $0.hub.maxConnectionsPerUser = 1 }) { server in
+            let first = try await TestClient.connect(port: server.port, query: "user=solo")
+            _ = try await first.next(type: "welcome")
+            let second = try await TestClient.connect(port: server.port, query: "user=solo")
+            #expect(try await second.endsWithoutFrames())
+            let closed = try await second.closed()
+            #expect(closed.code == 4029)
+            #expect(closed.reason?.contains("too many connections") == true)
+            await first.close()
+        }
+    }
+
+    @Test func gracefulShutdownSends1012() async throws {
+        let server = try await TestServer.start()
+        let client = try await TestClient.connect(port: server.port, query: "user=stayer")
+        _ = try await client.next(type: "welcome")
+        try await server.shutdown()
+        let closed = try await client.closed()
+        #expect(closed.code == 1012)
+    }
+
+    @Test func developmentModeNeedsAUserName() async throws {
+        try await TestServer.with { server in
+            let client = try await TestClient.connect(port: server.port, query: "nobody=1")
+            #expect(try await client.endsWithoutFrames())
+            let closed = try await client.closed()
+            #expect(closed.code == 4001)
+            #expect(closed.reason?.contains("user missing") == true)
+        }
+    }
+}
