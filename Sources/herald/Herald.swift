@@ -5,7 +5,7 @@ struct HeraldCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "herald",
         abstract: "Herald: a real-time messaging server. Deliver to everyone, a room, or every device of a user.",
-        subcommands: [Serve.self, Token.self],
+        subcommands: [Serve.self, Token.self, Bench.self],
         defaultSubcommand: Serve.self
     )
 }

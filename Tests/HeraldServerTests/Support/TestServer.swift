@@ -18,7 +18,7 @@ struct TestServer: Sendable {
 
     static let logger: Logger = {
         var logger = Logger(label: "herald.test")
-        logger.logLevel = ProcessInfo.processInfo.environment["HERALD_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+        logger.logLevel = ProcessInfo.processInfo.environment["HERALD_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
         return logger
     }()
 

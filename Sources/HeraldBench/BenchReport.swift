@@ -1,0 +1,119 @@
+import Foundation
+import Histogram
+
+/// Latency percentiles in milliseconds.
+public struct LatencySummary: Sendable, Codable, Equatable {
+    public var samples: UInt64
+    public var p50: Double
+    public var p90: Double
+    public var p99: Double
+    public var p999: Double
+    public var max: Double
+
+    init(_ histogram: Histogram<UInt64>) {
+        samples = histogram.totalCount
+        p50 = Double(histogram.valueAtPercentile(50)) / 1000
+        p90 = Double(histogram.valueAtPercentile(90)) / 1000
+        p99 = Double(histogram.valueAtPercentile(99)) / 1000
+        p999 = Double(histogram.valueAtPercentile(99.9)) / 1000
+        max = Double(histogram.max) / 1000
+    }
+}
+
+/// What one run measured.
+public struct BenchReport: Sendable, Codable {
+    public var scenario: String
+    public var target: String
+    public var connections: Int
+    public var rooms: Int?
+    public var rate: Double?
+    public var payloadSize: Int
+
+    public var connectionsOK = 0
+    public var connectionsFailed = 0
+    public var connectSeconds = 0.0
+    public var connectionsPerSecond = 0.0
+
+    public var published = 0
+    public var publishFailed = 0
+    public var expectedDeliveries = 0
+    public var deliveries = DeliveryTotals()
+    public var lost = 0
+    public var seconds = 0.0
+    public var deliveriesPerSecond = 0.0
+    public var latency: LatencySummary?
+
+    public var serverCPUSeconds: Double?
+    public var serverCPUMicrosecondsPerDelivery: Double?
+    public var serverRSSBytes: Int?
+    public var serverRSSGrowthBytes: Int?
+    public var serverBytesPerConnection: Double?
+    public var stalledConnectionClosedByServer: Bool?
+    public var closeCodes: [String: Int] = [:]
+
+    init(configuration: BenchConfiguration) {
+        scenario = configuration.scenario.rawValue
+        target = "\(configuration.host):\(configuration.port)"
+        connections = configuration.connections
+        payloadSize = configuration.payloadSize
+        switch configuration.scenario {
+        case .rooms, .slow:
+            rooms = configuration.rooms
+            rate = configuration.rate
+        case .users:
+            rate = configuration.rate
+        default:
+            break
+        }
+    }
+
+    /// Whether every expected delivery arrived exactly once and in order.
+    public var isClean: Bool { lost == 0 && deliveries.duplicates == 0 && deliveries.reordered == 0 && publishFailed == 0 }
+
+    public func json() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
+    }
+
+    /// The human-readable table.
+    public func table() -> String {
+        var rows: [(String, String)] = [
+            ("scenario", scenario + (rooms.map { ", \($0) rooms" } ?? "") + (rate.map { ", \(Int($0)) msg/s offered" } ?? "")),
+            ("target", target),
+            ("connections", "\(connectionsOK) ok, \(connectionsFailed) failed"),
+            ("connect", String(format: "%.2f s, %.0f connections/s", connectSeconds, connectionsPerSecond)),
+        ]
+        if expectedDeliveries > 0 || published > 0 {
+            rows += [
+                ("published", "\(published) (\(publishFailed) refused)"),
+                ("deliveries", "\(deliveries.unique) of \(expectedDeliveries) expected: lost \(lost), duplicates \(deliveries.duplicates), reordered \(deliveries.reordered)"),
+                ("throughput", String(format: "%.0f deliveries/s over %.2f s", deliveriesPerSecond, seconds)),
+            ]
+        }
+        if let latency {
+            rows.append((
+                "latency ms",
+                String(format: "p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f", latency.p50, latency.p90, latency.p99, latency.p999, latency.max)
+            ))
+        }
+        if let cpu = serverCPUSeconds {
+            rows.append(("server CPU", String(format: "%.2f s", cpu) + (serverCPUMicrosecondsPerDelivery.map { String(format: ", %.2f µs per delivery", $0) } ?? "")))
+        }
+        if let rss = serverRSSBytes {
+            var text = String(format: "%.1f MB", Double(rss) / 1_048_576)
+            if let growth = serverRSSGrowthBytes { text += String(format: ", grew %.1f MB", Double(growth) / 1_048_576) }
+            if let perConnection = serverBytesPerConnection { text += String(format: ", %.2f KB per connection", perConnection / 1024) }
+            rows.append(("server RSS", text))
+        }
+        if let stalled = stalledConnectionClosedByServer {
+            rows.append(("stalled client", stalled ? "cut off by the server" : "still connected"))
+        }
+        if !closeCodes.isEmpty {
+            rows.append(("closed by server", closeCodes.sorted { $0.key < $1.key }.map { "\($0.key)×\($0.value)" }.joined(separator: ", ")))
+        }
+        rows.append(("verdict", isClean ? "every delivery exactly once, in order" : "NOT CLEAN"))
+        let width = rows.map(\.0.count).max() ?? 0
+        return rows.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(separator: "\n")
+    }
+}

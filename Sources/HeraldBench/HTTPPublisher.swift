@@ -1,0 +1,66 @@
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// Publishes over one keep-alive HTTP/1.1 connection, pipelined: requests are written as they
+/// are due, responses counted as they come back in order.
+final class HTTPPublisher: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    let statistics: PublishStatistics
+    private let host: String
+    private var context: ChannelHandlerContext?
+    private var status: UInt = 0
+
+    init(host: String, statistics: PublishStatistics) {
+        self.host = host
+        self.statistics = statistics
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    /// Writes one `POST path` with a JSON body. Call on the channel's event loop.
+    func post(path: String, body: String) {
+        guard let context else {
+            statistics.failed.add(1, ordering: .relaxed)
+            return
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: host)
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        statistics.sent.add(1, ordering: .relaxed)
+        context.write(wrapOutboundOut(.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            status = head.status.code
+        case .body:
+            break
+        case .end:
+            if (200..<300).contains(status) {
+                statistics.accepted.add(1, ordering: .relaxed)
+            } else {
+                statistics.failed.add(1, ordering: .relaxed)
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// Publish counters, shared by the publishers.
+final class PublishStatistics: Sendable {
+    let sent = Atomic<Int>(0)
+    let accepted = Atomic<Int>(0)
+    let failed = Atomic<Int>(0)
+}

@@ -1,0 +1,467 @@
+import Foundation
+import Histogram
+import HeraldServer
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+import Synchronization
+
+/// `herald bench`: opens the connections of a scenario, publishes, checks every delivery and
+/// measures latency and (given server pids) the server's CPU per delivery and memory.
+public struct LoadGenerator: Sendable {
+    public let configuration: BenchConfiguration
+
+    public init(configuration: BenchConfiguration) {
+        self.configuration = configuration
+    }
+
+    /// Runs the scenario once. `log` receives progress lines.
+    public func run(log: @escaping @Sendable (String) -> Void = { _ in }) async throws -> BenchReport {
+        let configuration = self.configuration
+        try Self.validate(configuration)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
+        do {
+            let report = try await Run(configuration: configuration, group: group, log: log).execute()
+            try await group.shutdownGracefully()
+            return report
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+    }
+
+    static func validate(_ configuration: BenchConfiguration) throws {
+        guard configuration.connections >= 1 else { throw BenchError("--connections must be at least 1") }
+        if !configuration.allowRemoteTarget, !Self.isLoopback(configuration.host) {
+            throw BenchError(
+                "refusing to load \(configuration.host): herald bench only targets 127.0.0.0/8 or ::1 unless --allow-remote-target is given"
+            )
+        }
+        if [.rooms, .slow].contains(configuration.scenario), configuration.connections % configuration.rooms != 0 {
+            throw BenchError("--connections (\(configuration.connections)) must be a multiple of --rooms (\(configuration.rooms))")
+        }
+        if configuration.scenario == .users, configuration.connections % configuration.devices != 0 {
+            throw BenchError("--connections must be a multiple of --devices")
+        }
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        let needed = configuration.connections + configuration.publishConnections + 64
+        if UInt64(needed) > UInt64(limit.rlim_cur) {
+            throw BenchError(
+                """
+                \(configuration.connections) connections need about \(needed) open files, but this process may open \(limit.rlim_cur) \
+                (RLIMIT_NOFILE, hard limit \(limit.rlim_max)). Run several herald bench processes with fewer connections each.
+                """
+            )
+        }
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        if host == "localhost" || host == "::1" || host == "[::1]" { return true }
+        let parts = host.split(separator: ".")
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+}
+
+/// One execution of a scenario.
+private struct Run: Sendable {
+    let configuration: BenchConfiguration
+    let group: MultiThreadedEventLoopGroup
+    let log: @Sendable (String) -> Void
+    let statistics: ReceiverStatistics
+    let publishStatistics = PublishStatistics()
+    let probe: ProcessProbe
+
+    init(configuration: BenchConfiguration, group: MultiThreadedEventLoopGroup, log: @escaping @Sendable (String) -> Void) {
+        self.configuration = configuration
+        self.group = group
+        self.log = log
+        self.statistics = ReceiverStatistics(group: group)
+        self.probe = ProcessProbe(pids: configuration.serverPIDs)
+    }
+
+    // MARK: - The plan
+
+    /// The user of receiving connection `index`.
+    func user(of index: Int) -> String {
+        configuration.scenario == .users ? "u\(index / configuration.devices)" : "u\(index)"
+    }
+
+    /// The stream (room, user, or 0 for broadcasts) connection `index` receives.
+    func stream(of index: Int) -> Int {
+        switch configuration.scenario {
+        case .rooms, .slow: index % configuration.rooms
+        case .users: index / configuration.devices
+        default: 0
+        }
+    }
+
+    var streamCount: Int {
+        switch configuration.scenario {
+        case .rooms, .slow: configuration.rooms
+        case .users: configuration.connections / configuration.devices
+        default: 1
+        }
+    }
+
+    // MARK: - Execution
+
+    func execute() async throws -> BenchReport {
+        let baseline = probe.sample()
+        let tokens = try await mintTokens()
+        let progress = startProgress()
+        defer { progress.cancel() }
+
+        // 1. Connect.
+        let connectStart = ContinuousClock.now
+        let (receivers, failures) = await connectAll(tokens: tokens)
+        let connectSeconds = (ContinuousClock.now - connectStart).seconds
+        log("connected \(receivers.count) of \(configuration.connections) in \(String(format: "%.2f", connectSeconds)) s (\(failures) failed)")
+
+        var report = BenchReport(configuration: configuration)
+        report.connectionsOK = receivers.count
+        report.connectionsFailed = failures
+        report.connectSeconds = connectSeconds
+        report.connectionsPerSecond = Double(receivers.count) / max(connectSeconds, 1e-9)
+
+        // 2. Join rooms.
+        if [.rooms, .slow].contains(configuration.scenario) {
+            try await joinRooms(receivers)
+        }
+        var stalled: ReceiverConnection?
+        if configuration.scenario == .slow, let first = receivers.first {
+            stalled = first
+            try await first.channelLoop.submit { first.stopReading() }.get()
+        }
+
+        // 3. Publish (or hold), measuring the server's CPU over this phase only.
+        let before = probe.sample()
+        let publishStart = ContinuousClock.now
+        var expected = 0
+        switch configuration.scenario {
+        case .rooms, .slow, .users:
+            expected = try await publishAtRate(receivers: receivers, stalled: stalled)
+        case .all:
+            expected = try await publishBurst(receivers: receivers)
+        case .idle:
+            try await Task.sleep(for: .seconds(configuration.duration))
+        case .connect:
+            break
+        }
+        if expected > 0 { try await drain(expected: expected, stalledDeliveriesExcluded: stalled) }
+        let elapsed = (ContinuousClock.now - publishStart).seconds
+        let after = probe.sample()
+
+        // 4. Collect.
+        var totals = DeliveryTotals()
+        for receiver in receivers where receiver !== stalled {
+            let ledger = try await receiver.channelLoop.submit { receiver.ledger.totals }.get()
+            totals.add(ledger)
+        }
+        let histogram = statistics.mergedHistogram()
+        report.published = publishStatistics.sent.load(ordering: .relaxed)
+        report.publishFailed = publishStatistics.failed.load(ordering: .relaxed)
+        report.expectedDeliveries = expected
+        report.deliveries = totals
+        report.lost = totals.lost(expected: expected)
+        report.seconds = elapsed
+        report.deliveriesPerSecond = Double(totals.unique) / max(elapsed, 1e-9)
+        if histogram.totalCount > 0 {
+            report.latency = LatencySummary(histogram)
+        }
+        if let before, let after {
+            report.serverCPUSeconds = after.cpuSeconds - before.cpuSeconds
+            if totals.unique > 0 {
+                report.serverCPUMicrosecondsPerDelivery = (after.cpuSeconds - before.cpuSeconds) * 1e6 / Double(totals.unique)
+            }
+            report.serverRSSBytes = after.rssBytes
+            if let baseline {
+                report.serverRSSGrowthBytes = after.rssBytes - baseline.rssBytes
+                report.serverBytesPerConnection = Double(after.rssBytes - baseline.rssBytes) / Double(max(receivers.count, 1))
+            }
+        }
+        if let stalled {
+            report.stalledConnectionClosedByServer = try await stalled.channelLoop.submit { stalled.closeCode != nil || !stalled.isActive }.get()
+        }
+        report.closeCodes = statistics.closeCodes.withLock { $0 }.reduce(into: [:]) { $0[String($1.key)] = $1.value }
+
+        // 5. Close everything.
+        for receiver in receivers {
+            receiver.channelLoop.execute { receiver.close() }
+        }
+        return report
+    }
+
+    private func mintTokens() async throws -> [String]? {
+        guard let secret = configuration.jwtSecret else { return nil }
+        let authenticator = try await Authenticator.jwt(secret: secret)
+        var tokens: [String] = []
+        tokens.reserveCapacity(configuration.connections)
+        var byUser: [String: String] = [:]
+        for index in 0..<configuration.connections {
+            let user = user(of: index)
+            if let token = byUser[user] {
+                tokens.append(token)
+                continue
+            }
+            let claims = HeraldClaims(sub: user, exp: Date().addingTimeInterval(3600), rooms: ["*"])
+            let token = try await authenticator.mint(claims)
+            byUser[user] = token
+            tokens.append(token)
+        }
+        return tokens
+    }
+
+    // MARK: - Connecting
+
+    private func connectAll(tokens: [String]?) async -> ([ReceiverConnection], Int) {
+        let total = configuration.connections
+        let concurrency = max(1, configuration.connectConcurrency)
+        var receivers: [ReceiverConnection?] = Array(repeating: nil, count: total)
+        var failures = 0
+        await withTaskGroup(of: (Int, ReceiverConnection?).self) { group in
+            var next = 0
+            func addNext() {
+                let index = next
+                next += 1
+                let query = tokens.map { "token=\($0[index])" } ?? "user=\(user(of: index))"
+                group.addTask {
+                    (index, try? await connect(index: index, query: query))
+                }
+            }
+            while next < min(concurrency, total) { addNext() }
+            for await (index, receiver) in group {
+                if let receiver { receivers[index] = receiver } else { failures += 1 }
+                if next < total { addNext() }
+            }
+        }
+        return (receivers.compactMap { $0 }, failures)
+    }
+
+    private func connect(index: Int, query: String) async throws -> ReceiverConnection {
+        let sourceOffset = abs(index) % max(1, configuration.sourceAddresses)
+        var bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(.seconds(10))
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        if Self.isIPv4Loopback(configuration.host) {
+            bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: "127.0.0.\(1 + sourceOffset)", port: 0))
+        }
+        let statistics = self.statistics
+        let host = configuration.host
+        let upgraded: EventLoopFuture<ReceiverConnection> = try await bootstrap.connect(host: host, port: configuration.port) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let upgrader = NIOTypedWebSocketClientUpgrader<ReceiverConnection>(
+                    maxFrameSize: 1 << 24,
+                    upgradePipelineHandler: { channel, _ in
+                        channel.eventLoop.makeCompletedFuture {
+                            let welcomed = channel.eventLoop.makePromise(of: Void.self)
+                            let receiver = ReceiverConnection(index: index, statistics: statistics, welcomed: welcomed)
+                            try channel.pipeline.syncOperations.addHandler(receiver)
+                            return receiver
+                        }
+                    }
+                )
+                var headers = HTTPHeaders()
+                headers.add(name: "Host", value: "\(host):\(configuration.port)")
+                let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/ws?\(query)", headers: headers)
+                let upgradeConfiguration = NIOTypedHTTPClientUpgradeConfiguration<ReceiverConnection>(
+                    upgradeRequestHead: head,
+                    upgraders: [upgrader],
+                    notUpgradingCompletionHandler: { channel in
+                        channel.eventLoop.makeFailedFuture(BenchError("the server refused the WebSocket upgrade"))
+                    }
+                )
+                var pipelineConfiguration = NIOUpgradableHTTPClientPipelineConfiguration(upgradeConfiguration: upgradeConfiguration)
+                // The server's first frame often arrives in the same read as its 101 response.
+                pipelineConfiguration.leftOverBytesStrategy = .forwardBytes
+                return try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: pipelineConfiguration)
+            }
+        }
+        let receiver = try await upgraded.get()
+        try await receiver.welcome.get()
+        return receiver
+    }
+
+    static func isIPv4Loopback(_ host: String) -> Bool {
+        host.hasPrefix("127.") && host.split(separator: ".").count == 4
+    }
+
+    private func joinRooms(_ receivers: [ReceiverConnection]) async throws {
+        var replies: [EventLoopFuture<Void>] = []
+        replies.reserveCapacity(receivers.count)
+        for receiver in receivers {
+            let room = "r\(stream(of: receiver.index))"
+            let promise = receiver.channelLoop.makePromise(of: Void.self)
+            receiver.channelLoop.execute { receiver.send(#"{"type":"join","room":"\#(room)"}"#, reply: promise) }
+            replies.append(promise.futureResult)
+        }
+        for reply in replies { try await reply.get() }
+        log("joined \(receivers.count) connections to \(configuration.rooms) rooms")
+    }
+
+    // MARK: - Publishing
+
+    /// A publish target for stream `stream`: the HTTP path, and the WebSocket frame prefix.
+    private func target(of stream: Int) -> (path: String, frameField: String) {
+        switch configuration.scenario {
+        case .users: ("/api/users/u\(stream)/send", #""type":"send","user":"u\#(stream)""#)
+        case .all: ("/api/broadcast", #""type":"broadcast""#)
+        default: ("/api/rooms/r\(stream)/publish", #""type":"publish","room":"r\#(stream)""#)
+        }
+    }
+
+    private func receivers(ofStream stream: Int, stalled: ReceiverConnection?) -> Int {
+        let base = configuration.receiversPerStream
+        if let stalled, self.stream(of: stalled.index) == stream { return base - 1 }
+        return base
+    }
+
+    private func publishAtRate(receivers: [ReceiverConnection], stalled: ReceiverConnection?) async throws -> Int {
+        let publishers = try await makePublishers()
+        let start = ContinuousClock.now
+        var sequences = Array(repeating: 0, count: streamCount)
+        var sent = 0
+        var expected = 0
+        while true {
+            let elapsed = (ContinuousClock.now - start).seconds
+            if elapsed >= configuration.duration { break }
+            let due = Int(elapsed * configuration.rate)
+            if due > sent {
+                var batches: [[(String, String)]] = Array(repeating: [], count: publishers.count)
+                for number in sent..<due {
+                    let stream = number % streamCount
+                    let sequence = sequences[stream]
+                    sequences[stream] += 1
+                    let payload = BenchPayload(stream: stream, sequence: sequence, sentAt: NIODeadline.now().uptimeNanoseconds)
+                    batches[number % publishers.count].append(request(stream: stream, payload: payload))
+                    expected += self.receivers(ofStream: stream, stalled: stalled)
+                }
+                for (publisher, batch) in zip(publishers, batches) where !batch.isEmpty { publisher.send(batch) }
+                sent = due
+            }
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        return expected
+    }
+
+    private func publishBurst(receivers: [ReceiverConnection]) async throws -> Int {
+        let publishers = try await makePublishers()
+        var batches: [[(String, String)]] = Array(repeating: [], count: publishers.count)
+        for sequence in 0..<configuration.messages {
+            let payload = BenchPayload(stream: 0, sequence: sequence, sentAt: NIODeadline.now().uptimeNanoseconds)
+            batches[sequence % publishers.count].append(request(stream: 0, payload: payload))
+        }
+        for (publisher, batch) in zip(publishers, batches) where !batch.isEmpty { publisher.send(batch) }
+        return configuration.messages * receivers.count
+    }
+
+    private func request(stream: Int, payload: BenchPayload) -> (String, String) {
+        let data = payload.json(size: configuration.payloadSize)
+        let target = target(of: stream)
+        switch configuration.transport {
+        case .http: return (target.path, #"{"data":"# + data + "}")
+        case .ws: return (target.path, "{" + target.frameField + #","data":"# + data + "}")
+        }
+    }
+
+    private func drain(expected: Int, stalledDeliveriesExcluded stalled: ReceiverConnection?) async throws {
+        let deadline = ContinuousClock.now + .seconds(configuration.drainTimeout)
+        while ContinuousClock.now < deadline {
+            if statistics.deliveries.load(ordering: .relaxed) >= expected { return }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    // MARK: - Publishers
+
+    private func makePublishers() async throws -> [Publisher] {
+        var publishers: [Publisher] = []
+        for index in 0..<max(1, configuration.publishConnections) {
+            switch configuration.transport {
+            case .http:
+                let statistics = publishStatistics
+                let host = configuration.host
+                let publisher = try await ClientBootstrap(group: group)
+                    .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                    .connect(host: host, port: configuration.port) { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            let publisher = HTTPPublisher(host: host, statistics: statistics)
+                            try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                            try channel.pipeline.syncOperations.addHandler(publisher)
+                            return Publisher.http(publisher, channel.eventLoop)
+                        }
+                    }
+                publishers.append(publisher)
+            case .ws:
+                let receiver = try await connect(index: -1 - index, query: "user=bench-publisher-\(index)")
+                publishers.append(.ws(receiver, publishStatistics))
+            }
+        }
+        return publishers
+    }
+}
+
+/// Where publishes go out: an HTTP keep-alive connection or a WebSocket.
+private enum Publisher: Sendable {
+    case http(HTTPPublisher, any EventLoop)
+    case ws(ReceiverConnection, PublishStatistics)
+
+    /// Sends (path, body) pairs; for WebSocket the body is the whole client frame.
+    func send(_ batch: [(String, String)]) {
+        switch self {
+        case .http(let publisher, let loop):
+            loop.execute {
+                for (path, body) in batch { publisher.post(path: path, body: body) }
+            }
+        case .ws(let receiver, let statistics):
+            receiver.channelLoop.execute {
+                for (_, frame) in batch {
+                    let reply = receiver.channelLoop.makePromise(of: Void.self)
+                    reply.futureResult.whenComplete { result in
+                        switch result {
+                        case .success: statistics.accepted.add(1, ordering: .relaxed)
+                        case .failure: statistics.failed.add(1, ordering: .relaxed)
+                        }
+                    }
+                    statistics.sent.add(1, ordering: .relaxed)
+                    receiver.send(frame, reply: reply)
+                }
+            }
+        }
+    }
+}
+
+extension Run {
+    fileprivate func startProgress() -> Task<Void, Never> {
+        guard configuration.progress else { return Task {} }
+        let statistics = self.statistics
+        let publishStatistics = self.publishStatistics
+        let scenario = configuration.scenario
+        let start = ContinuousClock.now
+        return Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                let line = String(
+                    format: "[%@] %5.1fs  connected %d  published %d  delivered %d  errors %d  closed %d",
+                    scenario.rawValue,
+                    (ContinuousClock.now - start).seconds,
+                    statistics.welcomes.load(ordering: .relaxed),
+                    publishStatistics.sent.load(ordering: .relaxed),
+                    statistics.deliveries.load(ordering: .relaxed),
+                    statistics.errors.load(ordering: .relaxed) + publishStatistics.failed.load(ordering: .relaxed),
+                    statistics.closedByServer.load(ordering: .relaxed)
+                )
+                FileHandle.standardError.write(Data(("\r" + line).utf8))
+            }
+            FileHandle.standardError.write(Data("\n".utf8))
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,106 @@
+import ArgumentParser
+import Foundation
+import HeraldBench
+
+/// `herald bench`: a load generator for Herald and anything speaking protocol v1.
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure a Herald server (or a baseline speaking protocol v1): deliveries, latency, CPU, memory.",
+        discussion: """
+            Scenarios (--scenario):
+              rooms    N connections, one user each, spread over R rooms; messages published round-robin to the
+                       rooms at --rate for --duration seconds. Every delivery is checked: exactly once, in order.
+              all      N connections; a burst of --messages broadcasts published back to back.
+              users    N connections as N/D users with --devices D each; messages to users at --rate.
+              idle     hold N connections for --duration seconds (server heartbeats on); with --server-pid,
+                       the server's memory per connection.
+              connect  connection storm: open N connections, --connect-concurrency at a time; connections/s.
+                       With --jwt-secret every connection presents a token.
+              slow     rooms, but the first connection stops reading: reports whether the server cuts it off,
+                       everyone else's latency and the server's memory growth.
+            Give the server's pid(s) with --server-pid to read its CPU seconds per delivery and RSS from /proc.
+            Targets must be loopback (127.0.0.0/8, ::1). Every run is bounded: --duration (or --messages), then
+            --drain-timeout. Connections use several source addresses (127.0.0.1, .2, …) for ephemeral ports.
+            """
+    )
+
+    @Option(help: "rooms, all, users, idle, connect or slow.")
+    var scenario: String = "rooms"
+    @Option(help: "Server host (loopback only).")
+    var host = "127.0.0.1"
+    @Option(help: "Server port.")
+    var port = 8080
+    @Option(help: "Receiving connections.")
+    var connections = 1000
+    @Option(help: "Rooms (rooms, slow).")
+    var rooms = 100
+    @Option(help: "Connections per user (users).")
+    var devices = 2
+    @Option(help: "Messages per second offered (rooms, users, slow).")
+    var rate: Double = 500
+    @Option(help: "Seconds of publishing (rooms, users, slow) or holding (idle).")
+    var duration: Double = 10
+    @Option(help: "Messages in the burst (all).")
+    var messages = 100
+    @Option(name: .customLong("payload-size"), help: "Bytes of data per message.")
+    var payloadSize = 64
+    @Option(help: "Publish over http (keep-alive, pipelined) or ws.")
+    var via = "http"
+    @Option(name: .customLong("publish-connections"), help: "Connections used to publish.")
+    var publishConnections = 2
+    @Option(name: .customLong("source-addresses"), help: "Loopback source addresses to spread connections over.")
+    var sourceAddresses = 4
+    @Option(name: .customLong("connect-concurrency"), help: "Connection attempts in flight at once.")
+    var connectConcurrency = 500
+    @Option(help: "Event-loop threads of the generator.")
+    var threads = 1
+    @Option(name: .customLong("server-pid"), help: "Server process to measure (repeatable).")
+    var serverPID: [Int32] = []
+    @Option(name: .customLong("jwt-secret"), help: "Connect with tokens signed with the server's secret.")
+    var jwtSecret: String?
+    @Option(name: .customLong("drain-timeout"), help: "Seconds to wait for outstanding deliveries after publishing.")
+    var drainTimeout: Double = 5
+    @Flag(help: "Print the report as JSON (for scripts).")
+    var json = false
+    @Flag(name: .customLong("no-progress"), help: "No live progress line.")
+    var noProgress = false
+    @Flag(name: .customLong("allow-remote-target"), help: "Permit a target outside 127.0.0.0/8 and ::1.")
+    var allowRemoteTarget = false
+
+    func run() async throws {
+        guard let scenario = BenchScenario(rawValue: scenario) else {
+            throw ValidationError("unknown scenario \(scenario): use one of \(BenchScenario.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard let transport = PublishTransport(rawValue: via) else { throw ValidationError("--via must be http or ws") }
+        var configuration = BenchConfiguration()
+        configuration.scenario = scenario
+        configuration.host = host
+        configuration.port = port
+        configuration.connections = connections
+        configuration.rooms = rooms
+        configuration.devices = devices
+        configuration.rate = rate
+        configuration.duration = duration
+        configuration.messages = messages
+        configuration.payloadSize = payloadSize
+        configuration.transport = transport
+        configuration.publishConnections = publishConnections
+        configuration.sourceAddresses = sourceAddresses
+        configuration.connectConcurrency = connectConcurrency
+        configuration.threads = threads
+        configuration.serverPIDs = serverPID
+        configuration.jwtSecret = jwtSecret
+        configuration.drainTimeout = drainTimeout
+        configuration.progress = !noProgress && !json
+        configuration.allowRemoteTarget = allowRemoteTarget
+        let report: BenchReport
+        do {
+            report = try await LoadGenerator(configuration: configuration).run { line in
+                if !json { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+            }
+        } catch let error as BenchError {
+            throw ValidationError(error.description)
+        }
+        print(json ? report.json() : report.table())
+    }
+}
