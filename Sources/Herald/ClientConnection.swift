@@ -14,7 +14,8 @@ public protocol ClientConnection: AnyObject, Sendable {
     /// The event loop that owns the connection's socket.
     var eventLoop: any EventLoop { get }
 
-    /// Queues an encoded frame without flushing it.
+    /// Queues a delivery without flushing it: the message frame, already wrapped by the hub's
+    /// `framing` (for WebSocket: a complete text frame, header included).
     ///
     /// The same buffer is handed to every recipient; implementations must not mutate it.
     /// Returns `true` when the connection has unflushed data and wants ``flush()`` called this

@@ -23,6 +23,7 @@ public final class Hub: DeliverySink, Service, Sendable {
     public let eventLoopGroup: any EventLoopGroup
     private let shards: [LoopShard]
     private let shardByLoop: [ObjectIdentifier: LoopShard]
+    private let framing: @Sendable (ByteBuffer) -> ByteBuffer
     private let rooms: Mutex<RoomRegistry>
     private let online: Mutex<OnlineUsers>
 
@@ -31,9 +32,18 @@ public final class Hub: DeliverySink, Service, Sendable {
         var connectionsOfUser: [String: Int] = [:]
     }
 
-    /// - Parameter eventLoopGroup: the loops the transport accepts connections on.
-    public init(configuration: HubConfiguration = .init(), eventLoopGroup: any EventLoopGroup, logger: Logger = Logger(label: "herald.hub")) {
+    /// - Parameters:
+    ///   - eventLoopGroup: the loops the transport accepts connections on.
+    ///   - framing: wraps a delivery frame for the transport (for WebSocket: the frame header),
+    ///     applied once per message before fan-out, so every recipient gets the same bytes.
+    public init(
+        configuration: HubConfiguration = .init(),
+        eventLoopGroup: any EventLoopGroup,
+        logger: Logger = Logger(label: "herald.hub"),
+        framing: @escaping @Sendable (ByteBuffer) -> ByteBuffer = { $0 }
+    ) {
         self.configuration = configuration
+        self.framing = framing
         self.logger = logger
         self.eventLoopGroup = eventLoopGroup
         var shards: [LoopShard] = []
@@ -156,7 +166,7 @@ public final class Hub: DeliverySink, Service, Sendable {
             if snapshot.isEmpty { return }
             members = snapshot
         }
-        let frame = envelope.frame
+        let frame = framing(envelope.frame)
         let target = envelope.target
         let statistics = self.statistics
         for shard in shards {

@@ -20,7 +20,7 @@ public struct HeraldServer: Sendable {
     /// - Throws: ``ConfigurationError`` for a configuration Herald cannot run with.
     public init(configuration: HeraldConfiguration, logger: Logger = Logger(label: "herald")) async throws(ConfigurationError) {
         let group = MultiThreadedEventLoopGroup.singleton
-        let hub = Hub(configuration: configuration.hub, eventLoopGroup: group, logger: logger)
+        let hub = Hub(configuration: configuration.hub, eventLoopGroup: group, logger: logger, framing: WebSocketFraming.textFrame)
         let authenticator: Authenticator =
             if let secret = configuration.jwtSecret { try await .jwt(secret: secret) } else { .development }
         let broker = LocalBroker(deliveringTo: hub)

@@ -31,6 +31,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private enum State { case starting, open, closing, closed }
     private var state = State.starting
     private var context: ChannelHandlerContext?
+    /// The frame encoder's context: pre-framed deliveries are written from there, straight to
+    /// the socket, skipping the handlers in between and the encoder itself.
+    private var framedContext: ChannelHandlerContext?
+    /// Mirrors the channel's writability (its outbound bytes under the high-water mark), kept
+    /// up to date by `channelWritabilityChanged` so the per-delivery check is a plain load.
+    private var isWritable = true
     private var registered = false
     private var needsFlush = false
     private var awaitingPong = false
@@ -58,6 +64,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.framedContext = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
+        self.isWritable = context.channel.isWritable
         // The upgrade installs this handler on an active channel.
         start()
     }
@@ -104,7 +112,13 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             )
         }
         self.context = nil
+        self.framedContext = nil
         context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        isWritable = context.channel.isWritable
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -211,12 +225,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     // MARK: - Outbound (ClientConnection)
 
     func enqueue(_ frame: ByteBuffer) -> Bool {
-        guard state == .open, let context else { return false }
-        guard context.channel.isWritable else {
+        guard state == .open, let framedContext else { return false }
+        guard isWritable else {
             cutSlowConsumer()
             return false
         }
-        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame)), promise: nil)
+        framedContext.write(NIOAny(IOData.byteBuffer(frame)), promise: nil)
         if needsFlush { return false }
         needsFlush = true
         return true
@@ -256,7 +270,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     /// Sends a reply frame; flushed at the end of the read batch unless `flush` is set.
     func send(_ frame: ByteBuffer, flush: Bool = false) {
         guard state == .open, let context else { return }
-        guard context.channel.isWritable else {
+        guard isWritable else {
             cutSlowConsumer()
             return
         }
