@@ -23,10 +23,10 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     let user: String
     let eventLoop: any EventLoop
     let node: HeraldNode
-    private let identity: Result<Identity, AuthenticationFailure>
+    /// Why the connection is refused (close 4001), or `nil` when it authenticated.
+    private let rejection: String?
     /// Rooms this client may join by itself.
     let permissions: RoomPermissions
-    private var logger: Logger
 
     private enum State { case starting, open, closing, closed }
     private var state = State.starting
@@ -47,17 +47,29 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private var closeReason = ""
 
     init(identity: Result<Identity, AuthenticationFailure>, node: HeraldNode, eventLoop: any EventLoop) {
-        self.identity = identity
         self.node = node
         self.eventLoop = eventLoop
         self.id = node.makeConnectionID()
-        self.user = (try? identity.get().user) ?? ""
-        self.permissions = (try? identity.get().rooms) ?? .none
+        switch identity {
+        case .success(let identity):
+            self.user = identity.user
+            self.permissions = identity.rooms
+            self.rejection = nil
+        case .failure(let failure):
+            self.user = ""
+            self.permissions = .none
+            self.rejection = failure.reason
+        }
         self.bucket = TokenBucket(rate: node.configuration.rateLimit, burst: node.configuration.rateBurst)
-        var logger = node.logger
-        logger[metadataKey: "connection"] = .string(id)
-        if !user.isEmpty { logger[metadataKey: "user"] = .string(user) }
-        self.logger = logger
+    }
+
+    /// Logs with the connection's id and user. Only at open and close: no logger is kept per
+    /// connection, since its metadata would cost memory on every idle connection.
+    private func log(_ message: Logger.Message, _ metadata: Logger.Metadata = [:]) {
+        var metadata = metadata
+        metadata["connection"] = .string(id)
+        if !user.isEmpty { metadata["user"] = .string(user) }
+        node.logger.info(message, metadata: metadata)
     }
 
     // MARK: - Lifecycle
@@ -72,23 +84,22 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
 
     private func start() {
         guard state == .starting else { return }
-        switch identity {
-        case .failure(let failure):
+        if let rejection {
             state = .open
-            logger.info("connection refused", metadata: ["reason": .string(failure.reason)])
-            close(.unauthorized, reason: failure.reason)
-        case .success:
+            log("connection refused", ["reason": .string(rejection)])
+            close(.unauthorized, reason: rejection)
+        } else {
             do {
                 try node.hub.register(self)
             } catch {
                 state = .open
-                logger.info("connection refused", metadata: ["reason": .string(error.description)])
+                log("connection refused", ["reason": .string(error.description)])
                 close(.tooManyConnections, reason: error.description)
                 return
             }
             registered = true
             state = .open
-            logger.info("connection open")
+            log("connection open")
             let welcome = ServerFrame.welcome(
                 user: user,
                 connection: id,
@@ -106,10 +117,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         if wasRegistered {
             node.hub.unregister(self)
             let code = closeCode.map { String($0.rawValue) } ?? "none"
-            logger.info(
-                "connection closed",
-                metadata: ["code": .string(code), "reason": .string(closeReason.isEmpty ? "connection lost" : closeReason)]
-            )
+            log("connection closed", ["code": .string(code), "reason": .string(closeReason.isEmpty ? "connection lost" : closeReason)])
         }
         self.context = nil
         self.framedContext = nil
@@ -239,7 +247,9 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     func flush() {
         guard needsFlush else { return }
         needsFlush = false
-        context?.flush()
+        // From the encoder's context the flush reaches the socket in one hop; everything this
+        // handler wrote has already passed the encoder.
+        (framedContext ?? context)?.flush()
     }
 
     func heartbeat() {
