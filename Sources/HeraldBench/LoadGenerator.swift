@@ -225,7 +225,8 @@ private struct Run: Sendable {
             func addNext() {
                 let index = next
                 next += 1
-                let query = tokens.map { "token=\($0[index])" } ?? "user=\(user(of: index))"
+                // Both: Herald uses the token when it checks JWTs, the baselines read ?user=.
+                let query = "user=\(user(of: index))" + (tokens.map { "&token=\($0[index])" } ?? "")
                 group.addTask {
                     (index, try? await connect(index: index, query: query))
                 }

@@ -8,6 +8,10 @@ public struct HeraldConfiguration: Sendable {
     public var host: String = "127.0.0.1"
     /// Port to bind; 0 picks a free one (see ``HeraldServer/run(onListening:)``).
     public var port: Int = 8080
+    /// Listen backlog: connections the kernel queues before Herald accepts them. A connection
+    /// storm overflowing it makes clients retry their SYN a second later. Capped by the
+    /// kernel's `net.core.somaxconn`.
+    public var backlog: Int = 4096
     /// This node's name in `welcome` frames and connection ids. Random when `nil`.
     public var nodeID: String?
     /// HS256 secret for client tokens. `nil` is development mode: `?user=NAME` is trusted.

@@ -41,7 +41,8 @@ public struct HeraldServer: Sendable {
             server: HTTPServerBuilder { responder in HeraldChildChannel(responder: responder, node: node) },
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.host, port: configuration.port),
-                serverName: "herald"
+                serverName: "herald",
+                backlog: configuration.backlog
             ),
             services: [node.hub, node.broker],
             onServerRunning: { channel in

@@ -22,6 +22,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Port to bind; 0 picks a free one. (env: HERALD_PORT, default 8080)")
     var port: Int?
 
+    @Option(help: "Listen backlog for connection storms, capped by net.core.somaxconn. (env: HERALD_BACKLOG, default 4096)")
+    var backlog: Int?
+
     @Option(name: .customLong("node-id"), help: "This node's name in welcome frames and connection ids. (env: HERALD_NODE_ID, default random)")
     var nodeID: String?
 
@@ -82,6 +85,7 @@ struct Serve: AsyncParsableCommand {
         var configuration = HeraldConfiguration()
         if let host = try value(host, "HERALD_HOST") { configuration.host = host }
         if let port = try value(port, "HERALD_PORT") { configuration.port = port }
+        if let backlog = try value(backlog, "HERALD_BACKLOG") { configuration.backlog = try positive(backlog, "backlog") }
         configuration.nodeID = try value(nodeID, "HERALD_NODE_ID")
         configuration.jwtSecret = try value(jwtSecret, "HERALD_JWT_SECRET")
         configuration.apiKey = try value(apiKey, "HERALD_API_KEY")
