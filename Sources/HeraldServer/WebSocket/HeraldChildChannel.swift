@@ -6,15 +6,14 @@ public import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
-import NIOWebSocket
 
 /// Hummingbird child channel: HTTP/1.1 for the API and the demo page, and a WebSocket upgrade on
 /// `/ws` into Herald's own pipeline.
 ///
 /// Hummingbird's stock WebSocket handler runs one task per connection behind an async channel
-/// (about 31 KB per idle connection measured here). Herald instead ends the upgraded pipeline in
-/// ``WebSocketConnection``, a plain channel handler: no task, no async sequence buffers, and
-/// deliveries written straight into the channel by the hub.
+/// (about 31 KB per idle connection measured here). Herald's upgraded pipeline is one plain
+/// channel handler, ``WebSocketConnection``: no task, no async sequence buffers, no NIO frame
+/// decoder or encoder, and deliveries written straight into the channel by the hub.
 public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
     public enum UpgradeResult: Sendable {
         /// Upgraded: the connection lives in the channel pipeline, nothing to await.
@@ -41,15 +40,14 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
         return channel.eventLoop.makeCompletedFuture {
             let firstRequestGuard = FirstRequestGuard(timeout: configuration.requestHeadTimeout)
             try channel.pipeline.syncOperations.addHandler(firstRequestGuard)
-            let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
-                maxFrameSize: configuration.maxFrameSize,
+            let upgrader = WebSocketUpgrader<UpgradeResult>(
                 shouldUpgrade: { channel, head in
                     // Every /ws request is upgraded, even one with bad credentials: a browser can
                     // read a close code and reason, but not the status of a refused handshake.
                     let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
                     return channel.eventLoop.makeSucceededFuture(path == "/ws" ? HTTPHeaders() : nil)
                 },
-                upgradePipelineHandler: { channel, head in
+                upgradePipeline: { channel, head in
                     Self.installConnection(channel: channel, head: head, node: node)
                 }
             )
@@ -117,15 +115,7 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
         return promise.futureResult.flatMapThrowing { identity in
             let water = max(configuration.maxOutboundBytes, 1024)
             try channel.syncOptions?.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: water / 2, high: water))
-            let handlers: [any ChannelHandler] = [
-                NIOWebSocketFrameAggregator(
-                    minNonFinalFragmentSize: 0,
-                    maxAccumulatedFrameCount: 1024,
-                    maxAccumulatedFrameSize: configuration.maxFrameSize
-                ),
-                WebSocketConnection(identity: identity, node: node, eventLoop: channel.eventLoop),
-            ]
-            try channel.pipeline.syncOperations.addHandlers(handlers)
+            try channel.pipeline.syncOperations.addHandler(WebSocketConnection(identity: identity, node: node, eventLoop: channel.eventLoop))
             return .webSocket
         }
     }

@@ -2,22 +2,21 @@ import Herald
 import HeraldWire
 import Logging
 import NIOCore
-import NIOHTTP1
-import NIOWebSocket
 
 /// One client WebSocket: a channel handler at the top of the upgraded pipeline, and the
 /// ``ClientConnection`` the hub delivers to.
 ///
-/// There is no task per connection: inbound frames are handled as they are read, on the
-/// channel's event loop, and deliveries are written on the same loop by the hub's shard. All
-/// mutable state is confined to that loop (hence `@unchecked Sendable`).
+/// There is no task per connection and no other handler in the pipeline: client frames are
+/// parsed from socket reads as they arrive (``WebSocketFrameParser``), on the channel's event
+/// loop, and every frame written is already framed bytes (deliveries framed once by the hub).
+/// All mutable state is confined to that loop (hence `@unchecked Sendable`).
 ///
 /// Outbound bytes are bounded by the channel's write-buffer high-water mark, set to
 /// ``HeraldConfiguration/maxOutboundBytes``: a delivery that finds the channel unwritable cuts
 /// the connection off with 1013 (slow consumer) instead of queueing more.
 final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unchecked Sendable {
-    typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     let id: String
     let user: String
@@ -31,9 +30,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private enum State { case starting, open, closing, closed }
     private var state = State.starting
     private var context: ChannelHandlerContext?
-    /// The frame encoder's context: pre-framed deliveries are written from there, straight to
-    /// the socket, skipping the handlers in between and the encoder itself.
-    private var framedContext: ChannelHandlerContext?
+    private var parser: WebSocketFrameParser
     /// Mirrors the channel's writability (its outbound bytes under the high-water mark), kept
     /// up to date by `channelWritabilityChanged` so the per-delivery check is a plain load.
     private var isWritable = true
@@ -61,6 +58,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             self.rejection = failure.reason
         }
         self.bucket = TokenBucket(rate: node.configuration.rateLimit, burst: node.configuration.rateBurst)
+        self.parser = WebSocketFrameParser(maxMessageSize: node.configuration.maxFrameSize)
     }
 
     /// Logs with the connection's id and user. Only at open and close: no logger is kept per
@@ -76,7 +74,6 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.framedContext = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
         self.isWritable = context.channel.isWritable
         // The upgrade installs this handler on an active channel.
         start()
@@ -120,7 +117,6 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             log("connection closed", ["code": .string(code), "reason": .string(closeReason.isEmpty ? "connection lost" : closeReason)])
         }
         self.context = nil
-        self.framedContext = nil
         context.fireChannelInactive()
     }
 
@@ -138,44 +134,42 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let error = error as? NIOWebSocketFrameAggregator.Error, error == .accumulatedFrameSizeIsTooLarge {
-            close(.frameTooLarge, reason: "message larger than \(node.configuration.maxFrameSize) bytes")
-        } else if error is NIOWebSocketFrameAggregator.Error {
-            close(.protocolError, reason: "malformed fragmented message")
-        } else if let error = error as? NIOWebSocketError {
-            // WebSocketProtocolErrorHandler, below us, has already sent the close frame and closes the channel.
-            state = .closing
-            closeCode = error == .invalidFrameLength ? .frameTooLarge : .protocolError
-            closeReason = error == .invalidFrameLength ? "frame larger than \(node.configuration.maxFrameSize) bytes" : "protocol error: \(error)"
-        } else {
-            // Protocol errors from the frame decoder are answered by WebSocketProtocolErrorHandler;
-            // I/O errors end the connection.
-            closeReason = closeReason.isEmpty ? "error: \(error)" : closeReason
-            context.close(promise: nil)
-        }
+        // Only I/O errors reach here (protocol errors are the parser's): the connection is gone.
+        closeReason = closeReason.isEmpty ? "error: \(error)" : closeReason
+        context.close(promise: nil)
     }
 
     // MARK: - Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        awaitingPong = false  // any frame proves the peer is alive
-        switch frame.opcode {
-        case .text:
+        guard state != .closed else { return }
+        parser.append(unwrapInboundIn(data))
+        do {
+            while state == .open || state == .closing, let frame = try parser.next() {
+                awaitingPong = false  // any frame proves the peer is alive
+                handle(frame)
+            }
+        } catch {
+            closeCode = error.code
+            close(error.code, reason: error.reason)
+        }
+    }
+
+    private func handle(_ frame: WebSocketFrameParser.Frame) {
+        switch frame {
+        case .text(let text):
             guard state == .open, admit() else { return }
-            handle(text: frame.unmaskedData)
+            handle(text: text)
         case .binary:
             guard state == .open, admit() else { return }
             send(ServerFrame.error(.badRequest, message: "binary frames are not supported: send JSON text frames", id: nil))
-        case .ping:
+        case .ping(let payload):
             guard state == .open else { return }
-            let pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)
-            context.write(wrapOutboundOut(pong), promise: nil)
-            needsFlush = true
-        case .connectionClose:
-            receivedClose(frame)
-        default:
-            break  // pong: liveness noted above; continuation frames are merged by the aggregator
+            write(WebSocketFraming.frame(opcode: WebSocketFraming.pong, payload: payload))
+        case .pong:
+            break  // liveness noted by the caller
+        case .close(let code):
+            receivedClose(code: code)
         }
     }
 
@@ -213,16 +207,14 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         perform(frame)
     }
 
-    private func receivedClose(_ frame: WebSocketFrame) {
-        var data = frame.unmaskedData
-        let code = data.readInteger(as: UInt16.self)
+    private func receivedClose(code: UInt16?) {
         if state == .open {
             closeReason = "closed by client" + (code.map { " (\($0))" } ?? "")
             // Echo the client's code, as RFC 6455 asks, then drop the socket once it is written.
+            state = .closing
             var payload = ByteBuffer()
             if let code { payload.writeInteger(code) }
-            state = .closing
-            context?.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)))
+            context?.writeAndFlush(wrapOutboundOut(WebSocketFraming.frame(opcode: WebSocketFraming.close, payload: payload)))
                 .whenComplete { [weak self] _ in self?.context?.close(promise: nil) }
             scheduleHardClose()
         } else if state == .closing {
@@ -233,12 +225,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     // MARK: - Outbound (ClientConnection)
 
     func enqueue(_ frame: ByteBuffer) -> Bool {
-        guard state == .open, let framedContext else { return false }
+        guard state == .open, let context else { return false }
         guard isWritable else {
             cutSlowConsumer()
             return false
         }
-        framedContext.write(NIOAny(IOData.byteBuffer(frame)), promise: nil)
+        context.write(wrapOutboundOut(frame), promise: nil)
         if needsFlush { return false }
         needsFlush = true
         return true
@@ -247,9 +239,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     func flush() {
         guard needsFlush else { return }
         needsFlush = false
-        // From the encoder's context the flush reaches the socket in one hop; everything this
-        // handler wrote has already passed the encoder.
-        (framedContext ?? context)?.flush()
+        context?.flush()
     }
 
     func heartbeat() {
@@ -259,7 +249,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             return
         }
         awaitingPong = true
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFraming.frame(opcode: WebSocketFraming.ping, payload: ByteBuffer())), promise: nil)
     }
 
     func close(_ code: CloseCode, reason: String) {
@@ -267,26 +257,28 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         state = .closing
         closeCode = code
         closeReason = reason
-        var payload = ByteBuffer()
-        payload.writeInteger(code.rawValue)
-        payload.writeString(Self.truncatedReason(reason))
         // RFC 6455 closing handshake: wait for the client's close frame before dropping TCP.
         // Closing at once would make the client's reply hit a closed socket, and the reset can
         // destroy our close frame (and its reason) in the client's receive buffer.
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFraming.closeFrame(code: code.rawValue, reason: reason)), promise: nil)
         scheduleHardClose()
     }
 
     /// Sends a reply frame; flushed at the end of the read batch unless `flush` is set.
     func send(_ frame: ByteBuffer, flush: Bool = false) {
-        guard state == .open, let context else { return }
+        guard state == .open else { return }
         guard isWritable else {
             cutSlowConsumer()
             return
         }
-        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame)), promise: nil)
-        needsFlush = true
+        write(WebSocketFraming.textFrame(frame))
         if flush { self.flush() }
+    }
+
+    /// Queues framed bytes; flushed at the end of the read batch (or by the caller).
+    private func write(_ framed: ByteBuffer) {
+        context?.write(wrapOutboundOut(framed), promise: nil)
+        needsFlush = true
     }
 
     private func cutSlowConsumer() {
@@ -302,14 +294,4 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         }
     }
 
-    /// Close reasons are limited to 123 bytes by RFC 6455; cut at a character boundary.
-    static func truncatedReason(_ reason: String) -> String {
-        guard reason.utf8.count > 123 else { return reason }
-        var result = ""
-        for character in reason {
-            if result.utf8.count + character.utf8.count > 123 { break }
-            result.append(character)
-        }
-        return result
-    }
 }
