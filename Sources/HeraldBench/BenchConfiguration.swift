@@ -23,7 +23,7 @@ public enum PublishTransport: String, CaseIterable, Sendable, Codable {
 }
 
 /// One bench run. Every run is bounded: by `duration` (or `messages`), then `drainTimeout`.
-public struct BenchConfiguration: Sendable {
+public struct BenchConfiguration: Sendable, Codable {
     public var scenario: BenchScenario = .rooms
     public var host = "127.0.0.1"
     public var port = 8080
@@ -60,6 +60,10 @@ public struct BenchConfiguration: Sendable {
     public var progress = true
     /// Permit a target outside 127.0.0.0/8 and ::1.
     public var allowRemoteTarget = false
+    /// Generator processes holding the connections; 0 picks as many as the open-file limit needs.
+    public var processes = 0
+    /// Set in a worker process: which share of the connections it holds.
+    public var worker: WorkerSlice?
 
     public init() {}
 
@@ -72,6 +76,19 @@ public struct BenchConfiguration: Sendable {
         case .idle, .connect: 0
         }
     }
+}
+
+/// A worker process's share of the connections: indices `index`, `index + count`, `index + 2·count`, …
+public struct WorkerSlice: Sendable, Codable, Equatable {
+    public var index: Int
+    public var count: Int
+
+    public init(index: Int, count: Int) {
+        self.index = index
+        self.count = count
+    }
+
+    public func holds(_ connection: Int) -> Bool { connection % count == index }
 }
 
 /// A configuration the bench refuses to run, with what to change.

@@ -1,5 +1,6 @@
 import Foundation
 import Histogram
+import Synchronization
 
 /// Latency percentiles in milliseconds.
 public struct LatencySummary: Sendable, Codable, Equatable {
@@ -29,6 +30,8 @@ public struct BenchReport: Sendable, Codable {
     public var rate: Double?
     public var payloadSize: Int
 
+    /// Generator processes that held the connections.
+    public var processes = 1
     public var connectionsOK = 0
     public var connectionsFailed = 0
     public var connectSeconds = 0.0
@@ -67,6 +70,38 @@ public struct BenchReport: Sendable, Codable {
         }
     }
 
+    /// Fills in the delivery, latency and server figures of a finished run.
+    mutating func fill(
+        collected: Run.Collected,
+        publishStatistics: PublishStatistics,
+        expected: Int,
+        elapsed: Double,
+        probes: (baseline: ProcessProbe.Sample?, before: ProcessProbe.Sample?, after: ProcessProbe.Sample?)
+    ) {
+        connectionsPerSecond = Double(connectionsOK) / max(connectSeconds, 1e-9)
+        published = publishStatistics.sent.load(ordering: .relaxed)
+        publishFailed = publishStatistics.failed.load(ordering: .relaxed)
+        expectedDeliveries = expected
+        deliveries = collected.totals
+        lost = collected.totals.lost(expected: expected)
+        seconds = elapsed
+        deliveriesPerSecond = Double(collected.totals.unique) / max(elapsed, 1e-9)
+        if collected.histogram.totalCount > 0 { latency = LatencySummary(collected.histogram) }
+        if let before = probes.before, let after = probes.after {
+            serverCPUSeconds = after.cpuSeconds - before.cpuSeconds
+            if collected.totals.unique > 0 {
+                serverCPUMicrosecondsPerDelivery = (after.cpuSeconds - before.cpuSeconds) * 1e6 / Double(collected.totals.unique)
+            }
+            serverRSSBytes = after.rssBytes
+            if let baseline = probes.baseline {
+                serverRSSGrowthBytes = after.rssBytes - baseline.rssBytes
+                serverBytesPerConnection = Double(after.rssBytes - baseline.rssBytes) / Double(max(connectionsOK, 1))
+            }
+        }
+        stalledConnectionClosedByServer = collected.stalledClosedByServer
+        closeCodes = collected.closeCodes.reduce(into: [:]) { $0[String($1.key)] = $1.value }
+    }
+
     /// Whether every expected delivery arrived exactly once and in order.
     public var isClean: Bool { lost == 0 && deliveries.duplicates == 0 && deliveries.reordered == 0 && publishFailed == 0 }
 
@@ -81,7 +116,7 @@ public struct BenchReport: Sendable, Codable {
         var rows: [(String, String)] = [
             ("scenario", scenario + (rooms.map { ", \($0) rooms" } ?? "") + (rate.map { ", \(Int($0)) msg/s offered" } ?? "")),
             ("target", target),
-            ("connections", "\(connectionsOK) ok, \(connectionsFailed) failed"),
+            ("connections", "\(connectionsOK) ok, \(connectionsFailed) failed" + (processes > 1 ? ", over \(processes) generator processes" : "")),
             ("connect", String(format: "%.2f s, %.0f connections/s", connectSeconds, connectionsPerSecond)),
         ]
         if expectedDeliveries > 0 || published > 0 {

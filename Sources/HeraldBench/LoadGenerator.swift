@@ -20,6 +20,10 @@ public struct LoadGenerator: Sendable {
     public func run(log: @escaping @Sendable (String) -> Void = { _ in }) async throws -> BenchReport {
         let configuration = self.configuration
         try Self.validate(configuration)
+        let processes = Self.processCount(for: configuration)
+        if configuration.worker == nil, processes > 1 {
+            return try await Coordinator(configuration: configuration, processes: processes, log: log).run()
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         do {
             let report = try await Run(configuration: configuration, group: group, log: log).execute()
@@ -44,17 +48,35 @@ public struct LoadGenerator: Sendable {
         if configuration.scenario == .users, configuration.connections % configuration.devices != 0 {
             throw BenchError("--connections must be a multiple of --devices")
         }
-        var limit = rlimit()
-        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-        let needed = configuration.connections + configuration.publishConnections + 64
-        if UInt64(needed) > UInt64(limit.rlim_cur) {
+        let processes = processCount(for: configuration)
+        if configuration.processes > 0, processes > configuration.processes {
             throw BenchError(
                 """
-                \(configuration.connections) connections need about \(needed) open files, but this process may open \(limit.rlim_cur) \
-                (RLIMIT_NOFILE, hard limit \(limit.rlim_max)). Run several herald bench processes with fewer connections each.
+                \(configuration.connections) connections need \(processes) processes at \(connectionsPerProcess) each \
+                (open-file limit \(openFileLimit), RLIMIT_NOFILE); --processes \(configuration.processes) is too few
                 """
             )
         }
+        if processes > 64 {
+            throw BenchError("\(configuration.connections) connections would need \(processes) generator processes; at most 64")
+        }
+    }
+
+    /// This process's open-file limit (RLIMIT_NOFILE, soft), which bounds its connections.
+    static var openFileLimit: Int {
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        return limit.rlim_cur > UInt64(Int.max) ? Int.max : Int(limit.rlim_cur)
+    }
+
+    /// Connections one generator process may hold, leaving room for its other files.
+    static var connectionsPerProcess: Int { max(1, openFileLimit - 256) }
+
+    /// Generator processes the run needs: `--processes`, or enough for the open-file limit.
+    static func processCount(for configuration: BenchConfiguration) -> Int {
+        if configuration.worker != nil { return 1 }
+        let needed = (configuration.connections + connectionsPerProcess - 1) / connectionsPerProcess
+        return max(configuration.processes, needed)
     }
 
     static func isLoopback(_ host: String) -> Bool {
@@ -65,7 +87,7 @@ public struct LoadGenerator: Sendable {
 }
 
 /// One execution of a scenario.
-private struct Run: Sendable {
+struct Run: Sendable {
     let configuration: BenchConfiguration
     let group: MultiThreadedEventLoopGroup
     let log: @Sendable (String) -> Void
@@ -109,88 +131,117 @@ private struct Run: Sendable {
 
     func execute() async throws -> BenchReport {
         let baseline = probe.sample()
-        let tokens = try await mintTokens()
         let progress = startProgress()
         defer { progress.cancel() }
 
-        // 1. Connect.
+        let prepared = try await prepareReceivers()
+        if let worker = configuration.worker {
+            try await serveCoordinator(prepared, worker: worker)
+            return BenchReport(configuration: configuration)
+        }
+
+        // Publish (or hold), measuring the server's CPU over this phase only.
+        let before = probe.sample()
+        let publishStart = ContinuousClock.now
+        let expected = try await publish(recipients: prepared.receivers.count, stalledIndex: prepared.stalled?.index) {
+            self.statistics.deliveries.load(ordering: .relaxed)
+        }
+        let elapsed = (ContinuousClock.now - publishStart).seconds
+        let after = probe.sample()
+
+        let collected = try await collect(prepared)
+        var report = BenchReport(configuration: configuration)
+        report.connectionsOK = prepared.receivers.count
+        report.connectionsFailed = prepared.failures
+        report.connectSeconds = prepared.connectSeconds
+        report.fill(
+            collected: collected,
+            publishStatistics: publishStatistics,
+            expected: expected,
+            elapsed: elapsed,
+            probes: (baseline, before, after)
+        )
+        for receiver in prepared.receivers {
+            receiver.channelLoop.execute { receiver.close() }
+        }
+        return report
+    }
+
+    /// This process's connections, joined and ready to receive.
+    struct PreparedReceivers: Sendable {
+        var receivers: [ReceiverConnection]
+        var failures: Int
+        var connectSeconds: Double
+        var stalled: ReceiverConnection?
+    }
+
+    /// Connects this process's share of the connections, joins their rooms, stalls the `slow` one.
+    func prepareReceivers() async throws -> PreparedReceivers {
+        let tokens = try await mintTokens()
         let connectStart = ContinuousClock.now
         let (receivers, failures) = await connectAll(tokens: tokens)
         let connectSeconds = (ContinuousClock.now - connectStart).seconds
-        log("connected \(receivers.count) of \(configuration.connections) in \(String(format: "%.2f", connectSeconds)) s (\(failures) failed)")
-
-        var report = BenchReport(configuration: configuration)
-        report.connectionsOK = receivers.count
-        report.connectionsFailed = failures
-        report.connectSeconds = connectSeconds
-        report.connectionsPerSecond = Double(receivers.count) / max(connectSeconds, 1e-9)
-
-        // 2. Join rooms.
+        log("connected \(receivers.count) of \(myIndices.count) in \(String(format: "%.2f", connectSeconds)) s (\(failures) failed)")
         if [.rooms, .slow].contains(configuration.scenario) {
             try await joinRooms(receivers)
         }
         var stalled: ReceiverConnection?
-        if configuration.scenario == .slow, let first = receivers.first {
+        if configuration.scenario == .slow, let first = receivers.first(where: { $0.index == 0 }) {
             stalled = first
             try await first.channelLoop.submit { first.stopReading() }.get()
         }
+        return PreparedReceivers(receivers: receivers, failures: failures, connectSeconds: connectSeconds, stalled: stalled)
+    }
 
-        // 3. Publish (or hold), measuring the server's CPU over this phase only.
-        let before = probe.sample()
-        let publishStart = ContinuousClock.now
+    /// Publishes the scenario's messages (or holds, for `idle`), then waits until `delivered()`
+    /// reaches the expected count or the drain timeout passes. Returns the expected deliveries.
+    func publish(recipients: Int, stalledIndex: Int?, delivered: @escaping @Sendable () -> Int) async throws -> Int {
         var expected = 0
         switch configuration.scenario {
         case .rooms, .slow, .users:
-            expected = try await publishAtRate(receivers: receivers, stalled: stalled)
+            expected = try await publishAtRate(stalledIndex: stalledIndex)
         case .all:
-            expected = try await publishBurst(receivers: receivers)
+            expected = try await publishBurst(recipients: recipients)
         case .idle:
             try await Task.sleep(for: .seconds(configuration.duration))
         case .connect:
             break
         }
-        if expected > 0 { try await drain(expected: expected, stalledDeliveriesExcluded: stalled) }
-        let elapsed = (ContinuousClock.now - publishStart).seconds
-        let after = probe.sample()
+        if expected > 0 {
+            let deadline = ContinuousClock.now + .seconds(configuration.drainTimeout)
+            while ContinuousClock.now < deadline, delivered() < expected {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
+        return expected
+    }
 
-        // 4. Collect.
+    /// What this process's connections received.
+    struct Collected: Sendable, Codable {
         var totals = DeliveryTotals()
-        for receiver in receivers where receiver !== stalled {
-            let ledger = try await receiver.channelLoop.submit { receiver.ledger.totals }.get()
-            totals.add(ledger)
-        }
-        let histogram = statistics.mergedHistogram()
-        report.published = publishStatistics.sent.load(ordering: .relaxed)
-        report.publishFailed = publishStatistics.failed.load(ordering: .relaxed)
-        report.expectedDeliveries = expected
-        report.deliveries = totals
-        report.lost = totals.lost(expected: expected)
-        report.seconds = elapsed
-        report.deliveriesPerSecond = Double(totals.unique) / max(elapsed, 1e-9)
-        if histogram.totalCount > 0 {
-            report.latency = LatencySummary(histogram)
-        }
-        if let before, let after {
-            report.serverCPUSeconds = after.cpuSeconds - before.cpuSeconds
-            if totals.unique > 0 {
-                report.serverCPUMicrosecondsPerDelivery = (after.cpuSeconds - before.cpuSeconds) * 1e6 / Double(totals.unique)
-            }
-            report.serverRSSBytes = after.rssBytes
-            if let baseline {
-                report.serverRSSGrowthBytes = after.rssBytes - baseline.rssBytes
-                report.serverBytesPerConnection = Double(after.rssBytes - baseline.rssBytes) / Double(max(receivers.count, 1))
-            }
-        }
-        if let stalled {
-            report.stalledConnectionClosedByServer = try await stalled.channelLoop.submit { stalled.closeCode != nil || !stalled.isActive }.get()
-        }
-        report.closeCodes = statistics.closeCodes.withLock { $0 }.reduce(into: [:]) { $0[String($1.key)] = $1.value }
+        var histogram: Histogram<UInt64>
+        var stalledClosedByServer: Bool?
+        var closeCodes: [UInt16: Int] = [:]
+    }
 
-        // 5. Close everything.
-        for receiver in receivers {
-            receiver.channelLoop.execute { receiver.close() }
+    func collect(_ prepared: PreparedReceivers) async throws -> Collected {
+        var collected = Collected(histogram: statistics.mergedHistogram())
+        for receiver in prepared.receivers where receiver !== prepared.stalled {
+            let ledger = try await receiver.channelLoop.submit { receiver.ledger.totals }.get()
+            collected.totals.add(ledger)
         }
-        return report
+        if let stalled = prepared.stalled {
+            collected.stalledClosedByServer = try await stalled.channelLoop.submit { stalled.closeCode != nil || !stalled.isActive }.get()
+        }
+        collected.closeCodes = statistics.closeCodes.withLock { $0 }
+        return collected
+    }
+
+    /// The connection indices this process holds.
+    var myIndices: [Int] {
+        let all = 0..<configuration.connections
+        guard let worker = configuration.worker else { return Array(all) }
+        return all.filter(worker.holds)
     }
 
     private func mintTokens() async throws -> [String]? {
@@ -216,14 +267,15 @@ private struct Run: Sendable {
     // MARK: - Connecting
 
     private func connectAll(tokens: [String]?) async -> ([ReceiverConnection], Int) {
-        let total = configuration.connections
+        let indices = myIndices
+        let total = indices.count
         let concurrency = max(1, configuration.connectConcurrency)
-        var receivers: [ReceiverConnection?] = Array(repeating: nil, count: total)
+        var receivers: [Int: ReceiverConnection] = [:]
         var failures = 0
         await withTaskGroup(of: (Int, ReceiverConnection?).self) { group in
             var next = 0
             func addNext() {
-                let index = next
+                let index = indices[next]
                 next += 1
                 // Both: Herald uses the token when it checks JWTs, the baselines read ?user=.
                 let query = "user=\(user(of: index))" + (tokens.map { "&token=\($0[index])" } ?? "")
@@ -237,7 +289,7 @@ private struct Run: Sendable {
                 if next < total { addNext() }
             }
         }
-        return (receivers.compactMap { $0 }, failures)
+        return (receivers.keys.sorted().compactMap { receivers[$0] }, failures)
     }
 
     private func connect(index: Int, query: String) async throws -> ReceiverConnection {
@@ -312,13 +364,13 @@ private struct Run: Sendable {
         }
     }
 
-    private func receivers(ofStream stream: Int, stalled: ReceiverConnection?) -> Int {
+    private func receivers(ofStream stream: Int, stalledIndex: Int?) -> Int {
         let base = configuration.receiversPerStream
-        if let stalled, self.stream(of: stalled.index) == stream { return base - 1 }
+        if let stalledIndex, self.stream(of: stalledIndex) == stream { return base - 1 }
         return base
     }
 
-    private func publishAtRate(receivers: [ReceiverConnection], stalled: ReceiverConnection?) async throws -> Int {
+    private func publishAtRate(stalledIndex: Int?) async throws -> Int {
         let publishers = try await makePublishers()
         let start = ContinuousClock.now
         var sequences = Array(repeating: 0, count: streamCount)
@@ -336,7 +388,7 @@ private struct Run: Sendable {
                     sequences[stream] += 1
                     let payload = BenchPayload(stream: stream, sequence: sequence, sentAt: NIODeadline.now().uptimeNanoseconds)
                     batches[number % publishers.count].append(request(stream: stream, payload: payload))
-                    expected += self.receivers(ofStream: stream, stalled: stalled)
+                    expected += self.receivers(ofStream: stream, stalledIndex: stalledIndex)
                 }
                 for (publisher, batch) in zip(publishers, batches) where !batch.isEmpty { publisher.send(batch) }
                 sent = due
@@ -346,7 +398,7 @@ private struct Run: Sendable {
         return expected
     }
 
-    private func publishBurst(receivers: [ReceiverConnection]) async throws -> Int {
+    private func publishBurst(recipients: Int) async throws -> Int {
         let publishers = try await makePublishers()
         var batches: [[(String, String)]] = Array(repeating: [], count: publishers.count)
         for sequence in 0..<configuration.messages {
@@ -354,7 +406,7 @@ private struct Run: Sendable {
             batches[sequence % publishers.count].append(request(stream: 0, payload: payload))
         }
         for (publisher, batch) in zip(publishers, batches) where !batch.isEmpty { publisher.send(batch) }
-        return configuration.messages * receivers.count
+        return configuration.messages * recipients
     }
 
     private func request(stream: Int, payload: BenchPayload) -> (String, String) {
@@ -363,14 +415,6 @@ private struct Run: Sendable {
         switch configuration.transport {
         case .http: return (target.path, #"{"data":"# + data + "}")
         case .ws: return (target.path, "{" + target.frameField + #","data":"# + data + "}")
-        }
-    }
-
-    private func drain(expected: Int, stalledDeliveriesExcluded stalled: ReceiverConnection?) async throws {
-        let deadline = ContinuousClock.now + .seconds(configuration.drainTimeout)
-        while ContinuousClock.now < deadline {
-            if statistics.deliveries.load(ordering: .relaxed) >= expected { return }
-            try await Task.sleep(for: .milliseconds(5))
         }
     }
 

@@ -60,6 +60,10 @@ struct Bench: AsyncParsableCommand {
     var jwtSecret: String?
     @Option(name: .customLong("drain-timeout"), help: "Seconds to wait for outstanding deliveries after publishing.")
     var drainTimeout: Double = 5
+    @Option(help: "Generator processes; 0 uses as many as the open-file limit requires (about 19,700 connections each here).")
+    var processes = 0
+    @Option(name: .customLong("worker-configuration"), help: .hidden)
+    var workerConfiguration: String?
     @Flag(help: "Print the report as JSON (for scripts).")
     var json = false
     @Flag(name: .customLong("no-progress"), help: "No live progress line.")
@@ -68,6 +72,14 @@ struct Bench: AsyncParsableCommand {
     var allowRemoteTarget = false
 
     func run() async throws {
+        if let workerConfiguration {
+            // A generator process started by the coordinator; it speaks the worker line protocol.
+            let configuration = try JSONDecoder().decode(BenchConfiguration.self, from: Data(workerConfiguration.utf8))
+            _ = try await LoadGenerator(configuration: configuration).run { line in
+                FileHandle.standardError.write(Data((line + "\n").utf8))
+            }
+            return
+        }
         guard let scenario = BenchScenario(rawValue: scenario) else {
             throw ValidationError("unknown scenario \(scenario): use one of \(BenchScenario.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -93,6 +105,7 @@ struct Bench: AsyncParsableCommand {
         configuration.drainTimeout = drainTimeout
         configuration.progress = !noProgress && !json
         configuration.allowRemoteTarget = allowRemoteTarget
+        configuration.processes = processes
         let report: BenchReport
         do {
             report = try await LoadGenerator(configuration: configuration).run { line in
