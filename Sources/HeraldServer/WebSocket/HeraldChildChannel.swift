@@ -38,6 +38,13 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
         let node = self.node
         let configuration = node.configuration
         return channel.eventLoop.makeCompletedFuture {
+            // NIO keeps each channel's last read buffer to reuse it; its default 2 KiB first
+            // buffer was the largest single item of an idle connection's memory. Clients mostly
+            // send small frames, and the allocator grows the buffer when reads fill it.
+            try channel.syncOptions?.setOption(
+                ChannelOptions.recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536)
+            )
             let firstRequestGuard = FirstRequestGuard(timeout: configuration.requestHeadTimeout)
             try channel.pipeline.syncOperations.addHandler(firstRequestGuard)
             let upgrader = WebSocketUpgrader<UpgradeResult>(
