@@ -82,6 +82,18 @@ struct ConnectionManagerTests {
         }
     }
 
+    @Test func pingFloodsAreRateLimitedToo() async throws {
+        try await TestServer.with({
+            $0.rateLimit = 2
+            $0.rateBurst = 5
+        }) { server in
+            let client = try await TestClient.connect(port: server.port, query: "user=pinger")
+            _ = try await client.next(type: "welcome")
+            for _ in 0..<40 { try? await client.sendPing() }
+            #expect(try await client.closed().code == 1008)
+        }
+    }
+
     @Test func slowConsumerIsCutOffWhileOthersKeepReceiving() async throws {
         try await TestServer.with({
             $0.maxOutboundBytes = 64 * 1024

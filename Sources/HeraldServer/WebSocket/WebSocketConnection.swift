@@ -164,7 +164,13 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             guard state == .open, admit() else { return }
             send(ServerFrame.error(.badRequest, message: "binary frames are not supported: send JSON text frames", id: nil))
         case .ping(let payload):
-            guard state == .open else { return }
+            // Pings count against the rate limit too, and their pongs against the outbound
+            // bound: a client flooding pings without reading cannot grow our memory.
+            guard state == .open, admit() else { return }
+            guard isWritable else {
+                cutSlowConsumer()
+                return
+            }
             write(WebSocketFraming.frame(opcode: WebSocketFraming.pong, payload: payload))
         case .pong:
             break  // liveness noted by the caller

@@ -86,6 +86,10 @@ final class TestClient: Sendable {
         try await outbound.write(.text(text))
     }
 
+    func sendPing() async throws {
+        try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer(string: "p"))))
+    }
+
     func sendBinary(_ bytes: [UInt8]) async throws {
         try await outbound.write(.binary(ByteBuffer(bytes: bytes)))
     }
