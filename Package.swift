@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "HeraldWire", targets: ["HeraldWire"]),
         .library(name: "Herald", targets: ["Herald"]),
         .library(name: "HeraldServer", targets: ["HeraldServer"]),
+        .library(name: "HeraldRedis", targets: ["HeraldRedis"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -65,6 +66,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "HeraldRedis",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "HeraldBench",
             dependencies: [
                 "HeraldServer",
@@ -95,6 +101,15 @@ let package = Package(
         .testTarget(
             name: "HeraldTests",
             dependencies: ["Herald", "HeraldWire", .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HeraldRedisTests",
+            dependencies: [
+                "HeraldRedis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
