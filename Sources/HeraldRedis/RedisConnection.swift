@@ -1,0 +1,174 @@
+import DequeModule
+public import NIOCore
+import NIOPosix
+import Synchronization
+
+/// One connection to a Redis server, with any number of commands in flight (pipelining):
+/// replies are matched to commands in order. RESP3 (`HELLO 3`) when the server speaks it,
+/// RESP2 otherwise; `AUTH` and `SELECT` from the URL.
+///
+/// RESP3 pushes (pub/sub messages) never complete a command: they go to `onPush`.
+public final class RedisConnection: Sendable {
+    public let url: RedisURL
+    /// 3 after a successful `HELLO 3`, else 2.
+    public let protocolVersion: Int
+    private let channel: any Channel
+
+    private init(url: RedisURL, protocolVersion: Int, channel: any Channel) {
+        self.url = url
+        self.protocolVersion = protocolVersion
+        self.channel = channel
+    }
+
+    /// Connects, negotiates the protocol, logs in and selects the database.
+    /// - Parameter onPush: receives out-of-band RESP3 pushes, on the connection's event loop.
+    public static func connect(
+        to url: RedisURL,
+        on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        connectTimeout: TimeAmount = .seconds(5),
+        onPush: @escaping @Sendable (RESPValue) -> Void = { _ in }
+    ) async throws -> RedisConnection {
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(connectTimeout)
+                .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(RedisCommandHandler(onPush: onPush))
+                    }
+                }
+                .connect(host: url.host, port: url.port).get()
+        } catch {
+            throw RedisError("cannot connect to Redis at \(url.host):\(url.port): \(error)")
+        }
+        var hello = ["HELLO", "3"]
+        if let password = url.password { hello += ["AUTH", url.user ?? "default", password] }
+        let probe = RedisConnection(url: url, protocolVersion: 2, channel: channel)
+        var version = 3
+        do {
+            _ = try await probe.send(RESPCommand(arguments: hello.map { ByteBuffer(string: $0) }))
+        } catch let error as RedisError where error.message.contains("unknown command") || error.message.contains("NOPROTO") {
+            // A server before Redis 6: stay on RESP2 and log in the old way.
+            version = 2
+            if let password = url.password {
+                let auth = url.user.map { ["AUTH", $0, password] } ?? ["AUTH", password]
+                _ = try await probe.send(RESPCommand(arguments: auth.map { ByteBuffer(string: $0) }))
+            }
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+        let connection = RedisConnection(url: url, protocolVersion: version, channel: channel)
+        if url.database != 0 {
+            _ = try await connection.send(RESPCommand("SELECT", String(url.database)))
+        }
+        return connection
+    }
+
+    /// Sends one command and waits for its reply. Error replies throw ``RedisError``.
+    /// Fails at once when the connection is gone.
+    @discardableResult
+    public func send(_ command: RESPCommand) async throws -> RESPValue {
+        let reply = ReplySlot(channel.eventLoop.makePromise(of: RESPValue.self))
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(RedisCommandHandler.Request(command: command, reply: reply), promise: written)
+        // A closed channel never reaches the handler: the failed write is then the only answer.
+        written.futureResult.whenFailure { _ in reply.fail(RedisError("the connection to Redis is closed")) }
+        return try await reply.future.get()
+    }
+
+    /// Whether the TCP connection is still up.
+    public var isActive: Bool { channel.isActive }
+
+    public func close() async {
+        try? await channel.close()
+    }
+
+    /// Completes when the connection closes, for whatever reason.
+    public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
+}
+
+/// Matches replies to pipelined commands, in order; hands pushes to `onPush`.
+final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = RESPValue
+    typealias OutboundIn = Request
+    typealias OutboundOut = ByteBuffer
+
+    struct Request {
+        var command: RESPCommand
+        var reply: ReplySlot
+    }
+
+    private let onPush: @Sendable (RESPValue) -> Void
+    private var waiting = Deque<ReplySlot>()
+    private var isClosed = false
+
+    init(onPush: @escaping @Sendable (RESPValue) -> Void) {
+        self.onPush = onPush
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let request = unwrapOutboundIn(data)
+        guard !isClosed else {
+            request.reply.fail(RedisError("the connection to Redis is closed"))
+            promise?.fail(RedisError("the connection to Redis is closed"))
+            return
+        }
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        request.command.encode(into: &buffer)
+        waiting.append(request.reply)
+        context.write(wrapOutboundOut(buffer), promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let value = unwrapInboundIn(data)
+        if case .push = value {
+            onPush(value)
+            return
+        }
+        guard let promise = waiting.popFirst() else {
+            // A reply no command asked for: the stream is out of step; do not guess.
+            context.close(promise: nil)
+            return
+        }
+        switch value {
+        case .simpleError(let message): promise.fail(RedisError(message))
+        case .bulkError(let message): promise.fail(RedisError(String(buffer: message)))
+        default: promise.succeed(value)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        isClosed = true
+        let error = RedisError("the connection to Redis was lost before the reply")
+        while let promise = waiting.popFirst() { promise.fail(error) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// A reply promise that tolerates being answered twice (a failed write and a lost connection
+/// can both report the same command): the first answer wins.
+final class ReplySlot: Sendable {
+    private let promise: EventLoopPromise<RESPValue>
+    private let answered = Atomic<Bool>(false)
+
+    init(_ promise: EventLoopPromise<RESPValue>) {
+        self.promise = promise
+    }
+
+    var future: EventLoopFuture<RESPValue> { promise.futureResult }
+
+    func succeed(_ value: RESPValue) {
+        if answered.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged { promise.succeed(value) }
+    }
+
+    func fail(_ error: any Error) {
+        if answered.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged { promise.fail(error) }
+    }
+}
