@@ -54,7 +54,12 @@ public final class RedisConnection: Sendable {
             version = 2
             if let password = url.password {
                 let auth = url.user.map { ["AUTH", $0, password] } ?? ["AUTH", password]
-                _ = try await probe.send(RESPCommand(arguments: auth.map { ByteBuffer(string: $0) }))
+                do {
+                    _ = try await probe.send(RESPCommand(arguments: auth.map { ByteBuffer(string: $0) }))
+                } catch {
+                    try? await channel.close()
+                    throw error
+                }
             }
         } catch {
             try? await channel.close()
@@ -62,7 +67,12 @@ public final class RedisConnection: Sendable {
         }
         let connection = RedisConnection(url: url, protocolVersion: version, channel: channel)
         if url.database != 0 {
-            _ = try await connection.send(RESPCommand("SELECT", String(url.database)))
+            do {
+                _ = try await connection.send(RESPCommand("SELECT", String(url.database)))
+            } catch {
+                try? await channel.close()
+                throw RedisError("cannot select database \(url.database): \(error)")
+            }
         }
         return connection
     }
