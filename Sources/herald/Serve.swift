@@ -28,7 +28,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("node-id"), help: "This node's name in welcome frames and connection ids. (env: HERALD_NODE_ID, default random)")
     var nodeID: String?
 
-    @Option(name: .customLong("jwt-secret"), help: "HS256 secret for client tokens; unset means development mode. (env: HERALD_JWT_SECRET)")
+    @Option(name: .customLong("jwt-secret"), help: "HS256 secret for client tokens, at least 32 bytes; unset means development mode. (env: HERALD_JWT_SECRET)")
     var jwtSecret: String?
 
     @Option(name: .customLong("api-key"), help: "Bearer key required by every /api call; unset leaves the API open. (env: HERALD_API_KEY)")
