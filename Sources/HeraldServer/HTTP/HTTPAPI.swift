@@ -103,8 +103,11 @@ struct HTTPAPI {
         } catch {
             throw APIError(.serviceUnavailable, code: .unavailable, message: "message not published: \(error)")
         }
-        return JSONBody.response(.accepted, ["accepted": true])
+        return Response(status: .accepted, headers: [.contentType: "application/json"], body: .init(byteBuffer: Self.acceptedBody))
     }
+
+    /// The body of every 202, built once: publishing is the API's hot call.
+    private static let acceptedBody = ByteBuffer(string: #"{"accepted":true}"#)
 
     /// A room or user name from the path, validated like the WebSocket protocol's names.
     private func name(_ context: BasicRequestContext, _ key: String) throws -> String {
