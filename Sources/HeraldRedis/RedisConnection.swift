@@ -89,6 +89,11 @@ public final class RedisConnection: Sendable {
         return try await reply.future.get()
     }
 
+    /// Sends a command whose answer comes as RESP3 pushes (SUBSCRIBE and its kin), not as a reply.
+    func sendExpectingPushes(_ command: RESPCommand) async throws {
+        try await channel.writeAndFlush(RedisCommandHandler.Request(command: command, reply: nil)).get()
+    }
+
     /// Whether the TCP connection is still up.
     public var isActive: Bool { channel.isActive }
 
@@ -108,7 +113,8 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     struct Request {
         var command: RESPCommand
-        var reply: ReplySlot
+        /// `nil` for commands answered by pushes only.
+        var reply: ReplySlot?
     }
 
     private let onPush: @Sendable (RESPValue) -> Void
@@ -122,13 +128,13 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let request = unwrapOutboundIn(data)
         guard !isClosed else {
-            request.reply.fail(RedisError("the connection to Redis is closed"))
+            request.reply?.fail(RedisError("the connection to Redis is closed"))
             promise?.fail(RedisError("the connection to Redis is closed"))
             return
         }
         var buffer = context.channel.allocator.buffer(capacity: 64)
         request.command.encode(into: &buffer)
-        waiting.append(request.reply)
+        if let reply = request.reply { waiting.append(reply) }
         context.write(wrapOutboundOut(buffer), promise: promise)
     }
 

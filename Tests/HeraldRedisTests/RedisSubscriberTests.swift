@@ -1,0 +1,82 @@
+import HeraldRedis
+import NIOCore
+import Synchronization
+import Testing
+
+/// Messages a subscriber received, awaitable with a bound.
+final class MessageLog: Sendable {
+    private let messages = Mutex<[RedisMessage]>([])
+
+    func append(_ message: RedisMessage) { messages.withLock { $0.append(message) } }
+    var all: [RedisMessage] { messages.withLock { $0 } }
+
+    func waitForCount(_ count: Int) async throws {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while all.count < count, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+    }
+}
+
+@Suite("Redis subscriber against a real redis-server")
+struct RedisSubscriberTests {
+    @Test func channelPatternAndShardedSubscriptions() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        let url = RedisURL(port: server.port)
+        let log = MessageLog()
+        let subscriber = try await RedisSubscriber.connect(to: url) { log.append($0) }
+        let publisher = try await RedisConnection.connect(to: url)
+
+        try await subscriber.subscribe(["herald.room.a", "herald.room.b"])
+        try await subscriber.psubscribe(["herald.user.*"])
+        try await subscriber.ssubscribe(["herald.shard.x"])
+        let channels = try await publisher.send(RESPCommand("PUBSUB", "CHANNELS", "herald.*"))
+        guard case .array(let names?) = channels else {
+            Issue.record("PUBSUB CHANNELS: \(channels)")
+            return
+        }
+        #expect(Set(names.compactMap(\.string)) == ["herald.room.a", "herald.room.b"])
+
+        // PUBLISH answers with the number of receivers: the subscription is live when it returns 1.
+        #expect(try await publisher.send(RESPCommand("PUBLISH", "herald.room.a", "one")) == .integer(1))
+        #expect(try await publisher.send(RESPCommand("PUBLISH", "herald.user.alice", "two")) == .integer(1))
+        #expect(try await publisher.send(RESPCommand("SPUBLISH", "herald.shard.x", "three")) == .integer(1))
+        #expect(try await publisher.send(RESPCommand("PUBLISH", "herald.room.zzz", "nobody")) == .integer(0))
+        try await log.waitForCount(3)
+        #expect(log.all == [
+            RedisMessage(kind: .channel, pattern: nil, channel: "herald.room.a", payload: ByteBuffer(string: "one")),
+            RedisMessage(kind: .pattern, pattern: "herald.user.*", channel: "herald.user.alice", payload: ByteBuffer(string: "two")),
+            RedisMessage(kind: .shard, pattern: nil, channel: "herald.shard.x", payload: ByteBuffer(string: "three")),
+        ])
+
+        try await subscriber.unsubscribe(["herald.room.a"])
+        #expect(try await publisher.send(RESPCommand("PUBLISH", "herald.room.a", "gone")) == .integer(0))
+        #expect(try await publisher.send(RESPCommand("PUBLISH", "herald.room.b", "still")) == .integer(1))
+        try await log.waitForCount(4)
+        #expect(log.all.last?.payload == ByteBuffer(string: "still"))
+        #expect(log.all.count == 4)
+
+        await subscriber.close()
+        await publisher.close()
+    }
+
+    @Test func everyMessageArrivesOnceUnderLoad() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        let url = RedisURL(port: server.port)
+        let log = MessageLog()
+        let subscriber = try await RedisSubscriber.connect(to: url) { log.append($0) }
+        let publisher = try await RedisConnection.connect(to: url)
+        try await subscriber.subscribe(["seq"])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // 5,000 concurrent publishes on one pipelined connection: none lost, none twice.
+            for n in 0..<5000 { group.addTask { _ = try await publisher.send(RESPCommand("PUBLISH", "seq", String(n))) } }
+            try await group.waitForAll()
+        }
+        try await log.waitForCount(5000)
+        let numbers = log.all.compactMap { Int(String(buffer: $0.payload)) }
+        #expect(numbers.count == 5000)
+        #expect(Set(numbers).count == 5000)
+        await subscriber.close()
+        await publisher.close()
+    }
+}
