@@ -26,75 +26,178 @@ public struct RedisMessage: Sendable, Equatable {
     }
 }
 
-/// A dedicated pub/sub connection (RESP3): subscriptions are confirmed by pushes, messages
-/// arrive as pushes and go to `onMessage`, on the connection's event loop, in order. Commands
-/// and pushes are never confused: this connection sends nothing but (un)subscriptions.
+/// A dedicated pub/sub connection (RESP3) that stays subscribed: subscriptions are confirmed
+/// by pushes, messages arrive as pushes and go to `onMessage` (on the connection's event loop,
+/// in order). Commands and pushes are never confused: this connection sends nothing but
+/// (un)subscriptions.
+///
+/// The subscriber remembers what it is subscribed to. While it ``run()``s, a lost connection
+/// is re-established with capped exponential backoff and jitter, every remembered channel,
+/// pattern and shard channel is subscribed again, and `onReconnect` is told (messages published
+/// during the gap were missed: pub/sub is not a queue).
 public final class RedisSubscriber: Sendable {
-    private let connection: RedisConnection
-    private let confirmations: Confirmations
+    public let url: RedisURL
+    private let group: any EventLoopGroup
+    private let onMessage: @Sendable (RedisMessage) -> Void
+    private let onReconnect: @Sendable () -> Void
+    private let confirmations = Confirmations()
+    private let state = Mutex<State>(State())
+    /// Reconnection delays: the first, and the cap.
+    public var backoff: (first: Duration, cap: Duration) { (.milliseconds(50), .seconds(2)) }
 
-    private init(connection: RedisConnection, confirmations: Confirmations) {
-        self.connection = connection
-        self.confirmations = confirmations
+    struct State {
+        var connection: RedisConnection?
+        var channels: Set<String> = []
+        var patterns: Set<String> = []
+        var shardChannels: Set<String> = []
+        var reconnects = 0
     }
 
-    public static func connect(
-        to url: RedisURL,
+    public init(
+        url: RedisURL,
         on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        onMessage: @escaping @Sendable (RedisMessage) -> Void
-    ) async throws -> RedisSubscriber {
-        let confirmations = Confirmations()
-        let connection = try await RedisConnection.connect(to: url, on: group) { push in
-            guard case .push(let items) = push, let kind = items.first?.string else { return }
-            switch (kind, items.count) {
-            case ("message", 3):
-                if let channel = items[1].string, case .bulkString(let payload?) = items[2] {
-                    onMessage(RedisMessage(kind: .channel, pattern: nil, channel: channel, payload: payload))
-                }
-            case ("smessage", 3):
-                if let channel = items[1].string, case .bulkString(let payload?) = items[2] {
-                    onMessage(RedisMessage(kind: .shard, pattern: nil, channel: channel, payload: payload))
-                }
-            case ("pmessage", 4):
-                if let channel = items[2].string, case .bulkString(let payload?) = items[3] {
-                    onMessage(RedisMessage(kind: .pattern, pattern: items[1].string, channel: channel, payload: payload))
-                }
-            case ("subscribe", _), ("unsubscribe", _), ("psubscribe", _), ("punsubscribe", _), ("ssubscribe", _), ("sunsubscribe", _):
-                if items.count >= 2 { confirmations.confirm(kind: kind, name: items[1].string) }
-            default:
-                break
+        onMessage: @escaping @Sendable (RedisMessage) -> Void,
+        onReconnect: @escaping @Sendable () -> Void = {}
+    ) {
+        self.url = url
+        self.group = group
+        self.onMessage = onMessage
+        self.onReconnect = onReconnect
+    }
+
+    /// Connects (once) without the reconnect loop; for callers that drive ``run()`` later or
+    /// only need one connection. Throws when Redis cannot be reached.
+    public func connect() async throws {
+        let connection = try await open()
+        state.withLock { $0.connection = connection }
+    }
+
+    /// Keeps the subscriber connected until the task is cancelled.
+    public func run() async {
+        var delay = backoff.first
+        var firstAttempt = true
+        while !Task.isCancelled {
+            let current = state.withLock { $0.connection }
+            if let current, current.isActive {
+                try? await current.closeFuture.get()
+                state.withLock { $0.connection = nil }
+                continue
             }
+            do {
+                let connection = try await open()
+                let interest = state.withLock { state -> State in
+                    state.connection = connection
+                    return state
+                }
+                try await resubscribe(interest, on: connection)
+                delay = backoff.first
+                if !firstAttempt {
+                    state.withLock { $0.reconnects += 1 }
+                    onReconnect()
+                }
+                firstAttempt = false
+            } catch {
+                firstAttempt = false
+                // Capped exponential backoff with full jitter, so many nodes do not reconnect in step.
+                let jittered = Duration.nanoseconds(Int64.random(in: 1...max(1, Int64(delay / .nanoseconds(1)))))
+                try? await Task.sleep(for: jittered)
+                delay = min(delay * 2, backoff.cap)
+            }
+        }
+        if let connection = state.withLock({ $0.connection }) { await connection.close() }
+    }
+
+    /// Times the connection was re-established after a loss.
+    public var reconnectCount: Int { state.withLock { $0.reconnects } }
+
+    public func subscribe(_ channels: [String]) async throws {
+        state.withLock { $0.channels.formUnion(channels) }
+        try await run("SUBSCRIBE", channels)
+    }
+
+    public func unsubscribe(_ channels: [String]) async throws {
+        state.withLock { $0.channels.subtract(channels) }
+        try await run("UNSUBSCRIBE", channels)
+    }
+
+    public func psubscribe(_ patterns: [String]) async throws {
+        state.withLock { $0.patterns.formUnion(patterns) }
+        try await run("PSUBSCRIBE", patterns)
+    }
+
+    public func punsubscribe(_ patterns: [String]) async throws {
+        state.withLock { $0.patterns.subtract(patterns) }
+        try await run("PUNSUBSCRIBE", patterns)
+    }
+
+    public func ssubscribe(_ channels: [String]) async throws {
+        state.withLock { $0.shardChannels.formUnion(channels) }
+        try await run("SSUBSCRIBE", channels)
+    }
+
+    public func sunsubscribe(_ channels: [String]) async throws {
+        state.withLock { $0.shardChannels.subtract(channels) }
+        try await run("SUNSUBSCRIBE", channels)
+    }
+
+    /// Whether the subscriber is connected right now.
+    public var isConnected: Bool { state.withLock { $0.connection?.isActive ?? false } }
+
+    public func close() async {
+        if let connection = state.withLock({ $0.connection }) { await connection.close() }
+        confirmations.failAll()
+    }
+
+    private func open() async throws -> RedisConnection {
+        let onMessage = self.onMessage
+        let confirmations = self.confirmations
+        let connection = try await RedisConnection.connect(to: url, on: group) { push in
+            Self.route(push, onMessage: onMessage, confirmations: confirmations)
         }
         guard connection.protocolVersion == 3 else {
             await connection.close()
             throw RedisError("the subscriber needs RESP3 (Redis 6 or later): this server answered HELLO 3 with an error")
         }
-        return RedisSubscriber(connection: connection, confirmations: confirmations)
+        return connection
     }
 
-    public func subscribe(_ channels: [String]) async throws { try await run("SUBSCRIBE", channels) }
-    public func unsubscribe(_ channels: [String]) async throws { try await run("UNSUBSCRIBE", channels) }
-    public func psubscribe(_ patterns: [String]) async throws { try await run("PSUBSCRIBE", patterns) }
-    public func punsubscribe(_ patterns: [String]) async throws { try await run("PUNSUBSCRIBE", patterns) }
-    public func ssubscribe(_ channels: [String]) async throws { try await run("SSUBSCRIBE", channels) }
-    public func sunsubscribe(_ channels: [String]) async throws { try await run("SUNSUBSCRIBE", channels) }
-
-    public var isActive: Bool { connection.isActive }
-    public var closeFuture: EventLoopFuture<Void> { connection.closeFuture }
-
-    public func close() async {
-        await connection.close()
-        confirmations.failAll()
+    private func resubscribe(_ interest: State, on connection: RedisConnection) async throws {
+        try await run("SUBSCRIBE", Array(interest.channels), on: connection)
+        try await run("PSUBSCRIBE", Array(interest.patterns), on: connection)
+        try await run("SSUBSCRIBE", Array(interest.shardChannels), on: connection)
     }
 
-    /// Sends the command and waits (bounded) until Redis confirmed every name.
-    private func run(_ command: String, _ names: [String]) async throws {
-        guard !names.isEmpty else { return }
+    /// Sends the command and waits (bounded) until Redis confirmed every name. While
+    /// disconnected it only records the interest: the reconnect subscribes.
+    private func run(_ command: String, _ names: [String], on given: RedisConnection? = nil) async throws {
+        guard !names.isEmpty, let connection = given ?? state.withLock({ $0.connection }), connection.isActive else { return }
         let kind = command.lowercased()
         let waits = names.map { confirmations.expect(kind: kind, name: $0) }
         try await connection.sendExpectingPushes(RESPCommand(arguments: ([command] + names).map { ByteBuffer(string: $0) }))
         for wait in waits {
             try await wait.get()
+        }
+    }
+
+    private static func route(_ push: RESPValue, onMessage: @Sendable (RedisMessage) -> Void, confirmations: Confirmations) {
+        guard case .push(let items) = push, let kind = items.first?.string else { return }
+        switch (kind, items.count) {
+        case ("message", 3):
+            if let channel = items[1].string, case .bulkString(let payload?) = items[2] {
+                onMessage(RedisMessage(kind: .channel, pattern: nil, channel: channel, payload: payload))
+            }
+        case ("smessage", 3):
+            if let channel = items[1].string, case .bulkString(let payload?) = items[2] {
+                onMessage(RedisMessage(kind: .shard, pattern: nil, channel: channel, payload: payload))
+            }
+        case ("pmessage", 4):
+            if let channel = items[2].string, case .bulkString(let payload?) = items[3] {
+                onMessage(RedisMessage(kind: .pattern, pattern: items[1].string, channel: channel, payload: payload))
+            }
+        case ("subscribe", _), ("unsubscribe", _), ("psubscribe", _), ("punsubscribe", _), ("ssubscribe", _), ("sunsubscribe", _):
+            if items.count >= 2 { confirmations.confirm(kind: kind, name: items[1].string) }
+        default:
+            break
         }
     }
 }

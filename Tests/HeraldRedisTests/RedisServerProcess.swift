@@ -8,13 +8,14 @@ final class RedisServerProcess: @unchecked Sendable {
     let process: Process
     let directory: URL
 
-    init(arguments: [String] = []) async throws {
+    /// - Parameter port: a fixed port (to restart a server where clients expect it), or a free one.
+    init(port fixedPort: Int? = nil, arguments: [String] = []) async throws {
         guard let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: FileManager.default.isExecutableFile) else {
             throw RedisTestFailure("redis-server is not installed (scripts/test installs it: apt-get install redis-server)")
         }
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        port = try Self.freePort()
+        port = try fixedPort ?? Self.freePort()
         process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory.path] + arguments

@@ -23,7 +23,8 @@ struct RedisSubscriberTests {
         defer { server.stop() }
         let url = RedisURL(port: server.port)
         let log = MessageLog()
-        let subscriber = try await RedisSubscriber.connect(to: url) { log.append($0) }
+        let subscriber = RedisSubscriber(url: url) { log.append($0) }
+        try await subscriber.connect()
         let publisher = try await RedisConnection.connect(to: url)
 
         try await subscriber.subscribe(["herald.room.a", "herald.room.b"])
@@ -64,7 +65,8 @@ struct RedisSubscriberTests {
         defer { server.stop() }
         let url = RedisURL(port: server.port)
         let log = MessageLog()
-        let subscriber = try await RedisSubscriber.connect(to: url) { log.append($0) }
+        let subscriber = RedisSubscriber(url: url) { log.append($0) }
+        try await subscriber.connect()
         let publisher = try await RedisConnection.connect(to: url)
         try await subscriber.subscribe(["seq"])
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -78,5 +80,45 @@ struct RedisSubscriberTests {
         #expect(Set(numbers).count == 5000)
         await subscriber.close()
         await publisher.close()
+    }
+}
+
+@Suite("Redis subscriber across a Redis restart")
+struct RedisSubscriberReconnectTests {
+    @Test func reconnectsAndResubscribesAfterRedisIsKilledAndRestarted() async throws {
+        var server = try await RedisServerProcess()
+        let port = server.port
+        let url = RedisURL(port: port)
+        let log = MessageLog()
+        let reconnected = Atomic<Int>(0)
+        let subscriber = RedisSubscriber(url: url, onMessage: { log.append($0) }, onReconnect: { reconnected.add(1, ordering: .relaxed) })
+        let running = Task { await subscriber.run() }
+        defer { running.cancel() }
+        // Subscribe once connected (the first connect happens in run()).
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !subscriber.isConnected, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        try await subscriber.subscribe(["room.a"])
+        try await subscriber.psubscribe(["user.*"])
+
+        server.stop()
+        server = try await RedisServerProcess(port: port)
+        defer { server.stop() }
+        let publisher = try await RedisConnection.connect(to: url)
+        // Wait (bounded) until the subscriber is back and has resubscribed: PUBLISH counts receivers.
+        var receivers: RESPValue = .integer(0)
+        let back = ContinuousClock.now + .seconds(10)
+        while receivers != .integer(1), ContinuousClock.now < back {
+            receivers = try await publisher.send(RESPCommand("PUBLISH", "room.a", "after"))
+            if receivers != .integer(1) { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(receivers == .integer(1))
+        #expect(try await publisher.send(RESPCommand("PUBLISH", "user.bob", "pattern-after")) == .integer(1))
+        try await log.waitForCount(2)
+        #expect(log.all.map { String(buffer: $0.payload) } == ["after", "pattern-after"])
+        #expect(reconnected.load(ordering: .relaxed) >= 1)
+        #expect(subscriber.reconnectCount >= 1)
+        await publisher.close()
+        running.cancel()
+        await subscriber.close()
     }
 }
