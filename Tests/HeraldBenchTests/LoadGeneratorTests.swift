@@ -13,8 +13,8 @@ struct LoadGeneratorTests {
         configuration.port = server.port
         configuration.connections = 4
         configuration.rooms = 1
-        configuration.rate = 400
-        configuration.duration = 0.1  // about 40 messages
+        configuration.rate = 200
+        configuration.duration = 0.5  // about 100 messages, and many chances to send them on a busy machine
         configuration.transport = .ws
         configuration.publishConnections = 1
         configuration.drainTimeout = 1
