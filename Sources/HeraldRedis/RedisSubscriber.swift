@@ -110,34 +110,19 @@ public final class RedisSubscriber: Sendable {
     /// Times the connection was re-established after a loss.
     public var reconnectCount: Int { state.withLock { $0.reconnects } }
 
-    public func subscribe(_ channels: [String]) async throws {
-        state.withLock { $0.channels.formUnion(channels) }
-        try await run("SUBSCRIBE", channels)
-    }
+    public func subscribe(_ channels: [String]) async throws { try await change("SUBSCRIBE", channels, \.channels, adding: true) }
+    public func unsubscribe(_ channels: [String]) async throws { try await change("UNSUBSCRIBE", channels, \.channels, adding: false) }
+    public func psubscribe(_ patterns: [String]) async throws { try await change("PSUBSCRIBE", patterns, \.patterns, adding: true) }
+    public func punsubscribe(_ patterns: [String]) async throws { try await change("PUNSUBSCRIBE", patterns, \.patterns, adding: false) }
+    public func ssubscribe(_ channels: [String]) async throws { try await change("SSUBSCRIBE", channels, \.shardChannels, adding: true) }
+    public func sunsubscribe(_ channels: [String]) async throws { try await change("SUNSUBSCRIBE", channels, \.shardChannels, adding: false) }
 
-    public func unsubscribe(_ channels: [String]) async throws {
-        state.withLock { $0.channels.subtract(channels) }
-        try await run("UNSUBSCRIBE", channels)
-    }
-
-    public func psubscribe(_ patterns: [String]) async throws {
-        state.withLock { $0.patterns.formUnion(patterns) }
-        try await run("PSUBSCRIBE", patterns)
-    }
-
-    public func punsubscribe(_ patterns: [String]) async throws {
-        state.withLock { $0.patterns.subtract(patterns) }
-        try await run("PUNSUBSCRIBE", patterns)
-    }
-
-    public func ssubscribe(_ channels: [String]) async throws {
-        state.withLock { $0.shardChannels.formUnion(channels) }
-        try await run("SSUBSCRIBE", channels)
-    }
-
-    public func sunsubscribe(_ channels: [String]) async throws {
-        state.withLock { $0.shardChannels.subtract(channels) }
-        try await run("SUNSUBSCRIBE", channels)
+    /// Records the interest (kept across reconnects), then tells Redis if connected.
+    private func change(_ command: String, _ names: [String], _ interest: WritableKeyPath<State, Set<String>>, adding: Bool) async throws {
+        state.withLock { state in
+            if adding { state[keyPath: interest].formUnion(names) } else { state[keyPath: interest].subtract(names) }
+        }
+        try await run(command, names)
     }
 
     /// Whether the subscriber is connected right now.
@@ -223,8 +208,14 @@ final class Confirmations: Sendable {
 
     func expect(kind: String, name: String) -> EventLoopFuture<Void> {
         let confirmation = Confirmation(loop.makePromise(of: Void.self))
-        waiting.withLock { $0[kind + " " + name, default: []].append(confirmation) }
-        let timeout = loop.scheduleTask(in: .seconds(10)) {
+        let key = kind + " " + name
+        waiting.withLock { $0[key, default: []].append(confirmation) }
+        let timeout = loop.scheduleTask(in: .seconds(10)) { [self] in
+            // Leave the queue too: a stale entry would swallow the next confirmation of this name.
+            waiting.withLock { state in
+                state[key]?.removeAll { $0 === confirmation }
+                if state[key]?.isEmpty == true { state[key] = nil }
+            }
             confirmation.answer(RedisError("Redis did not confirm \(kind) \(name) within 10 s"))
         }
         confirmation.promise.futureResult.whenComplete { _ in timeout.cancel() }
