@@ -50,6 +50,7 @@ let package = Package(
             name: "HeraldServer",
             dependencies: [
                 "Herald",
+                "HeraldRedis",
                 "HeraldWire",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -58,17 +59,23 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "HeraldRedis",
             dependencies: [
+                "Herald",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -108,10 +115,17 @@ let package = Package(
             dependencies: ["Herald", "HeraldWire", .product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "HeraldTestSupport",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            path: "Tests/HeraldTestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "HeraldRedisTests",
             dependencies: [
                 "HeraldRedis",
+                "HeraldTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
@@ -134,6 +148,8 @@ let package = Package(
             dependencies: [
                 "Herald",
                 "HeraldServer",
+                "HeraldRedis",
+                "HeraldTestSupport",
                 "HeraldWire",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -13,6 +13,17 @@ public protocol Broker: Service {
     /// they were published. The future fails with ``BrokerError`` when the broker cannot take
     /// the message (for example it is disconnected): it fails fast instead of piling up.
     func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
+
+    /// This node's interest changed: it now has local recipients for `change.subscribe` and no
+    /// longer any for `change.unsubscribe` (``DeliveryTarget/all`` is always delivered).
+    ///
+    /// Must not block; changes are applied in call order (the hub calls it under its lock).
+    /// The future completes once the broker delivers the subscribed channels to this node; a
+    /// broker that delivers everything everywhere (``LocalBroker``) completes at once.
+    func changeInterest(_ change: InterestChange, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
+
+    /// Counters of the broker's failures, for `/api/stats`.
+    var statistics: BrokerStatistics.Snapshot { get }
 }
 
 extension Broker {
@@ -22,9 +33,32 @@ extension Broker {
     }
 }
 
-/// Receives what a broker delivers on this node. The hub implements it.
+/// Channels a node starts or stops needing, as the hub computes them from its local connections.
+public struct InterestChange: Sendable, Equatable {
+    public var subscribe: [DeliveryTarget] = []
+    public var unsubscribe: [DeliveryTarget] = []
+
+    public init(subscribe: [DeliveryTarget] = [], unsubscribe: [DeliveryTarget] = []) {
+        self.subscribe = subscribe
+        self.unsubscribe = unsubscribe
+    }
+
+    public var isEmpty: Bool { subscribe.isEmpty && unsubscribe.isEmpty }
+}
+
+/// What a broker and a roster need of this node. The hub implements it.
 public protocol DeliverySink: Sendable {
+    /// Delivers a published envelope to this node's connections.
     func deliver(_ envelope: Envelope)
+
+    /// A membership changed somewhere in the cluster. Rosters call it in the order the changes
+    /// were stored. The future completes once this node's interest reflects the change (its
+    /// user's connections here receive the room from then on).
+    func membershipChanged(_ change: MembershipChange) -> EventLoopFuture<Void>
+
+    /// Connections per user on this node, for a roster that must rebuild its presence records
+    /// (for example after Redis restarted without persistence).
+    func localConnectionCounts() -> [String: Int]
 }
 
 /// A message the broker could not take.

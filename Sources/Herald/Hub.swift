@@ -4,17 +4,19 @@ public import NIOCore
 public import ServiceLifecycle
 import Synchronization
 
-/// The node's registry of local connections and rooms, and the fan-out from the broker to
-/// local sockets.
+/// The node's registry of local connections, its copy of their users' rooms, and the fan-out
+/// from the broker to local sockets.
 ///
 /// - Connections are kept per event loop (``LoopShard``), indexed by user.
-/// - Rooms (room → user ids) are shared by all loops behind one lock, held only to read a
-///   member snapshot or change a membership, never while writing to sockets.
+/// - Room membership lives in the ``Roster`` (shared by the cluster); the hub keeps the rooms
+///   of the users connected here (``LocalInterest``), updated by the roster's change
+///   notifications, and tells the ``Broker`` which channels this node needs.
 /// - ``deliver(_:)`` (called by the broker) hands the encoded frame to each event loop that
 ///   has connections with one `execute`: the cost of a delivery to 10,000 connections is one
 ///   hop per loop, not a task per recipient.
 ///
 /// The hub is a `Service`: while it runs, every loop pings its connections each heartbeat.
+/// Wire it with ``attach(broker:roster:)`` before the first connection.
 public final class Hub: DeliverySink, Service, Sendable {
     public let configuration: HubConfiguration
     public let statistics = HubStatistics()
@@ -24,12 +26,18 @@ public final class Hub: DeliverySink, Service, Sendable {
     private let shards: [LoopShard]
     private let shardByLoop: [ObjectIdentifier: LoopShard]
     private let framing: @Sendable (ByteBuffer) -> ByteBuffer
-    private let rooms: Mutex<RoomRegistry>
-    private let online: Mutex<OnlineUsers>
+    private let state: Mutex<NodeState>
+    private let cluster = Mutex<Cluster?>(nil)
 
-    struct OnlineUsers {
+    struct NodeState {
         var total = 0
         var connectionsOfUser: [String: Int] = [:]
+        var interest = LocalInterest()
+    }
+
+    struct Cluster {
+        var broker: any Broker
+        var roster: any Roster
     }
 
     /// - Parameters:
@@ -55,57 +63,138 @@ public final class Hub: DeliverySink, Service, Sendable {
         }
         self.shards = shards
         self.shardByLoop = byLoop
-        self.rooms = Mutex(RoomRegistry(limits: configuration))
-        self.online = Mutex(OnlineUsers())
+        self.state = Mutex(NodeState())
+    }
+
+    /// Wires the hub to its broker and roster (which were built with the hub as their sink).
+    public func attach(broker: any Broker, roster: any Roster) {
+        cluster.withLock { $0 = Cluster(broker: broker, roster: roster) }
+    }
+
+    /// A hub with the in-process broker and roster: one node on its own.
+    public static func standalone(
+        configuration: HubConfiguration = .init(),
+        eventLoopGroup: any EventLoopGroup,
+        logger: Logger = Logger(label: "herald.hub"),
+        framing: @escaping @Sendable (ByteBuffer) -> ByteBuffer = { $0 }
+    ) -> (hub: Hub, broker: LocalBroker, roster: LocalRoster) {
+        let hub = Hub(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger, framing: framing)
+        let broker = LocalBroker(deliveringTo: hub)
+        let roster = LocalRoster(limits: configuration, notifying: hub)
+        hub.attach(broker: broker, roster: roster)
+        return (hub, broker, roster)
+    }
+
+    private var wiring: Cluster {
+        guard let cluster = cluster.withLock({ $0 }) else {
+            preconditionFailure("Hub.attach(broker:roster:) must be called before the hub is used")
+        }
+        return cluster
     }
 
     // MARK: - Connections
 
     /// Admits a connection. Call on the connection's event loop.
+    ///
+    /// The returned future completes once the broker delivers the user's channel and rooms to
+    /// this node (at once with the local broker); send the client its welcome then. It fails
+    /// with ``HubError`` when the roster could not be read: close the connection.
     /// - Throws: ``HubError`` when the node or the user is at its connection limit (close with 4029).
-    public func register(_ connection: any ClientConnection) throws(HubError) {
+    public func register(_ connection: any ClientConnection) throws(HubError) -> EventLoopFuture<Void> {
         let shard = shard(for: connection.eventLoop)
         let limits = configuration
-        let refusal: HubError? = online.withLock { state in
-            guard state.total < limits.maxConnections else { return .serverFull(limit: limits.maxConnections) }
-            let current = state.connectionsOfUser[connection.user, default: 0]
+        let cluster = wiring
+        let user = connection.user
+        let loop = connection.eventLoop
+        enum Admission {
+            case refused(HubError)
+            case first(EventLoopPromise<Void>, EventLoopFuture<Void>)
+            case waiting(EventLoopFuture<Void>?)
+        }
+        let admission: Admission = state.withLock { state in
+            guard state.total < limits.maxConnections else { return .refused(.serverFull(limit: limits.maxConnections)) }
+            let current = state.connectionsOfUser[user, default: 0]
             guard current < limits.maxConnectionsPerUser else {
-                return HubError(reason: .userFull(user: connection.user, limit: limits.maxConnectionsPerUser))
+                return .refused(HubError(reason: .userFull(user: user, limit: limits.maxConnectionsPerUser)))
             }
             state.total += 1
-            state.connectionsOfUser[connection.user] = current + 1
-            return nil
+            state.connectionsOfUser[user] = current + 1
+            guard current == 0 else { return .waiting(state.interest.readiness(of: user)) }
+            let ready = loop.makePromise(of: Void.self)
+            let change = state.interest.userArrived(user, ready: ready)
+            return .first(ready, cluster.broker.changeInterest(change, on: loop))
         }
-        if let refusal {
+        let ready: EventLoopFuture<Void>
+        switch admission {
+        case .refused(let refusal):
             statistics.connectionsRefused.add(1, ordering: .relaxed)
             throw refusal
+        case .waiting(let readiness):
+            ready = readiness ?? loop.makeSucceededVoidFuture()
+        case .first(let promise, let userChannel):
+            ready = promise.futureResult
+            loadRooms(of: user, cluster: cluster, userChannel: userChannel, on: loop)
         }
         shard.add(connection)
+        cluster.roster.presenceChanged(user: user, delta: 1)
         statistics.connectionsOpened.add(1, ordering: .relaxed)
+        return ready
+    }
+
+    /// Asks the roster for the rooms of a user whose first connection just arrived, then
+    /// subscribes the rooms this node did not need yet.
+    private func loadRooms(of user: String, cluster: Cluster, userChannel: EventLoopFuture<Void>, on loop: any EventLoop) {
+        let roster = cluster.roster
+        loop.makeFutureWithTask { try await roster.rooms(of: user) }.whenComplete { [self] result in
+            switch result {
+            case .success(let rooms):
+                let loaded = state.withLock { state in
+                    state.interest.roomsLoaded(user, rooms: rooms).map { change, ready in
+                        (ready, change.isEmpty ? loop.makeSucceededVoidFuture() : cluster.broker.changeInterest(change, on: loop))
+                    }
+                }
+                guard let (ready, roomChannels) = loaded else { return }
+                userChannel.and(roomChannels).map { _ in }.cascade(to: ready)
+            case .failure(let error):
+                state.withLock { $0.interest.roomsFailed(user) }?.fail(error)
+            }
+        }
     }
 
     /// Removes a connection from every index. Call on the connection's event loop, once.
     public func unregister(_ connection: any ClientConnection) {
+        let cluster = wiring
+        let user = connection.user
         shard(for: connection.eventLoop).remove(connection)
-        online.withLock { state in
+        let abandoned: EventLoopPromise<Void>? = state.withLock { state in
             state.total -= 1
-            let remaining = state.connectionsOfUser[connection.user, default: 1] - 1
-            state.connectionsOfUser[connection.user] = remaining > 0 ? remaining : nil
+            let remaining = state.connectionsOfUser[user, default: 1] - 1
+            state.connectionsOfUser[user] = remaining > 0 ? remaining : nil
+            guard remaining == 0 else { return nil }
+            let (change, waiting) = state.interest.userLeft(user)
+            _ = cluster.broker.changeInterest(change, on: connection.eventLoop)
+            return waiting
         }
+        abandoned?.fail(HubError(reason: .unavailable("the connection closed before its channels were ready")))
+        cluster.roster.presenceChanged(user: user, delta: -1)
     }
 
     /// One of the hub's event loops (the current one when called on one).
     public var anyEventLoop: any EventLoop { eventLoopGroup.any() }
 
     /// Connections on this node.
-    public var connectionCount: Int { online.withLock { $0.total } }
+    public var connectionCount: Int { state.withLock { $0.total } }
 
     /// Users with at least one connection on this node.
-    public var onlineUserCount: Int { online.withLock { $0.connectionsOfUser.count } }
+    public var onlineUserCount: Int { state.withLock { $0.connectionsOfUser.count } }
 
     /// The user's connections on this node.
     public func connectionCount(of user: String) -> Int {
-        online.withLock { $0.connectionsOfUser[user] ?? 0 }
+        state.withLock { $0.connectionsOfUser[user] ?? 0 }
+    }
+
+    public func localConnectionCounts() -> [String: Int] {
+        state.withLock { $0.connectionsOfUser }
     }
 
     /// Closes every connection with `code` (for example 1012 on shutdown).
@@ -119,37 +208,22 @@ public final class Hub: DeliverySink, Service, Sendable {
 
     // MARK: - Rooms
 
-    /// Makes `user` (all of the user's connections) a member of `room`.
-    /// Returns `false` when the user already was one.
-    @discardableResult
-    public func join(user: String, room: String) throws(HubError) -> Bool {
-        try rooms.withLock { registry throws(HubError) in try registry.join(user: user, room: room) }
+    /// Whether `user`, connected to this node, is a member of `room` (this node's copy of the
+    /// roster: answers without a round trip). `false` for users not connected here.
+    public func isLocalMember(user: String, room: String) -> Bool {
+        state.withLock { $0.interest.isMember(user: user, room: room) }
     }
 
-    /// Ends the membership. Returns `false` when the user was not a member.
-    @discardableResult
-    public func leave(user: String, room: String) -> Bool {
-        rooms.withLock { $0.leave(user: user, room: room) }
-    }
+    /// Rooms with at least one member connected to this node (the room channels it needs).
+    public var localRoomCount: Int { state.withLock { $0.interest.localMembers.count } }
 
-    public func isMember(user: String, room: String) -> Bool {
-        rooms.withLock { $0.isMember(user: user, room: room) }
-    }
-
-    public func members(of room: String) -> Set<String> {
-        rooms.withLock { $0.members(of: room) }
-    }
-
-    public func rooms(of user: String) -> Set<String> {
-        rooms.withLock { $0.rooms(of: user) }
-    }
-
-    public var roomCount: Int { rooms.withLock { $0.roomCount } }
-
-    /// The members of `room` that have a connection on this node.
-    public func onlineMembers(of room: String) -> Set<String> {
-        let members = self.members(of: room)
-        return online.withLock { state in members.filter { state.connectionsOfUser[$0] != nil } }
+    public func membershipChanged(_ change: MembershipChange) -> EventLoopFuture<Void> {
+        let cluster = wiring
+        let loop = anyEventLoop
+        return state.withLock { state in
+            let interest = state.interest.apply(change)
+            return interest.isEmpty ? loop.makeSucceededVoidFuture() : cluster.broker.changeInterest(interest, on: loop)
+        }
     }
 
     // MARK: - Delivery
@@ -162,8 +236,7 @@ public final class Hub: DeliverySink, Service, Sendable {
         statistics.messagesDelivered.add(1, ordering: .relaxed)
         var members: Set<String>?
         if case .room(let room) = envelope.target {
-            let snapshot = self.members(of: room)
-            if snapshot.isEmpty { return }
+            guard let snapshot = state.withLock({ $0.interest.localMembers[room] }) else { return }
             members = snapshot
         }
         let frame = framing(envelope.frame)

@@ -6,11 +6,31 @@ public struct HubError: Error, Sendable, Equatable, CustomStringConvertible {
         case userRoomLimit(user: String, limit: Int)
         case roomLimit(limit: Int)
         case roomFull(room: String, limit: Int)
+        case unavailable(String)
     }
 
     let reason: Reason
 
     public static func serverFull(limit: Int) -> HubError { .init(reason: .serverFull(limit: limit)) }
+    public static func userRoomLimit(user: String, limit: Int) -> HubError { .init(reason: .userRoomLimit(user: user, limit: limit)) }
+    public static func roomLimit(limit: Int) -> HubError { .init(reason: .roomLimit(limit: limit)) }
+    public static func roomFull(room: String, limit: Int) -> HubError { .init(reason: .roomFull(room: room, limit: limit)) }
+    /// The shared store (for example Redis) could not answer; `detail` says why.
+    public static func unavailable(_ detail: String) -> HubError { .init(reason: .unavailable(detail)) }
+
+    /// Whether the error is a membership limit (as opposed to a connection limit or an outage).
+    public var isMembershipLimit: Bool {
+        switch reason {
+        case .userRoomLimit, .roomLimit, .roomFull: true
+        default: false
+        }
+    }
+
+    /// Whether the shared store was unavailable: the request may succeed when retried.
+    public var isUnavailable: Bool {
+        if case .unavailable = reason { return true }
+        return false
+    }
 
     /// Whether the error concerns the number of connections (close 4029) rather than memberships.
     public var isConnectionLimit: Bool {
@@ -32,6 +52,8 @@ public struct HubError: Error, Sendable, Equatable, CustomStringConvertible {
             "the server already has its maximum of \(limit) rooms; retry later"
         case .roomFull(let room, let limit):
             "room \(room) already has its maximum of \(limit) members"
+        case .unavailable(let detail):
+            "the cluster's shared state is unavailable (\(detail)); retry shortly"
         }
     }
 }

@@ -18,6 +18,13 @@ public struct LocalBroker: Broker {
         return eventLoop.makeSucceededVoidFuture()
     }
 
+    /// One node delivers every channel already: nothing to subscribe.
+    public func changeInterest(_ change: InterestChange, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        eventLoop.makeSucceededVoidFuture()
+    }
+
+    public var statistics: BrokerStatistics.Snapshot { .init() }
+
     public func run() async throws {
         // Nothing to connect to; stay up for the life of the node.
         try? await gracefulShutdown()

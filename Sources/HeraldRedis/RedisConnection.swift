@@ -21,11 +21,16 @@ public final class RedisConnection: Sendable {
     }
 
     /// Connects, negotiates the protocol, logs in and selects the database.
-    /// - Parameter onPush: receives out-of-band RESP3 pushes, on the connection's event loop.
+    /// - Parameters:
+    ///   - commandTimeout: a reply slower than this closes the connection and fails every
+    ///     command in flight (a paused or overloaded server must not hold callers, or their
+    ///     memory, forever). `nil` waits without bound (for blocking commands).
+    ///   - onPush: receives out-of-band RESP3 pushes, on the connection's event loop.
     public static func connect(
         to url: RedisURL,
         on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         connectTimeout: TimeAmount = .seconds(5),
+        commandTimeout: TimeAmount? = .seconds(5),
         onPush: @escaping @Sendable (RESPValue) -> Void = { _ in }
     ) async throws -> RedisConnection {
         let channel: any Channel
@@ -36,7 +41,7 @@ public final class RedisConnection: Sendable {
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder()))
-                        try channel.pipeline.syncOperations.addHandler(RedisCommandHandler(onPush: onPush))
+                        try channel.pipeline.syncOperations.addHandler(RedisCommandHandler(commandTimeout: commandTimeout, onPush: onPush))
                     }
                 }
                 .connect(host: url.host, port: url.port).get()
@@ -81,12 +86,18 @@ public final class RedisConnection: Sendable {
     /// Fails at once when the connection is gone.
     @discardableResult
     public func send(_ command: RESPCommand) async throws -> RESPValue {
+        try await submit(command).get()
+    }
+
+    /// Sends one command; the future holds its reply (error replies fail it with ``RedisError``).
+    /// For callers on an event loop that must not create a task per command.
+    public func submit(_ command: RESPCommand) -> EventLoopFuture<RESPValue> {
         let reply = ReplySlot(channel.eventLoop.makePromise(of: RESPValue.self))
         let written = channel.eventLoop.makePromise(of: Void.self)
         channel.writeAndFlush(RedisCommandHandler.Request(command: command, reply: reply), promise: written)
         // A closed channel never reaches the handler: the failed write is then the only answer.
         written.futureResult.whenFailure { _ in reply.fail(RedisError("the connection to Redis is closed")) }
-        return try await reply.future.get()
+        return reply.future
     }
 
     /// Sends a command whose answer comes as RESP3 pushes (SUBSCRIBE and its kin), not as a reply.
@@ -118,11 +129,33 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private let onPush: @Sendable (RESPValue) -> Void
-    private var waiting = Deque<ReplySlot>()
+    private let commandTimeout: TimeAmount?
+    /// Commands awaiting replies, in order, with when each was sent.
+    private var waiting = Deque<(reply: ReplySlot, sent: NIODeadline)>()
     private var isClosed = false
+    /// Why the connection was dropped by us, for the commands it fails.
+    private var closeReason: RedisError?
+    private var watchdog: RepeatedTask?
 
-    init(onPush: @escaping @Sendable (RESPValue) -> Void) {
+    init(commandTimeout: TimeAmount?, onPush: @escaping @Sendable (RESPValue) -> Void) {
+        self.commandTimeout = commandTimeout
         self.onPush = onPush
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard let timeout = commandTimeout else { return }
+        // One timer per connection, not per command: the oldest command in flight decides.
+        let period = TimeAmount.nanoseconds(max(timeout.nanoseconds / 4, 10_000_000))
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        watchdog = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [self] _ in
+            guard let oldest = waiting.first, NIODeadline.now() - oldest.sent > timeout else { return }
+            closeReason = RedisError("Redis did not answer within \(timeout.nanoseconds / 1_000_000) ms; the connection was dropped (a command already sent may still be applied when Redis recovers)")
+            loopBound.value.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        watchdog?.cancel()
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -134,7 +167,7 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
         var buffer = context.channel.allocator.buffer(capacity: 64)
         request.command.encode(into: &buffer)
-        if let reply = request.reply { waiting.append(reply) }
+        if let reply = request.reply { waiting.append((reply, .now())) }
         context.write(wrapOutboundOut(buffer), promise: promise)
     }
 
@@ -144,7 +177,7 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
             onPush(value)
             return
         }
-        guard let promise = waiting.popFirst() else {
+        guard let promise = waiting.popFirst()?.reply else {
             // A reply no command asked for: the stream is out of step; do not guess.
             context.close(promise: nil)
             return
@@ -158,8 +191,9 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         isClosed = true
-        let error = RedisError("the connection to Redis was lost before the reply")
-        while let promise = waiting.popFirst() { promise.fail(error) }
+        watchdog?.cancel()
+        let error = closeReason ?? RedisError("the connection to Redis was lost before the reply")
+        while let pending = waiting.popFirst() { pending.reply.fail(error) }
         context.fireChannelInactive()
     }
 

@@ -74,12 +74,17 @@ public final class RedisSubscriber: Sendable {
 
     /// Keeps the subscriber connected until the task is cancelled.
     public func run() async {
-        var delay = backoff.first
-        var firstAttempt = true
+        var backoff = Backoff(first: self.backoff.first, cap: self.backoff.cap)
+        // A connection made by connect() counts: losing it later is a reconnect.
+        var connectedBefore = state.withLock { $0.connection != nil }
         while !Task.isCancelled {
             let current = state.withLock { $0.connection }
             if let current, current.isActive {
-                try? await current.closeFuture.get()
+                await withTaskCancellationHandler {
+                    try? await current.closeFuture.get()
+                } onCancel: {
+                    Task { await current.close() }
+                }
                 state.withLock { $0.connection = nil }
                 continue
             }
@@ -90,18 +95,14 @@ public final class RedisSubscriber: Sendable {
                     return state
                 }
                 try await resubscribe(interest, on: connection)
-                delay = backoff.first
-                if !firstAttempt {
+                backoff.reset()
+                if connectedBefore {
                     state.withLock { $0.reconnects += 1 }
                     onReconnect()
                 }
-                firstAttempt = false
+                connectedBefore = true
             } catch {
-                firstAttempt = false
-                // Capped exponential backoff with full jitter, so many nodes do not reconnect in step.
-                let jittered = Duration.nanoseconds(Int64.random(in: 1...max(1, Int64(delay / .nanoseconds(1)))))
-                try? await Task.sleep(for: jittered)
-                delay = min(delay * 2, backoff.cap)
+                try? await Task.sleep(for: backoff.next())
             }
         }
         if let connection = state.withLock({ $0.connection }) { await connection.close() }

@@ -14,6 +14,16 @@ public struct HeraldConfiguration: Sendable {
     public var backlog: Int = 4096
     /// This node's name in `welcome` frames and connection ids. Random when `nil`.
     public var nodeID: String?
+    /// `redis://[[user]:password@]host[:port][/db]` of the Redis shared by the cluster's
+    /// nodes; `nil` runs one node on its own (no Redis).
+    public var redisURL: String?
+    /// Prefix of Herald's channels and keys in Redis, so several clusters can share one server.
+    public var redisPrefix: String = "herald"
+    /// How long a node that stopped heartbeating (killed, cut off) still counts its users online.
+    public var presenceTTL: Duration = .seconds(10)
+    /// Sets `SO_REUSEPORT` on the listening socket, so several processes can share the port
+    /// (`herald serve --workers N` sets it in its workers).
+    public var reusePort: Bool = false
     /// HS256 secret for client tokens. `nil` is development mode: `?user=NAME` is trusted.
     public var jwtSecret: String?
     /// When set, every `/api` call needs `Authorization: Bearer <apiKey>`.

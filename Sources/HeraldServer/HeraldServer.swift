@@ -1,12 +1,19 @@
 import Herald
-public import Hummingbird
+import HeraldRedis
+import Hummingbird
 import HummingbirdCore
 public import Logging
 import NIOCore
 import NIOPosix
+public import ServiceLifecycle
+import UnixSignals
 
-/// A Herald node as a Hummingbird application: the WebSocket endpoint, the HTTP API, the
-/// demo page, the hub and the broker, run together in one service group.
+/// A Herald node: the WebSocket endpoint, the HTTP API, the demo page, the hub, the broker and
+/// the roster, run together in one service group.
+///
+/// Without ``HeraldConfiguration/redisURL`` the node stands alone (``LocalBroker``,
+/// ``LocalRoster``); with it, it joins the cluster of nodes sharing that Redis
+/// (``RedisBroker``, ``RedisRoster``).
 ///
 /// ```swift
 /// let server = try await HeraldServer(configuration: configuration, logger: logger)
@@ -15,49 +22,93 @@ import NIOPosix
 public struct HeraldServer: Sendable {
     public let node: HeraldNode
     let logger: Logger
+    /// The cluster's services besides the hub (broker, and the roster when it heartbeats).
+    let clusterServices: [any Service]
 
-    /// Builds a node with the in-process ``LocalBroker``.
-    /// - Throws: ``ConfigurationError`` for a configuration Herald cannot run with.
+    /// Builds a node; with a Redis URL, connects to Redis first.
+    /// - Throws: ``ConfigurationError`` for a configuration Herald cannot run with, or a Redis
+    ///   it cannot reach.
     public init(configuration: HeraldConfiguration, logger: Logger = Logger(label: "herald")) async throws(ConfigurationError) {
+        var configuration = configuration
+        let nodeID = configuration.nodeID ?? HeraldNode.randomNodeID()
+        if let problem = HeraldNode.problem(withID: nodeID) { throw ConfigurationError("node id \(nodeID) \(problem)") }
+        configuration.nodeID = nodeID
         let group = MultiThreadedEventLoopGroup.singleton
         let hub = Hub(configuration: configuration.hub, eventLoopGroup: group, logger: logger, framing: WebSocketFraming.textFrame)
         let authenticator: Authenticator =
             if let secret = configuration.jwtSecret { try await .jwt(secret: secret) } else { .development }
-        let broker = LocalBroker(deliveringTo: hub)
-        self.node = HeraldNode(configuration: configuration, hub: hub, broker: broker, authenticator: authenticator, logger: logger)
+        let broker: any Broker
+        let roster: any Roster
+        if let redis = configuration.redisURL {
+            let url: RedisURL
+            do {
+                url = try RedisURL(parsing: redis)
+            } catch {
+                throw ConfigurationError("--redis \(redis): \(error)")
+            }
+            var brokerConfiguration = RedisBroker.Configuration(url: url, nodeID: nodeID)
+            brokerConfiguration.prefix = configuration.redisPrefix
+            let redisBroker = RedisBroker(configuration: brokerConfiguration, deliveringTo: hub, logger: logger, group: group)
+            do {
+                try await redisBroker.connect()
+            } catch {
+                throw ConfigurationError("cannot use Redis at \(url.host):\(url.port): \(error). Start redis-server there, or fix --redis / HERALD_REDIS_URL")
+            }
+            let redisRoster = RedisRoster(
+                broker: redisBroker,
+                limits: configuration.hub,
+                presenceTTL: configuration.presenceTTL,
+                notifying: hub,
+                logger: logger
+            )
+            await redisRoster.heartbeat()
+            broker = redisBroker
+            roster = redisRoster
+            clusterServices = [redisBroker, redisRoster]
+        } else {
+            let localBroker = LocalBroker(deliveringTo: hub)
+            broker = localBroker
+            roster = LocalRoster(limits: configuration.hub, notifying: hub)
+            clusterServices = [localBroker]
+        }
+        hub.attach(broker: broker, roster: roster)
+        self.node = HeraldNode(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, logger: logger)
         self.logger = logger
     }
 
-    /// The Hummingbird application. `onListening` receives the bound port (useful with port 0).
-    public func makeApplication(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
+    /// The node as one service (listener, hub, broker, roster). `onListening` receives the
+    /// bound port (useful with port 0).
+    public func makeService(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) -> some Service {
         let node = self.node
         let logger = self.logger
         let configuration = node.configuration
         let router = Router()
         router.middlewares.add(JSONErrorMiddleware())
         HTTPAPI(node: node).register(on: router)
-        return Application(
-            router: router,
-            server: HTTPServerBuilder { responder in HeraldChildChannel(responder: responder, node: node) },
-            configuration: ApplicationConfiguration(
-                address: .hostname(configuration.host, port: configuration.port),
-                serverName: "herald",
-                backlog: configuration.backlog
-            ),
-            services: [node.hub, node.broker],
-            onServerRunning: { channel in
-                let port = channel.localAddress?.port ?? configuration.port
+        let listener = HeraldListener(
+            childChannel: HeraldChildChannel(responder: HeraldListener.responder(for: router, logger: logger), node: node),
+            host: configuration.host,
+            port: configuration.port,
+            backlog: configuration.backlog,
+            reusePort: configuration.reusePort,
+            eventLoopGroup: node.hub.eventLoopGroup,
+            logger: logger,
+            onListening: { port in
                 Self.logStartup(configuration: configuration, node: node, port: port, logger: logger)
                 await onListening(port)
-            },
-            eventLoopGroupProvider: .shared(node.hub.eventLoopGroup),
-            logger: logger
+            }
         )
+        // A service group stops its services in reverse order: the listener first (no new
+        // connections, every WebSocket closed with 1012), the broker and roster last.
+        return NodeServices(services: [node.hub] + clusterServices + [listener], logger: logger)
     }
 
     /// Runs until SIGINT or SIGTERM; on either, closes every connection with 1012 and returns.
     public func run() async throws {
-        try await makeApplication().runService()
+        let group = ServiceGroup(
+            configuration: .init(services: [makeService()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        try await group.run()
     }
 
     private static func logStartup(configuration: HeraldConfiguration, node: HeraldNode, port: Int, logger: Logger) {
@@ -78,6 +129,28 @@ public struct HeraldServer: Sendable {
         }
         if configuration.apiKey == nil {
             logger.warning("no API key configured: the HTTP API (/api) is open to anyone who can reach this port. Set --api-key or HERALD_API_KEY.")
+        }
+    }
+}
+
+/// Several services run as one: the listener stops accepting first on graceful shutdown, then
+/// the hub, broker and roster stop.
+struct NodeServices: Service {
+    let services: [any Service]
+    let logger: Logger
+
+    func run() async throws {
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) },
+                gracefulShutdownSignals: [],
+                logger: logger
+            )
+        )
+        try await withGracefulShutdownHandler {
+            try await group.run()
+        } onGracefulShutdown: {
+            Task { await group.triggerGracefulShutdown() }
         }
     }
 }

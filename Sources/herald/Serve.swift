@@ -70,6 +70,21 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-outbound-bytes"), help: "Bytes queued for one connection before it is cut off as a slow consumer (1013). (env: HERALD_MAX_OUTBOUND_BYTES, default 1048576)")
     var maxOutboundBytes: Int?
 
+    @Option(help: "Redis shared by the cluster's nodes, redis://[[user]:password@]host[:port][/db]; unset runs one node on its own. (env: HERALD_REDIS_URL)")
+    var redis: String?
+
+    @Option(name: .customLong("redis-prefix"), help: "Prefix of Herald's channels and keys in Redis, so several clusters can share it. (env: HERALD_REDIS_PREFIX, default herald)")
+    var redisPrefix: String?
+
+    @Option(name: .customLong("presence-ttl"), help: "Seconds a node that stopped heartbeating (killed, cut off from Redis) still counts its users online. (env: HERALD_PRESENCE_TTL, default 10)")
+    var presenceTTL: Int?
+
+    @Option(help: "Worker processes sharing the port (SO_REUSEPORT); more than 1 needs --redis. (env: HERALD_WORKERS, default 1)")
+    var workers: Int?
+
+    @Flag(name: .customLong("reuse-port"), help: "Set SO_REUSEPORT on the listening socket (what each --workers process does).")
+    var reusePort = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env: HERALD_LOG_LEVEL, default info)")
     var logLevel: String?
 
@@ -123,10 +138,40 @@ struct Serve: AsyncParsableCommand {
         if let burst = try value(rateBurst, "HERALD_RATE_BURST") { configuration.rateBurst = try positive(burst, "rate-burst") }
         if let bytes = try value(maxOutboundBytes, "HERALD_MAX_OUTBOUND_BYTES") { configuration.maxOutboundBytes = try positive(bytes, "max-outbound-bytes") }
 
+        configuration.redisURL = try value(redis, "HERALD_REDIS_URL")
+        if let prefix = try value(redisPrefix, "HERALD_REDIS_PREFIX") {
+            guard !prefix.isEmpty, !prefix.contains(where: \.isWhitespace) else { throw ValidationError("redis-prefix must be non-empty, without spaces") }
+            configuration.redisPrefix = prefix
+        }
+        if let seconds = try value(presenceTTL, "HERALD_PRESENCE_TTL") {
+            guard seconds >= 3 else { throw ValidationError("presence-ttl must be at least 3 seconds (the heartbeat runs every third of it)") }
+            configuration.presenceTTL = .seconds(seconds)
+        }
+        configuration.reusePort = reusePort
+        let workerCount = try value(workers, "HERALD_WORKERS") ?? 1
+        guard workerCount >= 1 else { throw ValidationError("workers must be at least 1") }
+
         var logger = Logger(label: "herald")
         let level = try value(logLevel, "HERALD_LOG_LEVEL") ?? "info"
         guard let parsedLevel = Logger.Level(rawValue: level) else { throw ValidationError("unknown log level \(level)") }
         logger.logLevel = parsedLevel
+
+        if workerCount > 1 {
+            guard configuration.redisURL != nil else {
+                throw ValidationError(
+                    """
+                    --workers \(workerCount) needs a shared broker: each worker is a separate process with its own \
+                    connections and rooms, so without Redis a message published on one worker would never reach \
+                    clients on another. Start Redis and pass it, e.g. --workers \(workerCount) --redis redis://127.0.0.1:6379 \
+                    (or set HERALD_REDIS_URL).
+                    """
+                )
+            }
+            guard configuration.port != 0 else { throw ValidationError("--workers needs a fixed --port: with port 0 every worker would pick another one") }
+            let supervisor = WorkerSupervisor(count: workerCount, arguments: Array(CommandLine.arguments.dropFirst()), baseNodeID: configuration.nodeID, logger: logger)
+            try await supervisor.run()
+            return
+        }
 
         let server: HeraldServer
         do {

@@ -1,4 +1,5 @@
 import HeraldRedis
+import HeraldTestSupport
 import NIOCore
 import Testing
 

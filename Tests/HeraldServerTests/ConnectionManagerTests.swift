@@ -103,8 +103,8 @@ struct ConnectionManagerTests {
             _ = try await fast.next(type: "welcome")
             _ = try await TestClient.connect(port: server.port, query: "user=slow", reading: false)
             try await eventually("slow connects") { server.hub.connectionCount(of: "slow") == 1 }
-            try server.hub.join(user: "fast", room: "big")
-            try server.hub.join(user: "slow", room: "big")
+            _ = try await server.node.roster.join(user: "fast", room: "big")
+            _ = try await server.node.roster.join(user: "slow", room: "big")
 
             let payload = "\"" + String(repeating: "p", count: 16 * 1024) + "\""
             var sent = 0

@@ -11,11 +11,11 @@ struct HubTests {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let hub: Hub
         let broker: LocalBroker
+        let roster: LocalRoster
         let a1, a2, b1, c1: RecordingConnection
 
         init() throws {
-            hub = Hub(eventLoopGroup: group)
-            broker = LocalBroker(deliveringTo: hub)
+            (hub, broker, roster) = Hub.standalone(eventLoopGroup: group)
             let loops = Array(group.makeIterator())
             a1 = RecordingConnection(id: "a1", user: "alice", eventLoop: loops[0])
             a2 = RecordingConnection(id: "a2", user: "alice", eventLoop: loops[1])
@@ -27,10 +27,10 @@ struct HubTests {
 
         func start() async throws {
             for connection in everyone {
-                try await connection.eventLoop.submit { try self.hub.register(connection) }.get()
+                try await connection.eventLoop.flatSubmit { try! self.hub.register(connection) }.get()
             }
-            try hub.join(user: "alice", room: "R")
-            try hub.join(user: "bob", room: "R")
+            _ = try await roster.join(user: "alice", room: "R")
+            _ = try await roster.join(user: "bob", room: "R")
         }
 
         func publish(_ target: DeliveryTarget, _ data: String) async throws {
@@ -73,11 +73,12 @@ struct HubTests {
     @Test func membershipBelongsToTheUserAndLeavingStopsDelivery() async throws {
         let s = try Scenario()
         try await s.start()
-        s.hub.leave(user: "alice", room: "R")
+        _ = try await s.roster.leave(user: "alice", room: "R")
         try await s.publish(.room("R"), #""after-leave""#)
         #expect([s.a1, s.a2, s.b1].map { count($0, containing: "after-leave") } == [0, 0, 1])
-        s.hub.leave(user: "bob", room: "R")
-        #expect(s.hub.roomCount == 0)
+        _ = try await s.roster.leave(user: "bob", room: "R")
+        #expect(s.roster.roomCount() == 0)
+        #expect(s.hub.localRoomCount == 0)
         try await s.group.shutdownGracefully()
     }
 
@@ -90,8 +91,9 @@ struct HubTests {
         try await s.publish(.all, #""x""#)
         #expect(s.a1.frames.isEmpty)
         try await s.a2.eventLoop.submit { s.hub.unregister(s.a2) }.get()
-        #expect(s.hub.onlineMembers(of: "R") == ["bob"])
-        #expect(s.hub.members(of: "R") == ["alice", "bob"])  // membership outlives connections
+        let presence = try await s.roster.presence(of: "R")
+        #expect(presence.online == ["bob"])
+        #expect(presence.members == ["alice", "bob"])  // membership outlives connections
         try await s.group.shutdownGracefully()
     }
 
@@ -116,16 +118,16 @@ struct HubTests {
         var configuration = HubConfiguration()
         configuration.maxConnectionsPerUser = 2
         configuration.maxConnections = 3
-        let hub = Hub(configuration: configuration, eventLoopGroup: group)
+        let hub = Hub.standalone(configuration: configuration, eventLoopGroup: group).hub
         let loop = group.next()
         let connections = (0..<4).map { RecordingConnection(id: "c\($0)", user: $0 < 3 ? "alice" : "bob", eventLoop: loop) }
         try await loop.submit {
-            try hub.register(connections[0])
-            try hub.register(connections[1])
-            #expect(throws: HubError.self) { try hub.register(connections[2]) }
-            try hub.register(connections[3])
+            _ = try hub.register(connections[0])
+            _ = try hub.register(connections[1])
+            #expect(throws: HubError.self) { _ = try hub.register(connections[2]) }
+            _ = try hub.register(connections[3])
             let extra = RecordingConnection(id: "x", user: "carol", eventLoop: loop)
-            #expect { try hub.register(extra) } throws: { ($0 as? HubError)?.isConnectionLimit == true }
+            #expect { _ = try hub.register(extra) } throws: { ($0 as? HubError)?.isConnectionLimit == true }
         }.get()
         #expect(hub.connectionCount == 3)
         #expect(hub.statistics.snapshot().connectionsRefused == 2)

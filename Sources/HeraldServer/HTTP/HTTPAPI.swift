@@ -34,49 +34,59 @@ struct HTTPAPI {
         api.put("rooms/:room/members/:user") { _, context in
             let room = try name(context, "room")
             let user = try name(context, "user")
-            do {
-                let added = try node.hub.join(user: user, room: room)
-                return JSONBody.response(.ok, MembershipReply(room: room, user: user, member: true, changed: added))
-            } catch let error as HubError {
-                throw APIError(.conflict, code: .limitExceeded, message: error.description)
-            }
+            let added = try await roster { () async throws(HubError) in try await node.roster.join(user: user, room: room) }
+            return JSONBody.response(.ok, MembershipReply(room: room, user: user, member: true, changed: added))
         }
         api.delete("rooms/:room/members/:user") { _, context in
             let room = try name(context, "room")
             let user = try name(context, "user")
-            let removed = node.hub.leave(user: user, room: room)
+            let removed = try await roster { () async throws(HubError) in try await node.roster.leave(user: user, room: room) }
             return JSONBody.response(.ok, MembershipReply(room: room, user: user, member: false, changed: removed))
         }
         api.get("rooms/:room") { _, context in
             let room = try name(context, "room")
-            let members = node.hub.members(of: room).sorted()
-            let online = node.hub.onlineMembers(of: room).sorted()
-            return JSONBody.response(.ok, RoomReply(room: room, members: members, online: online))
+            let presence = try await roster { () async throws(HubError) in try await node.roster.presence(of: room) }
+            return JSONBody.response(.ok, RoomReply(room: room, members: presence.members, online: presence.online))
         }
         api.get("users/:user") { _, context in
             let user = try name(context, "user")
-            let reply = UserReply(
-                user: user,
-                connections: node.hub.connectionCount(of: user),
-                online: node.hub.connectionCount(of: user) > 0,
-                rooms: node.hub.rooms(of: user).sorted()
-            )
+            let (connections, rooms) = try await roster { () async throws(HubError) in
+                let connections = try await node.roster.connectionCounts(of: [user])[user] ?? 0
+                return (connections, try await node.roster.rooms(of: user))
+            }
+            let reply = UserReply(user: user, connections: connections, online: connections > 0, rooms: rooms.sorted())
             return JSONBody.response(.ok, reply)
         }
         api.get("stats") { _, _ in
             let counters = node.hub.statistics.snapshot()
+            let broker = node.broker.statistics
+            let rooms = try await roster { () async throws(HubError) in try await node.roster.roomCount() }
             let reply = StatsReply(
                 node: node.nodeID,
                 connections: node.hub.connectionCount,
                 usersOnline: node.hub.onlineUserCount,
-                rooms: node.hub.roomCount,
+                rooms: rooms,
+                localRooms: node.hub.localRoomCount,
                 messagesDelivered: counters.messagesDelivered,
                 framesWritten: counters.framesWritten,
                 connectionsOpened: counters.connectionsOpened,
                 connectionsRefused: counters.connectionsRefused,
-                slowConsumersCut: counters.slowConsumersCut
+                slowConsumersCut: counters.slowConsumersCut,
+                brokerPublishFailures: broker.publishFailures,
+                brokerReconnects: broker.reconnects
             )
             return JSONBody.response(.ok, reply)
+        }
+    }
+
+    /// Runs a roster call: a limit answers 409 `limit_exceeded`, an outage 503 `unavailable`.
+    private func roster<T>(_ body: () async throws(HubError) -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch where error.isMembershipLimit {
+            throw APIError(.conflict, code: .limitExceeded, message: error.description)
+        } catch {
+            throw APIError(.serviceUnavailable, code: .unavailable, message: error.description)
         }
     }
 
@@ -147,10 +157,15 @@ struct StatsReply: Encodable {
     var node: String
     var connections: Int
     var usersOnline: Int
+    /// Rooms in the cluster.
     var rooms: Int
+    /// Rooms with a member connected to this node.
+    var localRooms: Int
     var messagesDelivered: Int
     var framesWritten: Int
     var connectionsOpened: Int
     var connectionsRefused: Int
     var slowConsumersCut: Int
+    var brokerPublishFailures: Int
+    var brokerReconnects: Int
 }

@@ -9,23 +9,27 @@ extension WebSocketConnection {
         switch frame.command {
         case .join(let room):
             // A membership the backend granted needs no permission from the token.
-            guard permissions.allows(room) || node.hub.isMember(user: user, room: room) else {
+            guard permissions.allows(room) || node.hub.isLocalMember(user: user, room: room) else {
                 send(ServerFrame.error(.forbidden, message: "your token does not allow joining room \(room)", id: id))
                 return
             }
-            do {
-                try node.hub.join(user: user, room: room)
-                send(ServerFrame.joined(room: room, id: id))
-            } catch {
-                send(ServerFrame.error(.limitExceeded, message: error.description, id: id))
+            let roster = node.roster
+            let user = self.user
+            runCommand(id: id) { () async throws(HubError) in
+                _ = try await roster.join(user: user, room: room)
+                return ServerFrame.joined(room: room, id: id)
             }
 
         case .leave(let room):
-            node.hub.leave(user: user, room: room)
-            send(ServerFrame.left(room: room, id: id))
+            let roster = node.roster
+            let user = self.user
+            runCommand(id: id) { () async throws(HubError) in
+                _ = try await roster.leave(user: user, room: room)
+                return ServerFrame.left(room: room, id: id)
+            }
 
         case .publish(let room, let data):
-            if node.configuration.effectivePublishPolicy == .members, !node.hub.isMember(user: user, room: room) {
+            if node.configuration.effectivePublishPolicy == .members, !node.hub.isLocalMember(user: user, room: room) {
                 send(ServerFrame.error(.notAMember, message: "join room \(room) before publishing to it", id: id))
                 return
             }
@@ -42,13 +46,32 @@ extension WebSocketConnection {
             publish(.message(to: .all, from: user, data: data), id: id)
 
         case .presence(let room):
-            guard node.hub.isMember(user: user, room: room) else {
+            guard node.hub.isLocalMember(user: user, room: room) else {
                 send(ServerFrame.error(.notAMember, message: "join room \(room) to see who is in it", id: id))
                 return
             }
-            let members = node.hub.members(of: room).sorted()
-            let online = node.hub.onlineMembers(of: room).sorted()
-            send(ServerFrame.presence(room: room, members: members, online: online, id: id))
+            let roster = node.roster
+            runCommand(id: id) { () async throws(HubError) in
+                let presence = try await roster.presence(of: room)
+                return ServerFrame.presence(room: room, members: presence.members, online: presence.online, id: id)
+            }
+        }
+    }
+
+    /// Runs a roster command; the frames after it wait until it has answered, so replies keep
+    /// the order of the requests.
+    private func runCommand(id: RawJSON?, _ body: @escaping @Sendable () async throws(HubError) -> ByteBuffer) {
+        beginCommand()
+        eventLoop.makeFutureWithTask { try await body() }.whenComplete { [self] result in
+            switch result {
+            case .success(let reply):
+                send(reply)
+            case .failure(let error as HubError) where error.isMembershipLimit:
+                send(ServerFrame.error(.limitExceeded, message: error.description, id: id))
+            case .failure(let error):
+                send(ServerFrame.error(.unavailable, message: "\(error)", id: id))
+            }
+            endCommand()
         }
     }
 

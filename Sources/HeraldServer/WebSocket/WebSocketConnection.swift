@@ -35,6 +35,10 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     /// up to date by `channelWritabilityChanged` so the per-delivery check is a plain load.
     private var isWritable = true
     private var registered = false
+    /// A join, leave or presence is waiting for the roster: later frames wait their turn (so a
+    /// publish sent right after a join is checked against the new membership), and reading
+    /// pauses so they cannot pile up.
+    private var commandInFlight = false
     private var needsFlush = false
     private var awaitingPong = false
     private var bucket: TokenBucket
@@ -80,31 +84,67 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     }
 
     private func start() {
-        guard state == .starting else { return }
+        guard state == .starting, let context else { return }
         if let rejection {
             state = .open
             log("connection refused", ["reason": .string(rejection)])
             close(.unauthorized, reason: rejection)
-        } else {
-            do {
-                try node.hub.register(self)
-            } catch {
-                state = .open
-                log("connection refused", ["reason": .string(error.description)])
-                close(.tooManyConnections, reason: error.description)
-                return
-            }
-            registered = true
-            state = .open
-            log("connection open")
-            let welcome = ServerFrame.welcome(
-                user: user,
-                connection: id,
-                node: node.nodeID,
-                heartbeat: Int(node.configuration.hub.heartbeat.nanoseconds / 1_000_000_000)
-            )
-            send(welcome, flush: true)
+            return
         }
+        let ready: EventLoopFuture<Void>
+        do {
+            ready = try node.hub.register(self)
+        } catch {
+            state = .open
+            log("connection refused", ["reason": .string(error.description)])
+            close(.tooManyConnections, reason: error.description)
+            return
+        }
+        registered = true
+        // Frames sent before the welcome wait until the user's channels are live.
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        ready.hop(to: eventLoop).whenComplete { [self] result in
+            guard state == .starting else { return }
+            state = .open
+            switch result {
+            case .success:
+                log("connection open")
+                let welcome = ServerFrame.welcome(
+                    user: user,
+                    connection: id,
+                    node: node.nodeID,
+                    heartbeat: Int(node.configuration.hub.heartbeat.nanoseconds / 1_000_000_000)
+                )
+                send(welcome, flush: true)
+                resumeReading()
+            case .failure(let error):
+                log("connection refused", ["reason": .string("\(error)")])
+                close(.internalError, reason: "\(error)")
+            }
+        }
+    }
+
+    /// Parses what was read while the connection waited (for its welcome or a roster
+    /// command), then reads from the socket again.
+    func resumeReading() {
+        guard let context else { return }
+        parseBuffered()
+        flush()
+        if !commandInFlight {
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        }
+    }
+
+    /// Marks a roster command as running: frames after it wait, and reading pauses.
+    func beginCommand() {
+        commandInFlight = true
+        context?.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+    }
+
+    /// The roster command finished: carry on with the frames that waited.
+    func endCommand() {
+        commandInFlight = false
+        resumeReading()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -144,8 +184,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard state != .closed else { return }
         parser.append(unwrapInboundIn(data))
+        parseBuffered()
+    }
+
+    private func parseBuffered() {
         do {
-            while state == .open || state == .closing, let frame = try parser.next() {
+            while (state == .open && !commandInFlight) || state == .closing, let frame = try parser.next() {
                 awaitingPong = false  // any frame proves the peer is alive
                 handle(frame)
             }

@@ -27,6 +27,9 @@ struct WebSocketFrameParser {
         self.maxMessageSize = maxMessageSize
     }
 
+    /// Bytes read but not yet parsed into frames.
+    var bufferedBytes: Int { pending?.readableBytes ?? 0 }
+
     /// Adds bytes read from the socket.
     mutating func append(_ bytes: ByteBuffer) {
         if pending == nil {

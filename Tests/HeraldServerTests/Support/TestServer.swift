@@ -43,7 +43,7 @@ struct TestServer: Sendable {
         configure(&configuration)
         let herald = try await HeraldServer(configuration: configuration, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
-        let app = herald.makeApplication { port in
+        let app = herald.makeService { port in
             continuation.yield(port)
             continuation.finish()
         }
@@ -66,17 +66,22 @@ struct TestServer: Sendable {
 
     /// One HTTP request to the server's API; returns the status and the body text.
     func http(_ method: String, _ path: String, body: String? = nil, apiKey: String? = nil) async throws -> (status: Int, body: String) {
-        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
-        request.httpMethod = method
-        request.timeoutInterval = 10
-        if let body {
-            request.httpBody = Data(body.utf8)
-            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        }
-        if let apiKey { request.setValue("Bearer \(apiKey)", forHTTPHeaderField: "Authorization") }
-        let (data, response) = try await URLSession.shared.data(for: request)
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+        try await httpRequest(port: port, method, path, body: body, apiKey: apiKey)
     }
+}
+
+/// One HTTP request to a Herald node on 127.0.0.1:`port`; returns the status and the body text.
+func httpRequest(port: Int, _ method: String, _ path: String, body: String? = nil, apiKey: String? = nil, timeout: Double = 10) async throws -> (status: Int, body: String) {
+    var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+    request.httpMethod = method
+    request.timeoutInterval = timeout
+    if let body {
+        request.httpBody = Data(body.utf8)
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+    }
+    if let apiKey { request.setValue("Bearer \(apiKey)", forHTTPHeaderField: "Authorization") }
+    let (data, response) = try await URLSession.shared.data(for: request)
+    return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
 }
 
 struct TestFailure: Error, CustomStringConvertible {

@@ -3,13 +3,13 @@ import NIOCore
 
 /// A real `redis-server` for the tests: ephemeral port, no persistence, its own temporary
 /// directory; stopped (SIGKILL) by `stop()`.
-final class RedisServerProcess: @unchecked Sendable {
-    let port: Int
-    let process: Process
-    let directory: URL
+public final class RedisServerProcess: @unchecked Sendable {
+    public let port: Int
+    public let process: Process
+    public let directory: URL
 
     /// - Parameter port: a fixed port (to restart a server where clients expect it), or a free one.
-    init(port fixedPort: Int? = nil, arguments: [String] = []) async throws {
+    public init(port fixedPort: Int? = nil, arguments: [String] = []) async throws {
         guard let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: FileManager.default.isExecutableFile) else {
             throw RedisTestFailure("redis-server is not installed (scripts/test installs it: apt-get install redis-server)")
         }
@@ -32,7 +32,13 @@ final class RedisServerProcess: @unchecked Sendable {
         throw RedisTestFailure("redis-server did not start on port \(port)")
     }
 
-    func stop() {
+    /// The server's pid, for SIGSTOP / SIGCONT.
+    public var pid: Int32 { process.processIdentifier }
+
+    /// `redis://127.0.0.1:PORT`
+    public var url: String { "redis://127.0.0.1:\(port)" }
+
+    public func stop() {
         if process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             // Bounded wait for Foundation to reap it (waitUntilExit can stall in async tests).
@@ -41,7 +47,7 @@ final class RedisServerProcess: @unchecked Sendable {
         try? FileManager.default.removeItem(at: directory)
     }
 
-    static func freePort() throws -> Int {
+    public static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
@@ -56,7 +62,7 @@ final class RedisServerProcess: @unchecked Sendable {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    static func accepts(port: Int) -> Bool {
+    public static func accepts(port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
@@ -69,7 +75,7 @@ final class RedisServerProcess: @unchecked Sendable {
     }
 }
 
-struct RedisTestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
+public struct RedisTestFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

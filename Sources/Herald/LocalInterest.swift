@@ -1,0 +1,110 @@
+import NIOCore
+
+/// This node's copy of the rooms of its online users, kept in step with the cluster's roster,
+/// and the broker channels that follow from it (the seed's rule: a node subscribes to a room's
+/// channel while one of the room's members has a connection here, and to a user's channel
+/// while the user has one).
+///
+/// Bounded by the node's connections: only users with a local connection have an entry, and
+/// each of them at most ``HubConfiguration/maxRoomsPerUser`` rooms.
+struct LocalInterest {
+    enum Rooms {
+        /// The user's first connection arrived and the roster is being asked for the user's
+        /// rooms; changes heard meanwhile are replayed on top of the answer, in order.
+        case loading(pending: [MembershipChange], ready: EventLoopPromise<Void>)
+        case known(Set<String>)
+    }
+
+    private(set) var roomsOfUser: [String: Rooms] = [:]
+    /// room → its members with a connection on this node: the fan-out's snapshot.
+    private(set) var localMembers: [String: Set<String>] = [:]
+
+    /// The user's first connection on this node: its channel is needed from now on.
+    mutating func userArrived(_ user: String, ready: EventLoopPromise<Void>) -> InterestChange {
+        roomsOfUser[user] = .loading(pending: [], ready: ready)
+        return InterestChange(subscribe: [.user(user)])
+    }
+
+    /// The promise that completes when the user's channels are live, while loading.
+    func readiness(of user: String) -> EventLoopFuture<Void>? {
+        if case .loading(_, let ready)? = roomsOfUser[user] { return ready.futureResult }
+        return nil
+    }
+
+    /// The roster answered with the user's rooms. Returns `nil` when the user left meanwhile.
+    mutating func roomsLoaded(_ user: String, rooms: Set<String>) -> (InterestChange, EventLoopPromise<Void>)? {
+        guard case .loading(let pending, let ready)? = roomsOfUser[user] else { return nil }
+        var rooms = rooms
+        for change in pending {
+            if change.isMember { rooms.insert(change.room) } else { rooms.remove(change.room) }
+        }
+        roomsOfUser[user] = .known(rooms)
+        var interest = InterestChange()
+        for room in rooms where insert(user, into: room) { interest.subscribe.append(.room(room)) }
+        return (interest, ready)
+    }
+
+    /// The roster could not answer: the user counts as having no rooms (its connections are
+    /// refused by the caller). Returns the promise to fail.
+    mutating func roomsFailed(_ user: String) -> EventLoopPromise<Void>? {
+        guard case .loading(_, let ready)? = roomsOfUser[user] else { return nil }
+        roomsOfUser[user] = .known([])
+        return ready
+    }
+
+    /// The user's last connection on this node closed.
+    mutating func userLeft(_ user: String) -> (InterestChange, EventLoopPromise<Void>?) {
+        var interest = InterestChange(unsubscribe: [.user(user)])
+        var waiting: EventLoopPromise<Void>?
+        switch roomsOfUser.removeValue(forKey: user) {
+        case .known(let rooms)?:
+            for room in rooms where remove(user, from: room) { interest.unsubscribe.append(.room(room)) }
+        case .loading(_, let ready)?:
+            waiting = ready
+        case nil:
+            break
+        }
+        return (interest, waiting)
+    }
+
+    /// A membership changed in the roster.
+    mutating func apply(_ change: MembershipChange) -> InterestChange {
+        switch roomsOfUser[change.user] {
+        case nil:
+            return InterestChange()  // no connection here: nothing to track
+        case .loading(var pending, let ready)?:
+            pending.append(change)
+            roomsOfUser[change.user] = .loading(pending: pending, ready: ready)
+            return InterestChange()
+        case .known(var rooms)?:
+            if change.isMember {
+                guard rooms.insert(change.room).inserted else { return InterestChange() }
+                roomsOfUser[change.user] = .known(rooms)
+                return insert(change.user, into: change.room) ? InterestChange(subscribe: [.room(change.room)]) : InterestChange()
+            } else {
+                guard rooms.remove(change.room) != nil else { return InterestChange() }
+                roomsOfUser[change.user] = .known(rooms)
+                return remove(change.user, from: change.room) ? InterestChange(unsubscribe: [.room(change.room)]) : InterestChange()
+            }
+        }
+    }
+
+    func isMember(user: String, room: String) -> Bool {
+        localMembers[room]?.contains(user) ?? false
+    }
+
+    /// Adds a local member; `true` when the room had none here before.
+    private mutating func insert(_ user: String, into room: String) -> Bool {
+        let wasEmpty = localMembers[room] == nil
+        localMembers[room, default: []].insert(user)
+        return wasEmpty
+    }
+
+    /// Removes a local member; `true` when the room has none here any more.
+    private mutating func remove(_ user: String, from room: String) -> Bool {
+        guard localMembers[room]?.remove(user) != nil else { return false }
+        guard localMembers[room]?.isEmpty == true else { return false }
+        localMembers[room] = nil
+        return true
+    }
+}

@@ -1,0 +1,132 @@
+public import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A command connection to Redis that stays up: pipelined commands, reconnection with capped
+/// exponential backoff and jitter while ``run()`` runs, and no queue while disconnected.
+///
+/// Commands never wait for a connection: while Redis is unreachable every command fails at once
+/// with ``RedisError`` (the caller decides whether to retry), so nothing piles up in memory. A
+/// server that stops answering (paused, overloaded) is detected by the command timeout: the
+/// connection is dropped, its commands fail, and reconnection begins.
+public final class RedisClient: Sendable {
+    public struct Configuration: Sendable {
+        /// How long a reply may take before the connection is considered stalled and dropped.
+        public var commandTimeout: TimeAmount = .seconds(1)
+        public var connectTimeout: TimeAmount = .seconds(2)
+        public var backoff = Backoff()
+
+        public init() {}
+    }
+
+    public let url: RedisURL
+    public let configuration: Configuration
+    private let group: any EventLoopGroup
+    private let onReconnect: @Sendable () -> Void
+    private let state = Mutex<State>(State())
+
+    struct State {
+        var connection: RedisConnection?
+        var reconnects = 0
+    }
+
+    /// - Parameter onReconnect: called each time the connection is re-established after a loss.
+    public init(
+        url: RedisURL,
+        configuration: Configuration = .init(),
+        on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        onReconnect: @escaping @Sendable () -> Void = {}
+    ) {
+        self.url = url
+        self.configuration = configuration
+        self.group = group
+        self.onReconnect = onReconnect
+    }
+
+    /// Connects once; throws when Redis cannot be reached (for a clear error at start-up).
+    public func connect() async throws {
+        let connection = try await open()
+        state.withLock { $0.connection = connection }
+    }
+
+    /// Keeps the client connected until the task is cancelled, then closes the connection.
+    public func run() async {
+        var backoff = configuration.backoff
+        var connectedBefore = state.withLock { $0.connection != nil }
+        while !Task.isCancelled {
+            if let current = state.withLock({ $0.connection }), current.isActive {
+                await withTaskCancellationHandler {
+                    try? await current.closeFuture.get()
+                } onCancel: {
+                    Task { await current.close() }
+                }
+                state.withLock { if $0.connection === current { $0.connection = nil } }
+                continue
+            }
+            do {
+                let connection = try await open()
+                state.withLock { $0.connection = connection }
+                backoff.reset()
+                if connectedBefore {
+                    state.withLock { $0.reconnects += 1 }
+                    onReconnect()
+                }
+                connectedBefore = true
+            } catch {
+                try? await Task.sleep(for: backoff.next())
+            }
+        }
+        if let connection = state.withLock({ $0.connection }) { await connection.close() }
+    }
+
+    /// Whether a connection is up right now.
+    public var isConnected: Bool { state.withLock { $0.connection?.isActive ?? false } }
+
+    /// Times the connection was re-established after a loss.
+    public var reconnectCount: Int { state.withLock { $0.reconnects } }
+
+    /// Sends a command; fails at once when disconnected.
+    @discardableResult
+    public func send(_ command: RESPCommand) async throws -> RESPValue {
+        try await submit(command).get()
+    }
+
+    /// Sends a command without a task (for event-loop code); fails at once when disconnected.
+    public func submit(_ command: RESPCommand) -> EventLoopFuture<RESPValue> {
+        guard let connection = state.withLock({ $0.connection }), connection.isActive else {
+            return group.any().makeFailedFuture(
+                RedisError("not connected to Redis at \(url.host):\(url.port) (reconnecting); the command was not sent")
+            )
+        }
+        return connection.submit(command)
+    }
+
+    /// Runs `script` with `EVALSHA`, or `EVAL` when the server does not have it cached.
+    public func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) -> EventLoopFuture<RESPValue> {
+        let tail = [ByteBuffer(string: String(keys.count))] + keys.map { ByteBuffer(string: $0) } + arguments
+        return submit(RESPCommand(arguments: [ByteBuffer(string: "EVALSHA"), ByteBuffer(string: script.sha1)] + tail))
+            .flatMapError { error in
+                guard let redisError = error as? RedisError, redisError.message.hasPrefix("NOSCRIPT") else {
+                    return self.group.any().makeFailedFuture(error)
+                }
+                return self.submit(RESPCommand(arguments: [ByteBuffer(string: "EVAL"), ByteBuffer(string: script.source)] + tail))
+            }
+    }
+
+    public func evaluate(_ script: RedisScript, keys: [String], arguments: [String]) async throws -> RESPValue {
+        try await evaluate(script, keys: keys, arguments: arguments.map { ByteBuffer(string: $0) }).get()
+    }
+
+    public func close() async {
+        if let connection = state.withLock({ $0.connection }) { await connection.close() }
+    }
+
+    private func open() async throws -> RedisConnection {
+        try await RedisConnection.connect(
+            to: url,
+            on: group,
+            connectTimeout: configuration.connectTimeout,
+            commandTimeout: configuration.commandTimeout
+        )
+    }
+}

@@ -1,0 +1,82 @@
+public import Herald
+
+/// Herald's names in Redis, all under one prefix so several clusters can share a server.
+///
+/// Channels (pub/sub), as the seed lays them out:
+/// - `{prefix}.all`: broadcasts, subscribed by every node;
+/// - `{prefix}.room.{room}`: a room's messages, subscribed where a member has a connection;
+/// - `{prefix}.user.{user}`: a user's messages and membership changes, subscribed where the
+///   user has a connection;
+/// - `{prefix}.node.{node}`: acknowledgements addressed to one node.
+///
+/// Keys: `{prefix}:members:{room}` and `{prefix}:rooms-of:{user}` (sets), `{prefix}:rooms` (the
+/// set of rooms), `{prefix}:nodes` (live nodes, scored by when they expire) and
+/// `{prefix}:presence:{node}` (a node's connections per user, expiring with the node).
+public struct RedisLayout: Sendable, Equatable {
+    public let prefix: String
+
+    public init(prefix: String = "herald") {
+        self.prefix = prefix
+    }
+
+    public var broadcastChannel: String { prefix + ".all" }
+    public func channel(for target: DeliveryTarget) -> String {
+        switch target {
+        case .all: prefix + ".all"
+        case .room(let room): prefix + ".room." + room
+        case .user(let user): prefix + ".user." + user
+        }
+    }
+    public func nodeChannel(_ node: String) -> String { prefix + ".node." + node }
+
+    /// What a channel name addresses.
+    enum Destination: Equatable {
+        case target(DeliveryTarget)
+        case node(String)
+    }
+
+    func destination(of channel: String) -> Destination? {
+        guard channel.hasPrefix(prefix), channel.utf8.count > prefix.utf8.count else { return nil }
+        let rest = channel.dropFirst(prefix.count)
+        if rest == ".all" { return .target(.all) }
+        if rest.hasPrefix(".room.") { return .target(.room(String(rest.dropFirst(6)))) }
+        if rest.hasPrefix(".user.") { return .target(.user(String(rest.dropFirst(6)))) }
+        if rest.hasPrefix(".node.") { return .node(String(rest.dropFirst(6))) }
+        return nil
+    }
+
+    public func membersKey(_ room: String) -> String { prefix + ":members:" + room }
+    public func roomsOfKey(_ user: String) -> String { prefix + ":rooms-of:" + user }
+    public var roomsKey: String { prefix + ":rooms" }
+    public var nodesKey: String { prefix + ":nodes" }
+    public var presenceKeyPrefix: String { prefix + ":presence:" }
+    public func presenceKey(_ node: String) -> String { presenceKeyPrefix + node }
+}
+
+/// A membership change as it travels on a user's channel, with who to acknowledge it to:
+/// `!{origin node}\n{token}\n{+|-}{room}`. Message frames on the same channel are JSON objects
+/// and start with `{`, so the first byte tells them apart.
+struct MembershipNotice: Equatable {
+    var origin: String
+    var token: String
+    var change: MembershipChange
+
+    func encoded() -> String {
+        "!" + origin + "\n" + token + "\n" + (change.isMember ? "+" : "-") + change.room
+    }
+
+    init(origin: String, token: String, change: MembershipChange) {
+        self.origin = origin
+        self.token = token
+        self.change = change
+    }
+
+    init?(user: String, payload: String) {
+        guard payload.hasPrefix("!") else { return nil }
+        let parts = payload.dropFirst().split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3, let sign = parts[2].first, sign == "+" || sign == "-", parts[2].count > 1 else { return nil }
+        self.origin = String(parts[0])
+        self.token = String(parts[1])
+        self.change = MembershipChange(user: user, room: String(parts[2].dropFirst()), isMember: sign == "+")
+    }
+}

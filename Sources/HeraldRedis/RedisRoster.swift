@@ -1,0 +1,267 @@
+public import Herald
+public import Logging
+import NIOCore
+import NIOPosix
+public import ServiceLifecycle
+
+/// The ``Roster`` of a cluster sharing one Redis: memberships in Redis sets, presence in one
+/// expiring hash per node, changes announced on the user's channel.
+///
+/// A join or leave is one Lua script that checks the limits, changes the sets and publishes the
+/// change on the user's channel in one atomic step, so every node hears the changes of one
+/// user in the order they were stored. It then waits (bounded by the broker's
+/// `membershipConfirmationTimeout`) until every node holding the user's connections confirmed
+/// it applied the change.
+///
+/// Presence: each node counts its connections per user in `{prefix}:presence:{node}`, and
+/// keeps its entry in `{prefix}:nodes` alive with a heartbeat. A node that dies without saying
+/// goodbye stops counting as online after `presenceTTL`. The scripts use keys they are not
+/// passed, so this roster needs a single Redis (or a primary with replicas), not Redis Cluster.
+public final class RedisRoster: Roster, Service {
+    private let broker: RedisBroker
+    private let sink: any DeliverySink
+    private let limits: HubConfiguration
+    private let logger: Logger
+    /// How long a node's presence outlives its last heartbeat.
+    public let presenceTTL: Duration
+    private var layout: RedisLayout { broker.layout }
+    private var client: RedisClient { broker.client }
+    private var nodeID: String { broker.configuration.nodeID }
+
+    public init(broker: RedisBroker, limits: HubConfiguration, presenceTTL: Duration = .seconds(10), notifying sink: any DeliverySink, logger: Logger) {
+        self.broker = broker
+        self.limits = limits
+        self.presenceTTL = presenceTTL
+        self.sink = sink
+        self.logger = logger
+    }
+
+    // MARK: - Membership
+
+    public func join(user: String, room: String) async throws(HubError) -> Bool {
+        try await change(
+            MembershipChange(user: user, room: room, isMember: true),
+            script: Self.joinScript,
+            limits: [String(limits.maxRoomsPerUser), String(limits.maxMembersPerRoom), String(limits.maxRooms)]
+        )
+    }
+
+    public func leave(user: String, room: String) async throws(HubError) -> Bool {
+        try await change(MembershipChange(user: user, room: room, isMember: false), script: Self.leaveScript, limits: [])
+    }
+
+    private func change(_ change: MembershipChange, script: RedisScript, limits extra: [String]) async throws(HubError) -> Bool {
+        let (token, confirmed) = broker.acks.expect(on: MultiThreadedEventLoopGroup.singleton.any())
+        let notice = MembershipNotice(origin: nodeID, token: token, change: change).encoded()
+        let reply: RESPValue
+        do {
+            reply = try await client.evaluate(
+                script,
+                keys: [layout.membersKey(change.room), layout.roomsOfKey(change.user), layout.roomsKey],
+                arguments: [change.user, change.room, layout.channel(for: .user(change.user)), notice] + extra
+            )
+        } catch {
+            broker.acks.cancel(token)
+            throw HubError.unavailable("Redis: \(error)")
+        }
+        guard case .array(let items?) = reply, items.count == 2, case .integer(let code) = items[0], case .integer(let receivers) = items[1] else {
+            broker.acks.cancel(token)
+            throw HubError.unavailable("Redis answered the membership script with \(reply)")
+        }
+        switch code {
+        case 1:
+            broker.acks.expectConfirmations(Int(receivers), for: token)
+            if (try? await confirmed.get()) != true {
+                logger.warning(
+                    "not every node confirmed a membership change in time; it is stored and will apply there shortly",
+                    metadata: ["user": "\(change.user)", "room": "\(change.room)"]
+                )
+            }
+            return true
+        case 0:
+            broker.acks.cancel(token)
+            return false
+        case -1:
+            broker.acks.cancel(token)
+            throw HubError.userRoomLimit(user: change.user, limit: limits.maxRoomsPerUser)
+        case -2:
+            broker.acks.cancel(token)
+            throw HubError.roomFull(room: change.room, limit: limits.maxMembersPerRoom)
+        default:
+            broker.acks.cancel(token)
+            throw HubError.roomLimit(limit: limits.maxRooms)
+        }
+    }
+
+    public func members(of room: String) async throws(HubError) -> Set<String> {
+        try await stringSet(RESPCommand("SMEMBERS", layout.membersKey(room)))
+    }
+
+    public func rooms(of user: String) async throws(HubError) -> Set<String> {
+        try await stringSet(RESPCommand("SMEMBERS", layout.roomsOfKey(user)))
+    }
+
+    public func roomCount() async throws(HubError) -> Int {
+        let reply = try await send(RESPCommand("SCARD", layout.roomsKey))
+        guard case .integer(let count) = reply else { throw HubError.unavailable("Redis answered SCARD with \(reply)") }
+        return Int(count)
+    }
+
+    // MARK: - Presence
+
+    public func connectionCounts(of users: [String]) async throws(HubError) -> [String: Int] {
+        guard !users.isEmpty else { return [:] }
+        let reply: RESPValue
+        do {
+            reply = try await client.evaluate(Self.countScript, keys: [layout.nodesKey], arguments: [layout.presenceKeyPrefix] + users)
+        } catch {
+            throw HubError.unavailable("Redis: \(error)")
+        }
+        guard case .array(let counts?) = reply, counts.count == users.count else {
+            throw HubError.unavailable("Redis answered the presence script with \(reply)")
+        }
+        var result: [String: Int] = [:]
+        for (user, count) in zip(users, counts) {
+            if case .integer(let value) = count { result[user, default: 0] += Int(value) }
+        }
+        return result
+    }
+
+    public func presenceChanged(user: String, delta: Int) {
+        let ttl = String(presenceTTL.components.seconds)
+        client.evaluate(
+            Self.presenceScript,
+            keys: [layout.presenceKey(nodeID)],
+            arguments: [ByteBuffer(string: user), ByteBuffer(string: String(delta)), ByteBuffer(string: ttl)]
+        ).whenFailure { [logger] error in
+            // The heartbeat rewrites the node's presence when Redis lost it.
+            logger.debug("presence not recorded", metadata: ["user": "\(user)", "error": "\(error)"])
+        }
+    }
+
+    /// Heartbeats the node's presence until graceful shutdown, then removes it.
+    public func run() async throws {
+        let interval = presenceTTL / 3
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            await heartbeat()
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        }
+        _ = try? await client.send(RESPCommand("ZREM", layout.nodesKey, nodeID))
+        _ = try? await client.send(RESPCommand("DEL", layout.presenceKey(nodeID)))
+    }
+
+    /// Marks the node alive; when Redis lost the node's presence (restarted without
+    /// persistence), writes it again from the hub's counts.
+    public func heartbeat() async {
+        do {
+            let ttl = String(presenceTTL.components.seconds)
+            let reply = try await client.evaluate(Self.heartbeatScript, keys: [layout.nodesKey, layout.presenceKey(nodeID)], arguments: [nodeID, ttl])
+            guard case .integer(0) = reply else { return }
+            let counts = sink.localConnectionCounts()
+            guard !counts.isEmpty else { return }
+            var arguments = [ttl]
+            for (user, count) in counts { arguments += [user, String(count)] }
+            _ = try await client.evaluate(Self.rewriteScript, keys: [layout.presenceKey(nodeID)], arguments: arguments)
+            logger.notice("presence rewritten after Redis lost it", metadata: ["users": "\(counts.count)"])
+        } catch {
+            logger.warning("presence heartbeat failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func send(_ command: RESPCommand) async throws(HubError) -> RESPValue {
+        do {
+            return try await client.send(command)
+        } catch {
+            throw HubError.unavailable("Redis: \(error)")
+        }
+    }
+
+    private func stringSet(_ command: RESPCommand) async throws(HubError) -> Set<String> {
+        let reply = try await send(command)
+        switch reply {
+        case .set(let items), .array(let items?): return Set(items.compactMap(\.string))
+        default: throw HubError.unavailable("Redis answered \(command.arguments.first.map { String(buffer: $0) } ?? "") with \(reply)")
+        }
+    }
+
+    // MARK: - Scripts
+
+    /// KEYS: members, rooms-of, rooms. ARGV: user, room, user channel, notice, max rooms per
+    /// user, max members per room, max rooms. Returns {1, receivers} when joined, {0, 0} when
+    /// already a member, {-1|-2|-3, 0} for the limit hit.
+    static let joinScript = RedisScript(
+        """
+        if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, 0} end
+        if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {-1, 0} end
+        local members = redis.call('SCARD', KEYS[1])
+        if members >= tonumber(ARGV[6]) then return {-2, 0} end
+        if members == 0 and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[7]) then return {-3, 0} end
+        redis.call('SADD', KEYS[1], ARGV[1])
+        redis.call('SADD', KEYS[2], ARGV[2])
+        redis.call('SADD', KEYS[3], ARGV[2])
+        return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
+        """
+    )
+
+    /// KEYS and ARGV as for the join. Returns {1, receivers} when left, {0, 0} when not a member.
+    static let leaveScript = RedisScript(
+        """
+        if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {0, 0} end
+        redis.call('SREM', KEYS[2], ARGV[2])
+        if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+        return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
+        """
+    )
+
+    /// KEYS: the node's presence hash. ARGV: user, delta, ttl seconds.
+    static let presenceScript = RedisScript(
+        """
+        local count = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+        if count <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+        if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+        return count
+        """
+    )
+
+    /// KEYS: nodes, the node's presence hash. ARGV: node id, ttl seconds. Uses the server's
+    /// clock, so nodes' clocks need not agree. Returns the number of users in the node's hash.
+    static let heartbeatScript = RedisScript(
+        """
+        local time = redis.call('TIME')
+        local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+        redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000, ARGV[1])
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+        redis.call('EXPIRE', KEYS[2], ARGV[2])
+        return redis.call('HLEN', KEYS[2])
+        """
+    )
+
+    /// KEYS: the node's presence hash. ARGV: ttl seconds, then user, count pairs.
+    static let rewriteScript = RedisScript(
+        """
+        redis.call('DEL', KEYS[1])
+        for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+        redis.call('EXPIRE', KEYS[1], ARGV[1])
+        return 1
+        """
+    )
+
+    /// KEYS: nodes. ARGV: presence key prefix, then users. Returns each user's connections on
+    /// the live nodes.
+    static let countScript = RedisScript(
+        """
+        local time = redis.call('TIME')
+        local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+        local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+        local counts = {}
+        for i = 2, #ARGV do
+          local total = 0
+          for _, node in ipairs(nodes) do
+            total = total + (tonumber(redis.call('HGET', ARGV[1] .. node, ARGV[i])) or 0)
+          end
+          counts[#counts + 1] = total
+        end
+        return counts
+        """
+    )
+}

@@ -1,0 +1,77 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A `herald serve` process (the executable built next to the test bundle) on a free port,
+/// killed by `stop()`. Its output goes to a log file the failure message points at.
+public final class HeraldNodeProcess: @unchecked Sendable {
+    public let port: Int
+    public let process: Process
+    public let log: URL
+
+    /// The `herald` executable built by `swift build --build-tests`, next to the test bundle.
+    public static var executable: URL {
+        var directory = Bundle.main.bundleURL
+        while directory.pathComponents.count > 1 {
+            let candidate = directory.appendingPathComponent("herald")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            directory.deleteLastPathComponent()
+        }
+        return URL(fileURLWithPath: ".build/debug/herald")
+    }
+
+    /// Starts `herald serve --port P ARGUMENTS` and waits (bounded) until it accepts connections
+    /// (or, with `waitForPort: false`, returns at once: for a process expected to fail).
+    public init(port fixedPort: Int? = nil, arguments: [String], waitForPort: Bool = true) async throws {
+        port = try fixedPort ?? RedisServerProcess.freePort()
+        log = FileManager.default.temporaryDirectory.appendingPathComponent("herald-node-\(UUID().uuidString).log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process = Process()
+        process.executableURL = Self.executable
+        process.arguments = ["serve", "--host", "127.0.0.1", "--port", String(port)] + arguments
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        guard waitForPort else { return }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline {
+            if RedisServerProcess.accepts(port: port) { return }
+            if !process.isRunning { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let output = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        stop()
+        throw RedisTestFailure("herald serve did not start on port \(port): \(output)")
+    }
+
+    public var pid: Int32 { process.processIdentifier }
+
+    /// What the process printed so far.
+    public var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+    /// Sends `signal` and waits (bounded) for the process to exit; returns its exit status.
+    @discardableResult
+    public func stop(signal: Int32 = SIGKILL, within seconds: Double = 10) -> Int32? {
+        if process.isRunning {
+            kill(process.processIdentifier, signal)
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning, Date() < deadline { usleep(10_000) }
+        }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    /// Waits (bounded) for the process to exit by itself; returns its status, `nil` if it did not.
+    public func waitForExit(within seconds: Double) async throws -> Int32? {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        try? FileManager.default.removeItem(at: log)
+    }
+}
