@@ -201,7 +201,7 @@ struct ClusterTests {
         let started = ContinuousClock.now
         let refused = try await cluster.http(0, "POST", "/api/users/bob/send", body: #"{"data":"lost"}"#)
         #expect(refused.status == 503)
-        #expect(ContinuousClock.now - started < .seconds(3))
+        #expect(ContinuousClock.now - started < .seconds(10))  // refused, not queued until Redis returns
         #expect(try await cluster.http(1, "GET", "/healthz").status == 200)
 
         let restarted = try await RedisServerProcess(port: port)
@@ -244,8 +244,9 @@ struct ClusterTests {
             statuses.append(try await cluster.http(0, "POST", "/api/users/alice/send", body: #"{"data":"paused"}"#).status)
         }
         #expect(statuses.allSatisfy { $0 == 503 })
-        // One command timeout (1 s) for the first; the rest fail at once while reconnecting.
-        #expect(ContinuousClock.now - started < .seconds(4))
+        // One command timeout (1 s) for the first; the rest fail at once while reconnecting. Redis
+        // stays paused until SIGCONT below: a publish that waited for it would never return.
+        #expect(ContinuousClock.now - started < .seconds(15))
         #expect(try await cluster.http(0, "GET", "/healthz").status == 200)
         // Delivery over WebSocket keeps working for what does not need Redis: the client's pings.
         try await alice.sendPing()

@@ -1,0 +1,111 @@
+import HeraldRedis
+import HeraldTestSupport
+import NIOCore
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Polls `condition` (state in another process, no event to await), bounded by `seconds`.
+func waitUntil(_ what: String, within seconds: Double = 10, _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    throw RedisTestFailure("never happened within \(seconds) s: \(what)")
+}
+
+@Suite("Redis client: reconnection, fail-fast, command timeout, scripts", .serialized)
+struct RedisClientTests {
+    @Test func failsFastWhileRedisIsDownAndReconnectsWhenItIsBack() async throws {
+        var server = try await RedisServerProcess()
+        let port = server.port
+        let reconnects = Atomic<Int>(0)
+        var configuration = RedisClient.Configuration()
+        // A command that waited for a reply or a timeout would wait a minute: the bounds below
+        // (far shorter) show that none waited.
+        configuration.commandTimeout = .seconds(60)
+        let client = RedisClient(url: RedisURL(port: port), configuration: configuration) { reconnects.add(1, ordering: .relaxed) }
+        try await client.connect()
+        let running = Task { await client.run() }
+        defer { running.cancel() }
+        #expect(try await client.send(RESPCommand("PING")) == .simpleString("PONG"))
+
+        server.stop()
+        try await waitUntil("the client notices") { !client.isConnected }
+        // Nothing queues while disconnected: every command fails at once, with where and why.
+        let started = ContinuousClock.now
+        var failures = 0
+        for _ in 0..<20 {
+            do { try await client.send(RESPCommand("PING")) } catch is RedisError { failures += 1 }
+        }
+        #expect(failures == 20)
+        #expect(ContinuousClock.now - started < .seconds(20))
+        do {
+            try await client.send(RESPCommand("PING"))
+        } catch let error as RedisError {
+            #expect(error.message.contains("not connected to Redis at 127.0.0.1:\(port)"))
+        }
+
+        server = try await RedisServerProcess(port: port)
+        defer { server.stop() }
+        try await waitUntil("the client reconnects") { (try? await client.send(RESPCommand("PING"))) == .simpleString("PONG") }
+        #expect(reconnects.load(ordering: .relaxed) == 1)
+        #expect(client.reconnectCount == 1)
+    }
+
+    @Test func aPausedRedisIsDetectedByTheCommandTimeout() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        var configuration = RedisClient.Configuration()
+        configuration.commandTimeout = .milliseconds(300)
+        let client = RedisClient(url: RedisURL(port: server.port), configuration: configuration)
+        try await client.connect()
+        let running = Task { await client.run() }
+        defer { running.cancel() }
+
+        kill(server.pid, SIGSTOP)
+        let started = ContinuousClock.now
+        do {
+            try await client.send(RESPCommand("PING"))
+            Issue.record("a paused Redis answered")
+        } catch let error as RedisError {
+            #expect(error.message.contains("did not answer within 300 ms"))
+        }
+        #expect(ContinuousClock.now - started < .seconds(20))  // paused for good: only the timeout ends the wait
+        // The stalled connection was dropped: the next commands fail without waiting again.
+        await #expect(throws: RedisError.self) { try await client.send(RESPCommand("PING")) }
+
+        kill(server.pid, SIGCONT)
+        try await waitUntil("the client reconnects after SIGCONT") { (try? await client.send(RESPCommand("PING"))) == .simpleString("PONG") }
+    }
+
+    @Test func scriptsRunBySHAAndSurviveAFlushedScriptCache() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        let client = RedisClient(url: RedisURL(port: server.port))
+        try await client.connect()
+        let script = RedisScript("return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}")
+        #expect(script.sha1.count == 40)
+        let first = try await client.evaluate(script, keys: ["counter"], arguments: ["a"])
+        #expect(first == .array([.bulkString(ByteBuffer(string: "counter")), .bulkString(ByteBuffer(string: "a")), .integer(1)]))
+        // EVAL cached it under our SHA: the server agrees on the digest.
+        #expect(try await client.send(RESPCommand("SCRIPT", "EXISTS", script.sha1)) == .array([.integer(1)]))
+        try await client.send(RESPCommand("SCRIPT", "FLUSH"))
+        let second = try await client.evaluate(script, keys: ["counter"], arguments: ["b"])
+        #expect(second == .array([.bulkString(ByteBuffer(string: "counter")), .bulkString(ByteBuffer(string: "b")), .integer(2)]))
+        await client.close()
+    }
+
+    @Test func backoffGrowsToItsCapWithJitter() {
+        var backoff = Backoff(first: .milliseconds(100), cap: .milliseconds(400))
+        let delays = (0..<6).map { _ in backoff.next() }
+        let caps: [Duration] = [.milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(400), .milliseconds(400), .milliseconds(400)]
+        for (delay, cap) in zip(delays, caps) { #expect(delay > .zero && delay <= cap) }
+        backoff.reset()
+        #expect(backoff.next() <= .milliseconds(100))
+    }
+}

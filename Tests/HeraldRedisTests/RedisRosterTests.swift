@@ -1,0 +1,118 @@
+import Herald
+import HeraldRedis
+import HeraldTestSupport
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import Testing
+
+/// A node's hub as the roster sees it, with connection counts the test sets.
+final class CountingSink: DeliverySink {
+    let changes = Mutex<[MembershipChange]>([])
+    let counts = Mutex<[String: Int]>([:])
+
+    func deliver(_ envelope: Envelope) {}
+    func membershipChanged(_ change: MembershipChange) -> EventLoopFuture<Void> {
+        changes.withLock { $0.append(change) }
+        return MultiThreadedEventLoopGroup.singleton.any().makeSucceededVoidFuture()
+    }
+    func localConnectionCounts() -> [String: Int] { counts.withLock { $0 } }
+}
+
+@Suite("Redis roster: memberships, limits and presence in a real Redis", .serialized)
+struct RedisRosterTests {
+    struct Node {
+        let broker: RedisBroker
+        let roster: RedisRoster
+        let sink: CountingSink
+
+        init(_ id: String, port: Int, limits: HubConfiguration = .init()) async throws {
+            sink = CountingSink()
+            broker = RedisBroker(configuration: .init(url: RedisURL(port: port), nodeID: id), deliveringTo: sink, logger: Logger(label: "test"))
+            try await broker.connect()
+            roster = RedisRoster(broker: broker, limits: limits, presenceTTL: .seconds(3), notifying: sink, logger: Logger(label: "test"))
+            await roster.heartbeat()
+        }
+    }
+
+    @Test func membershipsAndTheirLimits() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        var limits = HubConfiguration()
+        limits.maxRoomsPerUser = 2
+        limits.maxMembersPerRoom = 2
+        limits.maxRooms = 3
+        let node = try await Node("n1", port: server.port, limits: limits)
+        let running = Task { try await node.broker.run() }
+        defer { running.cancel() }
+        // This node has a connection of alice's: it hears (and confirms) her changes.
+        try await node.broker.changeInterest(InterestChange(subscribe: [.user("alice")]), on: MultiThreadedEventLoopGroup.singleton.any()).get()
+
+        #expect(try await node.roster.join(user: "alice", room: "a") == true)
+        #expect(try await node.roster.join(user: "alice", room: "a") == false)
+        #expect(try await node.roster.join(user: "bob", room: "a") == true)
+        await #expect { _ = try await node.roster.join(user: "carol", room: "a") } throws: { ($0 as? HubError)?.isMembershipLimit == true }
+        #expect(try await node.roster.join(user: "alice", room: "b") == true)
+        await #expect { _ = try await node.roster.join(user: "alice", room: "c") } throws: { ($0 as? HubError)?.isMembershipLimit == true }
+        #expect(try await node.roster.join(user: "bob", room: "c") == true)
+        await #expect { _ = try await node.roster.join(user: "dave", room: "d") } throws: { ($0 as? HubError)?.isMembershipLimit == true }
+
+        #expect(try await node.roster.members(of: "a") == ["alice", "bob"])
+        #expect(try await node.roster.rooms(of: "alice") == ["a", "b"])
+        #expect(try await node.roster.roomCount() == 3)
+        #expect(try await node.roster.leave(user: "alice", room: "b") == true)
+        #expect(try await node.roster.leave(user: "alice", room: "b") == false)
+        #expect(try await node.roster.roomCount() == 2)
+        // alice's changes were announced to the node holding her connection, in order, each
+        // before its call returned; refused ones were not; bob's went to nobody.
+        let announced = node.sink.changes.withLock { $0 }
+        #expect(announced == [
+            MembershipChange(user: "alice", room: "a", isMember: true),
+            MembershipChange(user: "alice", room: "b", isMember: true),
+            MembershipChange(user: "alice", room: "b", isMember: false),
+        ])
+    }
+
+    @Test func presenceCountsEveryLiveNodeAndForgetsADeadOne() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        let n1 = try await Node("n1", port: server.port)
+        let n2 = try await Node("n2", port: server.port)
+        n1.roster.presenceChanged(user: "alice", delta: 1)
+        n2.roster.presenceChanged(user: "alice", delta: 1)
+        n2.roster.presenceChanged(user: "bob", delta: 1)
+        try await waitUntil("both nodes' presence recorded") {
+            try await n1.roster.connectionCounts(of: ["alice", "bob", "carol"]) == ["alice": 2, "bob": 1, "carol": 0]
+        }
+        n2.roster.presenceChanged(user: "bob", delta: -1)
+        try await waitUntil("bob's last connection gone") { try await n1.roster.connectionCounts(of: ["bob"]) == ["bob": 0] }
+
+        // n2 stops heartbeating (as if killed): after the TTL only n1's connection counts.
+        let heartbeats = Task { while !Task.isCancelled { await n1.roster.heartbeat(); try? await Task.sleep(for: .seconds(1)) } }
+        defer { heartbeats.cancel() }
+        try await waitUntil("n2's presence expires", within: 8) { try await n1.roster.connectionCounts(of: ["alice"]) == ["alice": 1] }
+    }
+
+    @Test func presenceIsRewrittenWhenRedisLosesIt() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        let node = try await Node("n1", port: server.port)
+        node.sink.counts.withLock { $0 = ["alice": 2, "bob": 1] }
+        node.roster.presenceChanged(user: "alice", delta: 2)
+        node.roster.presenceChanged(user: "bob", delta: 1)
+        let probe = try await RedisConnection.connect(to: RedisURL(port: server.port))
+        try await probe.send(RESPCommand("FLUSHALL"))  // what a restart without persistence does
+        await node.roster.heartbeat()
+        #expect(try await node.roster.connectionCounts(of: ["alice", "bob"]) == ["alice": 2, "bob": 1])
+        await probe.close()
+    }
+
+    @Test func channelNamesAndNoticesRoundTrip() {
+        let layout = RedisLayout(prefix: "app1")
+        #expect(layout.channel(for: .room("a.b:c")) == "app1.room.a.b:c")
+        #expect(layout.channel(for: .user("bob")) == "app1.user.bob")
+        #expect(layout.channel(for: .all) == "app1.all")
+        #expect(layout.membersKey("lobby") == "app1:members:lobby")
+    }
+}
