@@ -119,7 +119,8 @@ public final class Hub: DeliverySink, Service, Sendable {
             }
             state.total += 1
             state.connectionsOfUser[user] = current + 1
-            guard current == 0 else { return .waiting(state.interest.readiness(of: user)) }
+            // Later connections wait for the first one's rooms; after a failed load, load again.
+            if current > 0, state.interest.isTracking(user) { return .waiting(state.interest.readiness(of: user)) }
             let ready = loop.makePromise(of: Void.self)
             let change = state.interest.userArrived(user, ready: ready)
             return .first(ready, cluster.broker.changeInterest(change, on: loop))

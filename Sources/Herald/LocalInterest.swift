@@ -44,13 +44,16 @@ struct LocalInterest {
         return (interest, ready)
     }
 
-    /// The roster could not answer: the user counts as having no rooms (its connections are
-    /// refused by the caller). Returns the promise to fail.
+    /// The roster could not answer: the user is forgotten (the caller refuses its connections;
+    /// a connection arriving meanwhile loads the rooms again). Returns the promise to fail.
     mutating func roomsFailed(_ user: String) -> EventLoopPromise<Void>? {
         guard case .loading(_, let ready)? = roomsOfUser[user] else { return nil }
-        roomsOfUser[user] = .known([])
+        roomsOfUser[user] = nil
         return ready
     }
+
+    /// Whether the user's rooms are known or being loaded.
+    func isTracking(_ user: String) -> Bool { roomsOfUser[user] != nil }
 
     /// The user's last connection on this node closed.
     mutating func userLeft(_ user: String) -> (InterestChange, EventLoopPromise<Void>?) {

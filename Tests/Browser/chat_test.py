@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Browser test of Herald's demo chat page (served at GET /), across a server restart.
 
-    python3 Tests/Browser/chat_test.py --herald PATH_TO_HERALD_BINARY [--timeout 60]
+    python3 Tests/Browser/chat_test.py --herald PATH_TO_HERALD_BINARY [--cluster] [--timeout 60]
 
 Starts `herald serve` on a free port of 127.0.0.1, opens the page in two headless
 Chromium sessions (alice and bob), and checks: connecting, joining a room, room
 messages, a direct message (delivered to alice, not to bob), presence, and that after a
 SIGTERM + restart of the server both pages reconnect and re-join by themselves.
+
+With --cluster it starts a redis-server and two Herald nodes sharing it: alice's page is
+on node 1, bob's on node 2, and every message crosses nodes; the restart is node 2's (bob
+reconnects, alice stays connected).
 
 Needs: pip install selenium; apt-get install chromium chromium-driver
 (/usr/bin/chromium, /usr/bin/chromedriver). Every wait is bounded by --timeout.
@@ -73,8 +77,9 @@ def free_port() -> int:
 class Server:
     """One `herald serve` process at a time, every run appending to the same log file."""
 
-    def __init__(self, binary: str, port: int, log_path: str):
+    def __init__(self, binary: str, port: int, log_path: str, extra=()):
         self.binary, self.port, self.log_path = binary, port, log_path
+        self.extra = list(extra)
         self.proc = None
         self.runs = 0
 
@@ -85,7 +90,7 @@ class Server:
             log.flush()
             # The child keeps its own copy of the file descriptor.
             self.proc = subprocess.Popen(
-                [self.binary, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [self.binary, "serve", "--host", "127.0.0.1", "--port", str(self.port)] + self.extra,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -224,31 +229,57 @@ def contains(lines: list, *parts: str) -> bool:
     return any(all(p in line for p in parts) for line in lines)
 
 
-def run(args, checks: Checks, pages: list, server_holder: list):
-    timeout = args.timeout
+def start_redis(log_dir: str, processes: list) -> str:
+    """A redis-server on a free port, without persistence; returns its URL."""
     port = free_port()
-    log_dir = tempfile.mkdtemp(prefix="herald-browser-")
-    server = Server(args.herald, port, os.path.join(log_dir, "herald.log"))
-    server_holder.append(server)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", log_dir],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    processes.append(proc)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return f"redis://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)  # polling a socket: there is no event to wait on
+    raise TimeoutError("redis-server did not start")
 
-    # 1. The server.
-    server.start()
-    try:
-        server.wait_healthy(timeout)
-    except (RuntimeError, TimeoutError) as e:
-        checks.fail("server starts and /healthz answers 200", str(e))
-    checks.ok(f"server starts on 127.0.0.1:{port} and /healthz answers 200")
+
+def run(args, checks: Checks, pages: list, server_holder: list, processes: list):
+    timeout = args.timeout
+    log_dir = tempfile.mkdtemp(prefix="herald-browser-")
+    if args.cluster:
+        redis = start_redis(log_dir, processes)
+        servers = [
+            Server(args.herald, free_port(), os.path.join(log_dir, f"herald-n{i}.log"), ["--redis", redis, "--node-id", f"n{i}"])
+            for i in (1, 2)
+        ]
+    else:
+        servers = [Server(args.herald, free_port(), os.path.join(log_dir, "herald.log"))]
+    server_holder.extend(servers)
+    # alice's page on the first node, bob's on the last (the same one without --cluster).
+    alice_server, bob_server = servers[0], servers[-1]
+
+    # 1. The servers.
+    for server in servers:
+        server.start()
+        try:
+            server.wait_healthy(timeout)
+        except (RuntimeError, TimeoutError) as e:
+            checks.fail("server starts and /healthz answers 200", str(e))
+        checks.ok(f"server starts on 127.0.0.1:{server.port} and /healthz answers 200")
 
     # 2. Two browsers.
-    url = f"http://127.0.0.1:{port}/"
     # Each page is in `pages` before it loads anything, so `finally` always quits it.
     alice = Page("alice", timeout)
     pages.append(alice)
     bob = Page("bob", timeout)
     pages.append(bob)
-    for page in (alice, bob):
-        page.open(url)
-    checks.ok("two headless Chromium sessions load the demo page")
+    alice.open(f"http://127.0.0.1:{alice_server.port}/")
+    bob.open(f"http://127.0.0.1:{bob_server.port}/")
+    checks.ok("two headless Chromium sessions load the demo page" + (" from two nodes" if args.cluster else ""))
 
     # 3. Connect.
     for page in (alice, bob):
@@ -293,13 +324,15 @@ def run(args, checks: Checks, pages: list, server_holder: list):
         page.wait(lambda p: {"alice", "bob"} <= p.online(), "alice and bob in #online")
         checks.ok(f"{page.label} sees alice and bob online in {ROOM}")
 
-    # 5. Restart the server: the pages notice, reconnect by themselves and re-join.
+    # 5. Restart bob's server: its pages notice, reconnect by themselves and re-join.
+    server = bob_server
+    restarted = [page for page in (alice, bob) if (alice_server if page is alice else bob_server) is server]
     try:
         code = server.terminate(timeout)
     except subprocess.TimeoutExpired:
         checks.fail("server exits on SIGTERM", f"still running after {timeout:.0f} s")
     checks.that(code == 0, "server exits with code 0 on SIGTERM", f"exit code {code}")
-    for page in (alice, bob):
+    for page in restarted:
         page.wait(lambda p: p.state() in ("disconnected", "connecting"), "#state to leave 'connected'")
         checks.ok(f"{page.label} shows the connection as lost")
 
@@ -308,12 +341,12 @@ def run(args, checks: Checks, pages: list, server_holder: list):
         server.wait_healthy(timeout)
     except (RuntimeError, TimeoutError) as e:
         checks.fail("server restarts on the same port", str(e))
-    checks.ok(f"server restarts on port {port}")
+    checks.ok(f"server restarts on port {server.port}")
 
     for page in (alice, bob):
         page.wait(lambda p: p.state() == "connected", "#state == connected after the restart")
-        checks.ok(f"{page.label} reconnected by itself")
-    for page in (alice, bob):
+        checks.ok(f"{page.label} is connected after the restart")
+    for page in restarted:
         # The restarted server knows no memberships: the page re-joins on welcome.
         page.wait(lambda p: p.room_joined(ROOM), f"room {ROOM} re-joined after the restart")
         checks.ok(f"{page.label} re-joined {ROOM}")
@@ -329,14 +362,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--herald", required=True, help="path to the herald executable")
     parser.add_argument("--timeout", type=float, default=60.0, help="bound on every wait, in seconds")
+    parser.add_argument("--cluster", action="store_true", help="two nodes sharing a redis-server the test starts")
     args = parser.parse_args()
 
     checks = Checks()
     pages: list = []
     server_holder: list = []
+    processes: list = []
     failed = False
     try:
-        run(args, checks, pages, server_holder)
+        run(args, checks, pages, server_holder, processes)
     except CheckFailed:
         failed = True
     except Exception as e:  # a timeout or a crash is a failed check too
@@ -357,6 +392,9 @@ def main() -> int:
                 print(f"(quitting {page.label}'s browser: {e})")
         for server in server_holder:
             server.kill()
+        for proc in processes:
+            proc.kill()
+            proc.wait()
             if not failed:
                 shutil.rmtree(os.path.dirname(server.log_path), ignore_errors=True)
     print(f"{checks.passed} passed, {checks.failed} failed", flush=True)
