@@ -136,6 +136,9 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// Why the connection was dropped by us, for the commands it fails.
     private var closeReason: RedisError?
     private var watchdog: RepeatedTask?
+    /// Replies read so far, and its value when the watchdog last found a command overdue.
+    private var repliesRead = 0
+    private var suspectedAtRead: Int?
 
     init(commandTimeout: TimeAmount?, onPush: @escaping @Sendable (RESPValue) -> Void) {
         self.commandTimeout = commandTimeout
@@ -144,11 +147,21 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) {
         guard let timeout = commandTimeout else { return }
-        // One timer per connection, not per command: the oldest command in flight decides.
+        // One timer per connection, not per command: the oldest command in flight decides. A
+        // stale command is only a suspicion until one more period passes without a reply read:
+        // a loop that was busy (delivering a large fan-out) may not have read replies that
+        // arrived in time, and reads them before the next period ends.
         let period = TimeAmount.nanoseconds(max(timeout.nanoseconds / 4, 10_000_000))
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
         watchdog = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [self] _ in
-            guard let oldest = waiting.first, NIODeadline.now() - oldest.sent > timeout else { return }
+            guard let oldest = waiting.first, NIODeadline.now() - oldest.sent > timeout else {
+                suspectedAtRead = nil
+                return
+            }
+            guard let suspected = suspectedAtRead, suspected == repliesRead else {
+                suspectedAtRead = repliesRead
+                return
+            }
             closeReason = RedisError("Redis did not answer within \(timeout.nanoseconds / 1_000_000) ms; the connection was dropped (a command already sent may still be applied when Redis recovers)")
             loopBound.value.close(promise: nil)
         }
@@ -173,6 +186,7 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let value = unwrapInboundIn(data)
+        repliesRead &+= 1
         if case .push = value {
             onPush(value)
             return

@@ -86,6 +86,9 @@ public final class RedisSubscriber: Sendable {
                     Task { await current.close() }
                 }
                 state.withLock { $0.connection = nil }
+                // Confirmations cannot come any more: fail them now, not at their timeout.
+                // (The reconnect subscribes everything remembered anyway.)
+                confirmations.failAll()
                 continue
             }
             do {

@@ -203,6 +203,15 @@ struct ClusterTests {
         #expect(refused.status == 503)
         #expect(ContinuousClock.now - started < .seconds(10))  // refused, not queued until Redis returns
         #expect(try await cluster.http(1, "GET", "/healthz").status == 200)
+        // What needs the roster is refused with a reason, not left hanging: a join, a new connection.
+        try await alice.send(#"{"type":"join","room":"R","id":9}"#)
+        let refusedJoin = try await alice.next(type: "error")
+        #expect(refusedJoin["code"] as? String == "unavailable")
+        #expect(refusedJoin["id"] as? Int == 9)
+        let latecomer = try await TestClient.connect(port: cluster.nodes[0].port, query: "user=dave")
+        let closed = try await latecomer.closed()
+        #expect(closed.code == 1011)
+        #expect(closed.reason?.contains("unavailable") == true, "\(closed)")
 
         let restarted = try await RedisServerProcess(port: port)
         defer { restarted.stop() }

@@ -120,6 +120,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             case .failure(let error):
                 log("connection refused", ["reason": .string("\(error)")])
                 close(.internalError, reason: "\(error)")
+                resumeReading()  // to read the client's answer to our close frame
             }
         }
     }

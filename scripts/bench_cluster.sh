@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Herald past one process's open-file limit: `herald serve --workers W --redis` holding N connections, and a burst of
+# broadcasts to all of them. Prints the bench's report (deliveries, latency = publish → delivery, the workers' CPU and
+# RSS) and Redis's CPU seconds and PUBLISH count over the whole run (connects included).
+#
+#   scripts/bench_cluster.sh [CONNECTIONS=95000] [WORKERS=5] [MESSAGES=10]
+#
+# Needs a release build (swift build -c release --product herald) and redis-server. Results go to $OUT
+# (default /tmp/herald-bench-cluster). Every process it starts is stopped at the end. One publishing connection: a
+# stream published through two workers has no order between them (nor in any pub/sub system).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+connections=${1:-95000}
+workers=${2:-5}
+messages=${3:-10}
+herald=.build/release/herald
+out=${OUT:-/tmp/herald-bench-cluster}
+mkdir -p "$out"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+redis_port=$(free_port)
+port=$(free_port)
+
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" >"$out/redis.log" 2>&1 &
+redis_pid=$!
+"$herald" serve --port "$port" --workers "$workers" --redis "redis://127.0.0.1:$redis_port" --log-level warning \
+  --max-connections 100000 >"$out/herald.log" 2>&1 &
+supervisor=$!
+cleanup() { kill -TERM "$supervisor" 2>/dev/null || true; wait "$supervisor" 2>/dev/null || true; kill "$redis_pid" 2>/dev/null || true; }
+trap cleanup EXIT
+
+for _ in $(seq 1 200); do
+  [ "$(pgrep -P "$supervisor" | wc -l)" -ge "$workers" ] && python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$port" 2>/dev/null && break
+  sleep 0.1
+done
+sleep 1  # every worker binds its own socket: give the last ones a moment after the first answers
+pids=$(pgrep -P "$supervisor")
+pid_args=()
+for pid in $pids; do pid_args+=(--server-pid "$pid"); done
+echo "workers: $(echo $pids | tr '\n' ' ')  redis: $redis_pid  port: $port"
+
+redis_cpu_before=$(cpu_seconds "$redis_pid")
+"$herald" bench --scenario all --port "$port" --connections "$connections" --messages "$messages" \
+  --publish-connections 1 --drain-timeout 30 --no-progress "${pid_args[@]}" --json >"$out/bench.json"
+redis_cpu_after=$(cpu_seconds "$redis_pid")
+python3 - "$out/bench.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+lat = r.get("latency") or {}
+print(f"connections ok {r['connectionsOK']} failed {r.get('connectionsFailed')}; expected {r['expectedDeliveries']} lost {r['lost']} "
+      f"dup {r['deliveries']['duplicates']} reordered {r['deliveries']['reordered']}")
+print(f"publish -> delivery ms: p50 {lat.get('p50')} p99 {lat.get('p99')} max {lat.get('max')}")
+for key in ("connectSeconds", "connectionsPerSecond", "deliveriesPerSecond", "serverCPUSeconds", "serverCPUMicrosecondsPerDelivery", "serverRSSBytes", "serverBytesPerConnection"):
+    if key in r: print(key, r[key])
+PY
+echo "redis CPU seconds over the run (connects included): $(python3 -c "print(round($redis_cpu_after - $redis_cpu_before, 2))")"
+redis-cli -p "$redis_port" info commandstats | grep -E 'cmdstat_(publish|evalsha|eval|subscribe|smembers):' || true
