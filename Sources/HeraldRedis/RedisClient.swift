@@ -51,32 +51,20 @@ public final class RedisClient: Sendable {
 
     /// Keeps the client connected until the task is cancelled, then closes the connection.
     public func run() async {
-        var backoff = configuration.backoff
-        var connectedBefore = state.withLock { $0.connection != nil }
-        while !Task.isCancelled {
-            if let current = state.withLock({ $0.connection }), current.isActive {
-                await withTaskCancellationHandler {
-                    try? await current.closeFuture.get()
-                } onCancel: {
-                    Task { await current.close() }
-                }
-                state.withLock { if $0.connection === current { $0.connection = nil } }
-                continue
-            }
-            do {
+        var keeper = ConnectionKeeper(
+            backoff: configuration.backoff,
+            current: { [self] in state.withLock { $0.connection } },
+            connect: { [self] in
                 let connection = try await open()
                 state.withLock { $0.connection = connection }
-                backoff.reset()
-                if connectedBefore {
-                    state.withLock { $0.reconnects += 1 }
-                    onReconnect()
-                }
-                connectedBefore = true
-            } catch {
-                try? await Task.sleep(for: backoff.next())
+            },
+            lost: { [self] lost in state.withLock { if $0.connection === lost { $0.connection = nil } } },
+            reconnected: { [self] in
+                state.withLock { $0.reconnects += 1 }
+                onReconnect()
             }
-        }
-        if let connection = state.withLock({ $0.connection }) { await connection.close() }
+        )
+        await keeper.run()
     }
 
     /// Whether a connection is up right now.

@@ -74,41 +74,29 @@ public final class RedisSubscriber: Sendable {
 
     /// Keeps the subscriber connected until the task is cancelled.
     public func run() async {
-        var backoff = Backoff(first: self.backoff.first, cap: self.backoff.cap)
-        // A connection made by connect() counts: losing it later is a reconnect.
-        var connectedBefore = state.withLock { $0.connection != nil }
-        while !Task.isCancelled {
-            let current = state.withLock { $0.connection }
-            if let current, current.isActive {
-                await withTaskCancellationHandler {
-                    try? await current.closeFuture.get()
-                } onCancel: {
-                    Task { await current.close() }
-                }
-                state.withLock { $0.connection = nil }
-                // Confirmations cannot come any more: fail them now, not at their timeout.
-                // (The reconnect subscribes everything remembered anyway.)
-                confirmations.failAll()
-                continue
-            }
-            do {
+        var keeper = ConnectionKeeper(
+            backoff: Backoff(first: backoff.first, cap: backoff.cap),
+            current: { [self] in state.withLock { $0.connection } },
+            connect: { [self] in
                 let connection = try await open()
                 let interest = state.withLock { state -> State in
                     state.connection = connection
                     return state
                 }
                 try await resubscribe(interest, on: connection)
-                backoff.reset()
-                if connectedBefore {
-                    state.withLock { $0.reconnects += 1 }
-                    onReconnect()
-                }
-                connectedBefore = true
-            } catch {
-                try? await Task.sleep(for: backoff.next())
+            },
+            lost: { [self] lost in
+                state.withLock { if $0.connection === lost { $0.connection = nil } }
+                // Confirmations cannot come any more: fail them now, not at their timeout.
+                // (The reconnect subscribes everything remembered anyway.)
+                confirmations.failAll()
+            },
+            reconnected: { [self] in
+                state.withLock { $0.reconnects += 1 }
+                onReconnect()
             }
-        }
-        if let connection = state.withLock({ $0.connection }) { await connection.close() }
+        )
+        await keeper.run()
     }
 
     /// Times the connection was re-established after a loss.

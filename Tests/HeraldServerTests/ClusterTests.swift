@@ -15,12 +15,12 @@ struct ClusterTests {
         let redis: RedisServerProcess
         let nodes: [HeraldNodeProcess]
 
-        static func start(nodes count: Int, extra: [String] = []) async throws -> Cluster {
+        static func start(nodes count: Int, presenceTTL: Int = 3, extra: [String] = []) async throws -> Cluster {
             let redis = try await RedisServerProcess()
             var nodes: [HeraldNodeProcess] = []
             for index in 1...count {
                 nodes.append(
-                    try await HeraldNodeProcess(arguments: ["--redis", redis.url, "--node-id", "n\(index)", "--presence-ttl", "3", "--log-level", "warning"] + extra)
+                    try await HeraldNodeProcess(arguments: ["--redis", redis.url, "--node-id", "n\(index)", "--presence-ttl", String(presenceTTL), "--log-level", "warning"] + extra)
                 )
             }
             return Cluster(redis: redis, nodes: nodes)
@@ -187,6 +187,23 @@ struct ClusterTests {
         #expect(try await alice.next() == #"{"type":"message","scope":"room","room":"R","data":"still-here"}"#)
         _ = bob
         await alice.close()
+    }
+
+    @Test func aNodeStoppedGracefullySaysGoodbye() async throws {
+        // A presence TTL far longer than the wait below: only the node's goodbye can make bob offline.
+        let cluster = try await Cluster.start(nodes: 2, presenceTTL: 120)
+        defer { cluster.stop() }
+        let bob = try await cluster.client("bob", on: 1)
+        #expect(try json(try await cluster.http(0, "GET", "/api/users/bob").body)["online"] as? Bool == true)
+        #expect(cluster.nodes[1].stop(signal: SIGTERM) == 0)
+        #expect(try await bob.closed().code == 1012)
+        try await eventually("bob offline after n2 said goodbye", within: 10) {
+            try json(try await cluster.http(0, "GET", "/api/users/bob").body)["online"] as? Bool == false
+        }
+        let redis = try await RedisConnection.connect(to: RedisURL(port: cluster.redis.port))
+        #expect(try await redis.send(RESPCommand("ZSCORE", "herald:nodes", "n2")) == .null)
+        #expect(try await redis.send(RESPCommand("EXISTS", "herald:presence:n2")) == .integer(0))
+        await redis.close()
     }
 
     @Test func redisKilledAndRestartedNodesReconnectAndDeliveryResumes() async throws {

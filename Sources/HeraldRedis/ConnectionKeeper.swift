@@ -1,0 +1,42 @@
+import NIOCore
+
+/// The reconnection loop shared by ``RedisClient`` and ``RedisSubscriber``: wait while the
+/// connection is up, and after it is lost, connect again with capped exponential backoff and
+/// jitter until it is back or the task is cancelled.
+struct ConnectionKeeper {
+    var backoff: Backoff
+    /// The connection in use now (`nil` while there is none).
+    let current: @Sendable () -> RedisConnection?
+    /// Opens a connection and puts it in use (a subscriber also resubscribes); throws to retry.
+    let connect: @Sendable () async throws -> Void
+    /// The connection in use was lost: take it out of use.
+    let lost: @Sendable (RedisConnection) -> Void
+    /// Called each time a connection is back after a loss (not for the first one).
+    let reconnected: @Sendable () -> Void
+
+    /// Runs until the task is cancelled, then closes the connection in use.
+    mutating func run() async {
+        // A connection made before run() (by connect()) counts: losing it is a reconnect.
+        var connectedBefore = current() != nil
+        while !Task.isCancelled {
+            if let connection = current(), connection.isActive {
+                await withTaskCancellationHandler {
+                    try? await connection.closeFuture.get()
+                } onCancel: {
+                    Task { await connection.close() }
+                }
+                lost(connection)
+                continue
+            }
+            do {
+                try await connect()
+                backoff.reset()
+                if connectedBefore { reconnected() }
+                connectedBefore = true
+            } catch {
+                try? await Task.sleep(for: backoff.next())
+            }
+        }
+        if let connection = current() { await connection.close() }
+    }
+}
