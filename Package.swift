@@ -40,6 +40,7 @@ let package = Package(
             name: "Herald",
             dependencies: [
                 "HeraldWire",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -73,6 +74,7 @@ let package = Package(
             name: "HeraldRedis",
             dependencies: [
                 "Herald",
+                "HeraldWire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -22,6 +22,11 @@ public protocol Broker: Service {
     /// broker that delivers everything everywhere (``LocalBroker``) completes at once.
     func changeInterest(_ change: InterestChange, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
 
+    /// Reads the history of a room's or a user's channel: messages with an offset above
+    /// `since`, oldest first, at most `limit`.
+    /// - Throws: ``BrokerError`` when the history cannot be read (Redis unreachable).
+    func history(of target: DeliveryTarget, since: Int64, limit: Int) async throws(BrokerError) -> HistoryPage
+
     /// Counters of the broker's failures, for `/api/stats`.
     var statistics: BrokerStatistics.Snapshot { get }
 }

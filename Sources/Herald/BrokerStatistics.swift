@@ -4,6 +4,7 @@ import Synchronization
 public final class BrokerStatistics: Sendable {
     private let publishFailures = Atomic<Int>(0)
     private let reconnects = Atomic<Int>(0)
+    private let healingLosses = Atomic<Int>(0)
 
     public init() {}
 
@@ -11,18 +12,26 @@ public final class BrokerStatistics: Sendable {
     public func recordPublishFailure() { publishFailures.add(1, ordering: .relaxed) }
     /// The broker lost its backend and got it back: deliveries published meanwhile were missed.
     public func recordReconnect() { reconnects.add(1, ordering: .relaxed) }
+    /// Messages a node could not recover from history after a reconnect (expired, new epoch).
+    public func recordHealingLoss(_ count: Int) { healingLosses.add(count, ordering: .relaxed) }
 
     public struct Snapshot: Sendable, Equatable {
         public var publishFailures: Int
         public var reconnects: Int
+        public var healingLosses: Int
 
-        public init(publishFailures: Int = 0, reconnects: Int = 0) {
+        public init(publishFailures: Int = 0, reconnects: Int = 0, healingLosses: Int = 0) {
             self.publishFailures = publishFailures
             self.reconnects = reconnects
+            self.healingLosses = healingLosses
         }
     }
 
     public func snapshot() -> Snapshot {
-        Snapshot(publishFailures: publishFailures.load(ordering: .relaxed), reconnects: reconnects.load(ordering: .relaxed))
+        Snapshot(
+            publishFailures: publishFailures.load(ordering: .relaxed),
+            reconnects: reconnects.load(ordering: .relaxed),
+            healingLosses: healingLosses.load(ordering: .relaxed)
+        )
     }
 }

@@ -242,19 +242,37 @@ public final class Hub: DeliverySink, Service, Sendable {
         }
         let frame = framing(envelope.frame)
         let target = envelope.target
+        let position = envelope.position
         let statistics = self.statistics
         for shard in shards {
             if shard.eventLoop.inEventLoop {
-                let written = shard.deliver(frame, to: target, members: members)
+                let written = shard.deliver(frame, to: target, members: members, position: position)
                 statistics.framesWritten.add(written, ordering: .relaxed)
             } else {
                 shard.eventLoop.execute { [members] in
-                    let written = shard.deliver(frame, to: target, members: members)
+                    let written = shard.deliver(frame, to: target, members: members, position: position)
                     statistics.framesWritten.add(written, ordering: .relaxed)
                 }
             }
         }
     }
+
+    // MARK: - Recovery
+
+    /// Holds `connection`'s live deliveries of `target` until ``release(_:for:)``, while it
+    /// replays history. Call on the connection's event loop.
+    public func hold(_ target: DeliveryTarget, for connection: any ClientConnection, limit: Int = 10_000) -> DeliveryHold {
+        shard(for: connection.eventLoop).hold(target, for: connection, limit: limit)
+    }
+
+    /// Ends a hold; write `hold.held` (past what history gave) to the connection next. Call on
+    /// the connection's event loop.
+    public func release(_ hold: DeliveryHold, for connection: any ClientConnection) {
+        shard(for: connection.eventLoop).release(hold, for: connection)
+    }
+
+    /// A frame as the transport sends it (for history replayed to one connection).
+    public func framed(_ frame: ByteBuffer) -> ByteBuffer { framing(frame) }
 
     // MARK: - Service
 

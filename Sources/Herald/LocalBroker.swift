@@ -1,21 +1,91 @@
+import DequeModule
+import HeraldWire
 public import NIOCore
 import ServiceLifecycle
+import Synchronization
 
 /// The in-process broker: a publish is delivered to this node's hub at once.
 ///
-/// The default when Herald runs as one node. Delivery order per publishing event loop is the
-/// publish order, because the hub hands each envelope to every event loop with one `execute`,
-/// and each loop runs its tasks in order.
-public struct LocalBroker: Broker {
+/// The default when Herald runs as one node. It numbers each room's and user's messages (offset
+/// and epoch, see ``Envelope/positioned(_:)``) and keeps their recent history in memory, bounded
+/// by ``HistoryConfiguration``. Offsets are assigned and delivered under one lock, so every
+/// connection sees a channel's messages in offset order.
+public final class LocalBroker: Broker {
     let sink: any DeliverySink
+    public let historyConfiguration: HistoryConfiguration
+    /// This process's part of every epoch: a restart loses the history, so it changes.
+    private let epochPrefix: String
+    private let channels = Mutex<Channels>(Channels())
 
-    public init(deliveringTo sink: any DeliverySink) {
+    struct Channels {
+        var logs: [DeliveryTarget: ChannelLog] = [:]
+        var created = 0
+    }
+
+    /// One channel's stream: its epoch, last offset and kept messages. Bounded by the history
+    /// size; a channel idle for longer than the history TTL is dropped by ``run()``.
+    struct ChannelLog {
+        let epoch: String
+        var latest: Int64 = 0
+        var entries = Deque<(entry: HistoryEntry, at: ContinuousClock.Instant)>()
+        var lastPublish: ContinuousClock.Instant
+
+        mutating func trim(size: Int, ttl: Duration, now: ContinuousClock.Instant) {
+            while entries.count > size { entries.removeFirst() }
+            while let first = entries.first, now - first.at > ttl { entries.removeFirst() }
+        }
+    }
+
+    public init(deliveringTo sink: any DeliverySink, history: HistoryConfiguration = .init()) {
         self.sink = sink
+        self.historyConfiguration = history
+        self.epochPrefix = String(UInt32.random(in: 0...UInt32.max), radix: 36)
     }
 
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        sink.deliver(envelope)
+        guard envelope.target != .all else {
+            sink.deliver(envelope)
+            return eventLoop.makeSucceededVoidFuture()
+        }
+        let now = ContinuousClock.now
+        let history = historyConfiguration
+        channels.withLock { channels in
+            let log = channels.logs[envelope.target] ?? {
+                channels.created += 1
+                return ChannelLog(epoch: epochPrefix + "-" + String(channels.created, radix: 36), lastPublish: now)
+            }()
+            var updated = log
+            updated.latest += 1
+            updated.lastPublish = now
+            let positioned = envelope.positioned(StreamPosition(offset: updated.latest, epoch: updated.epoch))
+            if history.size > 0 {
+                updated.entries.append((HistoryEntry(offset: updated.latest, frame: positioned.frame), now))
+                updated.trim(size: history.size, ttl: history.ttl, now: now)
+            }
+            channels.logs[envelope.target] = updated
+            // Delivered under the lock: the next offset of this channel cannot overtake it.
+            sink.deliver(positioned)
+        }
         return eventLoop.makeSucceededVoidFuture()
+    }
+
+    public func history(of target: DeliveryTarget, since: Int64, limit: Int) -> HistoryPage {
+        let now = ContinuousClock.now
+        let history = historyConfiguration
+        return channels.withLock { channels in
+            guard var log = channels.logs[target] else {
+                // Never published (or forgotten): an empty stream in an epoch of its own.
+                return HistoryPage(latest: StreamPosition(offset: 0, epoch: epochPrefix), entries: [], oldest: 1)
+            }
+            log.trim(size: history.size, ttl: history.ttl, now: now)
+            channels.logs[target] = log
+            let entries = log.entries.lazy.map(\.entry).filter { $0.offset > since }.prefix(max(0, limit))
+            return HistoryPage(
+                latest: StreamPosition(offset: log.latest, epoch: log.epoch),
+                entries: Array(entries),
+                oldest: log.entries.first?.entry.offset ?? log.latest + 1
+            )
+        }
     }
 
     /// One node delivers every channel already: nothing to subscribe.
@@ -25,8 +95,16 @@ public struct LocalBroker: Broker {
 
     public var statistics: BrokerStatistics.Snapshot { .init() }
 
+    /// Until shutdown, forgets channels idle for longer than the history TTL (their history has
+    /// expired), so the channel table does not grow with every room and user ever addressed.
     public func run() async throws {
-        // Nothing to connect to; stay up for the life of the node.
-        try? await gracefulShutdown()
+        let ttl = historyConfiguration.ttl
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: ttl) }
+            let now = ContinuousClock.now
+            channels.withLock { channels in
+                channels.logs = channels.logs.filter { now - $0.value.lastPublish <= ttl }
+            }
+        }
     }
 }

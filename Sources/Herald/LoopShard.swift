@@ -1,3 +1,4 @@
+import HeraldWire
 import NIOCore
 
 /// The connections of one event loop, and the fan-out to them.
@@ -12,6 +13,8 @@ final class LoopShard: @unchecked Sendable {
     /// user → that user's connections on this loop (usually one or a few).
     private var byUser: [String: [any ClientConnection]] = [:]
     private var pendingFlush: [any ClientConnection] = []
+    /// Connections replaying a channel's history: their live deliveries of it wait here.
+    private var holds: [ObjectIdentifier: DeliveryHold] = [:]
     private var flushScheduled = false
     private(set) var connectionCount = 0
 
@@ -35,8 +38,11 @@ final class LoopShard: @unchecked Sendable {
 
     /// Writes `frame` to the target's local connections. `members` is the room's member
     /// snapshot for a room target.
-    func deliver(_ frame: ByteBuffer, to target: DeliveryTarget, members: Set<String>?) -> Int {
+    func deliver(_ frame: ByteBuffer, to target: DeliveryTarget, members: Set<String>?, position: StreamPosition? = nil) -> Int {
         eventLoop.preconditionInEventLoop()
+        if !holds.isEmpty, let position {
+            return deliverHolding(frame, to: target, members: members, position: position)
+        }
         var written = 0
         switch target {
         case .all:
@@ -59,6 +65,40 @@ final class LoopShard: @unchecked Sendable {
             }
         }
         return written
+    }
+
+    /// The rare path: some connection of this loop is replaying history.
+    private func deliverHolding(_ frame: ByteBuffer, to target: DeliveryTarget, members: Set<String>?, position: StreamPosition) -> Int {
+        var recipients: [any ClientConnection] = []
+        switch target {
+        case .all: break
+        case .user(let user): recipients = byUser[user] ?? []
+        case .room:
+            for user in members ?? [] { recipients += byUser[user] ?? [] }
+        }
+        var written = 0
+        for connection in recipients {
+            if let hold = holds[ObjectIdentifier(connection)], hold.target == target {
+                hold.append(position, frame)
+            } else {
+                written += write(frame, to: connection)
+            }
+        }
+        return written
+    }
+
+    /// Starts holding `connection`'s live deliveries of `target`.
+    func hold(_ target: DeliveryTarget, for connection: any ClientConnection, limit: Int) -> DeliveryHold {
+        eventLoop.preconditionInEventLoop()
+        let hold = DeliveryHold(target: target, limit: limit)
+        holds[ObjectIdentifier(connection)] = hold
+        return hold
+    }
+
+    /// Stops holding; the caller writes what was held.
+    func release(_ hold: DeliveryHold, for connection: any ClientConnection) {
+        eventLoop.preconditionInEventLoop()
+        if holds[ObjectIdentifier(connection)] === hold { holds[ObjectIdentifier(connection)] = nil }
     }
 
     /// Calls `body` for every connection of this loop.

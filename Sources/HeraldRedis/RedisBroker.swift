@@ -1,4 +1,5 @@
 public import Herald
+import HeraldWire
 public import Logging
 public import NIOCore
 import NIOPosix
@@ -27,6 +28,8 @@ public final class RedisBroker: Broker {
         /// How long a membership change waits for the nodes holding the user's connections to
         /// confirm they applied it.
         public var membershipConfirmationTimeout: TimeAmount = .seconds(2)
+        /// History kept per room and user channel (a Redis Stream each).
+        public var history = HistoryConfiguration()
 
         public init(url: RedisURL, nodeID: String) {
             self.url = url
@@ -39,11 +42,15 @@ public final class RedisBroker: Broker {
     let client: RedisClient
     let subscriber: RedisSubscriber
     let acks: MembershipAcks
+    let streams: StreamTracker
     private let logger: Logger
     private let counters = BrokerStatistics()
     private let interest = Mutex<PendingInterest>(PendingInterest())
     private let wake: AsyncStream<Void>.Continuation
     private let wakes: AsyncStream<Void>
+    /// Signalled after each pub/sub reconnect: heal every channel from its history.
+    private let healing: AsyncStream<Void>.Continuation
+    private let heals: AsyncStream<Void>
 
     /// Channel changes not yet sent to Redis: the last wish per channel wins, so a burst of
     /// connects and disconnects costs one SUBSCRIBE and one UNSUBSCRIBE. Bounded by the
@@ -62,6 +69,10 @@ public final class RedisBroker: Broker {
         self.acks = acks
         let counters = self.counters
         let url = configuration.url
+        let streams = StreamTracker(sink: sink)
+        self.streams = streams
+        let (healStream, healContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let healSignal = healContinuation
         self.client = RedisClient(url: url, configuration: configuration.client, on: group) {
             logger.notice("Redis command connection re-established", metadata: ["redis": "\(url.host):\(url.port)"])
         }
@@ -70,17 +81,20 @@ public final class RedisBroker: Broker {
             url: url,
             on: group,
             onMessage: { message in
-                Self.route(message, layout: layout, sink: sink, acks: acks, client: client, logger: logger)
+                Self.route(message, layout: layout, sink: sink, streams: streams, acks: acks, client: client, logger: logger)
             },
             onReconnect: {
                 counters.recordReconnect()
                 logger.warning(
-                    "Redis pub/sub connection re-established and every channel resubscribed; messages published while it was down were missed",
+                    "Redis pub/sub connection re-established and every channel resubscribed; healing the gap from the channels' history",
                     metadata: ["redis": "\(url.host):\(url.port)"]
                 )
-            }
+                healSignal.yield()
+            },
+            onDisconnect: { streams.suspend() }
         )
         (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        (heals, healing) = (healStream, healContinuation)
     }
 
     /// Connects both connections and subscribes the broadcast and node channels.
@@ -99,24 +113,102 @@ public final class RedisBroker: Broker {
             group.addTask { await self.client.run() }
             group.addTask { await self.subscriber.run() }
             group.addTask { await self.applyInterestChanges() }
+            group.addTask { await self.healAfterReconnects() }
             try? await gracefulShutdown()
             group.cancelAll()
             wake.finish()
+            healing.finish()
         }
     }
 
     // MARK: - Publishing
 
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        let command = RESPCommand(arguments: [Self.publishName, ByteBuffer(string: layout.channel(for: envelope.target)), envelope.frame])
+        let channel = ByteBuffer(string: layout.channel(for: envelope.target))
+        let reply: EventLoopFuture<RESPValue>
+        if envelope.positionIndex != nil {
+            // Offset, history append and publish in one atomic step on the server.
+            let history = configuration.history
+            reply = client.evaluate(
+                Self.publishScript,
+                keys: [layout.streamKey(envelope.target), layout.historyKey(envelope.target)],
+                arguments: [channel, envelope.head, envelope.tail, ByteBuffer(string: String(history.size)), ByteBuffer(string: String(max(1, history.ttl.components.seconds)))]
+            )
+        } else {
+            reply = client.submit(RESPCommand(arguments: [Self.publishName, channel, envelope.frame]))
+        }
         let counters = self.counters
-        return client.submit(command).hop(to: eventLoop).flatMapErrorThrowing { error in
+        return reply.hop(to: eventLoop).flatMapErrorThrowing { error in
             counters.recordPublishFailure()
             throw BrokerError("Redis did not take the message: \(error)")
         }.map { _ in }
     }
 
     private static let publishName = ByteBuffer(string: "PUBLISH")
+
+    /// `#OFFSET EPOCH\n` then the frame: what a positioned message looks like on a channel.
+    static func positioned(_ payload: ByteBuffer) -> (StreamPosition, ByteBuffer)? {
+        let view = payload.readableBytesView
+        guard let space = view.firstIndex(of: UInt8(ascii: " ")), let newline = view.firstIndex(of: UInt8(ascii: "\n")), space < newline,
+            let offset = Int64(String(decoding: view[(view.startIndex + 1)..<space], as: UTF8.self))
+        else { return nil }
+        let epoch = String(decoding: view[(space + 1)..<newline], as: UTF8.self)
+        let frameStart = newline + 1 - view.startIndex
+        guard let frame = payload.getSlice(at: payload.readerIndex + frameStart, length: payload.readableBytes - frameStart) else { return nil }
+        return (StreamPosition(offset: offset, epoch: epoch), frame)
+    }
+
+    /// KEYS: the channel's stream key (a hash: epoch, offset), its history (a Redis Stream).
+    /// ARGV: channel, frame head, frame tail, history size, history TTL in seconds. Assigns the
+    /// next offset (a new epoch when the channel has none), appends the positioned frame to the
+    /// history, publishes it with a `#OFFSET EPOCH` header line; returns the offset.
+    static let publishScript = RedisScript(
+        """
+        local epoch = redis.call('HGET', KEYS[1], 'epoch')
+        local time = redis.call('TIME')
+        if not epoch then
+          epoch = string.format('%x%x', tonumber(time[1]), tonumber(time[2]))
+          redis.call('HSET', KEYS[1], 'epoch', epoch)
+        end
+        local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+        local frame = ARGV[2] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[3]
+        if tonumber(ARGV[4]) > 0 then
+          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], offset .. '-1', 't', time[1], 'f', frame)
+          redis.call('EXPIRE', KEYS[2], ARGV[5])
+        end
+        redis.call('EXPIRE', KEYS[1], ARGV[5])
+        redis.call('PUBLISH', ARGV[1], '#' .. offset .. ' ' .. epoch .. '\\n' .. frame)
+        return offset
+        """
+    )
+
+    /// KEYS as for publishing. ARGV: first stream id wanted, count, history TTL in seconds.
+    /// Returns {epoch, latest offset, oldest offset kept, entries}; entries older than the TTL
+    /// count as gone. A channel without a stream answers an epoch of "" and offset 0.
+    static let historyScript = RedisScript(
+        """
+        local epoch = redis.call('HGET', KEYS[1], 'epoch') or ''
+        local latest = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+        local now = tonumber(redis.call('TIME')[1])
+        local horizon = now - tonumber(ARGV[3])
+        local oldest = latest + 1
+        local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 64)
+        for _, entry in ipairs(first) do
+          local t = tonumber(entry[2][2])
+          if t >= horizon then
+            oldest = tonumber(string.match(entry[1], '^(%d+)'))
+            break
+          end
+        end
+        local entries = {}
+        if tonumber(ARGV[2]) > 0 then
+          for _, entry in ipairs(redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])) do
+            if tonumber(entry[2][2]) >= horizon then entries[#entries + 1] = entry end
+          end
+        end
+        return {epoch, latest, oldest, entries}
+        """
+    )
 
     // MARK: - Interest
 
@@ -144,10 +236,79 @@ public final class RedisBroker: Broker {
                 try await subscriber.subscribe(subscribe)
                 try await subscriber.unsubscribe(unsubscribe)
                 for waiter in batch.waiters { waiter.succeed() }
+            for channel in unsubscribe {
+                if case .target(let target)? = layout.destination(of: channel) { streams.forget(target) }
+            }
             } catch {
                 logger.error("Redis did not confirm a subscription change", metadata: ["error": "\(error)"])
                 for waiter in batch.waiters { waiter.fail(error) }
             }
+        }
+    }
+
+    // MARK: - History
+
+    public func history(of target: DeliveryTarget, since: Int64, limit: Int) async throws(BrokerError) -> HistoryPage {
+        let reply: RESPValue
+        do {
+            reply = try await client.evaluate(
+                Self.historyScript,
+                keys: [layout.streamKey(target), layout.historyKey(target)],
+                arguments: [String(since + 1) + "-0", String(max(0, limit)), String(max(1, configuration.history.ttl.components.seconds))]
+            )
+        } catch {
+            throw BrokerError("cannot read the history from Redis: \(error)")
+        }
+        guard let page = Self.page(reply) else { throw BrokerError("Redis answered the history script with \(reply)") }
+        return page
+    }
+
+    /// `{epoch, latest, oldest, {{id, {field, value, ...}}, ...}}` from the history script.
+    static func page(_ reply: RESPValue) -> HistoryPage? {
+        guard case .array(let parts?) = reply, parts.count == 4, let epoch = parts[0].string,
+            case .integer(let latest) = parts[1], case .integer(let oldest) = parts[2], case .array(let items?) = parts[3]
+        else { return nil }
+        var entries: [HistoryEntry] = []
+        entries.reserveCapacity(items.count)
+        for item in items {
+            guard case .array(let pair?) = item, pair.count == 2, let id = pair[0].string,
+                let offset = Int64(id.prefix { $0 != "-" }), case .array(let fields?) = pair[1]
+            else { return nil }
+            var frame: ByteBuffer?
+            var index = 0
+            while index + 1 < fields.count {
+                if fields[index].string == "f", case .bulkString(let bytes?) = fields[index + 1] { frame = bytes }
+                index += 2
+            }
+            guard let frame else { return nil }
+            entries.append(HistoryEntry(offset: offset, frame: frame))
+        }
+        return HistoryPage(latest: StreamPosition(offset: latest, epoch: epoch), entries: entries, oldest: oldest)
+    }
+
+    /// After each pub/sub reconnect, reads every suspended channel's history since the last
+    /// message this node delivered, and delivers what it missed before carrying on live.
+    private func healAfterReconnects() async {
+        for await _ in heals {
+            var delivered = 0
+            var lost = 0
+            for (target, position) in streams.suspended() {
+                var page: HistoryPage?
+                if let position {
+                    for attempt in 0..<5 where page == nil {
+                        page = try? await history(of: target, since: position.offset, limit: max(configuration.history.size, 1))
+                        if page == nil, attempt < 4 { try? await Task.sleep(for: .milliseconds(200)) }
+                    }
+                }
+                let outcome = streams.heal(target, with: page)
+                delivered += outcome.delivered
+                lost += outcome.lost
+                if outcome.epochChanged {
+                    logger.warning("a channel's history was lost in Redis (new epoch): messages published during the gap cannot be recovered", metadata: ["channel": "\(target)"])
+                }
+            }
+            if lost > 0 { counters.recordHealingLoss(lost) }
+            logger.notice("healed the pub/sub gap from history", metadata: ["recovered": "\(delivered)", "lost": "\(lost)"])
         }
     }
 
@@ -157,6 +318,7 @@ public final class RedisBroker: Broker {
         _ message: RedisMessage,
         layout: RedisLayout,
         sink: any DeliverySink,
+        streams: StreamTracker,
         acks: MembershipAcks,
         client: RedisClient,
         logger: Logger
@@ -173,6 +335,14 @@ public final class RedisBroker: Broker {
                     // the origin must not wait for a node that cannot do better.
                     _ = client.submit(RESPCommand("PUBLISH", layout.nodeChannel(notice.origin), notice.token))
                 }
+                return
+            }
+            if message.payload.readableBytesView.first == UInt8(ascii: "#") {
+                guard let (position, frame) = Self.positioned(message.payload) else {
+                    logger.warning("malformed message header ignored", metadata: ["channel": "\(message.channel)"])
+                    return
+                }
+                streams.received(Envelope(target: target, frame: frame, position: position))
                 return
             }
             sink.deliver(Envelope(target: target, frame: message.payload))

@@ -45,6 +45,11 @@ public struct RedisLayout: Sendable, Equatable {
         return nil
     }
 
+    /// A room's or user's stream position (a hash: epoch, offset).
+    public func streamKey(_ target: DeliveryTarget) -> String { prefix + ":stream:" + channel(for: target) }
+    /// A room's or user's history (a Redis Stream; entry ids are `OFFSET-1`).
+    public func historyKey(_ target: DeliveryTarget) -> String { prefix + ":history:" + channel(for: target) }
+
     public func membersKey(_ room: String) -> String { prefix + ":members:" + room }
     public func roomsOfKey(_ user: String) -> String { prefix + ":rooms-of:" + user }
     public var roomsKey: String { prefix + ":rooms" }

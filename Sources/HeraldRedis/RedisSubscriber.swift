@@ -33,13 +33,15 @@ public struct RedisMessage: Sendable, Equatable {
 ///
 /// The subscriber remembers what it is subscribed to. While it ``run()``s, a lost connection
 /// is re-established with capped exponential backoff and jitter, every remembered channel,
-/// pattern and shard channel is subscribed again, and `onReconnect` is told (messages published
+/// pattern and shard channel is subscribed again, and `onReconnect` is told (`onDisconnect`
+/// was told when the connection was lost; messages published
 /// during the gap were missed: pub/sub is not a queue).
 public final class RedisSubscriber: Sendable {
     public let url: RedisURL
     private let group: any EventLoopGroup
     private let onMessage: @Sendable (RedisMessage) -> Void
     private let onReconnect: @Sendable () -> Void
+    private let onDisconnect: @Sendable () -> Void
     private let confirmations = Confirmations()
     private let state = Mutex<State>(State())
     /// Reconnection delays: the first, and the cap.
@@ -57,12 +59,14 @@ public final class RedisSubscriber: Sendable {
         url: RedisURL,
         on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         onMessage: @escaping @Sendable (RedisMessage) -> Void,
-        onReconnect: @escaping @Sendable () -> Void = {}
+        onReconnect: @escaping @Sendable () -> Void = {},
+        onDisconnect: @escaping @Sendable () -> Void = {}
     ) {
         self.url = url
         self.group = group
         self.onMessage = onMessage
         self.onReconnect = onReconnect
+        self.onDisconnect = onDisconnect
     }
 
     /// Connects (once) without the reconnect loop; for callers that drive ``run()`` later or
@@ -90,6 +94,7 @@ public final class RedisSubscriber: Sendable {
                 // Confirmations cannot come any more: fail them now, not at their timeout.
                 // (The reconnect subscribes everything remembered anyway.)
                 confirmations.failAll()
+                onDisconnect()
             },
             reconnected: { [self] in
                 state.withLock { $0.reconnects += 1 }

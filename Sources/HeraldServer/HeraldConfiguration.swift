@@ -33,6 +33,8 @@ public struct HeraldConfiguration: Sendable {
     /// Who may publish to a room over WebSocket. `nil` means: members only when a JWT secret
     /// is configured, anyone in development mode.
     public var publishPolicy: PublishPolicy?
+    /// History kept per room and user for recovery (`join` with `since`, node healing).
+    public var history = HistoryConfiguration()
     /// Hub limits and heartbeat.
     public var hub = HubConfiguration()
     /// Largest WebSocket frame (and fragmented message) a client may send; larger closes with 1009.

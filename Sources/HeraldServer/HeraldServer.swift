@@ -48,6 +48,7 @@ public struct HeraldServer: Sendable {
             }
             var brokerConfiguration = RedisBroker.Configuration(url: url, nodeID: nodeID)
             brokerConfiguration.prefix = configuration.redisPrefix
+            brokerConfiguration.history = configuration.history
             let redisBroker = RedisBroker(configuration: brokerConfiguration, deliveringTo: hub, logger: logger, group: group)
             do {
                 try await redisBroker.connect()
@@ -66,7 +67,7 @@ public struct HeraldServer: Sendable {
             roster = redisRoster
             clusterServices = [redisBroker, redisRoster]
         } else {
-            let localBroker = LocalBroker(deliveringTo: hub)
+            let localBroker = LocalBroker(deliveringTo: hub, history: configuration.history)
             broker = localBroker
             roster = LocalRoster(limits: configuration.hub, notifying: hub)
             clusterServices = [localBroker]

@@ -3,8 +3,9 @@ public import NIOCore
 /// A frame a client sends over the WebSocket (protocol v1, docs/protocol.md).
 public struct ClientFrame: Sendable, Equatable {
     public enum Command: Sendable, Equatable {
-        /// Make the connection's user (all of its connections) a member of a room.
-        case join(room: String)
+        /// Make the connection's user (all of its connections) a member of a room; with
+        /// `since`, first replay to this connection every message of the room after that position.
+        case join(room: String, since: StreamPosition? = nil)
         /// End the user's membership of a room.
         case leave(room: String)
         /// Deliver `data` to every connection of every member of `room`.
@@ -44,7 +45,7 @@ public struct ClientFrame: Sendable, Equatable {
             }
             let command: Command
             switch type {
-            case "join": command = .join(room: try object.name("room").get())
+            case "join": command = .join(room: try object.name("room").get(), since: try Self.position(object).get())
             case "leave": command = .leave(room: try object.name("room").get())
             case "publish": command = .publish(room: try object.name("room").get(), data: try object.required("data").get())
             case "send": command = .send(user: try object.name("user").get(), data: try object.required("data").get())
@@ -56,6 +57,26 @@ public struct ClientFrame: Sendable, Equatable {
             return ClientFrame(command: command, id: id)
         } catch {
             throw ClientFrameError(id: id, message: error.message)
+        }
+    }
+}
+
+extension ClientFrame {
+    /// `"since":{"offset":O,"epoch":E}`, when present.
+    static func position(_ object: JSONObject) -> Result<StreamPosition?, ClientFrameError> {
+        let since: JSONObject
+        switch object.object("since") {
+        case .failure(let error): return .failure(error)
+        case .success(nil): return .success(nil)
+        case .success(let value?): since = value
+        }
+        switch (since.integer("offset"), since.string("epoch")) {
+        case (.success(let offset?), .success(let epoch?)):
+            return .success(StreamPosition(offset: offset, epoch: epoch))
+        case (.failure(let error), _), (_, .failure(let error)):
+            return .failure(ClientFrameError(id: nil, message: "in \"since\": \(error.message)"))
+        default:
+            return .failure(ClientFrameError(id: nil, message: "\"since\" needs \"offset\" (an integer) and \"epoch\" (a string)"))
         }
     }
 }

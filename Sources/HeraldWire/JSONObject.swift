@@ -66,6 +66,25 @@ public struct JSONObject: Sendable {
         }
     }
 
+    /// A non-negative integer field; `nil` when absent, an error when not a whole number.
+    public func integer(_ key: String) -> Result<Int64?, ClientFrameError> {
+        guard let field = field(key) else { return .success(nil) }
+        let text = buffer.getString(at: buffer.readerIndex + field.valueStart, length: field.valueEnd - field.valueStart) ?? ""
+        guard field.kind == .number, let value = Int64(text), value >= 0 else {
+            return .failure(ClientFrameError(id: nil, message: "field \"\(key)\" must be a non-negative integer"))
+        }
+        return .success(value)
+    }
+
+    /// A nested object field; `nil` when absent, an error when not an object.
+    public func object(_ key: String) -> Result<JSONObject?, ClientFrameError> {
+        guard let field = field(key), let value = raw(key) else { return .success(nil) }
+        guard field.kind == .object, let nested = try? JSONObject(parsing: value.bytes) else {
+            return .failure(ClientFrameError(id: nil, message: "field \"\(key)\" must be an object"))
+        }
+        return .success(nested)
+    }
+
     private func field(_ key: String) -> JSONScanner.Field? {
         fields.last { $0.key == key }
     }

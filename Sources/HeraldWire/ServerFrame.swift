@@ -69,6 +69,40 @@ public enum ServerFrame {
 
     /// A delivery: `{"type":"message","scope":S[,"room":R][,"from":U],"data":ANY}`.
     public static func message(scope: Scope, from sender: String?, data: RawJSON) -> ByteBuffer {
+        messageParts(scope: scope, from: sender, data: data).frame
+    }
+
+    /// `,"offset":O,"epoch":E`, the fields a broker inserts at a message's `positionIndex`.
+    public static func positionFields(_ position: StreamPosition) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(32 + position.epoch.utf8.count)
+        buffer.writeStaticString(#","offset":"#)
+        buffer.writeString(String(position.offset))
+        buffer.writeStaticString(#","epoch":"#)
+        buffer.writeJSONString(position.epoch)
+        return buffer
+    }
+
+    /// `{"type":"joined","room":R,"id":X,"recovered":B[,"reason":WHY],"offset":O,"epoch":E}`:
+    /// the reply to a `join` with `since`; `offset` and `epoch` are the room's latest position.
+    public static func joined(room: String, id: RawJSON?, recovery: Recovery, latest: StreamPosition) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"joined","room":"#)
+        buffer.writeJSONString(room)
+        buffer.writeID(id)
+        buffer.writeStaticString(recovery == .recovered ? #","recovered":true"# : #","recovered":false"#)
+        if let reason = recovery.reason {
+            buffer.writeStaticString(#","reason":"#)
+            buffer.writeJSONString(reason)
+        }
+        var position = positionFields(latest)
+        buffer.writeBuffer(&position)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    /// The message frame, and where `,"offset":O,"epoch":E` goes (just before `,"data":`).
+    public static func messageParts(scope: Scope, from sender: String?, data: RawJSON) -> (frame: ByteBuffer, positionIndex: Int) {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(64 + data.bytes.readableBytes + (sender?.utf8.count ?? 0))
         switch scope {
@@ -84,11 +118,12 @@ public enum ServerFrame {
             buffer.writeStaticString(#","from":"#)
             buffer.writeJSONString(sender)
         }
+        let positionIndex = buffer.writerIndex
         buffer.writeStaticString(#","data":"#)
         var data = data.bytes
         buffer.writeBuffer(&data)
         buffer.writeStaticString("}")
-        return buffer
+        return (buffer, positionIndex)
     }
 
     private static func roomReply(type prefix: StaticString, room: String, id: RawJSON?) -> ByteBuffer {

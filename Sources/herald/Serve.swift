@@ -79,6 +79,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("presence-ttl"), help: "Seconds a node that stopped heartbeating (killed, cut off from Redis) still counts its users online. (env: HERALD_PRESENCE_TTL, default 10)")
     var presenceTTL: Int?
 
+    @Option(name: .customLong("history-size"), help: "Messages kept per room and user for recovery; 0 keeps none. (env: HERALD_HISTORY_SIZE, default 100)")
+    var historySize: Int?
+
+    @Option(name: .customLong("history-ttl"), help: "Seconds a message is kept for recovery; a channel idle longer starts a new epoch. (env: HERALD_HISTORY_TTL, default 300)")
+    var historyTTL: Int?
+
     @Option(help: "Worker processes sharing the port (SO_REUSEPORT); more than 1 needs --redis. (env: HERALD_WORKERS, default 1)")
     var workers: Int?
 
@@ -148,6 +154,11 @@ struct Serve: AsyncParsableCommand {
             configuration.presenceTTL = .seconds(seconds)
         }
         configuration.reusePort = reusePort
+        if let size = try value(historySize, "HERALD_HISTORY_SIZE") {
+            guard size >= 0 else { throw ValidationError("history-size must be 0 (no history) or more") }
+            configuration.history.size = size
+        }
+        if let seconds = try value(historyTTL, "HERALD_HISTORY_TTL") { configuration.history.ttl = .seconds(try positive(seconds, "history-ttl")) }
         let workerCount = try value(workers, "HERALD_WORKERS") ?? 1
         guard workerCount >= 1 else { throw ValidationError("workers must be at least 1") }
 

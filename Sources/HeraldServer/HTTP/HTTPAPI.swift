@@ -57,6 +57,12 @@ struct HTTPAPI {
             let reply = UserReply(user: user, connections: connections, online: connections > 0, rooms: rooms.sorted())
             return JSONBody.response(.ok, reply)
         }
+        api.get("rooms/:room/history") { request, context in
+            try await history(of: .room(try name(context, "room")), request)
+        }
+        api.get("users/:user/history") { request, context in
+            try await history(of: .user(try name(context, "user")), request)
+        }
         api.get("stats") { _, _ in
             let counters = node.hub.statistics.snapshot()
             let broker = node.broker.statistics
@@ -78,6 +84,37 @@ struct HTTPAPI {
             )
             return JSONBody.response(.ok, reply)
         }
+    }
+
+    /// `?since=OFFSET&limit=N`: the channel's position and its messages after `since`, as delivered.
+    private func history(of target: DeliveryTarget, _ request: Request) async throws -> Response {
+        let since = try integer(request, "since") ?? 0
+        let limit = min(try integer(request, "limit") ?? 100, 10_000)
+        let page: HistoryPage
+        do {
+            page = try await node.broker.history(of: target, since: since, limit: Int(limit))
+        } catch {
+            throw APIError(.serviceUnavailable, code: .unavailable, message: error.description)
+        }
+        var body = ByteBuffer()
+        body.writeString(#"{"offset":\#(page.latest.offset),"epoch":"#)
+        body.writeJSONString(page.latest.epoch)
+        body.writeString(#","oldest":\#(page.oldest),"messages":["#)
+        for (index, entry) in page.entries.enumerated() {
+            if index > 0 { body.writeStaticString(",") }
+            var frame = entry.frame
+            body.writeBuffer(&frame)
+        }
+        body.writeStaticString("]}")
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
+    }
+
+    private func integer(_ request: Request, _ key: String) throws -> Int64? {
+        guard let text = request.uri.queryParameters.get(key) else { return nil }
+        guard let value = Int64(text), value >= 0 else {
+            throw APIError(.badRequest, code: .badRequest, message: "\(key) must be a non-negative integer, not \(text)")
+        }
+        return value
     }
 
     /// Runs a roster call: a limit answers 409 `limit_exceeded`, an outage 503 `unavailable`.

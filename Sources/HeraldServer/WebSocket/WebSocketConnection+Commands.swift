@@ -7,10 +7,14 @@ extension WebSocketConnection {
     func perform(_ frame: ClientFrame) {
         let id = frame.id
         switch frame.command {
-        case .join(let room):
+        case .join(let room, let since):
             // A membership the backend granted needs no permission from the token.
             guard permissions.allows(room) || node.hub.isLocalMember(user: user, room: room) else {
                 send(ServerFrame.error(.forbidden, message: "your token does not allow joining room \(room)", id: id))
+                return
+            }
+            if let since {
+                joinRecovering(room: room, since: since, id: id)
                 return
             }
             let roster = node.roster
@@ -55,6 +59,51 @@ extension WebSocketConnection {
                 let presence = try await roster.presence(of: room)
                 return ServerFrame.presence(room: room, members: presence.members, online: presence.online, id: id)
             }
+        }
+    }
+
+    /// `join` with `since`: joins, replays every message of the room after the client's position
+    /// from history, then carries on live. Live deliveries of the room to this connection are
+    /// held from before the join until the replay is written, then written past what history
+    /// gave: no gap, no duplicate at the seam. The reply says whether the replay is complete.
+    private func joinRecovering(room: String, since: StreamPosition, id: RawJSON?) {
+        let target = DeliveryTarget.room(room)
+        let hold = node.hub.hold(target, for: self)
+        let roster = node.roster
+        let broker = node.broker
+        let user = self.user
+        let limit = max(1, node.configuration.history.size)
+        beginCommand()
+        eventLoop.makeFutureWithTask { () async throws -> HistoryPage in
+            _ = try await roster.join(user: user, room: room)
+            return try await broker.history(of: target, since: since.offset, limit: limit)
+        }.whenComplete { [self] result in
+            node.hub.release(hold, for: self)
+            var last: StreamPosition?
+            switch result {
+            case .success(let page):
+                let recovery = page.recovery(from: since)
+                send(ServerFrame.joined(room: room, id: id, recovery: recovery, latest: page.latest))
+                if recovery == .recovered {
+                    last = since
+                    for entry in page.entries where entry.offset > since.offset {
+                        deliver(node.hub.framed(entry.frame))
+                        last = StreamPosition(offset: entry.offset, epoch: page.latest.epoch)
+                    }
+                }
+            case .failure(let error as HubError) where error.isMembershipLimit:
+                send(ServerFrame.error(.limitExceeded, message: error.description, id: id))
+            case .failure(let error):
+                send(ServerFrame.error(.unavailable, message: "\(error)", id: id))
+            }
+            for (position, frame) in hold.held {
+                if let last, last.epoch == position.epoch, position.offset <= last.offset { continue }
+                deliver(frame)
+            }
+            if hold.overflowed {
+                close(.slowConsumer, reason: "slow consumer: too many messages arrived while history was replayed")
+            }
+            endCommand()
         }
     }
 

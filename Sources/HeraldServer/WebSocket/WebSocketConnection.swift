@@ -315,6 +315,16 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         scheduleHardClose()
     }
 
+    /// Writes a delivery that is already framed (history replayed to this connection).
+    func deliver(_ framed: ByteBuffer) {
+        guard state == .open else { return }
+        guard isWritable else {
+            cutSlowConsumer()
+            return
+        }
+        write(framed)
+    }
+
     /// Sends a reply frame; flushed at the end of the read batch unless `flush` is set.
     func send(_ frame: ByteBuffer, flush: Bool = false) {
         guard state == .open else { return }

@@ -60,12 +60,24 @@ final class TestClient: Sendable {
         return TestClient(label: label ?? query, frames: frames, outbound: outbound, session: session)
     }
 
-    /// The next text frame; throws on timeout or when the connection ended.
+    /// The next text frame, without a message's `"offset"` and `"epoch"` (the tests of
+    /// positions read them with ``nextPositioned(timeout:)``); throws on timeout or when the
+    /// connection ended.
     func next(timeout: Double = 5) async throws -> String {
+        withoutPosition(try await nextRaw(timeout: timeout))
+    }
+
+    /// The next text frame exactly as sent.
+    func nextRaw(timeout: Double = 5) async throws -> String {
         let frames = self.frames
         let result = try await withTimeout(timeout, "a frame on \(label)") { await frames.next() }
         guard let result else { throw TestFailure("\(label): connection ended while waiting for a frame") }
         return result
+    }
+
+    /// The next frame as sent, parsed.
+    func nextPositioned(timeout: Double = 5) async throws -> [String: Any] {
+        try json(try await nextRaw(timeout: timeout))
     }
 
     /// The next frame, parsed.
@@ -116,4 +128,13 @@ final class TestClient: Sendable {
         try? await outbound.close(.normalClosure, reason: nil)
         session.cancel()
     }
+}
+
+/// `frame` without the `,"offset":N,"epoch":"E"` a broker inserts into message frames.
+func withoutPosition(_ frame: String) -> String {
+    guard frame.hasPrefix(#"{"type":"message""#), let start = frame.range(of: #","offset":"#) else { return frame }
+    guard let epoch = frame.range(of: #","epoch":""#, range: start.upperBound..<frame.endIndex),
+        let close = frame[epoch.upperBound...].firstIndex(of: "\"")
+    else { return frame }
+    return String(frame[..<start.lowerBound]) + String(frame[frame.index(after: close)...])
 }

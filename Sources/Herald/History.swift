@@ -1,0 +1,53 @@
+public import HeraldWire
+public import NIOCore
+
+/// How much of each room's and user's stream a broker keeps for recovery: the last `size`
+/// messages, none older than `ttl`. A channel idle for longer than `ttl` is forgotten: its next
+/// message starts a new epoch. `size` 0 keeps no history (messages still get offsets).
+public struct HistoryConfiguration: Sendable, Equatable {
+    public var size: Int = 100
+    public var ttl: Duration = .seconds(300)
+
+    public init(size: Int = 100, ttl: Duration = .seconds(300)) {
+        self.size = size
+        self.ttl = ttl
+    }
+}
+
+/// One message kept in a channel's history: its offset and the frame as it was delivered.
+public struct HistoryEntry: Sendable {
+    public var offset: Int64
+    public var frame: ByteBuffer
+
+    public init(offset: Int64, frame: ByteBuffer) {
+        self.offset = offset
+        self.frame = frame
+    }
+}
+
+/// What a channel's history holds after a given offset.
+public struct HistoryPage: Sendable {
+    /// The channel's position now: its latest offset (0 before any message) and its epoch.
+    public var latest: StreamPosition
+    /// Messages after the requested offset, oldest first, at most the requested number.
+    public var entries: [HistoryEntry]
+    /// The oldest offset the history still holds (`latest.offset + 1` when it holds none).
+    public var oldest: Int64
+
+    public init(latest: StreamPosition, entries: [HistoryEntry], oldest: Int64) {
+        self.latest = latest
+        self.entries = entries
+        self.oldest = oldest
+    }
+
+    /// Whether a client at `position` can be given every message it missed from this page.
+    public func recovery(from position: StreamPosition) -> Recovery {
+        if position.epoch != latest.epoch { return position.offset == 0 && latest.offset == 0 ? .recovered : .epochChanged }
+        if position.offset > latest.offset { return .offsetAhead }
+        if position.offset == latest.offset { return .recovered }
+        guard oldest <= position.offset + 1, entries.first?.offset == position.offset + 1, entries.last?.offset == latest.offset else {
+            return .historyExpired
+        }
+        return .recovered
+    }
+}

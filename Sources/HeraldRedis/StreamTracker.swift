@@ -1,0 +1,108 @@
+import Herald
+import HeraldWire
+import Synchronization
+
+/// The last position this node delivered on each room and user channel it subscribes to, so
+/// that after its pub/sub connection to Redis was lost it can deliver, from the channel's
+/// history, exactly what it missed: no gap, no duplicate, in offset order.
+///
+/// While a channel heals, live messages for it wait in a buffer (at most `bufferLimit`; past
+/// it the oldest are dropped and the gap is reported). Deliveries are made under the lock, so
+/// a channel's messages reach the hub in offset order whichever path they came by.
+final class StreamTracker: Sendable {
+    private let sink: any DeliverySink
+    private let bufferLimit: Int
+    private let state = Mutex<[DeliveryTarget: Tracked]>([:])
+
+    struct Tracked {
+        var position: StreamPosition?
+        /// Live messages held while the channel heals; `nil` when it is live.
+        var held: [Envelope]?
+        var dropped = 0
+    }
+
+    init(sink: any DeliverySink, bufferLimit: Int = 10_000) {
+        self.sink = sink
+        self.bufferLimit = bufferLimit
+    }
+
+    /// A message from pub/sub: delivered unless it was already delivered, held while healing.
+    func received(_ envelope: Envelope) {
+        guard let position = envelope.position else {
+            sink.deliver(envelope)
+            return
+        }
+        state.withLock { channels in
+            var tracked = channels[envelope.target] ?? Tracked()
+            defer { channels[envelope.target] = tracked }
+            if tracked.held != nil {
+                if tracked.held!.count >= bufferLimit {
+                    tracked.held!.removeFirst()
+                    tracked.dropped += 1
+                }
+                tracked.held!.append(envelope)
+                return
+            }
+            if let last = tracked.position, last.epoch == position.epoch, position.offset <= last.offset { return }
+            tracked.position = position
+            sink.deliver(envelope)
+        }
+    }
+
+    /// The pub/sub connection was lost: hold live messages of every tracked channel until healed.
+    func suspend() {
+        state.withLock { channels in
+            for key in channels.keys where channels[key]?.held == nil { channels[key]?.held = [] }
+        }
+    }
+
+    /// Channels to heal, with the last position delivered on each.
+    func suspended() -> [(DeliveryTarget, StreamPosition?)] {
+        state.withLock { channels in channels.compactMap { $0.value.held != nil ? ($0.key, $0.value.position) : nil } }
+    }
+
+    /// What healing one channel achieved.
+    struct Outcome {
+        var delivered = 0
+        /// Messages that could not be recovered (history expired, epoch changed, buffer overflow).
+        var lost = 0
+        var epochChanged = false
+    }
+
+    /// Delivers what `page` holds after the last position, then the held live messages, and
+    /// makes the channel live again. `page` is `nil` when the history could not be read.
+    func heal(_ target: DeliveryTarget, with page: HistoryPage?) -> Outcome {
+        state.withLock { channels in
+            guard var tracked = channels[target], let held = tracked.held else { return Outcome() }
+            var outcome = Outcome(lost: tracked.dropped)
+            if let page, let last = tracked.position {
+                if page.latest.epoch != last.epoch {
+                    outcome.epochChanged = true
+                } else {
+                    if page.oldest > last.offset + 1 { outcome.lost += Int(page.oldest - last.offset - 1) }
+                    for entry in page.entries where entry.offset > (tracked.position?.offset ?? 0) {
+                        let position = StreamPosition(offset: entry.offset, epoch: last.epoch)
+                        sink.deliver(Envelope(target: target, frame: entry.frame, position: position))
+                        tracked.position = position
+                        outcome.delivered += 1
+                    }
+                }
+            }
+            for envelope in held {
+                guard let position = envelope.position else { continue }
+                if let last = tracked.position, last.epoch == position.epoch, position.offset <= last.offset { continue }
+                tracked.position = position
+                sink.deliver(envelope)
+            }
+            tracked.held = nil
+            tracked.dropped = 0
+            channels[target] = tracked
+            return outcome
+        }
+    }
+
+    /// The node no longer subscribes to `target`: forget it.
+    func forget(_ target: DeliveryTarget) {
+        _ = state.withLock { $0.removeValue(forKey: target) }
+    }
+}

@@ -1,0 +1,140 @@
+import Herald
+import Foundation
+import HeraldServer
+import Testing
+
+/// Positions of a message frame: `(offset, epoch)`.
+func position(_ frame: [String: Any]) throws -> (offset: Int, epoch: String) {
+    guard let offset = frame["offset"] as? Int, let epoch = frame["epoch"] as? String else {
+        throw TestFailure("no offset/epoch in \(frame)")
+    }
+    return (offset, epoch)
+}
+
+/// Reads message frames of `room` until `count` arrived (other frames skipped); their `data` and positions.
+func messages(_ client: TestClient, count: Int, timeout: Double = 10) async throws -> [(data: Any, offset: Int, epoch: String)] {
+    var result: [(Any, Int, String)] = []
+    while result.count < count {
+        let frame = try await client.nextPositioned(timeout: timeout)
+        guard frame["type"] as? String == "message" else { continue }
+        let (offset, epoch) = try position(frame)
+        result.append((frame["data"] ?? NSNull(), offset, epoch))
+    }
+    return result
+}
+
+@Suite("Offsets, history and recovery on one node")
+struct RecoveryTests {
+    @Test func roomAndUserMessagesAreNumberedPerChannelBroadcastsAreNot() async throws {
+        try await TestServer.with { server in
+            let alice = try await TestClient.connect(port: server.port, query: "user=alice")
+            _ = try await alice.next(type: "welcome")
+            try await alice.send(#"{"type":"join","room":"R"}"#)
+            _ = try await alice.next(type: "joined")
+            for n in 1...3 {
+                #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#).status == 202)
+                #expect(try await server.http("POST", "/api/users/alice/send", body: #"{"data":\#(n)}"#).status == 202)
+            }
+            #expect(try await server.http("POST", "/api/broadcast", body: #"{"data":"all"}"#).status == 202)
+            var room: [(Int, String)] = []
+            var user: [(Int, String)] = []
+            for _ in 0..<6 {
+                let frame = try await alice.nextPositioned()
+                let (offset, epoch) = try position(frame)
+                if frame["scope"] as? String == "room" { room.append((offset, epoch)) } else { user.append((offset, epoch)) }
+            }
+            #expect(room.map(\.0) == [1, 2, 3])
+            #expect(user.map(\.0) == [1, 2, 3])
+            #expect(Set(room.map(\.1)).count == 1 && Set(user.map(\.1)).count == 1 && room[0].1 != user[0].1)
+            let broadcast = try await alice.nextPositioned()
+            #expect(broadcast["offset"] == nil && broadcast["epoch"] == nil)
+
+            // The history API reads the same stream.
+            let history = try json(try await server.http("GET", "/api/rooms/R/history?since=1&limit=10").body)
+            #expect(history["offset"] as? Int == 3)
+            #expect(history["epoch"] as? String == room[0].1)
+            #expect((history["messages"] as? [[String: Any]])?.compactMap { $0["data"] as? Int } == [2, 3])
+            #expect(try await server.http("GET", "/api/rooms/R/history?since=-1").status == 400)
+            await alice.close()
+        }
+    }
+
+    @Test func aClientThatWasAwayRecoversEveryMessageThenContinuesLive() async throws {
+        try await TestServer.with { server in
+            var alice = try await TestClient.connect(port: server.port, query: "user=alice")
+            _ = try await alice.next(type: "welcome")
+            try await alice.send(#"{"type":"join","room":"R"}"#)
+            _ = try await alice.next(type: "joined")
+            #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":0}"#).status == 202)
+            let seen = try await messages(alice, count: 1)[0]
+            await alice.close()
+
+            // Messages flow while alice is away.
+            for n in 1...5 { #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#).status == 202) }
+            alice = try await TestClient.connect(port: server.port, query: "user=alice")
+            _ = try await alice.next(type: "welcome")
+            try await alice.send(#"{"type":"join","room":"R","id":1,"since":{"offset":\#(seen.offset),"epoch":"\#(seen.epoch)"}}"#)
+            let joined = try await alice.next(type: "joined")
+            #expect(joined["recovered"] as? Bool == true)
+            #expect(joined["offset"] as? Int == 6)
+            #expect(joined["epoch"] as? String == seen.epoch)
+            #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":6}"#).status == 202)
+            let replayed = try await messages(alice, count: 6)
+            #expect(replayed.map(\.offset) == [2, 3, 4, 5, 6, 7])
+            #expect(replayed.compactMap { $0.data as? Int } == [1, 2, 3, 4, 5, 6])
+            await alice.close()
+        }
+    }
+
+    @Test func theSeamBetweenReplayAndLiveHasNoGapAndNoDuplicate() async throws {
+        try await TestServer.with { server in
+            let publisher = Task {
+                for n in 1...300 {
+                    _ = try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#)
+                }
+            }
+            // Join with a position in the middle of the flow: everything after offset 0 of the
+            // room's epoch (learned from the history API) must arrive once, in order.
+            try await eventually("some messages published") {
+                (try json(try await server.http("GET", "/api/rooms/R/history?limit=0").body)["offset"] as? Int ?? 0) >= 20
+            }
+            let epoch = try json(try await server.http("GET", "/api/rooms/R/history?limit=0").body)["epoch"] as? String ?? ""
+            let alice = try await TestClient.connect(port: server.port, query: "user=alice")
+            _ = try await alice.next(type: "welcome")
+            try await alice.send(#"{"type":"join","room":"R","since":{"offset":10,"epoch":"\#(epoch)"}}"#)
+            #expect(try await alice.next(type: "joined")["recovered"] as? Bool == true)
+            try await publisher.value
+            let received = try await messages(alice, count: 290)
+            #expect(received.map(\.offset) == Array(11...300))
+            await alice.close()
+        }
+    }
+
+    @Test func pastTheHistoryWindowOrAnotherEpochTheClientIsToldItCannotRecover() async throws {
+        try await TestServer.with({ $0.history.size = 3 }) { server in
+            for n in 1...10 { #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#).status == 202) }
+            let epoch = try json(try await server.http("GET", "/api/rooms/R/history").body)["epoch"] as? String ?? ""
+            let alice = try await TestClient.connect(port: server.port, query: "user=alice")
+            _ = try await alice.next(type: "welcome")
+            try await alice.send(#"{"type":"join","room":"R","since":{"offset":2,"epoch":"\#(epoch)"}}"#)
+            let expired = try await alice.next(type: "joined")
+            #expect(expired["recovered"] as? Bool == false)
+            #expect(expired["reason"] as? String == "history_expired")
+            #expect(expired["offset"] as? Int == 10)
+
+            try await alice.send(#"{"type":"join","room":"R","since":{"offset":9,"epoch":"not-\#(epoch)"}}"#)
+            let otherEpoch = try await alice.next(type: "joined")
+            #expect(otherEpoch["recovered"] as? Bool == false)
+            #expect(otherEpoch["reason"] as? String == "epoch_changed")
+
+            // Within the window it recovers: the last 3 are kept.
+            try await alice.send(#"{"type":"join","room":"R","since":{"offset":7,"epoch":"\#(epoch)"}}"#)
+            #expect(try await alice.next(type: "joined")["recovered"] as? Bool == true)
+            #expect(try await messages(alice, count: 3).map(\.offset) == [8, 9, 10])
+
+            try await alice.send(#"{"type":"join","room":"R","since":{"offset":"x","epoch":"e"}}"#)
+            #expect(try await alice.next(type: "error")["code"] as? String == "bad_request")
+            await alice.close()
+        }
+    }
+}
