@@ -231,8 +231,8 @@ public final class Hub: DeliverySink, Service, Sendable {
 
     /// Delivers an envelope from the broker to the local connections it targets.
     ///
-    /// Never blocks and never waits for a recipient: the frame goes to each event loop that has
-    /// connections with one `execute` (run inline when already on that loop).
+    /// Never blocks and never waits for a recipient: the frame goes to each event loop with one
+    /// `execute`.
     public func deliver(_ envelope: Envelope) {
         statistics.messagesDelivered.add(1, ordering: .relaxed)
         var members: Set<String>?
@@ -244,15 +244,13 @@ public final class Hub: DeliverySink, Service, Sendable {
         let target = envelope.target
         let position = envelope.position
         let statistics = self.statistics
+        // Always through the loop's task queue, even from the loop itself: delivering inline
+        // would overtake deliveries other threads queued a moment before, and a channel's
+        // messages must reach each connection in the order the broker handed them over.
         for shard in shards {
-            if shard.eventLoop.inEventLoop {
+            shard.eventLoop.execute { [members] in
                 let written = shard.deliver(frame, to: target, members: members, position: position)
                 statistics.framesWritten.add(written, ordering: .relaxed)
-            } else {
-                shard.eventLoop.execute { [members] in
-                    let written = shard.deliver(frame, to: target, members: members, position: position)
-                    statistics.framesWritten.add(written, ordering: .relaxed)
-                }
             }
         }
     }

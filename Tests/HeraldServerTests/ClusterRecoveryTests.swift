@@ -1,0 +1,136 @@
+import Foundation
+import HeraldRedis
+import HeraldTestSupport
+import Testing
+
+/// Offsets, history, recovery and healing across real `herald serve` processes and a real Redis.
+@Suite("Cluster recovery: offsets and history in Redis", .serialized)
+struct ClusterRecoveryTests {
+    typealias Cluster = ClusterTests.Cluster
+
+    @Test func twoNodesPublishingToOneRoomAtOnceGiveContiguousOffsets() async throws {
+        let cluster = try await Cluster.start(nodes: 2)
+        defer { cluster.stop() }
+        let watcher = try await cluster.client("watcher", on: 0)
+        #expect(try await cluster.http(0, "PUT", "/api/rooms/R/members/watcher").status == 200)
+        let count = 150
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for node in 0..<2 {
+                group.addTask {
+                    for n in 0..<count {
+                        let status = try await cluster.http(node, "POST", "/api/rooms/R/publish", body: #"{"data":"n\#(node)-\#(n)"}"#).status
+                        if status != 202 { throw TestFailure("publish answered \(status)") }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let received = try await messages(watcher, count: 2 * count)
+        #expect(misplaced(received.map(\.offset), 1...(2 * count)) == nil)
+        #expect(Set(received.map(\.epoch)).count == 1)
+        #expect(Set(received.compactMap { $0.data as? String }).count == 2 * count)
+        // Each node's own messages keep their order within the stream.
+        for node in 0..<2 {
+            let mine = received.compactMap { $0.data as? String }.filter { $0.hasPrefix("n\(node)-") }
+            #expect(mine == (0..<count).map { "n\(node)-\($0)" })
+        }
+        let history = try json(try await cluster.http(1, "GET", "/api/rooms/R/history?since=\(2 * count - 5)").body)
+        #expect((history["messages"] as? [[String: Any]])?.compactMap { $0["offset"] as? Int } == Array((2 * count - 4)...(2 * count)))
+        await watcher.close()
+    }
+
+    @Test func aClientAwayFromOneNodeRecoversOnAnother() async throws {
+        let cluster = try await Cluster.start(nodes: 2, extra: ["--history-size", "20"])
+        defer { cluster.stop() }
+        var alice = try await cluster.client("alice", on: 0)
+        try await alice.send(#"{"type":"join","room":"R"}"#)
+        _ = try await alice.next(type: "joined")
+        #expect(try await cluster.http(1, "POST", "/api/rooms/R/publish", body: #"{"data":0}"#).status == 202)
+        let seen = try await messages(alice, count: 1)[0]
+        await alice.close()
+
+        for n in 1...10 { #expect(try await cluster.http(1, "POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#).status == 202) }
+        alice = try await cluster.client("alice", on: 1)
+        try await alice.send(#"{"type":"join","room":"R","since":{"offset":\#(seen.offset),"epoch":"\#(seen.epoch)"}}"#)
+        let joined = try await alice.next(type: "joined")
+        #expect(joined["recovered"] as? Bool == true)
+        #expect(try await messages(alice, count: 10).compactMap { $0.data as? Int } == Array(1...10))
+
+        // Past the window (20 kept): recovered false, and the client knows to refetch.
+        for n in 11...40 { #expect(try await cluster.http(0, "POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#).status == 202) }
+        _ = try await messages(alice, count: 30)
+        try await alice.send(#"{"type":"join","room":"R","since":{"offset":\#(seen.offset),"epoch":"\#(seen.epoch)"}}"#)
+        let expired = try await alice.next(type: "joined")
+        #expect(expired["recovered"] as? Bool == false)
+        #expect(expired["reason"] as? String == "history_expired")
+        await alice.close()
+    }
+
+    @Test func nodesHealTheGapWhenTheirPubSubConnectionsAreKilled() async throws {
+        let cluster = try await Cluster.start(nodes: 2, extra: ["--history-size", "10000"])
+        defer { cluster.stop() }
+        let watchers = [try await cluster.client("w1", on: 0), try await cluster.client("w2", on: 1)]
+        for user in ["w1", "w2"] { #expect(try await cluster.http(0, "PUT", "/api/rooms/R/members/\(user)").status == 200) }
+        let total = 10_000
+        let killer = Task {
+            let redis = try await RedisConnection.connect(to: RedisURL(port: cluster.redis.port))
+            var kills = 0
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(150))
+                if case .integer(let killed) = try await redis.send(RESPCommand("CLIENT", "KILL", "TYPE", "pubsub")) { kills += Int(killed) }
+            }
+            await redis.close()
+            return kills
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for lane in 0..<4 {
+                group.addTask {
+                    for n in stride(from: lane, to: total, by: 4) {
+                        let status = try await cluster.http(n % 2, "POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#).status
+                        if status != 202 { throw TestFailure("publish \(n) answered \(status)") }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        killer.cancel()
+        let kills = try await killer.value
+        #expect(kills >= 2, "the pub/sub connections were never killed")
+        for watcher in watchers {
+            let received = try await messages(watcher, count: total, timeout: 20)
+            #expect(misplaced(received.map(\.offset), 1...total) == nil, "\(watcher.label)")
+            #expect(Set(received.compactMap { $0.data as? Int }).count == total)
+        }
+        for node in 0..<2 {
+            let stats = try json(try await cluster.http(node, "GET", "/api/stats").body)
+            #expect((stats["brokerReconnects"] as? Int ?? 0) >= 1)
+        }
+        for watcher in watchers { await watcher.close() }
+    }
+
+    @Test func aRedisRestartedWithoutPersistenceStartsNewEpochs() async throws {
+        let cluster = try await Cluster.start(nodes: 1)
+        defer { cluster.stop() }
+        var alice = try await cluster.client("alice", on: 0)
+        try await alice.send(#"{"type":"join","room":"R"}"#)
+        _ = try await alice.next(type: "joined")
+        #expect(try await cluster.http(0, "POST", "/api/rooms/R/publish", body: #"{"data":1}"#).status == 202)
+        let seen = try await messages(alice, count: 1)[0]
+        await alice.close()
+
+        let port = cluster.redis.port
+        cluster.redis.stop()
+        let restarted = try await RedisServerProcess(port: port)
+        defer { restarted.stop() }
+        try await eventually("publishing works again", within: 15) {
+            try await cluster.http(0, "POST", "/api/rooms/R/publish", body: #"{"data":2}"#).status == 202
+        }
+        alice = try await cluster.client("alice", on: 0)
+        try await alice.send(#"{"type":"join","room":"R","since":{"offset":\#(seen.offset),"epoch":"\#(seen.epoch)"}}"#)
+        let joined = try await alice.next(type: "joined")
+        #expect(joined["recovered"] as? Bool == false)
+        #expect(joined["reason"] as? String == "epoch_changed")
+        #expect(joined["epoch"] as? String != seen.epoch)
+        await alice.close()
+    }
+}
