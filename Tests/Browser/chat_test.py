@@ -336,6 +336,12 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
         page.wait(lambda p: p.state() in ("disconnected", "connecting"), "#state to leave 'connected'")
         checks.ok(f"{page.label} shows the connection as lost")
 
+    if args.cluster:
+        # alice's node is still up: what she says while bob's node is down waits in Redis's
+        # history, and bob's page recovers it when it re-joins.
+        alice.fill("message", "while you were away")
+        alice.click("send")
+        alice.wait(lambda p: contains(p.messages(), "alice", "while you were away"), "alice's own message")
     server.start()
     try:
         server.wait_healthy(timeout)
@@ -351,6 +357,10 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
         page.wait(lambda p: p.room_joined(ROOM), f"room {ROOM} re-joined after the restart")
         checks.ok(f"{page.label} re-joined {ROOM}")
 
+    if args.cluster:
+        bob.wait(lambda p: contains(p.messages(), f"[{ROOM}]", "alice", "while you were away"),
+                 "the message alice sent while bob's node was down, recovered on re-join")
+        checks.ok("bob recovered the message sent while his node was down")
     bob.fill("message", "back again")
     bob.click("send")
     alice.wait(lambda p: contains(p.messages(), f"[{ROOM}]", "bob", "back again"),

@@ -319,6 +319,12 @@ enum DemoPage {
   }
 
   function renderDelivery(f) {
+    if (f.scope === 'room' && typeof f.offset === 'number' && typeof f.epoch === 'string') {
+      const seen = positions.get(f.room);
+      // A message already shown (replayed and live at once) is not shown twice.
+      if (seen && seen.epoch === f.epoch && f.offset <= seen.offset) return;
+      positions.set(f.room, { offset: f.offset, epoch: f.epoch });
+    }
     let scope;
     if (f.scope === 'room') scope = String(f.room);
     else if (f.scope === 'user') scope = 'direct';
@@ -349,7 +355,12 @@ enum DemoPage {
     logLine('err', text);
   }
 
-  const sendJoin = (room) => request({ type: 'join', room }, { kind: 'join', room });
+  // The last position seen in each room: a re-join asks for everything after it (recovery).
+  const positions = new Map();
+  const sendJoin = (room) => {
+    const since = positions.get(room);
+    request(since ? { type: 'join', room, since } : { type: 'join', room }, { kind: 'join', room });
+  };
 
   function requestPresence() {
     if (!presenceOn || !current || !joined.has(current)) return;
@@ -430,6 +441,12 @@ enum DemoPage {
     switch (f.type) {
       case 'welcome': onWelcome(f); break;
       case 'joined':
+        if (f.recovered === false) {
+          logSys('missed messages in ' + f.room + ' could not be recovered (' + f.reason + '): reload the history from your own store');
+        }
+        if (typeof f.offset === 'number' && typeof f.epoch === 'string' && f.recovered === false) {
+          positions.set(f.room, { offset: f.offset, epoch: f.epoch });
+        }
         if (rooms.includes(f.room)) {
           joined.add(f.room);
           renderRooms();
