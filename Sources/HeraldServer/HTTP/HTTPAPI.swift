@@ -80,7 +80,8 @@ struct HTTPAPI {
                 connectionsRefused: counters.connectionsRefused,
                 slowConsumersCut: counters.slowConsumersCut,
                 brokerPublishFailures: broker.publishFailures,
-                brokerReconnects: broker.reconnects
+                brokerReconnects: broker.reconnects,
+                brokerHealingLosses: broker.healingLosses
             )
             return JSONBody.response(.ok, reply)
         }
@@ -206,4 +207,5 @@ struct StatsReply: Encodable {
     var slowConsumersCut: Int
     var brokerPublishFailures: Int
     var brokerReconnects: Int
+    var brokerHealingLosses: Int
 }
