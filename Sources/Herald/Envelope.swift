@@ -33,6 +33,9 @@ public struct Envelope: Sendable {
     public var positionIndex: Int?
     /// The message's place in its channel's stream, once the broker assigned it.
     public var position: StreamPosition?
+    /// The publisher's key for this message: a second publish with the same key to the same
+    /// target within the history TTL is accepted but not delivered again.
+    public var idempotencyKey: String?
 
     public init(target: DeliveryTarget, frame: ByteBuffer, positionIndex: Int? = nil, position: StreamPosition? = nil) {
         self.target = target

@@ -20,7 +20,30 @@ public final class LocalBroker: Broker {
     struct Channels {
         var logs: [DeliveryTarget: ChannelLog] = [:]
         var created = 0
+        /// Idempotency keys seen within the history TTL, oldest first; bounded by
+        /// `maxIdempotencyKeys` (past it the oldest key is forgotten early).
+        var keys: Set<IdempotencyKey> = []
+        var keyOrder = Deque<(key: IdempotencyKey, at: ContinuousClock.Instant)>()
+
+        /// Records `key`; `false` when it was seen already (a retried publish).
+        mutating func admit(_ key: IdempotencyKey, now: ContinuousClock.Instant, ttl: Duration, limit: Int) -> Bool {
+            while let first = keyOrder.first, now - first.at > ttl || keyOrder.count >= limit {
+                keys.remove(first.key)
+                keyOrder.removeFirst()
+            }
+            guard keys.insert(key).inserted else { return false }
+            keyOrder.append((key, now))
+            return true
+        }
     }
+
+    struct IdempotencyKey: Hashable {
+        var target: DeliveryTarget
+        var key: String
+    }
+
+    /// Idempotency keys remembered at most at once.
+    static let maxIdempotencyKeys = 100_000
 
     /// One channel's stream: its epoch, last offset and kept messages. Bounded by the history
     /// size; a channel idle for longer than the history TTL is dropped by ``run()``.
@@ -43,12 +66,18 @@ public final class LocalBroker: Broker {
     }
 
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        let now = ContinuousClock.now
+        let history = historyConfiguration
+        if let key = envelope.idempotencyKey {
+            let admitted = channels.withLock {
+                $0.admit(IdempotencyKey(target: envelope.target, key: key), now: now, ttl: history.ttl, limit: Self.maxIdempotencyKeys)
+            }
+            guard admitted else { return eventLoop.makeSucceededVoidFuture() }
+        }
         guard envelope.target != .all else {
             sink.deliver(envelope)
             return eventLoop.makeSucceededVoidFuture()
         }
-        let now = ContinuousClock.now
-        let history = historyConfiguration
         channels.withLock { channels in
             let log = channels.logs[envelope.target] ?? {
                 channels.created += 1

@@ -126,14 +126,19 @@ public final class RedisBroker: Broker {
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         let channel = ByteBuffer(string: layout.channel(for: envelope.target))
         let reply: EventLoopFuture<RESPValue>
+        let history = configuration.history
+        let ttl = ByteBuffer(string: String(max(1, history.ttl.components.seconds)))
+        let key = ByteBuffer(string: envelope.idempotencyKey ?? "")
+        let keyKey = layout.idempotencyKey(envelope.target, envelope.idempotencyKey ?? "")
         if envelope.positionIndex != nil {
             // Offset, history append and publish in one atomic step on the server.
-            let history = configuration.history
             reply = client.evaluate(
                 Self.publishScript,
-                keys: [layout.streamKey(envelope.target), layout.historyKey(envelope.target)],
-                arguments: [channel, envelope.head, envelope.tail, ByteBuffer(string: String(history.size)), ByteBuffer(string: String(max(1, history.ttl.components.seconds)))]
+                keys: [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey],
+                arguments: [channel, envelope.head, envelope.tail, ByteBuffer(string: String(history.size)), ttl, key]
             )
+        } else if envelope.idempotencyKey != nil {
+            reply = client.evaluate(Self.broadcastOnceScript, keys: [keyKey], arguments: [channel, envelope.frame, ttl])
         } else {
             reply = client.submit(RESPCommand(arguments: [Self.publishName, channel, envelope.frame]))
         }
@@ -159,11 +164,14 @@ public final class RedisBroker: Broker {
     }
 
     /// KEYS: the channel's stream key (a hash: epoch, offset), its history (a Redis Stream).
-    /// ARGV: channel, frame head, frame tail, history size, history TTL in seconds. Assigns the
+    /// KEYS[3]: the idempotency key's key. ARGV: channel, frame head, frame tail, history size,
+    /// history TTL in seconds, idempotency key ("" for none): a key used within the TTL makes
+    /// the publish a no-op (returns 0). Otherwise assigns the
     /// next offset (a new epoch when the channel has none), appends the positioned frame to the
     /// history, publishes it with a `#OFFSET EPOCH` header line; returns the offset.
     static let publishScript = RedisScript(
         """
+        if ARGV[6] ~= '' and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then return 0 end
         local epoch = redis.call('HGET', KEYS[1], 'epoch')
         local time = redis.call('TIME')
         if not epoch then
@@ -179,6 +187,15 @@ public final class RedisBroker: Broker {
         redis.call('EXPIRE', KEYS[1], ARGV[5])
         redis.call('PUBLISH', ARGV[1], '#' .. offset .. ' ' .. epoch .. '\\n' .. frame)
         return offset
+        """
+    )
+
+    /// KEYS: the idempotency key's key. ARGV: channel, frame, TTL in seconds. Publishes a
+    /// broadcast unless the key was used within the TTL.
+    static let broadcastOnceScript = RedisScript(
+        """
+        if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+        return redis.call('PUBLISH', ARGV[1], ARGV[2])
         """
     )
 

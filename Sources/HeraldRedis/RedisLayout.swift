@@ -50,6 +50,13 @@ public struct RedisLayout: Sendable, Equatable {
     /// A room's or user's history (a Redis Stream; entry ids are `OFFSET-1`).
     public func historyKey(_ target: DeliveryTarget) -> String { prefix + ":history:" + channel(for: target) }
 
+    /// Marks an idempotency key as used for a target (expires with the history TTL).
+    public func idempotencyKey(_ target: DeliveryTarget, _ key: String) -> String {
+        // The channel's length first: a channel and a key containing ':' cannot collide.
+        let channel = channel(for: target)
+        return prefix + ":once:" + String(channel.utf8.count) + ":" + channel + ":" + key
+    }
+
     public func membersKey(_ room: String) -> String { prefix + ":members:" + room }
     public func roomsOfKey(_ user: String) -> String { prefix + ":rooms-of:" + user }
     public var roomsKey: String { prefix + ":rooms" }

@@ -6,7 +6,9 @@ public import NIOCore
 /// same buffer is written to every recipient.
 public enum ServerFrame {
     /// `{"type":"welcome","user":U,"connection":C,"node":N,"heartbeat":SECONDS}`, the first frame of a connection.
-    public static func welcome(user: String, connection: String, node: String, heartbeat: Int) -> ByteBuffer {
+    /// With `recovery`, the welcome of a connection that asked to resume its user's channel
+    /// (`?since_offset=O&since_epoch=E`): `"recovered":B[,"reason":WHY],"offset":L,"epoch":E2`.
+    public static func welcome(user: String, connection: String, node: String, heartbeat: Int, recovery: (Recovery, StreamPosition)? = nil) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(96 + user.utf8.count + connection.utf8.count + node.utf8.count)
         buffer.writeStaticString(#"{"type":"welcome","user":"#)
@@ -17,6 +19,7 @@ public enum ServerFrame {
         buffer.writeJSONString(node)
         buffer.writeStaticString(#","heartbeat":"#)
         buffer.writeString(String(heartbeat))
+        if let (recovery, latest) = recovery { buffer.writeRecovery(recovery, latest: latest) }
         buffer.writeStaticString("}")
         return buffer
     }
@@ -90,13 +93,7 @@ public enum ServerFrame {
         buffer.writeStaticString(#"{"type":"joined","room":"#)
         buffer.writeJSONString(room)
         buffer.writeID(id)
-        buffer.writeStaticString(recovery == .recovered ? #","recovered":true"# : #","recovered":false"#)
-        if let reason = recovery.reason {
-            buffer.writeStaticString(#","reason":"#)
-            buffer.writeJSONString(reason)
-        }
-        var position = positionFields(latest)
-        buffer.writeBuffer(&position)
+        buffer.writeRecovery(recovery, latest: latest)
         buffer.writeStaticString("}")
         return buffer
     }
@@ -144,6 +141,17 @@ public enum Scope: Sendable, Hashable {
 }
 
 extension ByteBuffer {
+    /// `,"recovered":B[,"reason":WHY],"offset":L,"epoch":E`
+    fileprivate mutating func writeRecovery(_ recovery: Recovery, latest: StreamPosition) {
+        writeStaticString(recovery == .recovered ? #","recovered":true"# : #","recovered":false"#)
+        if let reason = recovery.reason {
+            writeStaticString(#","reason":"#)
+            writeJSONString(reason)
+        }
+        var position = ServerFrame.positionFields(latest)
+        writeBuffer(&position)
+    }
+
     fileprivate mutating func writeID(_ id: RawJSON?) {
         guard var bytes = id?.bytes else { return }
         writeStaticString(#","id":"#)

@@ -324,6 +324,14 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
         page.wait(lambda p: {"alice", "bob"} <= p.online(), "alice and bob in #online")
         checks.ok(f"{page.label} sees alice and bob online in {ROOM}")
 
+    if args.cluster:
+        # A direct message bob sees gives his page a position in his own channel to resume from.
+        alice.fill("to-user", "bob")
+        alice.fill("dm", "hello bob")
+        alice.click("send-dm")
+        bob.wait(lambda p: contains(p.messages(), "[direct]", "alice", "hello bob"), "alice's direct message to bob")
+        checks.ok("bob received '[direct] alice: hello bob'")
+
     # 5. Restart bob's server: its pages notice, reconnect by themselves and re-join.
     server = bob_server
     restarted = [page for page in (alice, bob) if (alice_server if page is alice else bob_server) is server]
@@ -342,6 +350,9 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
         alice.fill("message", "while you were away")
         alice.click("send")
         alice.wait(lambda p: contains(p.messages(), "alice", "while you were away"), "alice's own message")
+        alice.fill("to-user", "bob")
+        alice.fill("dm", "a direct word while you were away")
+        alice.click("send-dm")
     server.start()
     try:
         server.wait_healthy(timeout)
@@ -361,6 +372,9 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
         bob.wait(lambda p: contains(p.messages(), f"[{ROOM}]", "alice", "while you were away"),
                  "the message alice sent while bob's node was down, recovered on re-join")
         checks.ok("bob recovered the message sent while his node was down")
+        bob.wait(lambda p: contains(p.messages(), "[direct]", "alice", "a direct word while you were away"),
+                 "the direct message alice sent while bob's node was down, resumed on reconnect")
+        checks.ok("bob recovered the direct message sent while his node was down")
     bob.fill("message", "back again")
     bob.click("send")
     alice.wait(lambda p: contains(p.messages(), f"[{ROOM}]", "bob", "back again"),

@@ -108,6 +108,25 @@ struct ClusterRecoveryTests {
         for watcher in watchers { await watcher.close() }
     }
 
+    @Test func aPublishRetriedOnAnotherNodeWithTheSameIdIsDeliveredOnce() async throws {
+        let cluster = try await Cluster.start(nodes: 2)
+        defer { cluster.stop() }
+        let alice = try await cluster.client("alice", on: 0)
+        #expect(try await cluster.http(0, "PUT", "/api/rooms/R/members/alice").status == 200)
+        for node in [0, 1, 1, 0] {
+            #expect(try await cluster.http(node, "POST", "/api/rooms/R/publish", body: #"{"id":"k1","data":"once"}"#).status == 202)
+            #expect(try await cluster.http(node, "POST", "/api/broadcast", body: #"{"id":"k1","data":"all-once"}"#).status == 202)
+        }
+        #expect(try await cluster.http(0, "POST", "/api/rooms/R/publish", body: #"{"id":"k2","data":"next"}"#).status == 202)
+        var frames: [String] = []
+        for _ in 0..<3 { frames.append(try await alice.next()) }
+        #expect(frames.filter { $0.contains(#""data":"once""#) }.count == 1)
+        #expect(frames.filter { $0.contains(#""data":"all-once""#) }.count == 1)
+        #expect(frames.contains(#"{"type":"message","scope":"room","room":"R","data":"next"}"#))
+        try await cluster.expectNothingElse(from: 0, [alice], "after the retried publishes")
+        await alice.close()
+    }
+
     @Test func aRedisRestartedWithoutPersistenceStartsNewEpochs() async throws {
         let cluster = try await Cluster.start(nodes: 1)
         defer { cluster.stop() }

@@ -116,6 +116,59 @@ struct RecoveryTests {
         }
     }
 
+    @Test func aReconnectingClientResumesItsUserChannel() async throws {
+        try await TestServer.with { server in
+            var alice = try await TestClient.connect(port: server.port, query: "user=alice")
+            _ = try await alice.next(type: "welcome")
+            #expect(try await server.http("POST", "/api/users/alice/send", body: #"{"data":0}"#).status == 202)
+            let seen = try await messages(alice, count: 1)[0]
+            await alice.close()
+            for n in 1...3 { #expect(try await server.http("POST", "/api/users/alice/send", body: #"{"data":\#(n)}"#).status == 202) }
+
+            alice = try await TestClient.connect(port: server.port, query: "user=alice&since_offset=\(seen.offset)&since_epoch=\(seen.epoch)")
+            let welcome = try await alice.nextPositioned()
+            #expect(welcome["type"] as? String == "welcome")
+            #expect(welcome["recovered"] as? Bool == true)
+            #expect(welcome["offset"] as? Int == 4)
+            #expect(try await server.http("POST", "/api/users/alice/send", body: #"{"data":4}"#).status == 202)
+            #expect(try await messages(alice, count: 4).compactMap { $0.data as? Int } == [1, 2, 3, 4])
+            await alice.close()
+
+            // Another epoch: told so in the welcome, nothing replayed, live messages flow.
+            alice = try await TestClient.connect(port: server.port, query: "user=alice&since_offset=1&since_epoch=gone")
+            let stale = try await alice.nextPositioned()
+            #expect(stale["recovered"] as? Bool == false)
+            #expect(stale["reason"] as? String == "epoch_changed")
+            await alice.close()
+
+            let malformed = try await TestClient.connect(port: server.port, query: "user=alice&since_offset=x&since_epoch=e")
+            #expect(try await malformed.closed().code == 4001)
+        }
+    }
+
+    @Test func aRetriedPublishWithTheSameIdIsDeliveredOnce() async throws {
+        try await TestServer.with { server in
+            let alice = try await TestClient.connect(port: server.port, query: "user=alice")
+            _ = try await alice.next(type: "welcome")
+            try await alice.send(#"{"type":"join","room":"R"}"#)
+            _ = try await alice.next(type: "joined")
+            for _ in 0..<3 {
+                #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"id":"order-42","data":"once"}"#).status == 202)
+                #expect(try await server.http("POST", "/api/users/alice/send", body: #"{"id":"order-42","data":"once"}"#).status == 202)
+                #expect(try await server.http("POST", "/api/broadcast", body: #"{"id":"order-42","data":"once"}"#).status == 202)
+            }
+            #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"id":"order-43","data":"next"}"#).status == 202)
+            #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"id":43,"data":"x"}"#).status == 400)
+            // One of each (the same key on another target is another message), then the next.
+            let frames = [try await alice.next(), try await alice.next(), try await alice.next(), try await alice.next()]
+            #expect(frames.filter { $0.contains(#""data":"once""#) }.count == 3)
+            #expect(frames.last == #"{"type":"message","scope":"room","room":"R","data":"next"}"#)
+            let history = try json(try await server.http("GET", "/api/rooms/R/history").body)
+            #expect(history["offset"] as? Int == 2)
+            await alice.close()
+        }
+    }
+
     @Test func pastTheHistoryWindowOrAnotherEpochTheClientIsToldItCannotRecover() async throws {
         try await TestServer.with({ $0.history.size = 3 }) { server in
             for n in 1...10 { #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#).status == 202) }

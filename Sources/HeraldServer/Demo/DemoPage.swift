@@ -319,11 +319,12 @@ enum DemoPage {
   }
 
   function renderDelivery(f) {
-    if (f.scope === 'room' && typeof f.offset === 'number' && typeof f.epoch === 'string') {
-      const seen = positions.get(f.room);
+    if ((f.scope === 'room' || f.scope === 'user') && typeof f.offset === 'number' && typeof f.epoch === 'string') {
+      const key = f.scope === 'room' ? f.room : USER_CHANNEL;
+      const seen = positions.get(key);
       // A message already shown (replayed and live at once) is not shown twice.
       if (seen && seen.epoch === f.epoch && f.offset <= seen.offset) return;
-      positions.set(f.room, { offset: f.offset, epoch: f.epoch });
+      positions.set(key, { offset: f.offset, epoch: f.epoch, user: me && me.user });
     }
     let scope;
     if (f.scope === 'room') scope = String(f.room);
@@ -357,6 +358,7 @@ enum DemoPage {
 
   // The last position seen in each room: a re-join asks for everything after it (recovery).
   const positions = new Map();
+  const USER_CHANNEL = '\u0000direct';  // positions' key for the user's own channel (no room has it)
   const sendJoin = (room) => {
     const since = positions.get(room);
     request(since ? { type: 'join', room, since } : { type: 'join', room }, { kind: 'join', room });
@@ -471,6 +473,10 @@ enum DemoPage {
     renderMe();
     logSys('welcome ' + f.user + ' (connection ' + f.connection + ' on node ' + f.node +
            ', heartbeat ' + f.heartbeat + ' s)');
+    if (f.recovered === false) {
+      logSys('missed direct messages could not be recovered (' + f.reason + ')');
+      positions.set(USER_CHANNEL, { offset: f.offset, epoch: f.epoch, user: f.user });
+    }
     // The server may have lost every membership (restart, another node): join them all again.
     joined.clear();
     renderRooms();
@@ -511,7 +517,12 @@ enum DemoPage {
   // ---- connection ----------------------------------------------------------------------
   function wsURL(name, token) {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const query = token ? 'token=' + encodeURIComponent(token) : 'user=' + encodeURIComponent(name);
+    let query = token ? 'token=' + encodeURIComponent(token) : 'user=' + encodeURIComponent(name);
+    // Resume the direct messages too: the server replays those sent while we were away.
+    const direct = positions.get(USER_CHANNEL);
+    if (direct && direct.user === name) {
+      query += '&since_offset=' + direct.offset + '&since_epoch=' + encodeURIComponent(direct.epoch);
+    }
     return scheme + '//' + location.host + '/ws?' + query;
   }
 

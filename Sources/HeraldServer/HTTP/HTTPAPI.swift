@@ -146,7 +146,18 @@ struct HTTPAPI {
         guard let data = object.raw("data") else {
             throw APIError(.badRequest, code: .badRequest, message: "missing field \"data\"")
         }
-        let envelope = Envelope.message(to: target, from: nil, data: data)
+        var envelope = Envelope.message(to: target, from: nil, data: data)
+        switch object.string("id") {
+        case .failure:
+            throw APIError(.badRequest, code: .badRequest, message: "field \"id\" (the idempotency key) must be a string")
+        case .success(let key?):
+            guard (1...200).contains(key.utf8.count) else {
+                throw APIError(.badRequest, code: .badRequest, message: "field \"id\" (the idempotency key) must be 1 to 200 bytes")
+            }
+            envelope.idempotencyKey = key
+        case .success(nil):
+            break
+        }
         do {
             try await node.broker.publish(envelope, on: node.hub.anyEventLoop)
         } catch {

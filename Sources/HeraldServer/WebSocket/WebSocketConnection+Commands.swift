@@ -79,29 +79,17 @@ extension WebSocketConnection {
             return try await broker.history(of: target, since: since.offset, limit: limit)
         }.whenComplete { [self] result in
             node.hub.release(hold, for: self)
-            var last: StreamPosition?
             switch result {
             case .success(let page):
                 let recovery = page.recovery(from: since)
                 send(ServerFrame.joined(room: room, id: id, recovery: recovery, latest: page.latest))
-                if recovery == .recovered {
-                    last = since
-                    for entry in page.entries where entry.offset > since.offset {
-                        deliver(node.hub.framed(entry.frame))
-                        last = StreamPosition(offset: entry.offset, epoch: page.latest.epoch)
-                    }
-                }
+                replay(page, after: since, recovered: recovery == .recovered, then: hold)
             case .failure(let error as HubError) where error.isMembershipLimit:
                 send(ServerFrame.error(.limitExceeded, message: error.description, id: id))
+                replay(nil, after: nil, recovered: false, then: hold)
             case .failure(let error):
                 send(ServerFrame.error(.unavailable, message: "\(error)", id: id))
-            }
-            for (position, frame) in hold.held {
-                if let last, last.epoch == position.epoch, position.offset <= last.offset { continue }
-                deliver(frame)
-            }
-            if hold.overflowed {
-                close(.slowConsumer, reason: "slow consumer: too many messages arrived while history was replayed")
+                replay(nil, after: nil, recovered: false, then: hold)
             }
             endCommand()
         }

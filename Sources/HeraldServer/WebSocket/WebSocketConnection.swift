@@ -47,8 +47,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private var closeCode: CloseCode?
     private var closeReason = ""
 
-    init(identity: Result<Identity, AuthenticationFailure>, node: HeraldNode, eventLoop: any EventLoop) {
+    /// The position in its user's channel the client asked to resume from (`?since_offset=&since_epoch=`).
+    private let resumeFrom: StreamPosition?
+
+    init(identity: Result<Identity, AuthenticationFailure>, node: HeraldNode, eventLoop: any EventLoop, resumeFrom: StreamPosition? = nil) {
         self.node = node
+        self.resumeFrom = resumeFrom
         self.eventLoop = eventLoop
         self.id = node.makeConnectionID()
         switch identity {
@@ -92,9 +96,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             return
         }
         let ready: EventLoopFuture<Void>
+        // Resuming: the user's live messages wait until the missed ones are replayed.
+        let hold = resumeFrom.map { _ in node.hub.hold(.user(self.user), for: self) }
         do {
             ready = try node.hub.register(self)
         } catch {
+            if let hold { node.hub.release(hold, for: self) }
             state = .open
             log("connection refused", ["reason": .string(error.description)])
             close(.tooManyConnections, reason: error.description)
@@ -103,25 +110,58 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         registered = true
         // Frames sent before the welcome wait until the user's channels are live.
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
-        ready.hop(to: eventLoop).whenComplete { [self] result in
+        let broker = node.broker
+        let user = self.user
+        let resumeFrom = self.resumeFrom
+        let limit = max(1, node.configuration.history.size)
+        let missed: EventLoopFuture<HistoryPage?> = ready.flatMap { [eventLoop] in
+            guard let resumeFrom else { return eventLoop.makeSucceededFuture(nil) }
+            return eventLoop.makeFutureWithTask { try await broker.history(of: .user(user), since: resumeFrom.offset, limit: limit) }
+        }
+        missed.hop(to: eventLoop).whenComplete { [self] result in
+            if let hold { node.hub.release(hold, for: self) }
             guard state == .starting else { return }
             state = .open
             switch result {
-            case .success:
+            case .success(let page):
                 log("connection open")
+                let recovery = page.flatMap { page in resumeFrom.map { (page.recovery(from: $0), page.latest) } }
                 let welcome = ServerFrame.welcome(
                     user: user,
                     connection: id,
                     node: node.nodeID,
-                    heartbeat: Int(node.configuration.hub.heartbeat.nanoseconds / 1_000_000_000)
+                    heartbeat: Int(node.configuration.hub.heartbeat.nanoseconds / 1_000_000_000),
+                    recovery: recovery
                 )
-                send(welcome, flush: true)
+                send(welcome)
+                if let hold { replay(page, after: resumeFrom, recovered: recovery?.0 == .recovered, then: hold) }
+                flush()
                 resumeReading()
             case .failure(let error):
                 log("connection refused", ["reason": .string("\(error)")])
                 close(.internalError, reason: "\(error)")
                 resumeReading()  // to read the client's answer to our close frame
             }
+        }
+    }
+
+    /// Writes the history `page` after `position` (when it recovers the gap), then the live
+    /// messages held meanwhile that history did not already give: no gap, no duplicate.
+    func replay(_ page: HistoryPage?, after position: StreamPosition?, recovered: Bool, then hold: DeliveryHold) {
+        var last: StreamPosition?
+        if recovered, let page, let position {
+            last = position
+            for entry in page.entries where entry.offset > position.offset {
+                deliver(node.hub.framed(entry.frame))
+                last = StreamPosition(offset: entry.offset, epoch: page.latest.epoch)
+            }
+        }
+        for (held, frame) in hold.held {
+            if let last, last.epoch == held.epoch, held.offset <= last.offset { continue }
+            deliver(frame)
+        }
+        if hold.overflowed {
+            close(.slowConsumer, reason: "slow consumer: too many messages arrived while history was replayed")
         }
     }
 
