@@ -8,6 +8,10 @@ public struct RESPCommand: Sendable, Equatable {
         self.arguments = [ByteBuffer(string: name)] + arguments.map { ByteBuffer(string: $0) }
     }
 
+    public init(_ name: String, _ arguments: [String]) {
+        self.arguments = [ByteBuffer(string: name)] + arguments.map { ByteBuffer(string: $0) }
+    }
+
     public init(arguments: [ByteBuffer]) {
         self.arguments = arguments
     }

@@ -65,7 +65,15 @@ public struct HeraldServer: Sendable {
             await redisRoster.heartbeat()
             broker = redisBroker
             roster = redisRoster
-            clusterServices = [redisBroker, redisRoster]
+            var services: [any Service] = [redisBroker, redisRoster]
+            let stream = configuration.ingestStream ?? configuration.redisPrefix + ":ingest"
+            if !stream.isEmpty {
+                var ingest = IngestConsumer.Configuration(stream: stream)
+                ingest.claimIdle = configuration.ingestClaimIdle
+                ingest.maxAttempts = configuration.ingestMaxAttempts
+                services.append(IngestConsumer(configuration: ingest, broker: redisBroker, logger: logger))
+            }
+            clusterServices = services
         } else {
             let localBroker = LocalBroker(deliveringTo: hub, history: configuration.history)
             broker = localBroker

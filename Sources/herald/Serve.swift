@@ -79,6 +79,15 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("presence-ttl"), help: "Seconds a node that stopped heartbeating (killed, cut off from Redis) still counts its users online. (env: HERALD_PRESENCE_TTL, default 10)")
     var presenceTTL: Int?
 
+    @Option(name: .customLong("ingest-stream"), help: "With --redis: the Redis Stream backends append events to (XADD STREAM * target room:NAME data JSON [id KEY]); empty turns it off. (env: HERALD_INGEST_STREAM, default PREFIX:ingest)")
+    var ingestStream: String?
+
+    @Option(name: .customLong("ingest-claim-idle"), help: "Seconds an ingest entry may stay pending with a silent node before another node claims it. (env: HERALD_INGEST_CLAIM_IDLE, default 30)")
+    var ingestClaimIdle: Int?
+
+    @Option(name: .customLong("ingest-max-attempts"), help: "Deliveries after which an ingest entry is moved aside to STREAM:dead. (env: HERALD_INGEST_MAX_ATTEMPTS, default 5)")
+    var ingestMaxAttempts: Int?
+
     @Option(name: .customLong("history-size"), help: "Messages kept per room and user for recovery; 0 keeps none. (env: HERALD_HISTORY_SIZE, default 100)")
     var historySize: Int?
 
@@ -154,6 +163,9 @@ struct Serve: AsyncParsableCommand {
             configuration.presenceTTL = .seconds(seconds)
         }
         configuration.reusePort = reusePort
+        if let stream = ingestStream ?? environment["HERALD_INGEST_STREAM"] { configuration.ingestStream = stream }
+        if let seconds = try value(ingestClaimIdle, "HERALD_INGEST_CLAIM_IDLE") { configuration.ingestClaimIdle = .seconds(try positive(seconds, "ingest-claim-idle")) }
+        if let attempts = try value(ingestMaxAttempts, "HERALD_INGEST_MAX_ATTEMPTS") { configuration.ingestMaxAttempts = try positive(attempts, "ingest-max-attempts") }
         if let size = try value(historySize, "HERALD_HISTORY_SIZE") {
             guard size >= 0 else { throw ValidationError("history-size must be 0 (no history) or more") }
             configuration.history.size = size

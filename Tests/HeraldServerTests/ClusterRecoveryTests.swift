@@ -1,6 +1,7 @@
 import Foundation
 import HeraldRedis
 import HeraldTestSupport
+import NIOCore
 import Testing
 
 /// Offsets, history, recovery and healing across real `herald serve` processes and a real Redis.
@@ -124,6 +125,48 @@ struct ClusterRecoveryTests {
         #expect(frames.filter { $0.contains(#""data":"all-once""#) }.count == 1)
         #expect(frames.contains(#"{"type":"message","scope":"room","room":"R","data":"next"}"#))
         try await cluster.expectNothingElse(from: 0, [alice], "after the retried publishes")
+        await alice.close()
+    }
+
+    @Test func theIngestQueueDeliversEveryEventOnceWhenAConsumingNodeIsKilled() async throws {
+        let cluster = try await Cluster.start(nodes: 2, extra: ["--ingest-claim-idle", "1", "--history-size", "10000"])
+        defer { cluster.stop() }
+        let alice = try await cluster.client("alice", on: 0)
+        #expect(try await cluster.http(0, "PUT", "/api/rooms/R/members/alice").status == 200)
+        let redis = try await RedisConnection.connect(to: RedisURL(port: cluster.redis.port))
+        let total = 2000
+        func append(_ range: Range<Int>) async throws {
+            // Pipelined, as a backend with any Redis client would write them.
+            let replies = range.map { n in redis.submit(RESPCommand("XADD", "herald:ingest", "*", "target", "room:R", "data", #"{"n":\#(n)}"#)) }
+            for reply in replies { _ = try await reply.get() }
+        }
+        // A consumer that read 50 entries and died without acknowledging them, for sure: in one
+        // transaction, so no node can read them first. A live node must claim them.
+        try await redis.send(RESPCommand("MULTI"))
+        for n in total..<(total + 50) {
+            try await redis.send(RESPCommand("XADD", "herald:ingest", "*", "target", "room:R", "data", #"{"n":\#(n)}"#))
+        }
+        try await redis.send(RESPCommand("XREADGROUP", "GROUP", "herald", "ghost", "COUNT", "50", "STREAMS", "herald:ingest", ">"))
+        try await redis.send(RESPCommand("EXEC"))
+        try await append(0..<(total / 2))
+        // A poison entry is moved aside; it does not block what follows.
+        try await redis.send(RESPCommand("XADD", "herald:ingest", "*", "target", "nowhere", "data", "1"))
+        // n2 dies while consuming: what it read and did not acknowledge is claimed by n1.
+        cluster.nodes[1].stop(signal: SIGKILL)
+        try await append((total / 2)..<total)
+
+        let received = try await messages(alice, count: total + 50, timeout: 30)
+        let numbers = received.compactMap { ($0.data as? [String: Any])?["n"] as? Int }
+        #expect(Set(numbers).count == total + 50 && numbers.count == total + 50, "each event exactly once")
+        try await cluster.expectNothingElse(from: 0, [alice], "after the ingest queue drained")
+        let history = try json(try await cluster.http(0, "GET", "/api/rooms/R/history?limit=10000").body)
+        #expect((history["messages"] as? [Any])?.count == total + 50)
+        #expect(try await redis.send(RESPCommand("XLEN", "herald:ingest:dead")) == .integer(1))
+        try await eventually("nothing left pending") {
+            guard case .array(let summary?) = try await redis.send(RESPCommand("XPENDING", "herald:ingest", "herald")) else { return false }
+            return summary.first == .integer(0)
+        }
+        await redis.close()
         await alice.close()
     }
 

@@ -1,0 +1,233 @@
+import Herald
+import HeraldWire
+public import Logging
+import NIOCore
+import NIOPosix
+public import ServiceLifecycle
+
+/// The durable ingest queue: a backend appends events to a Redis Stream with nothing but a Redis
+/// client, and the cluster's nodes, one consumer group, publish each event exactly once.
+///
+/// ```
+/// XADD herald:ingest * target room:lobby data '{"text":"deploy done"}' [id KEY]
+/// ```
+///
+/// `target` is `room:NAME`, `user:NAME` or `all`; `data` any JSON value; `id` an optional
+/// idempotency key (default: the entry's id). Each node reads new entries with `XREADGROUP`,
+/// publishes each through the broker with that idempotency key, and `XACK`s it only after the
+/// publish succeeded. Entries left pending by a node that died are claimed by a live one after
+/// `claimIdle` (`XAUTOCLAIM`) and published again — the idempotency key makes the retry a no-op
+/// if the first publish went through. An entry that cannot be published (malformed, or failing
+/// `maxAttempts` times) is moved to `{stream}:dead` with the reason, and acknowledged, so it
+/// never blocks the queue.
+public final class IngestConsumer: Service, Sendable {
+    public struct Configuration: Sendable {
+        /// The stream backends append to.
+        public var stream: String
+        public var group = "herald"
+        /// How long an entry may stay pending with a silent consumer before another claims it.
+        public var claimIdle: Duration = .seconds(30)
+        /// Deliveries after which an entry is moved aside instead of retried.
+        public var maxAttempts = 5
+        /// Entries read per call.
+        public var batch = 100
+
+        public init(stream: String) {
+            self.stream = stream
+        }
+    }
+
+    public let configuration: Configuration
+    private let broker: RedisBroker
+    private let client: RedisClient
+    private let consumer: String
+    private let logger: Logger
+
+    public init(configuration: Configuration, broker: RedisBroker, logger: Logger) {
+        self.configuration = configuration
+        self.broker = broker
+        self.consumer = broker.configuration.nodeID
+        self.logger = logger
+        // Its own connection: XREADGROUP BLOCK holds a connection for up to a second.
+        var clientConfiguration = broker.configuration.client
+        clientConfiguration.commandTimeout = .seconds(5)
+        self.client = RedisClient(url: broker.configuration.url, configuration: clientConfiguration)
+    }
+
+    public func run() async throws {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.client.run() }
+            group.addTask { await self.consume() }
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
+    }
+
+    private var deadStream: String { configuration.stream + ":dead" }
+
+    private func consume() async {
+        var backoff = Backoff(first: .milliseconds(100), cap: .seconds(2))
+        var groupReady = false
+        var lastClaim = ContinuousClock.now - configuration.claimIdle
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                if !client.isConnected { try await client.connect() }
+                if !groupReady {
+                    try await createGroup()
+                    // Entries this consumer read before a restart and never acknowledged come first.
+                    try await process(try await read(from: "0"))
+                    groupReady = true
+                }
+                if ContinuousClock.now - lastClaim >= configuration.claimIdle / 2 {
+                    try await claimAbandoned()
+                    lastClaim = ContinuousClock.now
+                }
+                try await process(try await read(from: ">"))
+                backoff.reset()
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("ingest queue: \(error)")
+                try? await Task.sleep(for: backoff.next())
+            }
+        }
+    }
+
+    private func createGroup() async throws {
+        do {
+            // From the start of the stream: events appended before any node ran are not skipped.
+            try await client.send(RESPCommand("XGROUP", "CREATE", configuration.stream, configuration.group, "0", "MKSTREAM"))
+        } catch let error as RedisError where error.message.hasPrefix("BUSYGROUP") {
+            // Another node (or an earlier run) created it.
+        }
+    }
+
+    /// `>`: new entries, waiting up to a second; `0`: this consumer's pending ones.
+    private func read(from id: String) async throws -> [Entry] {
+        var arguments = ["GROUP", configuration.group, consumer, "COUNT", String(configuration.batch)]
+        if id == ">" { arguments += ["BLOCK", "1000"] }
+        arguments += ["STREAMS", configuration.stream, id]
+        let reply = try await client.send(RESPCommand("XREADGROUP", arguments))
+        return Self.entries(inReadReply: reply)
+    }
+
+    /// Takes over entries another consumer left pending for longer than `claimIdle`.
+    private func claimAbandoned() async throws {
+        let idle = String(Int64(configuration.claimIdle / .milliseconds(1)))
+        var cursor = "0-0"
+        repeat {
+            let reply = try await client.send(
+                RESPCommand("XAUTOCLAIM", configuration.stream, configuration.group, consumer, idle, cursor, "COUNT", String(configuration.batch))
+            )
+            guard case .array(let parts?) = reply, parts.count >= 2, let next = parts[0].string else { return }
+            let claimed = Self.entries(parts[1])
+            if !claimed.isEmpty {
+                logger.notice("ingest queue: claimed \(claimed.count) entries left pending by a silent consumer")
+                try await process(claimed, checkingAttempts: true)
+            }
+            cursor = next
+        } while cursor != "0-0" && !Task.isCancelled
+    }
+
+    private func process(_ entries: [Entry], checkingAttempts: Bool = false) async throws {
+        for entry in entries {
+            if checkingAttempts, let attempts = try await deliveries(of: entry.id), attempts > configuration.maxAttempts {
+                try await moveAside(entry, reason: "not published after \(attempts - 1) attempts")
+                continue
+            }
+            let envelope: Envelope
+            switch entry.envelope() {
+            case .failure(let problem):
+                try await moveAside(entry, reason: problem.description)
+                continue
+            case .success(let value):
+                envelope = value
+            }
+            // Publish first, acknowledge after: a crash in between leaves the entry pending, and
+            // its idempotency key makes the retry a no-op.
+            try await broker.publish(envelope, on: MultiThreadedEventLoopGroup.singleton.any())
+            try await client.send(RESPCommand("XACK", configuration.stream, configuration.group, entry.id))
+        }
+    }
+
+    /// How many times the entry was delivered to a consumer (`XPENDING`), when it is pending.
+    private func deliveries(of id: String) async throws -> Int? {
+        let reply = try await client.send(RESPCommand("XPENDING", configuration.stream, configuration.group, id, id, "1"))
+        guard case .array(let rows?) = reply, case .array(let row?)? = rows.first, row.count >= 4, case .integer(let count) = row[3] else { return nil }
+        return Int(count)
+    }
+
+    private func moveAside(_ entry: Entry, reason: String) async throws {
+        logger.error("ingest queue: entry moved to \(deadStream)", metadata: ["entry": "\(entry.id)", "reason": "\(reason)"])
+        var arguments = [deadStream, "*", "entry", entry.id, "reason", reason]
+        for (field, value) in entry.fields { arguments += [field, value] }
+        try await client.send(RESPCommand("XADD", arguments))
+        try await client.send(RESPCommand("XACK", configuration.stream, configuration.group, entry.id))
+    }
+
+    // MARK: - Entries
+
+    struct Entry {
+        var id: String
+        var fields: [(String, String)]
+
+        func field(_ name: String) -> String? { fields.last { $0.0 == name }?.1 }
+
+        /// Why an entry cannot be published.
+        struct Problem: Error, CustomStringConvertible {
+            let description: String
+        }
+
+        /// The message the entry asks for, or why it cannot be published.
+        func envelope() -> Result<Envelope, Problem> {
+            guard let target = field("target") else { return .failure(Problem(description: "missing field target")) }
+            let destination: DeliveryTarget
+            if target == "all" {
+                destination = .all
+            } else if target.hasPrefix("room:"), Name.problem(String(target.dropFirst(5))) == nil {
+                destination = .room(String(target.dropFirst(5)))
+            } else if target.hasPrefix("user:"), Name.problem(String(target.dropFirst(5))) == nil {
+                destination = .user(String(target.dropFirst(5)))
+            } else {
+                return .failure(Problem(description: "target must be all, room:NAME or user:NAME, not \(target.prefix(100))"))
+            }
+            guard let text = field("data") else { return .failure(Problem(description: "missing field data")) }
+            let data: RawJSON
+            do {
+                data = try RawJSON(validating: text)
+            } catch {
+                return .failure(Problem(description: "data is not JSON: \(error)"))
+            }
+            var envelope = Envelope.message(to: destination, from: nil, data: data)
+            envelope.idempotencyKey = "ingest:" + (field("id") ?? id)
+            return .success(envelope)
+        }
+    }
+
+    /// Entries of an `XREADGROUP` reply (a RESP3 map or a RESP2 array of [stream, entries]).
+    static func entries(inReadReply reply: RESPValue) -> [Entry] {
+        switch reply {
+        case .map(let pairs): return pairs.flatMap { entries($0.value) }
+        case .array(let streams?):
+            return streams.flatMap { stream -> [Entry] in
+                guard case .array(let pair?) = stream, pair.count == 2 else { return [] }
+                return entries(pair[1])
+            }
+        default: return []
+        }
+    }
+
+    /// `[[id, [field, value, ...]], ...]`; entries deleted meanwhile (nil fields) are skipped.
+    static func entries(_ value: RESPValue) -> [Entry] {
+        guard case .array(let items?) = value else { return [] }
+        return items.compactMap { item in
+            guard case .array(let pair?) = item, pair.count == 2, let id = pair[0].string, case .array(let flat?) = pair[1] else { return nil }
+            var fields: [(String, String)] = []
+            var index = 0
+            while index + 1 < flat.count {
+                if let name = flat[index].string, let value = flat[index + 1].string { fields.append((name, value)) }
+                index += 2
+            }
+            return Entry(id: id, fields: fields)
+        }
+    }
+}
