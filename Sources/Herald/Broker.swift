@@ -27,6 +27,13 @@ public protocol Broker: Service {
     /// - Throws: ``BrokerError`` when the history cannot be read (Redis unreachable).
     func history(of target: DeliveryTarget, since: Int64, limit: Int) async throws(BrokerError) -> HistoryPage
 
+    /// Messages to `user` sent with `requiresAck` and not acknowledged yet (nor expired), oldest first.
+    func unacknowledged(for user: String) async throws(BrokerError) -> [HistoryEntry]
+
+    /// A connection of `user` acknowledged the message at `offset` of the user's channel (in
+    /// `epoch`, or the channel's current epoch when `nil`).
+    func acknowledge(user: String, offset: Int64, epoch: String?) async throws(BrokerError)
+
     /// Counters of the broker's failures, for `/api/stats`.
     var statistics: BrokerStatistics.Snapshot { get }
 }

@@ -36,6 +36,9 @@ public struct Envelope: Sendable {
     /// The publisher's key for this message: a second publish with the same key to the same
     /// target within the history TTL is accepted but not delivered again.
     public var idempotencyKey: String?
+    /// A message to a user that is kept until one of the user's connections acknowledges it
+    /// (`{"type":"ack","offset":O}`), and sent again to each new connection of the user until then.
+    public var requiresAck = false
 
     public init(target: DeliveryTarget, frame: ByteBuffer, positionIndex: Int? = nil, position: StreamPosition? = nil) {
         self.target = target

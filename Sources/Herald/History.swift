@@ -7,6 +7,10 @@ public import NIOCore
 public struct HistoryConfiguration: Sendable, Equatable {
     public var size: Int = 100
     public var ttl: Duration = .seconds(300)
+    /// How long a message sent with `ack` waits for its acknowledgement before it is dropped.
+    public var ackTTL: Duration = .seconds(3600)
+    /// Unacknowledged messages kept per user; past it the oldest is dropped.
+    public var maxUnacknowledged = 1000
 
     public init(size: Int = 100, ttl: Duration = .seconds(300)) {
         self.size = size

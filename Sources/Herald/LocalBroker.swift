@@ -23,6 +23,8 @@ public final class LocalBroker: Broker {
         /// Idempotency keys seen within the history TTL, oldest first; bounded by
         /// `maxIdempotencyKeys` (past it the oldest key is forgotten early).
         var keys: Set<IdempotencyKey> = []
+        /// Per user, messages sent with `requiresAck` and not acknowledged, oldest first.
+        var unacknowledged: [String: Deque<(entry: HistoryEntry, epoch: String, expires: ContinuousClock.Instant)>] = [:]
         var keyOrder = Deque<(key: IdempotencyKey, at: ContinuousClock.Instant)>()
 
         /// Records `key`; `false` when it was seen already (a retried publish).
@@ -92,6 +94,12 @@ public final class LocalBroker: Broker {
                 updated.trim(size: history.size, ttl: history.ttl, now: now)
             }
             channels.logs[envelope.target] = updated
+            if envelope.requiresAck, case .user(let user) = envelope.target {
+                var pending = channels.unacknowledged[user, default: []]
+                if pending.count >= history.maxUnacknowledged { pending.removeFirst() }
+                pending.append((HistoryEntry(offset: updated.latest, frame: positioned.frame), updated.epoch, now + history.ackTTL))
+                channels.unacknowledged[user] = pending
+            }
             // Delivered under the lock: the next offset of this channel cannot overtake it.
             sink.deliver(positioned)
         }
@@ -117,6 +125,24 @@ public final class LocalBroker: Broker {
         }
     }
 
+    public func unacknowledged(for user: String) -> [HistoryEntry] {
+        let now = ContinuousClock.now
+        return channels.withLock { channels in
+            guard var pending = channels.unacknowledged[user] else { return [] }
+            pending.removeAll { $0.expires < now }
+            channels.unacknowledged[user] = pending.isEmpty ? nil : pending
+            return pending.map(\.entry)
+        }
+    }
+
+    public func acknowledge(user: String, offset: Int64, epoch: String?) {
+        channels.withLock { channels in
+            guard let epoch = epoch ?? channels.logs[.user(user)]?.epoch else { return }
+            channels.unacknowledged[user]?.removeAll { $0.entry.offset == offset && $0.epoch == epoch }
+            if channels.unacknowledged[user]?.isEmpty == true { channels.unacknowledged[user] = nil }
+        }
+    }
+
     /// One node delivers every channel already: nothing to subscribe.
     public func changeInterest(_ change: InterestChange, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         eventLoop.makeSucceededVoidFuture()
@@ -133,6 +159,10 @@ public final class LocalBroker: Broker {
             let now = ContinuousClock.now
             channels.withLock { channels in
                 channels.logs = channels.logs.filter { now - $0.value.lastPublish <= ttl }
+                channels.unacknowledged = channels.unacknowledged.compactMapValues { pending in
+                    let live = pending.filter { $0.expires >= now }
+                    return live.isEmpty ? nil : live
+                }
             }
         }
     }

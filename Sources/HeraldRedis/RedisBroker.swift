@@ -132,11 +132,13 @@ public final class RedisBroker: Broker {
         let keyKey = layout.idempotencyKey(envelope.target, envelope.idempotencyKey ?? "")
         if envelope.positionIndex != nil {
             // Offset, history append and publish in one atomic step on the server.
-            reply = client.evaluate(
-                Self.publishScript,
-                keys: [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey],
-                arguments: [channel, envelope.head, envelope.tail, ByteBuffer(string: String(history.size)), ttl, key]
-            )
+            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey]
+            var arguments = [channel, envelope.head, envelope.tail, ByteBuffer(string: String(history.size)), ttl, key]
+            if envelope.requiresAck, case .user(let user) = envelope.target {
+                keys += [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user)]
+                arguments += [ByteBuffer(string: String(max(1, history.ackTTL.components.seconds))), ByteBuffer(string: String(history.maxUnacknowledged))]
+            }
+            reply = client.evaluate(Self.publishScript, keys: keys, arguments: arguments)
         } else if envelope.idempotencyKey != nil {
             reply = client.evaluate(Self.broadcastOnceScript, keys: [keyKey], arguments: [channel, envelope.frame, ttl])
         } else {
@@ -164,6 +166,8 @@ public final class RedisBroker: Broker {
     }
 
     /// KEYS: the channel's stream key (a hash: epoch, offset), its history (a Redis Stream).
+    /// With `ack`, KEYS[4], KEYS[5]: the user's unacknowledged set and frames; ARGV[7], ARGV[8]:
+    /// how long the message waits for its acknowledgement, and how many may wait.
     /// KEYS[3]: the idempotency key's key. ARGV: channel, frame head, frame tail, history size,
     /// history TTL in seconds, idempotency key ("" for none): a key used within the TTL makes
     /// the publish a no-op (returns 0). Otherwise assigns the
@@ -185,6 +189,19 @@ public final class RedisBroker: Broker {
           redis.call('EXPIRE', KEYS[2], ARGV[5])
         end
         redis.call('EXPIRE', KEYS[1], ARGV[5])
+        if ARGV[7] then
+          local member = epoch .. ':' .. offset
+          local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+          redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]) * 1000, member)
+          redis.call('HSET', KEYS[5], member, frame)
+          if redis.call('ZCARD', KEYS[4]) > tonumber(ARGV[8]) then
+            local oldest = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
+            redis.call('ZREM', KEYS[4], oldest)
+            redis.call('HDEL', KEYS[5], oldest)
+          end
+          redis.call('EXPIRE', KEYS[4], ARGV[7])
+          redis.call('EXPIRE', KEYS[5], ARGV[7])
+        end
         redis.call('PUBLISH', ARGV[1], '#' .. offset .. ' ' .. epoch .. '\\n' .. frame)
         return offset
         """
@@ -262,6 +279,65 @@ public final class RedisBroker: Broker {
             }
         }
     }
+
+    // MARK: - Acknowledgements
+
+    public func unacknowledged(for user: String) async throws(BrokerError) -> [HistoryEntry] {
+        let reply: RESPValue
+        do {
+            reply = try await client.evaluate(Self.unacknowledgedScript, keys: [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user)], arguments: [])
+        } catch {
+            throw BrokerError("cannot read unacknowledged messages from Redis: \(error)")
+        }
+        guard case .array(let items?) = reply else { throw BrokerError("Redis answered the unacknowledged script with \(reply)") }
+        return items.compactMap { item in
+            guard case .array(let pair?) = item, pair.count == 2, let member = pair[0].string,
+                let offset = member.split(separator: ":").last.flatMap({ Int64($0) }), case .bulkString(let frame?) = pair[1]
+            else { return nil }
+            return HistoryEntry(offset: offset, frame: frame)
+        }
+    }
+
+    public func acknowledge(user: String, offset: Int64, epoch: String?) async throws(BrokerError) {
+        do {
+            _ = try await client.evaluate(
+                Self.acknowledgeScript,
+                keys: [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user), layout.streamKey(.user(user))],
+                arguments: [String(offset), epoch ?? ""]
+            )
+        } catch {
+            throw BrokerError("cannot record the acknowledgement in Redis: \(error)")
+        }
+    }
+
+    /// KEYS: the user's unacknowledged set and frames. Drops expired ones; returns
+    /// {{EPOCH:OFFSET, frame}, ...}, oldest first.
+    static let unacknowledgedScript = RedisScript(
+        """
+        local time = redis.call('TIME')
+        local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+        for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do redis.call('HDEL', KEYS[2], member) end
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+        local out = {}
+        for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+          local frame = redis.call('HGET', KEYS[2], member)
+          if frame then out[#out + 1] = {member, frame} end
+        end
+        return out
+        """
+    )
+
+    /// KEYS: the user's unacknowledged set and frames, the user channel's stream key. ARGV:
+    /// offset, epoch ("" for the channel's current one).
+    static let acknowledgeScript = RedisScript(
+        """
+        local epoch = ARGV[2]
+        if epoch == '' then epoch = redis.call('HGET', KEYS[3], 'epoch') or '' end
+        local member = epoch .. ':' .. ARGV[1]
+        redis.call('HDEL', KEYS[2], member)
+        return redis.call('ZREM', KEYS[1], member)
+        """
+    )
 
     // MARK: - History
 

@@ -57,6 +57,10 @@ public struct RedisLayout: Sendable, Equatable {
         return prefix + ":once:" + String(channel.utf8.count) + ":" + channel + ":" + key
     }
 
+    /// A user's unacknowledged messages: `EPOCH:OFFSET` scored by expiry, and their frames.
+    public func unacknowledgedKey(_ user: String) -> String { prefix + ":unacked:" + user }
+    public func unacknowledgedFramesKey(_ user: String) -> String { prefix + ":unacked-frames:" + user }
+
     public func membersKey(_ room: String) -> String { prefix + ":members:" + room }
     public func roomsOfKey(_ user: String) -> String { prefix + ":rooms-of:" + user }
     public var roomsKey: String { prefix + ":rooms" }

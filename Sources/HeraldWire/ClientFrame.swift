@@ -16,6 +16,8 @@ public struct ClientFrame: Sendable, Equatable {
         case broadcast(data: RawJSON)
         /// Ask who is in a room and who of them is online.
         case presence(room: String)
+        /// Confirms a message sent with `"ack":true` to the user (by its offset in the user's channel).
+        case ack(offset: Int64, epoch: String?)
     }
 
     public var command: Command
@@ -51,6 +53,9 @@ public struct ClientFrame: Sendable, Equatable {
             case "send": command = .send(user: try object.name("user").get(), data: try object.required("data").get())
             case "broadcast": command = .broadcast(data: try object.required("data").get())
             case "presence": command = .presence(room: try object.name("room").get())
+            case "ack":
+                guard let offset = try object.integer("offset").get() else { throw ClientFrameError(id: id, message: "missing field \"offset\"") }
+                command = .ack(offset: offset, epoch: try object.string("epoch").get())
             default:
                 throw ClientFrameError(id: id, message: "unknown frame type \"\(type.prefix(64))\"")
             }

@@ -170,6 +170,23 @@ struct ClusterRecoveryTests {
         await alice.close()
     }
 
+    @Test func anAcknowledgedNotificationFollowsTheUserAcrossNodesUntilAcknowledged() async throws {
+        let cluster = try await Cluster.start(nodes: 2)
+        defer { cluster.stop() }
+        #expect(try await cluster.http(0, "POST", "/api/users/bob/send", body: #"{"data":"must-arrive","ack":true}"#).status == 202)
+        let onTwo = try await cluster.client("bob", on: 1)
+        let frame = try await onTwo.nextPositioned()
+        #expect(frame["data"] as? String == "must-arrive")
+        let (offset, epoch) = try position(frame)
+        try await onTwo.send(#"{"type":"ack","offset":\#(offset),"epoch":"\#(epoch)","id":1}"#)
+        #expect(try await onTwo.next() == #"{"type":"ok","id":1}"#)
+        await onTwo.close()
+        let onOne = try await cluster.client("bob", on: 0)
+        #expect(try await cluster.http(0, "POST", "/api/users/bob/send", body: #"{"data":"next"}"#).status == 202)
+        #expect(try await onOne.next() == #"{"type":"message","scope":"user","data":"next"}"#)
+        await onOne.close()
+    }
+
     @Test func aRedisRestartedWithoutPersistenceStartsNewEpochs() async throws {
         let cluster = try await Cluster.start(nodes: 1)
         defer { cluster.stop() }

@@ -146,6 +146,35 @@ struct RecoveryTests {
         }
     }
 
+    @Test func anAcknowledgedNotificationIsSentAgainUntilAcknowledged() async throws {
+        try await TestServer.with { server in
+            #expect(try await server.http("POST", "/api/users/bob/send", body: #"{"data":"must-arrive","ack":true}"#).status == 202)
+            #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":"x","ack":true}"#).status == 400)
+            // bob was offline: his next connection gets it, and the one after (no ack yet).
+            var offset = 0
+            for _ in 0..<2 {
+                let bob = try await TestClient.connect(port: server.port, query: "user=bob")
+                _ = try await bob.next(type: "welcome")
+                let frame = try await bob.nextPositioned()
+                #expect(frame["data"] as? String == "must-arrive")
+                offset = try position(frame).offset
+                await bob.close()
+            }
+            let bob = try await TestClient.connect(port: server.port, query: "user=bob")
+            _ = try await bob.next(type: "welcome")
+            _ = try await bob.next()
+            try await bob.send(#"{"type":"ack","offset":\#(offset),"id":1}"#)
+            #expect(try await bob.next() == #"{"type":"ok","id":1}"#)
+            await bob.close()
+            // Acknowledged: the next connection's first delivery is what is sent next.
+            let again = try await TestClient.connect(port: server.port, query: "user=bob")
+            _ = try await again.next(type: "welcome")
+            #expect(try await server.http("POST", "/api/users/bob/send", body: #"{"data":"next"}"#).status == 202)
+            #expect(try await again.next() == #"{"type":"message","scope":"user","data":"next"}"#)
+            await again.close()
+        }
+    }
+
     @Test func aRetriedPublishWithTheSameIdIsDeliveredOnce() async throws {
         try await TestServer.with { server in
             let alice = try await TestClient.connect(port: server.port, query: "user=alice")

@@ -158,6 +158,18 @@ struct HTTPAPI {
         case .success(nil):
             break
         }
+        if object.kind("ack") != nil {
+            guard object.kind("ack") == .bool else {
+                throw APIError(.badRequest, code: .badRequest, message: "field \"ack\" must be true or false")
+            }
+            let wantsAck = object.raw("ack").map { String(buffer: $0.bytes) == "true" } ?? false
+            if wantsAck {
+                guard case .user = target else {
+                    throw APIError(.badRequest, code: .badRequest, message: "\"ack\" is for messages to a user (POST /api/users/{user}/send)")
+                }
+                envelope.requiresAck = true
+            }
+        }
         do {
             try await node.broker.publish(envelope, on: node.hub.anyEventLoop)
         } catch {

@@ -49,6 +49,9 @@ extension WebSocketConnection {
             }
             publish(.message(to: .all, from: user, data: data), id: id)
 
+        case .ack(let offset, let epoch):
+            acknowledge(offset: offset, epoch: epoch, id: id)
+
         case .presence(let room):
             guard node.hub.isLocalMember(user: user, room: room) else {
                 send(ServerFrame.error(.notAMember, message: "join room \(room) to see who is in it", id: id))
@@ -58,6 +61,18 @@ extension WebSocketConnection {
             runCommand(id: id) { () async throws(HubError) in
                 let presence = try await roster.presence(of: room)
                 return ServerFrame.presence(room: room, members: presence.members, online: presence.online, id: id)
+            }
+        }
+    }
+
+    /// `ack`: the message at `offset` of this user's channel need not be sent again.
+    private func acknowledge(offset: Int64, epoch: String?, id: RawJSON?) {
+        let broker = node.broker
+        let user = self.user
+        eventLoop.makeFutureWithTask { try await broker.acknowledge(user: user, offset: offset, epoch: epoch) }.whenComplete { [self] result in
+            switch result {
+            case .success: send(ServerFrame.ok(id: id), flush: true)
+            case .failure(let error): send(ServerFrame.error(.unavailable, message: "\(error)", id: id), flush: true)
             }
         }
     }

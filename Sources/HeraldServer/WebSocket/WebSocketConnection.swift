@@ -114,16 +114,20 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         let user = self.user
         let resumeFrom = self.resumeFrom
         let limit = max(1, node.configuration.history.size)
-        let missed: EventLoopFuture<HistoryPage?> = ready.flatMap { [eventLoop] in
-            guard let resumeFrom else { return eventLoop.makeSucceededFuture(nil) }
-            return eventLoop.makeFutureWithTask { try await broker.history(of: .user(user), since: resumeFrom.offset, limit: limit) }
+        // What this connection must be sent besides live messages: the user channel's messages
+        // it missed (when resuming), and those waiting for an acknowledgement.
+        let missed: EventLoopFuture<(HistoryPage?, [HistoryEntry])> = ready.flatMap { [eventLoop] in
+            eventLoop.makeFutureWithTask {
+                let page = try await resumeFrom.asyncMap { try await broker.history(of: .user(user), since: $0.offset, limit: limit) }
+                return (page, try await broker.unacknowledged(for: user))
+            }
         }
         missed.hop(to: eventLoop).whenComplete { [self] result in
             if let hold { node.hub.release(hold, for: self) }
             guard state == .starting else { return }
             state = .open
             switch result {
-            case .success(let page):
+            case .success(let (page, unacknowledged)):
                 log("connection open")
                 let recovery = page.flatMap { page in resumeFrom.map { (page.recovery(from: $0), page.latest) } }
                 let welcome = ServerFrame.welcome(
@@ -134,7 +138,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
                     recovery: recovery
                 )
                 send(welcome)
-                if let hold { replay(page, after: resumeFrom, recovered: recovery?.0 == .recovered, then: hold) }
+                var written: Set<Int64> = []
+                if let hold { written = replay(page, after: resumeFrom, recovered: recovery?.0 == .recovered, then: hold) }
+                // At least once: sent again until acknowledged (the client dedups by offset).
+                for entry in unacknowledged where !written.contains(entry.offset) {
+                    deliver(node.hub.framed(entry.frame))
+                }
                 flush()
                 resumeReading()
             case .failure(let error):
@@ -147,22 +156,28 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
 
     /// Writes the history `page` after `position` (when it recovers the gap), then the live
     /// messages held meanwhile that history did not already give: no gap, no duplicate.
-    func replay(_ page: HistoryPage?, after position: StreamPosition?, recovered: Bool, then hold: DeliveryHold) {
+    /// Returns the offsets it wrote.
+    @discardableResult
+    func replay(_ page: HistoryPage?, after position: StreamPosition?, recovered: Bool, then hold: DeliveryHold) -> Set<Int64> {
         var last: StreamPosition?
+        var written: Set<Int64> = []
         if recovered, let page, let position {
             last = position
             for entry in page.entries where entry.offset > position.offset {
                 deliver(node.hub.framed(entry.frame))
+                written.insert(entry.offset)
                 last = StreamPosition(offset: entry.offset, epoch: page.latest.epoch)
             }
         }
         for (held, frame) in hold.held {
             if let last, last.epoch == held.epoch, held.offset <= last.offset { continue }
             deliver(frame)
+            written.insert(held.offset)
         }
         if hold.overflowed {
             close(.slowConsumer, reason: "slow consumer: too many messages arrived while history was replayed")
         }
+        return written
     }
 
     /// Parses what was read while the connection waited (for its welcome or a roster
@@ -395,4 +410,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         }
     }
 
+}
+
+extension Optional {
+    /// `map` with an async transform.
+    fileprivate func asyncMap<T>(_ transform: (Wrapped) async throws -> T) async rethrows -> T? {
+        guard let value = self else { return nil }
+        return try await transform(value)
+    }
 }
