@@ -11,6 +11,17 @@ public struct HistoryConfiguration: Sendable, Equatable {
     public var ackTTL: Duration = .seconds(3600)
     /// Unacknowledged messages kept per user; past it the oldest is dropped.
     public var maxUnacknowledged = 1000
+    /// Rooms that keep no history (messages still get offsets): exact names or `prefix*`.
+    public var roomsWithoutHistory: [String] = []
+
+    /// The history size of `target`'s channel: 0 for rooms matching ``roomsWithoutHistory``.
+    public func size(for target: DeliveryTarget) -> Int {
+        guard case .room(let room) = target, !roomsWithoutHistory.isEmpty else { return size }
+        let off = roomsWithoutHistory.contains { pattern in
+            pattern.hasSuffix("*") ? room.hasPrefix(pattern.dropLast()) : room == pattern
+        }
+        return off ? 0 : size
+    }
 
     public init(size: Int = 100, ttl: Duration = .seconds(300)) {
         self.size = size

@@ -89,9 +89,10 @@ public final class LocalBroker: Broker {
             updated.latest += 1
             updated.lastPublish = now
             let positioned = envelope.positioned(StreamPosition(offset: updated.latest, epoch: updated.epoch))
-            if history.size > 0 {
+            let size = history.size(for: envelope.target)
+            if size > 0 {
                 updated.entries.append((HistoryEntry(offset: updated.latest, frame: positioned.frame), now))
-                updated.trim(size: history.size, ttl: history.ttl, now: now)
+                updated.trim(size: size, ttl: history.ttl, now: now)
             }
             channels.logs[envelope.target] = updated
             if envelope.requiresAck, case .user(let user) = envelope.target {
@@ -114,7 +115,7 @@ public final class LocalBroker: Broker {
                 // Never published (or forgotten): an empty stream in an epoch of its own.
                 return HistoryPage(latest: StreamPosition(offset: 0, epoch: epochPrefix), entries: [], oldest: 1)
             }
-            log.trim(size: history.size, ttl: history.ttl, now: now)
+            log.trim(size: history.size(for: target), ttl: history.ttl, now: now)
             channels.logs[target] = log
             let entries = log.entries.lazy.map(\.entry).filter { $0.offset > since }.prefix(max(0, limit))
             return HistoryPage(

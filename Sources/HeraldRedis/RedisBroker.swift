@@ -133,7 +133,7 @@ public final class RedisBroker: Broker {
         if envelope.positionIndex != nil {
             // Offset, history append and publish in one atomic step on the server.
             var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey]
-            var arguments = [channel, envelope.head, envelope.tail, ByteBuffer(string: String(history.size)), ttl, key]
+            var arguments = [channel, envelope.head, envelope.tail, ByteBuffer(string: String(history.size(for: envelope.target))), ttl, key]
             if envelope.requiresAck, case .user(let user) = envelope.target {
                 keys += [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user)]
                 arguments += [ByteBuffer(string: String(max(1, history.ackTTL.components.seconds))), ByteBuffer(string: String(history.maxUnacknowledged))]

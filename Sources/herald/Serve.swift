@@ -94,6 +94,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("history-ttl"), help: "Seconds a message is kept for recovery; a channel idle longer starts a new epoch. (env: HERALD_HISTORY_TTL, default 300)")
     var historyTTL: Int?
 
+    @Option(name: .customLong("no-history-rooms"), help: "Comma-separated rooms that keep no history (exact names or prefix*); their messages still get offsets. (env: HERALD_NO_HISTORY_ROOMS)")
+    var noHistoryRooms: String?
+
+    @Option(name: .customLong("ack-ttl"), help: "Seconds a message sent with ack waits for its acknowledgement. (env: HERALD_ACK_TTL, default 3600)")
+    var ackTTL: Int?
+
     @Option(help: "Worker processes sharing the port (SO_REUSEPORT); more than 1 needs --redis. (env: HERALD_WORKERS, default 1)")
     var workers: Int?
 
@@ -170,7 +176,15 @@ struct Serve: AsyncParsableCommand {
             guard size >= 0 else { throw ValidationError("history-size must be 0 (no history) or more") }
             configuration.history.size = size
         }
+        if let rooms = try value(noHistoryRooms, "HERALD_NO_HISTORY_ROOMS") {
+            configuration.history.roomsWithoutHistory = rooms.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        if let seconds = try value(ackTTL, "HERALD_ACK_TTL") { configuration.history.ackTTL = .seconds(try positive(seconds, "ack-ttl")) }
         if let seconds = try value(historyTTL, "HERALD_HISTORY_TTL") { configuration.history.ttl = .seconds(try positive(seconds, "history-ttl")) }
+        if let rooms = try value(noHistoryRooms, "HERALD_NO_HISTORY_ROOMS") {
+            configuration.history.roomsWithoutHistory = rooms.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        if let seconds = try value(ackTTL, "HERALD_ACK_TTL") { configuration.history.ackTTL = .seconds(try positive(seconds, "ack-ttl")) }
         let workerCount = try value(workers, "HERALD_WORKERS") ?? 1
         guard workerCount >= 1 else { throw ValidationError("workers must be at least 1") }
 

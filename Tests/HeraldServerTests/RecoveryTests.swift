@@ -175,6 +175,19 @@ struct RecoveryTests {
         }
     }
 
+    @Test func roomsMatchingANoHistoryPatternKeepNone() async throws {
+        try await TestServer.with({ $0.history.roomsWithoutHistory = ["live-*"] }) { server in
+            for room in ["live-scores", "lobby"] {
+                #expect(try await server.http("POST", "/api/rooms/\(room)/publish", body: #"{"data":1}"#).status == 202)
+            }
+            let live = try json(try await server.http("GET", "/api/rooms/live-scores/history").body)
+            #expect(live["offset"] as? Int == 1)  // numbered all the same
+            #expect((live["messages"] as? [Any])?.isEmpty == true)
+            let lobby = try json(try await server.http("GET", "/api/rooms/lobby/history").body)
+            #expect((lobby["messages"] as? [Any])?.count == 1)
+        }
+    }
+
     @Test func aRetriedPublishWithTheSameIdIsDeliveredOnce() async throws {
         try await TestServer.with { server in
             let alice = try await TestClient.connect(port: server.port, query: "user=alice")
