@@ -71,7 +71,6 @@ public final class IngestConsumer: Service, Sendable {
         var lastClaim = ContinuousClock.now - configuration.claimIdle
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
-                if !client.isConnected { try await client.connect() }
                 if !groupReady {
                     try await createGroup()
                     // Entries this consumer read before a restart and never acknowledged come first.

@@ -2,6 +2,7 @@ public import Herald
 public import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 public import ServiceLifecycle
 
 /// The ``Roster`` of a cluster sharing one Redis: memberships in Redis sets, presence in one
@@ -27,6 +28,8 @@ public final class RedisRoster: Roster, Service {
     private var layout: RedisLayout { broker.layout }
     private var client: RedisClient { broker.client }
     private var nodeID: String { broker.configuration.nodeID }
+    /// A presence change did not reach Redis: the next heartbeat rewrites the node's presence.
+    private let presenceStale = Atomic<Bool>(false)
 
     public init(broker: RedisBroker, limits: HubConfiguration, presenceTTL: Duration = .seconds(10), notifying sink: any DeliverySink, logger: Logger) {
         self.broker = broker
@@ -133,8 +136,9 @@ public final class RedisRoster: Roster, Service {
             Self.presenceScript,
             keys: [layout.presenceKey(nodeID)],
             arguments: [ByteBuffer(string: user), ByteBuffer(string: String(delta)), ByteBuffer(string: ttl)]
-        ).whenFailure { [logger] error in
-            // The heartbeat rewrites the node's presence when Redis lost it.
+        ).whenFailure { [self] error in
+            // The next heartbeat rewrites the node's presence from the hub's counts.
+            presenceStale.store(true, ordering: .relaxed)
             logger.debug("presence not recorded", metadata: ["user": "\(user)", "error": "\(error)"])
         }
     }
@@ -156,14 +160,16 @@ public final class RedisRoster: Roster, Service {
         do {
             let ttl = String(presenceTTL.components.seconds)
             let reply = try await client.evaluate(Self.heartbeatScript, keys: [layout.nodesKey, layout.presenceKey(nodeID)], arguments: [nodeID, ttl])
-            guard case .integer(0) = reply else { return }
+            let stale = presenceStale.exchange(false, ordering: .relaxed)
+            guard stale || reply == .integer(0) else { return }
             let counts = sink.localConnectionCounts()
-            guard !counts.isEmpty else { return }
+            guard stale || !counts.isEmpty else { return }
             var arguments = [ttl]
             for (user, count) in counts { arguments += [user, String(count)] }
             _ = try await client.evaluate(Self.rewriteScript, keys: [layout.presenceKey(nodeID)], arguments: arguments)
             logger.notice("presence rewritten after Redis lost it", metadata: ["users": "\(counts.count)"])
         } catch {
+            presenceStale.store(true, ordering: .relaxed)
             logger.warning("presence heartbeat failed", metadata: ["error": "\(error)"])
         }
     }
