@@ -272,7 +272,8 @@ struct Run: Sendable {
         let concurrency = max(1, configuration.connectConcurrency)
         var receivers: [Int: ReceiverConnection] = [:]
         var failures = 0
-        await withTaskGroup(of: (Int, ReceiverConnection?).self) { group in
+        var reasons: [String: Int] = [:]
+        await withTaskGroup(of: (Int, Result<ReceiverConnection, any Error>).self) { group in
             var next = 0
             func addNext() {
                 let index = indices[next]
@@ -280,14 +281,28 @@ struct Run: Sendable {
                 // Both: Herald uses the token when it checks JWTs, the baselines read ?user=.
                 let query = "user=\(user(of: index))" + (tokens.map { "&token=\($0[index])" } ?? "")
                 group.addTask {
-                    (index, try? await connect(index: index, query: query))
+                    do {
+                        return (index, .success(try await connect(index: index, query: query)))
+                    } catch {
+                        return (index, .failure(error))
+                    }
                 }
             }
             while next < min(concurrency, total) { addNext() }
-            for await (index, receiver) in group {
-                if let receiver { receivers[index] = receiver } else { failures += 1 }
+            for await (index, result) in group {
+                switch result {
+                case .success(let receiver): receivers[index] = receiver
+                case .failure(let error):
+                    failures += 1
+                    // Bounded: at most a few dozen distinct reasons are kept.
+                    let reason = String(String(describing: error).prefix(160))
+                    if reasons[reason] != nil || reasons.count < 32 { reasons[reason, default: 0] += 1 }
+                }
                 if next < total { addNext() }
             }
+        }
+        for (reason, count) in reasons.sorted(by: { $0.value > $1.value }) {
+            log("\(count) connection attempts failed: \(reason)")
         }
         return (receivers.keys.sorted().compactMap { receivers[$0] }, failures)
     }

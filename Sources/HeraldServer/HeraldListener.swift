@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import Hummingbird
 import HummingbirdCore
 import Logging
@@ -86,7 +87,29 @@ struct HeraldListener: Service {
                 response = Response(status: .internalServerError)
             }
             response.headers[.server] = "herald"
+            response.headers[.date] = HTTPDate.now
             try await responseWriter.write(response: response.head, body: response.body)
         }
+    }
+}
+
+/// The `Date` header's value (RFC 9110 IMF-fixdate), formatted at most once per second.
+enum HTTPDate {
+    private static let cache = Mutex<(second: Int, text: String)>((-1, ""))
+
+    static var now: String {
+        var time = time_t()
+        Foundation.time(&time)
+        let second = Int(time)
+        if let cached = cache.withLock({ $0.second == second ? $0.text : nil }) { return cached }
+        var parts = tm()
+        gmtime_r(&time, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        let text = "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) "
+            + "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
+        cache.withLock { $0 = (second, text) }
+        return text
     }
 }

@@ -1,6 +1,11 @@
+import Foundation
 import Herald
 import HeraldServer
 import Testing
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 
 @Suite("HTTP API")
 struct HTTPAPITests {
@@ -18,6 +23,21 @@ struct HTTPAPITests {
             #expect(try json(unknown.body)["error"] as? String == "not_found")
             #expect(try await server.http("GET", "/healthz").status == 200)
             #expect(try await server.http("GET", "/").body.contains("<html"))
+        }
+    }
+
+    @Test func responsesCarryDateAndServerHeaders() async throws {
+        try await TestServer.with { server in
+            let (_, response) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(server.port)/healthz")!)
+            let headers = try #require(response as? HTTPURLResponse)
+            #expect(headers.value(forHTTPHeaderField: "Server") == "herald")
+            let date = try #require(headers.value(forHTTPHeaderField: "Date"))
+            let formatter = DateFormatter()
+            formatter.locale = Locale(identifier: "en_US_POSIX")
+            formatter.timeZone = TimeZone(identifier: "GMT")
+            formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+            let parsed = try #require(formatter.date(from: date), "not an IMF-fixdate: \(date)")
+            #expect(abs(parsed.timeIntervalSinceNow) < 120)
         }
     }
 
