@@ -26,12 +26,6 @@ public struct HubError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// Whether the shared store was unavailable: the request may succeed when retried.
-    public var isUnavailable: Bool {
-        if case .unavailable = reason { return true }
-        return false
-    }
-
     /// Whether the error concerns the number of connections (close 4029) rather than memberships.
     public var isConnectionLimit: Bool {
         switch reason {

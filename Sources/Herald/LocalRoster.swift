@@ -41,7 +41,6 @@ public final class LocalRoster: Roster {
     public func members(of room: String) -> Set<String> { state.withLock { $0.registry.members(of: room) } }
     public func rooms(of user: String) -> Set<String> { state.withLock { $0.registry.rooms(of: user) } }
     public func roomCount() -> Int { state.withLock { $0.registry.roomCount } }
-    public func isMember(user: String, room: String) -> Bool { state.withLock { $0.registry.isMember(user: user, room: room) } }
 
     public func connectionCounts(of users: [String]) -> [String: Int] {
         state.withLock { state in

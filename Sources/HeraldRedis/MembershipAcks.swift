@@ -74,6 +74,4 @@ final class MembershipAcks: Sendable {
         entry.timer?.cancel()
         entry.promise.succeed(confirmed)
     }
-
-    var waiting: Int { pending.withLock { $0.count } }
 }

@@ -274,8 +274,9 @@ struct ClusterTests {
         // stays paused until SIGCONT below: a publish that waited for it would never return.
         #expect(ContinuousClock.now - started < .seconds(15))
         #expect(try await cluster.http(0, "GET", "/healthz").status == 200)
-        // Delivery over WebSocket keeps working for what does not need Redis: the client's pings.
-        try await alice.sendPing()
+        // WebSockets keep being served for what does not need Redis: a bad frame is answered.
+        try await alice.send(#"{"type":"bogus","id":3}"#)
+        #expect(try await alice.next(type: "error")["code"] as? String == "bad_request")
 
         kill(cluster.redis.pid, SIGCONT)
         try await eventually("publishing works again after SIGCONT", within: 15) {
