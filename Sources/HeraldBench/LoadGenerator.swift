@@ -266,6 +266,13 @@ struct Run: Sendable {
 
     // MARK: - Connecting
 
+    /// One connection attempt's outcome: the connection, or why it failed.
+    private struct ConnectOutcome: Sendable {
+        var index: Int
+        var receiver: ReceiverConnection?
+        var failure: String?
+    }
+
     private func connectAll(tokens: [String]?) async -> ([ReceiverConnection], Int) {
         let indices = myIndices
         let total = indices.count
@@ -273,33 +280,30 @@ struct Run: Sendable {
         var receivers: [Int: ReceiverConnection] = [:]
         var failures = 0
         var reasons: [String: Int] = [:]
-        await withTaskGroup(of: (Int, Result<ReceiverConnection, any Error>).self) { group in
-            var next = 0
-            func addNext() {
-                let index = indices[next]
-                next += 1
+        func record(_ outcome: ConnectOutcome) {
+            if let receiver = outcome.receiver { receivers[outcome.index] = receiver }
+            if let failure = outcome.failure {
+                failures += 1
+                // Bounded: at most a few dozen distinct reasons are kept.
+                if reasons[failure] != nil || reasons.count < 32 { reasons[failure, default: 0] += 1 }
+            }
+        }
+        // The child result is a struct: with a tuple (or `Result<_, any Error>`) the release
+        // build (Swift 6.3) handed back garbage for most children of the group.
+        await withTaskGroup(of: ConnectOutcome.self) { group in
+            for (position, index) in indices.enumerated() {
+                if position >= concurrency, let outcome = await group.next() { record(outcome) }
                 // Both: Herald uses the token when it checks JWTs, the baselines read ?user=.
                 let query = "user=\(user(of: index))" + (tokens.map { "&token=\($0[index])" } ?? "")
                 group.addTask {
                     do {
-                        return (index, .success(try await connect(index: index, query: query)))
+                        return ConnectOutcome(index: index, receiver: try await connect(index: index, query: query))
                     } catch {
-                        return (index, .failure(error))
+                        return ConnectOutcome(index: index, failure: String(String(describing: error).prefix(160)))
                     }
                 }
             }
-            while next < min(concurrency, total) { addNext() }
-            for await (index, result) in group {
-                switch result {
-                case .success(let receiver): receivers[index] = receiver
-                case .failure(let error):
-                    failures += 1
-                    // Bounded: at most a few dozen distinct reasons are kept.
-                    let reason = String(String(describing: error).prefix(160))
-                    if reasons[reason] != nil || reasons.count < 32 { reasons[reason, default: 0] += 1 }
-                }
-                if next < total { addNext() }
-            }
+            while let outcome = await group.next() { record(outcome) }
         }
         for (reason, count) in reasons.sorted(by: { $0.value > $1.value }) {
             log("\(count) connection attempts failed: \(reason)")
