@@ -275,7 +275,6 @@ struct Run: Sendable {
 
     private func connectAll(tokens: [String]?) async -> ([ReceiverConnection], Int) {
         let indices = myIndices
-        let total = indices.count
         let concurrency = max(1, configuration.connectConcurrency)
         var receivers: [Int: ReceiverConnection] = [:]
         var failures = 0

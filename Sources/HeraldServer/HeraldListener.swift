@@ -6,7 +6,6 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
-import NIOExtras
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
@@ -14,6 +13,9 @@ import Synchronization
 /// The listening socket and its accept loop: Hummingbird's server, less what Herald does not
 /// use, plus `SO_REUSEPORT` so that several worker processes can share one port
 /// (`herald serve --workers N`), the kernel spreading new connections over them.
+///
+/// Connections are accepted by ``ListeningSocket`` (so that a WebSocket knows its descriptor)
+/// and handed to NIO, spread over the event loops.
 ///
 /// On graceful shutdown it stops accepting, tells every connection to quiesce (WebSockets
 /// close with 1012) and returns once they have closed.
@@ -28,45 +30,54 @@ struct HeraldListener: Service {
     let onListening: @Sendable (Int) async -> Void
 
     func run() async throws {
-        let quiescing = ServerQuiescingHelper(group: eventLoopGroup)
-        let bootstrap = ServerBootstrap(group: eventLoopGroup)
-            .serverChannelOption(ChannelOptions.backlog, value: numericCast(backlog))
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelOption(ChannelOptions.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: reusePort ? 1 : 0)
-            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
-                }
-            }
+        let socket = try ListeningSocket(host: host, port: port, backlog: backlog, reusePort: reusePort)
+        let connections = OpenConnections()
+        // Accepted connections, from the accept thread to the task group below, which picks
+        // each up at once (so this holds at most the connections of a moment; the open-file
+        // limit bounds it).
+        let (accepted, acceptedSink) = AsyncStream.makeStream(of: HeraldChildChannel.Value.self)
+        let acceptEnded = eventLoopGroup.any().makePromise(of: Void.self)
         let childChannel = self.childChannel
+        let group = self.eventLoopGroup
         let logger = self.logger
-        let server = try await bootstrap.bind(host: host, port: port) { channel in
-            childChannel.setup(channel: channel, logger: logger)
-        }
-        await onListening(server.channel.localAddress?.port ?? port)
-        // Set when shutdown begins: completes once every connection has closed.
-        let closing = Mutex<EventLoopFuture<Void>?>(nil)
-        let loop = eventLoopGroup.any()
-        await withGracefulShutdownHandler {
-            await withDiscardingTaskGroup { group in
-                do {
-                    try await server.executeThenClose { inbound in
-                        for try await child in inbound {
-                            group.addTask { await childChannel.handle(value: child, logger: logger) }
+        socket.startAccepting(
+            onError: { message in logger.error("\(message)") },
+            onAccept: { descriptor in
+                ClientBootstrap(group: group)
+                    .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+                    .channelInitializer { channel in
+                        connections.insert(channel)
+                        return childChannel.setup(channel: channel, descriptor: descriptor, logger: logger).map { value in
+                            acceptedSink.yield(value)
                         }
                     }
-                } catch {
-                    logger.error("accept loop ended", metadata: ["error": "\(error)"])
-                }
+                    .withConnectedSocket(descriptor)
+                    .whenFailure { error in logger.debug("accepted connection could not be set up", metadata: ["error": "\(error)"]) }
+            },
+            onStop: {
+                acceptedSink.finish()
+                acceptEnded.succeed()
             }
-            // The accept loop ends when the listening socket closes; the WebSockets are still
-            // finishing their closing handshakes (1012) then: wait for them before returning.
-            if let allClosed = closing.withLock({ $0 }) { try? await allClosed.get() }
+        )
+        await onListening(socket.port)
+        await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                await withDiscardingTaskGroup { tasks in
+                    for await child in accepted {
+                        tasks.addTask { await childChannel.handle(value: child, logger: logger) }
+                    }
+                }
+            } onCancel: {
+                socket.stop()
+            }
+            try? await acceptEnded.futureResult.get()
+            socket.closeSocket()
+            // The WebSockets are still finishing their closing handshakes (1012) once accepting
+            // stopped: wait for them before returning.
+            if connections.isQuiescing { await connections.allClosed() }
         } onGracefulShutdown: {
-            let promise = loop.makePromise(of: Void.self)
-            closing.withLock { $0 = promise.futureResult }
-            quiescing.initiateShutdown(promise: promise)
+            socket.stop()
+            connections.quiesce()
         }
     }
 

@@ -15,12 +15,11 @@ struct APIError: Error, HTTPResponseError {
         self.message = message
     }
 
+    /// `{"error":CODE,"message":TEXT}`
+    var body: ByteBuffer { JSONBody.errorBody(code: code.rawValue, message: message) }
+
     func response(from request: Request, context: some RequestContext) throws -> Response {
-        Response(
-            status: status,
-            headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: JSONBody.errorBody(code: code.rawValue, message: message))
-        )
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
     }
 }
 
@@ -55,14 +54,18 @@ struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     let apiKey: String?
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let apiKey else { return try await next(request, context) }
-        let presented = request.headers[.authorization].flatMap { value -> Substring? in
-            value.lowercased().hasPrefix("bearer ") ? value.dropFirst("bearer ".count) : nil
+        guard let apiKey, !APIKey.matches(authorization: request.headers[.authorization], apiKey: apiKey) else {
+            return try await next(request, context)
         }
-        guard let presented, Self.constantTimeEqual(Array(presented.utf8), Array(apiKey.utf8)) else {
-            throw APIError(.unauthorized, code: ErrorCode(rawValue: "unauthorized"), message: "missing or wrong API key: send Authorization: Bearer <api key>")
-        }
-        return try await next(request, context)
+        throw APIError(.unauthorized, code: ErrorCode(rawValue: "unauthorized"), message: "missing or wrong API key: send Authorization: Bearer <api key>")
+    }
+}
+
+enum APIKey {
+    /// Whether an `Authorization` header value is `Bearer KEY` with `apiKey`.
+    static func matches(authorization: String?, apiKey: String) -> Bool {
+        guard let authorization, authorization.lowercased().hasPrefix("bearer ") else { return false }
+        return constantTimeEqual(Array(authorization.dropFirst("bearer ".count).utf8), Array(apiKey.utf8))
     }
 
     /// Compares without an early exit, so response time does not reveal how much of the key matched.

@@ -130,67 +130,29 @@ struct HTTPAPI {
     }
 
     /// Reads `{"data": ANY}` and publishes it through the broker; 202 once the broker took it.
+    /// (Usually answered before it gets here, by ``PublishRequestHandler``.)
     private func publish(_ request: Request, to target: DeliveryTarget) async throws -> Response {
         let body: ByteBuffer
         do {
             body = try await request.body.collect(upTo: node.configuration.maxBodySize)
         } catch {
-            throw APIError(.contentTooLarge, code: .badRequest, message: "body larger than \(node.configuration.maxBodySize) bytes")
+            throw PublishRequest.tooLarge(node.configuration.maxBodySize)
         }
-        let object: JSONObject
-        do {
-            object = try JSONObject(parsing: body)
-        } catch {
-            throw APIError(.badRequest, code: .badRequest, message: "body must be a JSON object: \(error.message)")
-        }
-        guard let data = object.raw("data") else {
-            throw APIError(.badRequest, code: .badRequest, message: "missing field \"data\"")
-        }
-        var envelope = Envelope.message(to: target, from: nil, data: data)
-        switch object.string("id") {
-        case .failure:
-            throw APIError(.badRequest, code: .badRequest, message: "field \"id\" (the idempotency key) must be a string")
-        case .success(let key?):
-            guard (1...200).contains(key.utf8.count) else {
-                throw APIError(.badRequest, code: .badRequest, message: "field \"id\" (the idempotency key) must be 1 to 200 bytes")
-            }
-            envelope.idempotencyKey = key
-        case .success(nil):
-            break
-        }
-        if object.kind("ack") != nil {
-            guard object.kind("ack") == .bool else {
-                throw APIError(.badRequest, code: .badRequest, message: "field \"ack\" must be true or false")
-            }
-            let wantsAck = object.raw("ack").map { String(buffer: $0.bytes) == "true" } ?? false
-            if wantsAck {
-                guard case .user = target else {
-                    throw APIError(.badRequest, code: .badRequest, message: "\"ack\" is for messages to a user (POST /api/users/{user}/send)")
-                }
-                envelope.requiresAck = true
-            }
-        }
+        let envelope = try PublishRequest.envelope(body: body, to: target)
         do {
             try await node.broker.publish(envelope, on: node.hub.anyEventLoop)
         } catch {
-            throw APIError(.serviceUnavailable, code: .unavailable, message: "message not published: \(error)")
+            throw PublishRequest.notPublished(error)
         }
-        return Response(status: .accepted, headers: [.contentType: "application/json"], body: .init(byteBuffer: Self.acceptedBody))
+        return Response(status: .accepted, headers: [.contentType: "application/json"], body: .init(byteBuffer: PublishRequest.acceptedBody))
     }
-
-    /// The body of every 202, built once: publishing is the API's hot call.
-    private static let acceptedBody = ByteBuffer(string: #"{"accepted":true}"#)
 
     /// A room or user name from the path, validated like the WebSocket protocol's names.
     private func name(_ context: BasicRequestContext, _ key: String) throws -> String {
         guard let value = context.parameters.get(key) else {
             throw APIError(.badRequest, code: .badRequest, message: "missing \(key) in the path")
         }
-        let decoded = value.removingPercentEncoding ?? value
-        if let problem = Name.problem(decoded) {
-            throw APIError(.badRequest, code: .badRequest, message: "\(key) name \(problem)")
-        }
-        return decoded
+        return try PublishRequest.name(Substring(value), key).get()
     }
 }
 

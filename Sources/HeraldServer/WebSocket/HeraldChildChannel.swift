@@ -36,6 +36,12 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        setup(channel: channel, descriptor: nil, logger: logger)
+    }
+
+    /// Sets up a connection whose socket descriptor the listener knows: a WebSocket upgraded
+    /// on it sends its deliveries to the descriptor directly (``SocketOutbox``).
+    func setup(channel: any Channel, descriptor: CInt?, logger: Logger) -> EventLoopFuture<Value> {
         let node = self.node
         let configuration = node.configuration
         return channel.eventLoop.makeCompletedFuture {
@@ -56,7 +62,7 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
                     return channel.eventLoop.makeSucceededFuture(path == "/ws" ? HTTPHeaders() : nil)
                 },
                 upgradePipeline: { channel, head in
-                    Self.installConnection(channel: channel, head: head, node: node)
+                    Self.installConnection(channel: channel, head: head, node: node, descriptor: descriptor)
                 }
             )
             let upgradeConfiguration = NIOTypedHTTPServerUpgradeConfiguration(
@@ -65,6 +71,7 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
                         try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: .seconds(60), logger: logger))
+                        try channel.pipeline.syncOperations.addHandler(PublishRequestHandler(node: node))
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel,
                             configuration: .init(isOutboundHalfClosureEnabled: true)
@@ -76,7 +83,9 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
             var pipelineConfiguration = NIOUpgradableHTTPServerPipelineConfiguration<UpgradeResult>(
                 upgradeConfiguration: upgradeConfiguration
             )
-            pipelineConfiguration.enablePipelining = false
+            // One request at a time (pipelined ones wait in NIO's handler): PublishRequestHandler
+            // answers some requests itself, the router the others, and responses keep their order.
+            pipelineConfiguration.enablePipelining = true
             pipelineConfiguration.enableErrorHandling = false
             pipelineConfiguration.enableResponseHeaderValidation = false
             let result = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(
@@ -104,7 +113,7 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     /// Authenticates the upgrade request and puts a ``WebSocketConnection`` at the top of the pipeline.
-    static func installConnection(channel: any Channel, head: HTTPRequestHead, node: HeraldNode) -> EventLoopFuture<UpgradeResult> {
+    static func installConnection(channel: any Channel, head: HTTPRequestHead, node: HeraldNode, descriptor: CInt?) -> EventLoopFuture<UpgradeResult> {
         let query = URI(head.uri).queryParameters
         let bearer = head.headers.first(name: "authorization").flatMap { value in
             value.lowercased().hasPrefix("bearer ") ? String(value.dropFirst("bearer ".count)) : nil
@@ -138,7 +147,13 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
             let water = max(configuration.maxOutboundBytes, 1024)
             try channel.syncOptions?.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: water / 2, high: water))
             try channel.pipeline.syncOperations.addHandler(
-                WebSocketConnection(identity: identity, node: node, eventLoop: channel.eventLoop, resumeFrom: (try? resume.get()) ?? nil)
+                WebSocketConnection(
+                    identity: identity,
+                    node: node,
+                    eventLoop: channel.eventLoop,
+                    descriptor: descriptor,
+                    resumeFrom: (try? resume.get()) ?? nil
+                )
             )
             return .webSocket
         }

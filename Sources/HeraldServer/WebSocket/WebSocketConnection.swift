@@ -30,6 +30,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private enum State { case starting, open, closing, closed }
     private var state = State.starting
     private var context: ChannelHandlerContext?
+    private let outbox: SocketOutbox
     private var parser: WebSocketFrameParser
     /// Mirrors the channel's writability (its outbound bytes under the high-water mark), kept
     /// up to date by `channelWritabilityChanged` so the per-delivery check is a plain load.
@@ -50,8 +51,17 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     /// The position in its user's channel the client asked to resume from (`?since_offset=&since_epoch=`).
     private let resumeFrom: StreamPosition?
 
-    init(identity: Result<Identity, AuthenticationFailure>, node: HeraldNode, eventLoop: any EventLoop, resumeFrom: StreamPosition? = nil) {
+    /// - Parameter descriptor: the connection's socket, when the listener knows it: deliveries
+    ///   are then sent to it directly (``SocketOutbox``).
+    init(
+        identity: Result<Identity, AuthenticationFailure>,
+        node: HeraldNode,
+        eventLoop: any EventLoop,
+        descriptor: CInt? = nil,
+        resumeFrom: StreamPosition? = nil
+    ) {
         self.node = node
+        self.outbox = SocketOutbox(descriptor: descriptor)
         self.resumeFrom = resumeFrom
         self.eventLoop = eventLoop
         self.id = node.makeConnectionID()
@@ -83,6 +93,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.isWritable = context.channel.isWritable
+        outbox.attach(context)
         // The upgrade installs this handler on an active channel.
         start()
     }
@@ -213,6 +224,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             log("connection closed", ["code": .string(code), "reason": .string(closeReason.isEmpty ? "connection lost" : closeReason)])
         }
         self.context = nil
+        outbox.detach()
         context.fireChannelInactive()
     }
 
@@ -320,8 +332,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             state = .closing
             var payload = ByteBuffer()
             if let code { payload.writeInteger(code) }
-            context?.writeAndFlush(wrapOutboundOut(WebSocketFraming.frame(opcode: WebSocketFraming.close, payload: payload)))
-                .whenComplete { [weak self] _ in self?.context?.close(promise: nil) }
+            let echoed = outbox.writeThroughNIO(WebSocketFraming.frame(opcode: WebSocketFraming.close, payload: payload))
+            echoed?.whenComplete { [weak self] _ in self?.context?.close(promise: nil) }
             scheduleHardClose()
         } else if state == .closing {
             context?.close(promise: nil)  // the client answered our close frame
@@ -331,12 +343,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     // MARK: - Outbound (ClientConnection)
 
     func enqueue(_ frame: ByteBuffer) -> Bool {
-        guard state == .open, let context else { return false }
+        guard state == .open, context != nil else { return false }
         guard isWritable else {
             cutSlowConsumer()
             return false
         }
-        context.write(wrapOutboundOut(frame), promise: nil)
+        outbox.append(frame)
         if needsFlush { return false }
         needsFlush = true
         return true
@@ -345,28 +357,30 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     func flush() {
         guard needsFlush else { return }
         needsFlush = false
-        context?.flush()
+        outbox.flush()
     }
 
     func heartbeat() {
-        guard state == .open, let context else { return }
+        guard state == .open, context != nil else { return }
         if awaitingPong {
             close(.heartbeatTimeout, reason: "heartbeat timeout: no answer to the last ping")
             return
         }
         awaitingPong = true
-        context.writeAndFlush(wrapOutboundOut(WebSocketFraming.frame(opcode: WebSocketFraming.ping, payload: ByteBuffer())), promise: nil)
+        write(WebSocketFraming.frame(opcode: WebSocketFraming.ping, payload: ByteBuffer()))
+        flush()
     }
 
     func close(_ code: CloseCode, reason: String) {
-        guard state == .open || state == .starting, let context else { return }
+        guard state == .open || state == .starting, context != nil else { return }
         state = .closing
         closeCode = code
         closeReason = reason
         // RFC 6455 closing handshake: wait for the client's close frame before dropping TCP.
         // Closing at once would make the client's reply hit a closed socket, and the reset can
         // destroy our close frame (and its reason) in the client's receive buffer.
-        context.writeAndFlush(wrapOutboundOut(WebSocketFraming.closeFrame(code: code.rawValue, reason: reason)), promise: nil)
+        write(WebSocketFraming.closeFrame(code: code.rawValue, reason: reason))
+        flush()
         scheduleHardClose()
     }
 
@@ -393,7 +407,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
 
     /// Queues framed bytes; flushed at the end of the read batch (or by the caller).
     private func write(_ framed: ByteBuffer) {
-        context?.write(wrapOutboundOut(framed), promise: nil)
+        outbox.append(framed)
         needsFlush = true
     }
 

@@ -1,0 +1,88 @@
+import Foundation
+import HTTPTypes
+import Herald
+import HeraldWire
+import NIOCore
+
+/// The HTTP API's publishing calls, `POST /api/broadcast`, `POST /api/rooms/{room}/publish`
+/// and `POST /api/users/{user}/send`: their routes and their bodies, shared by the router and
+/// by ``PublishRequestHandler`` (the same call answered on the event loop).
+enum PublishRequest {
+    /// The target of a publishing route, or `nil` for any other path. A bad name in the path
+    /// is an ``APIError`` (400).
+    static func target(path: String) -> Result<DeliveryTarget, APIError>? {
+        let path = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        // "", "api", …
+        guard parts.count >= 3, parts[0].isEmpty, parts[1] == "api" else { return nil }
+        switch parts.count {
+        case 3 where parts[2] == "broadcast":
+            return .success(.all)
+        case 5 where parts[2] == "rooms" && parts[4] == "publish":
+            return name(parts[3], "room").map { .room($0) }
+        case 5 where parts[2] == "users" && parts[4] == "send":
+            return name(parts[3], "user").map { .user($0) }
+        default:
+            return nil
+        }
+    }
+
+    /// A room or user name from the path (percent-decoded), validated like the WebSocket protocol's names.
+    static func name(_ raw: Substring, _ key: String) -> Result<String, APIError> {
+        let value = String(raw)
+        let decoded = value.removingPercentEncoding ?? value
+        if let problem = Name.problem(decoded) {
+            return .failure(APIError(.badRequest, code: .badRequest, message: "\(key) name \(problem)"))
+        }
+        return .success(decoded)
+    }
+
+    /// Reads `{"data": ANY, "id"?: KEY, "ack"?: BOOL}` into the envelope to publish.
+    static func envelope(body: ByteBuffer, to target: DeliveryTarget) throws(APIError) -> Envelope {
+        let object: JSONObject
+        do {
+            object = try JSONObject(parsing: body)
+        } catch {
+            throw APIError(.badRequest, code: .badRequest, message: "body must be a JSON object: \(error.message)")
+        }
+        guard let data = object.raw("data") else {
+            throw APIError(.badRequest, code: .badRequest, message: "missing field \"data\"")
+        }
+        var envelope = Envelope.message(to: target, from: nil, data: data)
+        switch object.string("id") {
+        case .failure:
+            throw APIError(.badRequest, code: .badRequest, message: "field \"id\" (the idempotency key) must be a string")
+        case .success(let key?):
+            guard (1...200).contains(key.utf8.count) else {
+                throw APIError(.badRequest, code: .badRequest, message: "field \"id\" (the idempotency key) must be 1 to 200 bytes")
+            }
+            envelope.idempotencyKey = key
+        case .success(nil):
+            break
+        }
+        if object.kind("ack") != nil {
+            guard object.kind("ack") == .bool else {
+                throw APIError(.badRequest, code: .badRequest, message: "field \"ack\" must be true or false")
+            }
+            let wantsAck = object.raw("ack").map { String(buffer: $0.bytes) == "true" } ?? false
+            if wantsAck {
+                guard case .user = target else {
+                    throw APIError(.badRequest, code: .badRequest, message: "\"ack\" is for messages to a user (POST /api/users/{user}/send)")
+                }
+                envelope.requiresAck = true
+            }
+        }
+        return envelope
+    }
+
+    static func tooLarge(_ limit: Int) -> APIError {
+        APIError(.contentTooLarge, code: .badRequest, message: "body larger than \(limit) bytes")
+    }
+
+    static func notPublished(_ error: any Error) -> APIError {
+        APIError(.serviceUnavailable, code: .unavailable, message: "message not published: \(error)")
+    }
+
+    /// The body of every 202, built once: publishing is the API's hot call.
+    static let acceptedBody = ByteBuffer(string: #"{"accepted":true}"#)
+}

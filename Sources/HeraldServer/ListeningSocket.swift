@@ -1,0 +1,131 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import NIOCore
+import Synchronization
+
+/// Herald's listening TCP socket, accepted from on a thread of its own.
+///
+/// Herald accepts connections itself (instead of through NIO's `ServerBootstrap`) so that it
+/// knows each connection's descriptor: a WebSocket then writes deliveries to it with one
+/// `send` (see ``SocketOutbox``), below NIO's per-write pipeline bookkeeping. NIO still owns and
+/// closes the descriptor: the accepted socket is handed over with `withConnectedSocket`.
+///
+/// The accept thread blocks in `accept4`; ``stop()`` shuts the socket down, which wakes it.
+final class ListeningSocket: @unchecked Sendable {
+    let descriptor: CInt
+    /// The bound port (the kernel's choice when asked for port 0).
+    let port: Int
+    private let stopped = Atomic(false)
+
+    /// Binds and listens: `SO_REUSEADDR`, `SO_REUSEPORT` when `reusePort` (several worker
+    /// processes on one port), `TCP_NODELAY` (inherited by accepted sockets: every write is a
+    /// whole frame, so Nagle's delay would only add latency).
+    init(host: String, port: Int, backlog: Int, reusePort: Bool) throws(ListenError) {
+        let address: SocketAddress
+        do {
+            address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+        } catch {
+            throw ListenError(host: host, port: port, step: "resolve", detail: "\(error)", advice: "pass an IP address or a resolvable name as --host")
+        }
+        let fd = socket(address.protocol.rawValue, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else {
+            throw ListenError(host: host, port: port, step: "socket", errno: errno, advice: "the process may be out of file descriptors")
+        }
+        func option(_ level: CInt, _ name: CInt, _ value: CInt) {
+            var value = value
+            _ = setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<CInt>.size))
+        }
+        option(SOL_SOCKET, SO_REUSEADDR, 1)
+        if reusePort { option(SOL_SOCKET, SO_REUSEPORT, 1) }
+        option(CInt(IPPROTO_TCP), TCP_NODELAY, 1)
+        let bound = address.withSockAddr { pointer, size in bind(fd, pointer, socklen_t(size)) }
+        guard bound == 0 else {
+            let code = errno
+            close(fd)
+            throw ListenError(
+                host: host, port: port, step: "bind", errno: code,
+                advice: code == EADDRINUSE ? "another process holds this port: stop it or choose another --port" : "check --host and --port"
+            )
+        }
+        guard listen(fd, CInt(clamping: backlog)) == 0 else {
+            let code = errno
+            close(fd)
+            throw ListenError(host: host, port: port, step: "listen", errno: code, advice: "check --backlog")
+        }
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        // sin_port and sin6_port are both the big-endian 16 bits at offset 2.
+        let boundPort = withUnsafeBytes(of: storage) { UInt16($0[2]) << 8 | UInt16($0[3]) }
+        self.descriptor = fd
+        self.port = Int(boundPort)
+    }
+
+    /// Accepts until ``stop()``, calling `onAccept` with each new connection's descriptor (which
+    /// it then owns), on the accept thread. Returns at once; `onStop` runs when the thread ends.
+    func startAccepting(onError: @escaping @Sendable (String) -> Void, onAccept: @escaping @Sendable (CInt) -> Void, onStop: @escaping @Sendable () -> Void) {
+        let thread = Thread { [self] in
+            acceptLoop(onError: onError, onAccept: onAccept)
+            onStop()
+        }
+        thread.name = "herald-accept"
+        thread.start()
+    }
+
+    private func acceptLoop(onError: @Sendable (String) -> Void, onAccept: @Sendable (CInt) -> Void) {
+        var reportedAt = ContinuousClock.now - .seconds(60)
+        while true {
+            let fd = accept(descriptor, nil, nil)
+            if fd >= 0 {
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                onAccept(fd)
+                continue
+            }
+            let code = errno
+            if stopped.load(ordering: .acquiring) { return }
+            switch code {
+            case EINTR, ECONNABORTED, EPROTO, EPERM:
+                continue  // that connection is gone; the next one is fine
+            case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                // Out of descriptors or memory: connections wait in the backlog meanwhile. Said
+                // at most once a minute, and retried after a pause rather than in a busy loop.
+                if ContinuousClock.now - reportedAt > .seconds(60) {
+                    reportedAt = .now
+                    onError("cannot accept connections: \(String(cString: strerror(code))); new connections wait in the listen backlog (raise the open-file limit, or run more --workers)")
+                }
+                usleep(50_000)
+            default:
+                onError("accept failed: \(String(cString: strerror(code))); no longer accepting connections")
+                return
+            }
+        }
+    }
+
+    /// Stops accepting: wakes the accept thread, then closes the socket once it has ended.
+    func stop() {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        shutdown(descriptor, CInt(SHUT_RDWR))
+    }
+
+    /// Closes the listening socket (after the accept thread ended).
+    func closeSocket() {
+        close(descriptor)
+    }
+}
+
+/// Herald could not listen on the address it was given.
+public struct ListenError: Error, CustomStringConvertible {
+    public let description: String
+
+    init(host: String, port: Int, step: String, detail: String, advice: String) {
+        description = "cannot listen on \(host):\(port): \(step) failed: \(detail); \(advice)"
+    }
+
+    init(host: String, port: Int, step: String, errno code: CInt, advice: String) {
+        self.init(host: host, port: port, step: step, detail: String(cString: strerror(code)), advice: advice)
+    }
+}
