@@ -30,6 +30,10 @@ public protocol Broker: Service {
     /// Messages to `user` sent with `requiresAck` and not acknowledged yet (nor expired), oldest first.
     func unacknowledged(for user: String) async throws(BrokerError) -> [HistoryEntry]
 
+    /// The same, without waiting, when the broker holds them in memory; `nil` when it must ask
+    /// elsewhere (then ``unacknowledged(for:)``). Saves a task on every connect.
+    func unacknowledgedInMemory(for user: String) -> [HistoryEntry]?
+
     /// A connection of `user` acknowledged the message at `offset` of the user's channel (in
     /// `epoch`, or the channel's current epoch when `nil`).
     func acknowledge(user: String, offset: Int64, epoch: String?) async throws(BrokerError)
@@ -39,6 +43,8 @@ public protocol Broker: Service {
 }
 
 extension Broker {
+    public func unacknowledgedInMemory(for user: String) -> [HistoryEntry]? { nil }
+
     /// Publishes `envelope` to every node, this one included.
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) async throws {
         try await publish(envelope, on: eventLoop).get()

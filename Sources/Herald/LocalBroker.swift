@@ -136,6 +136,10 @@ public final class LocalBroker: Broker {
         }
     }
 
+    public func unacknowledgedInMemory(for user: String) -> [HistoryEntry]? {
+        unacknowledged(for: user)
+    }
+
     public func acknowledge(user: String, offset: Int64, epoch: String?) {
         channels.withLock { channels in
             guard let epoch = epoch ?? channels.logs[.user(user)]?.epoch else { return }

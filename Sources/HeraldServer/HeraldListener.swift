@@ -32,9 +32,9 @@ struct HeraldListener: Service {
     func run() async throws {
         let socket = try ListeningSocket(host: host, port: port, backlog: backlog, reusePort: reusePort)
         let connections = OpenConnections()
-        // Accepted connections, from the accept thread to the task group below, which picks
-        // each up at once (so this holds at most the connections of a moment; the open-file
-        // limit bounds it).
+        // HTTP connections, from their event loops to the task group below, which picks each
+        // up at once (so this holds at most the connections of a moment; the open-file limit
+        // bounds it).
         let (accepted, acceptedSink) = AsyncStream.makeStream(of: HeraldChildChannel.Value.self)
         let acceptEnded = eventLoopGroup.any().makePromise(of: Void.self)
         let childChannel = self.childChannel
@@ -48,7 +48,16 @@ struct HeraldListener: Service {
                     .channelInitializer { channel in
                         connections.insert(channel)
                         return childChannel.setup(channel: channel, descriptor: descriptor, logger: logger).map { value in
-                            acceptedSink.yield(value)
+                            // Only HTTP connections need a task (the router is async); an upgraded
+                            // WebSocket lives in its channel handler.
+                            value.upgradeResult.whenComplete { result in
+                                switch result {
+                                case .success(.notUpgraded): acceptedSink.yield(value)
+                                case .success(.webSocket): break
+                                case .failure(let error):
+                                    logger.debug("connection ended before its first request", metadata: ["error": "\(error)"])
+                                }
+                            }
                         }
                     }
                     .withConnectedSocket(descriptor)

@@ -128,6 +128,37 @@ struct ConnectionManagerTests {
         }
     }
 
+    /// A consumer that stops reading until far more is queued than the kernel's socket buffers
+    /// hold: what the socket did not take waits in NIO, and once the consumer reads again it
+    /// gets every message once, in order, and later messages (sent directly again) after them.
+    @Test func aConsumerThatFallsBehindCatchesUpInOrder() async throws {
+        try await TestServer.with({ $0.maxOutboundBytes = 128 * 1024 * 1024 }) { server in
+            let gate = ReadGate()
+            let lagging = try await TestClient.connect(port: server.port, query: "user=lagging", pausesAfterFirstFrameUntil: gate)
+            _ = try await lagging.next(type: "welcome")
+            let payload = "\"" + String(repeating: "p", count: 16 * 1024) + "\""
+            // 24 MB: several times what the kernel buffers for a socket that is not read.
+            let behind = 1_500
+            for n in 0..<behind {
+                let data = try RawJSON(validating: #"{"n":\#(n),"p":\#(payload)}"#)
+                try await server.node.broker.publish(.message(to: .user("lagging"), from: nil, data: data), on: server.hub.anyEventLoop)
+            }
+            gate.open()
+            var misplaced: [Int] = []
+            for n in 0..<behind {
+                let frame = try await lagging.nextJSON(timeout: 30)
+                if (frame["data"] as? [String: Any])?["n"] as? Int != n { misplaced.append(n) }
+            }
+            #expect(misplaced.isEmpty, "\(misplaced.count) messages out of place, first \(misplaced.prefix(5))")
+            for n in behind..<(behind + 20) {
+                #expect(try await server.http("POST", "/api/users/lagging/send", body: #"{"data":{"n":\#(n)}}"#).status == 202)
+                #expect((try await lagging.nextJSON()["data"] as? [String: Any])?["n"] as? Int == n)
+            }
+            #expect(server.hub.statistics.snapshot().slowConsumersCut == 0)
+            await lagging.close()
+        }
+    }
+
     @Test func perUserConnectionLimitClosesWith4029() async throws {
         try await TestServer.with({ $0.hub.maxConnectionsPerUser = 1 }) { server in
             let first = try await TestClient.connect(port: server.port, query: "user=solo")

@@ -26,6 +26,35 @@ struct HTTPAPITests {
         }
     }
 
+    /// Publishing calls are answered on the event loop, the others by the router: pipelined on
+    /// one keep-alive connection, every request is answered once, in request order, and the
+    /// messages arrive in the order they were published.
+    @Test func pipelinedRequestsAreAnsweredInOrder() async throws {
+        try await TestServer.with { server in
+            let watcher = try await TestClient.connect(port: server.port, query: "user=watcher")
+            _ = try await watcher.next(type: "welcome")
+            _ = try await server.http("PUT", "/api/rooms/pipe/members/watcher")
+            var requests: [String] = []
+            var expected: [Int] = []
+            for n in 0..<30 {
+                switch n % 5 {
+                case 0: requests.append(rawRequest("GET", "/api/stats")); expected.append(200)
+                case 1: requests.append(rawRequest("POST", "/api/broadcast", body: #"{"data":"x"#)); expected.append(400)
+                case 2: requests.append(rawRequest("PUT", "/api/rooms/other/members/u\(n)")); expected.append(200)
+                default: requests.append(rawRequest("POST", "/api/rooms/pipe/publish", body: #"{"data":\#(n)}"#)); expected.append(202)
+                }
+            }
+            let statuses = try await pipelined(port: server.port, requests)
+            #expect(statuses == expected)
+            var received: [Int] = []
+            for _ in 0..<expected.filter({ $0 == 202 }).count {
+                if let n = try await watcher.nextJSON()["data"] as? Int { received.append(n) }
+            }
+            #expect(received == (0..<30).filter { $0 % 5 >= 3 })
+            await watcher.close()
+        }
+    }
+
     @Test func responsesCarryDateAndServerHeaders() async throws {
         try await TestServer.with { server in
             let (_, response) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(server.port)/healthz")!)
@@ -70,5 +99,54 @@ struct HTTPAPITests {
             #expect(refused.status == 409)
             #expect(try json(refused.body)["error"] as? String == "limit_exceeded")
         }
+    }
+}
+
+private func rawRequest(_ method: String, _ path: String, body: String? = nil) -> String {
+    var request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if let body {
+        request += "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+    } else {
+        request += "Content-Length: 0\r\n\r\n"
+    }
+    return request
+}
+
+/// Sends `requests` back to back on one connection, then reads their responses; returns their statuses.
+private func pipelined(port: Int, _ requests: [String]) async throws -> [Int] {
+    try await withTimeout(10, "pipelined responses") {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw TestFailure("connect failed") }
+        let bytes = Array(requests.joined().utf8)
+        guard bytes.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == bytes.count else { throw TestFailure("send failed") }
+        var received: [UInt8] = []
+        var statuses: [Int] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while statuses.count < requests.count {
+            // Parse every complete response buffered so far (status line, headers, Content-Length body).
+            while let headEnd = received.firstRange(of: Array("\r\n\r\n".utf8)) {
+                let head = String(decoding: received[..<headEnd.lowerBound], as: UTF8.self)
+                let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                    .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
+                guard received.count >= headEnd.upperBound + length else { break }
+                statuses.append(Int(head.split(separator: " ")[1]) ?? 0)
+                received.removeFirst(headEnd.upperBound + length)
+            }
+            if statuses.count == requests.count { break }
+            let count = recv(fd, &chunk, chunk.count, 0)
+            guard count > 0 else { throw TestFailure("connection ended after \(statuses.count) responses") }
+            received += chunk[..<count]
+        }
+        return statuses
     }
 }

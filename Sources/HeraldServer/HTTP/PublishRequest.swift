@@ -30,7 +30,8 @@ enum PublishRequest {
     /// A room or user name from the path (percent-decoded), validated like the WebSocket protocol's names.
     static func name(_ raw: Substring, _ key: String) -> Result<String, APIError> {
         let value = String(raw)
-        let decoded = value.removingPercentEncoding ?? value
+        // Foundation's decoding is costly; most names have nothing to decode.
+        let decoded = value.utf8.contains(UInt8(ascii: "%")) ? value.removingPercentEncoding ?? value : value
         if let problem = Name.problem(decoded) {
             return .failure(APIError(.badRequest, code: .badRequest, message: "\(key) name \(problem)"))
         }

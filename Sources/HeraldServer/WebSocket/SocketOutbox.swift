@@ -69,8 +69,7 @@ final class SocketOutbox {
     /// Sends what was queued.
     func flush() {
         guard let context else { return }
-        if let bytes = pending {
-            pending = nil
+        if let bytes = pending.take() {
             send(bytes, context: context)
         }
         guard nioNeedsFlush else { return }

@@ -128,7 +128,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         // What this connection must be sent besides live messages: the user channel's messages
         // it missed (when resuming), and those waiting for an acknowledgement.
         let missed: EventLoopFuture<(HistoryPage?, [HistoryEntry])> = ready.flatMap { [eventLoop] in
-            eventLoop.makeFutureWithTask {
+            // The common case needs no task: nothing to replay, and a broker that knows at once.
+            if resumeFrom == nil, let unacknowledged = broker.unacknowledgedInMemory(for: user) {
+                return eventLoop.makeSucceededFuture((nil, unacknowledged))
+            }
+            return eventLoop.makeFutureWithTask {
                 let page = try await resumeFrom.asyncMap { try await broker.history(of: .user(user), since: $0.offset, limit: limit) }
                 return (page, try await broker.unacknowledged(for: user))
             }

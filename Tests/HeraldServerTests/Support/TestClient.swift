@@ -20,12 +20,14 @@ final class TestClient: Sendable {
     }
 
     /// Connects to `/ws?QUERY`. With `reading: false` the client never reads: no pongs, and the
-    /// server's writes back up (a silent or slow consumer).
+    /// server's writes back up (a silent or slow consumer). With a `gate`, it stops reading
+    /// after the first frame until the gate opens (a consumer that falls behind, then catches up).
     static func connect(
         port: Int,
         query: String,
         headers: HTTPFields = [:],
         reading: Bool = true,
+        pausesAfterFirstFrameUntil gate: ReadGate? = nil,
         label: String? = nil
     ) async throws -> TestClient {
         let frames = FrameQueue()
@@ -43,8 +45,13 @@ final class TestClient: Sendable {
             ) { inbound, outbound, _ in
                 writerContinuation.yield(outbound)
                 if reading {
+                    var paused = gate == nil
                     for try await message in inbound.messages(maxSize: 1 << 24) {
                         if case .text(let text) = message { frames.push(text) }
+                        if !paused, let gate {
+                            paused = true
+                            await gate.wait()
+                        }
                     }
                 } else {
                     // Hold the socket open without reading until the test cancels or the server drops us.
@@ -137,4 +144,20 @@ func withoutPosition(_ frame: String) -> String {
         let close = frame[epoch.upperBound...].firstIndex(of: "\"")
     else { return frame }
     return String(frame[..<start.lowerBound]) + String(frame[frame.index(after: close)...])
+}
+
+/// Holds a ``TestClient``'s reading back until ``open()``.
+final class ReadGate: Sendable {
+    private let opened: AsyncStream<Void>
+    private let continuation: AsyncStream<Void>.Continuation
+
+    init() {
+        (opened, continuation) = AsyncStream.makeStream()
+    }
+
+    func open() { continuation.finish() }
+
+    func wait() async {
+        for await _ in opened {}
+    }
 }
