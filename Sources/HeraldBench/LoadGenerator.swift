@@ -405,7 +405,8 @@ struct Run: Sendable {
                     let sequence = sequences[stream]
                     sequences[stream] += 1
                     let payload = BenchPayload(stream: stream, sequence: sequence, sentAt: NIODeadline.now().uptimeNanoseconds)
-                    batches[number % publishers.count].append(request(stream: stream, payload: payload))
+                    // One publisher per stream: order is defined only within one publishing connection.
+                    batches[stream % publishers.count].append(request(stream: stream, payload: payload))
                     expected += self.receivers(ofStream: stream, stalledIndex: stalledIndex)
                 }
                 for (publisher, batch) in zip(publishers, batches) where !batch.isEmpty { publisher.send(batch) }
@@ -419,9 +420,12 @@ struct Run: Sendable {
     private func publishBurst(recipients: Int) async throws -> Int {
         let publishers = try await makePublishers()
         var batches: [[(String, String)]] = Array(repeating: [], count: publishers.count)
-        for sequence in 0..<configuration.messages {
-            let payload = BenchPayload(stream: 0, sequence: sequence, sentAt: NIODeadline.now().uptimeNanoseconds)
-            batches[sequence % publishers.count].append(request(stream: 0, payload: payload))
+        // Each publisher's broadcasts are a stream of their own (receivers check order per
+        // stream): no server orders what two connections publish at the same time.
+        for number in 0..<configuration.messages {
+            let publisher = number % publishers.count
+            let payload = BenchPayload(stream: publisher, sequence: number / publishers.count, sentAt: NIODeadline.now().uptimeNanoseconds)
+            batches[publisher].append(request(stream: 0, payload: payload))
         }
         for (publisher, batch) in zip(publishers, batches) where !batch.isEmpty { publisher.send(batch) }
         return configuration.messages * recipients

@@ -6,8 +6,8 @@ import NIOCore
 /// What a WebSocket has to send, and how it reaches the socket.
 ///
 /// **Direct** while NIO holds nothing for the connection: the frames of one event-loop turn are
-/// gathered (the first one shared, not copied; more are appended behind it) and sent with one
-/// `send` on the connection's descriptor when the turn flushes. That is the kernel call the
+/// gathered (the first one shared, not copied; more are appended behind it, up to
+/// ``gatherLimit``) and sent with one `send` on the connection's descriptor when the turn flushes. That is the kernel call the
 /// floor baseline makes per delivery, without NIO's per-write pipeline traversal, pending-writes
 /// bookkeeping and flush (about a quarter of the CPU of a delivery when measured).
 ///
@@ -59,12 +59,24 @@ final class SocketOutbox {
             nioNeedsFlush = true
             return
         }
-        if pending == nil {
-            pending = bytes
-        } else {
-            pending!.writeImmutableBuffer(bytes)
+        guard var gathered = pending.take() else {
+            pending = bytes  // shared with every other recipient, not copied
+            return
         }
+        if gathered.readableBytes + bytes.readableBytes <= Self.gatherLimit {
+            gathered.writeImmutableBuffer(bytes)
+            pending = gathered
+            return
+        }
+        // Enough for one send: send it now, so a burst holds at most this much per connection.
+        if let context { send(gathered, context: context) }
+        append(bytes)
     }
+
+    /// The most bytes gathered for one connection before they are sent, even mid-turn. Frames
+    /// gathered are copied into one buffer (the first is shared), so this bounds the memory a
+    /// burst costs per connection; 16 KiB is about a hundred small frames per `send`.
+    static let gatherLimit = 16 * 1024
 
     /// Sends what was queued.
     func flush() {
