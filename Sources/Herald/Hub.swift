@@ -275,11 +275,17 @@ public final class Hub: DeliverySink, Service, Sendable {
     // MARK: - Service
 
     /// Runs the heartbeat on every loop until graceful shutdown or cancellation.
+    ///
+    /// Every connection is pinged once per interval, but not all at once: the interval is cut
+    /// into up to 25 slices and each connection pings in its own (pinging 10,000 connections
+    /// in one go held a loop's deliveries back for tens of milliseconds).
     public func run() async throws {
         let interval = configuration.heartbeat
+        let slices = max(1, min(25, Int(interval.nanoseconds / 100_000_000)))
+        let tick = TimeAmount.nanoseconds(interval.nanoseconds / Int64(slices))
         let tasks = shards.map { shard in
-            shard.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
-                shard.forEachConnection { $0.heartbeat() }
+            shard.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
+                shard.heartbeatTick(slices: slices)
             }
         }
         try? await gracefulShutdown()

@@ -16,6 +16,7 @@ final class LoopShard: @unchecked Sendable {
     /// Connections replaying a channel's history: their live deliveries of it wait here.
     private var holds: [ObjectIdentifier: DeliveryHold] = [:]
     private var flushScheduled = false
+    private var heartbeatTicks = 0
     private(set) var connectionCount = 0
 
     init(eventLoop: any EventLoop) {
@@ -99,6 +100,23 @@ final class LoopShard: @unchecked Sendable {
     func release(_ hold: DeliveryHold, for connection: any ClientConnection) {
         eventLoop.preconditionInEventLoop()
         if holds[ObjectIdentifier(connection)] === hold { holds[ObjectIdentifier(connection)] = nil }
+    }
+
+    /// Pings the connections whose slice of the heartbeat interval this tick is.
+    func heartbeatTick(slices: Int) {
+        eventLoop.preconditionInEventLoop()
+        heartbeatTicks &+= 1
+        let slice = heartbeatTicks % slices
+        for list in byUser.values {
+            for connection in list where slices == 1 || Self.slice(of: connection, slices: slices) == slice {
+                connection.heartbeat()
+            }
+        }
+    }
+
+    /// A connection's slice: fixed for its lifetime, spread evenly by hashing its identity.
+    private static func slice(of connection: any ClientConnection, slices: Int) -> Int {
+        Int(UInt(bitPattern: ObjectIdentifier(connection).hashValue) % UInt(slices))
     }
 
     /// Calls `body` for every connection of this loop.

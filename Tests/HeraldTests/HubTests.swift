@@ -117,6 +117,37 @@ struct HubTests {
         try await s.group.shutdownGracefully()
     }
 
+    /// Every connection is pinged once per heartbeat interval, but the pings are spread over
+    /// the interval (one slice of connections per tick) rather than sent all at once.
+    @Test func heartbeatsAreSpreadOverTheInterval() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var configuration = HubConfiguration()
+        configuration.heartbeat = .seconds(1)  // 10 slices of 100 ms
+        let (hub, _, _) = Hub.standalone(configuration: configuration, eventLoopGroup: group)
+        let loop = group.any()
+        let connections = (0..<200).map { RecordingConnection(id: "c\($0)", user: "u\($0)", eventLoop: loop) }
+        for connection in connections {
+            try await loop.flatSubmit { try! hub.register(connection) }.get()
+        }
+        let heartbeat = Task { try await hub.run() }
+        defer { heartbeat.cancel() }
+        // Polled (nothing to await): bounded to 10 s, far above the 1 s it takes.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !connections.allSatisfy({ !$0.pingTimes.isEmpty }), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try #require(connections.allSatisfy { !$0.pingTimes.isEmpty }, "every connection pinged within 10 s")
+        let times = connections.map { $0.pingTimes[0] }.sorted()
+        // Ticks are 100 ms apart: pings more than 50 ms apart belong to different ticks.
+        var ticks: [Int] = [1]
+        for (earlier, later) in zip(times, times.dropFirst()) {
+            if later - earlier > .milliseconds(50) { ticks.append(1) } else { ticks[ticks.count - 1] += 1 }
+        }
+        #expect(ticks.count >= 8, "pinged in \(ticks.count) ticks: \(ticks)")
+        #expect(ticks.max()! <= 60, "pinged in \(ticks.count) ticks: \(ticks)")
+        try await group.shutdownGracefully()
+    }
+
     @Test func connectionLimitsRefuse() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var configuration = HubConfiguration()

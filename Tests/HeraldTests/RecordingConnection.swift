@@ -35,7 +35,13 @@ final class RecordingConnection: ClientConnection {
         }
     }
 
-    func heartbeat() {}
+    private let pings = Mutex<[ContinuousClock.Instant]>([])
+    /// When the hub pinged this connection.
+    var pingTimes: [ContinuousClock.Instant] { pings.withLock { $0 } }
+
+    func heartbeat() {
+        pings.withLock { $0.append(.now) }
+    }
 
     func close(_ code: CloseCode, reason: String) {
         state.withLock { $0.closed = code }
