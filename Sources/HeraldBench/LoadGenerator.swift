@@ -94,11 +94,15 @@ struct Run: Sendable {
     let statistics: ReceiverStatistics
     let publishStatistics = PublishStatistics()
     let probe: ProcessProbe
+    /// The server's address, resolved once: connecting by host name resolves it (getaddrinfo
+    /// and Happy Eyeballs) on every connection, a quarter of the generator's CPU in a storm.
+    let serverAddress: SocketAddress?
 
     init(configuration: BenchConfiguration, group: MultiThreadedEventLoopGroup, log: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
         self.group = group
         self.log = log
+        self.serverAddress = try? SocketAddress.makeAddressResolvingHost(configuration.host, port: configuration.port)
         self.statistics = ReceiverStatistics(group: group)
         self.probe = ProcessProbe(pids: configuration.serverPIDs)
     }
@@ -320,7 +324,8 @@ struct Run: Sendable {
         }
         let statistics = self.statistics
         let host = configuration.host
-        let upgraded: EventLoopFuture<ReceiverConnection> = try await bootstrap.connect(host: host, port: configuration.port) { channel in
+        guard let address = serverAddress else { throw BenchError("cannot resolve \(host):\(configuration.port)") }
+        let upgraded: EventLoopFuture<ReceiverConnection> = try await bootstrap.connect(to: address) { channel in
             channel.eventLoop.makeCompletedFuture {
                 let upgrader = NIOTypedWebSocketClientUpgrader<ReceiverConnection>(
                     maxFrameSize: 1 << 24,

@@ -4,6 +4,7 @@ import Herald
 import HeraldServer
 import Logging
 import NIOCore
+import NIOPosix
 
 /// `herald serve`: every option is also read from a `HERALD_*` environment variable; a flag wins.
 struct Serve: AsyncParsableCommand {
@@ -24,6 +25,9 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Listen backlog for connection storms, capped by net.core.somaxconn. (env: HERALD_BACKLOG, default 4096)")
     var backlog: Int?
+
+    @Option(name: .customLong("event-loops"), help: "Event-loop threads; each connection lives on one. (env: HERALD_EVENT_LOOPS, default one per core)")
+    var eventLoops: Int?
 
     @Option(name: .customLong("node-id"), help: "This node's name in welcome frames and connection ids. (env: HERALD_NODE_ID, default random)")
     var nodeID: String?
@@ -118,6 +122,10 @@ struct Serve: AsyncParsableCommand {
             return parsed
         }
 
+        if let loops = try value(eventLoops, "HERALD_EVENT_LOOPS") {
+            // Read once, when NIO's shared group is first used: nothing has used it yet.
+            NIOSingletons.groupLoopCountSuggestion = try positive(loops, "event-loops")
+        }
         var configuration = HeraldConfiguration()
         if let host = try value(host, "HERALD_HOST") { configuration.host = host }
         if let port = try value(port, "HERALD_PORT") { configuration.port = port }

@@ -112,9 +112,19 @@ private func rawRequest(_ method: String, _ path: String, body: String? = nil) -
     return request
 }
 
-/// Sends `requests` back to back on one connection, then reads their responses; returns their statuses.
+/// Sends `requests` back to back on one connection, then reads their responses; returns their
+/// statuses. Blocking socket calls, on a thread of their own (not the tests' shared pool,
+/// which the in-process server's router needs too), each bounded by a 10 s receive timeout.
 private func pipelined(port: Int, _ requests: [String]) async throws -> [Int] {
-    try await withTimeout(10, "pipelined responses") {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread {
+            continuation.resume(with: Result { try pipelinedBlocking(port: port, requests) })
+        }.start()
+    }
+}
+
+private func pipelinedBlocking(port: Int, _ requests: [String]) throws -> [Int] {
+    do {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()

@@ -130,7 +130,8 @@ final class SocketOutbox {
         written.assumeIsolated().whenComplete { [self] result in
             writesInNIO -= 1
             // A failed write means the channel is closing: its descriptor may be closed already.
-            if case .failure = result { detach() }
+            // No more direct sends; anything else goes to NIO, which fails it harmlessly.
+            if case .failure = result { descriptor = nil }
         }
     }
 }
