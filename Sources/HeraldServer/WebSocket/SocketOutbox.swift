@@ -18,9 +18,10 @@ import NIOCore
 /// written everything it was given, later frames queue behind it in NIO, so order is kept.
 ///
 /// The descriptor belongs to NIO. It is written to only on the channel's event loop and only
-/// while the channel is open: NIO closes it on that loop too, and ``detach()`` (on
-/// `channelInactive`, or when a write NIO was given fails) stops direct sends before any other
-/// code of this connection runs. Without a descriptor every write goes through NIO.
+/// while the channel is open: NIO closes it on that loop too, and direct sends stop before any
+/// other code of this connection runs (``detach()`` on `channelInactive`; and when a write NIO
+/// was given fails, which NIO reports first when it closes). Without a descriptor every write
+/// goes through NIO.
 final class SocketOutbox {
     private var descriptor: CInt?
     private var context: ChannelHandlerContext?
