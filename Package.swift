@@ -102,6 +102,7 @@ let package = Package(
                 "Herald",
                 "HeraldServer",
                 "HeraldBench",
+                "HeraldWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

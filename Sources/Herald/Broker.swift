@@ -77,6 +77,36 @@ public protocol DeliverySink: Sendable {
     /// Connections per user on this node, for a roster that must rebuild its presence records
     /// (for example after Redis restarted without persistence).
     func localConnectionCounts() -> [String: Int]
+
+    /// This node's connections and the users they belong to, for cluster-wide figures.
+    func localPresenceTotals() -> PresenceTotals
+
+    /// The rooms of the users with a connection on this node, as this node applies them, for a
+    /// roster that must restore the memberships its store lost (Redis restarted without
+    /// persistence) while this node's users kept receiving their rooms.
+    func localMemberships() -> [String: Set<String>]
+}
+
+extension DeliverySink {
+    public func localMemberships() -> [String: Set<String>] { [:] }
+
+    public func localPresenceTotals() -> PresenceTotals {
+        let counts = localConnectionCounts()
+        return PresenceTotals(connections: counts.values.reduce(0, +), users: counts.count)
+    }
+}
+
+/// Connections and distinct users online, on one node or summed over a cluster's nodes.
+public struct PresenceTotals: Sendable, Equatable {
+    public var connections: Int
+    /// Users with a connection. Summed over nodes, a user connected to several nodes counts
+    /// once per node.
+    public var users: Int
+
+    public init(connections: Int, users: Int) {
+        self.connections = connections
+        self.users = users
+    }
 }
 
 /// A message the broker could not take.

@@ -48,15 +48,19 @@ public struct Envelope: Sendable {
     }
 
     /// Encodes a `message` frame for `target`; `sender` is `nil` when the backend published it.
-    public static func message(to target: DeliveryTarget, from sender: String?, data: RawJSON) -> Envelope {
+    /// With `requiresAck` (messages to a user only) the frame carries `"ack":true` and the
+    /// broker keeps the message until the user acknowledges it.
+    public static func message(to target: DeliveryTarget, from sender: String?, data: RawJSON, requiresAck: Bool = false) -> Envelope {
         let scope: Scope
         switch target {
         case .all: scope = .all
         case .room(let room): scope = .room(room)
         case .user: scope = .user
         }
-        let (frame, index) = ServerFrame.messageParts(scope: scope, from: sender, data: data)
-        return Envelope(target: target, frame: frame, positionIndex: target == .all ? nil : index)
+        let (frame, index) = ServerFrame.messageParts(scope: scope, from: sender, data: data, requiresAck: requiresAck)
+        var envelope = Envelope(target: target, frame: frame, positionIndex: target == .all ? nil : index)
+        envelope.requiresAck = requiresAck
+        return envelope
     }
 
     /// The frame up to where the position fields go (all of it when there is no such place).

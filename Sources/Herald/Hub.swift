@@ -198,6 +198,14 @@ public final class Hub: DeliverySink, Service, Sendable {
         state.withLock { $0.connectionsOfUser }
     }
 
+    public func localMemberships() -> [String: Set<String>] {
+        state.withLock { $0.interest.knownMemberships }
+    }
+
+    public func localPresenceTotals() -> PresenceTotals {
+        state.withLock { PresenceTotals(connections: $0.total, users: $0.connectionsOfUser.count) }
+    }
+
     /// Closes every connection with `code` (for example 1012 on shutdown).
     public func closeAll(_ code: CloseCode, reason: String) {
         for shard in shards {

@@ -55,6 +55,14 @@ struct LocalInterest {
     /// Whether the user's rooms are known or being loaded.
     func isTracking(_ user: String) -> Bool { roomsOfUser[user] != nil }
 
+    /// The rooms of every user whose rooms are known here (those still loading are left out:
+    /// the roster's answer is what they will hold).
+    var knownMemberships: [String: Set<String>] {
+        var result: [String: Set<String>] = [:]
+        for case (let user, .known(let rooms)) in roomsOfUser where !rooms.isEmpty { result[user] = rooms }
+        return result
+    }
+
     /// The user's last connection on this node closed.
     mutating func userLeft(_ user: String) -> (InterestChange, EventLoopPromise<Void>?) {
         var interest = InterestChange(unsubscribe: [.user(user)])

@@ -31,6 +31,26 @@ public protocol Roster: Sendable {
     /// Records that this node's connections of `user` changed by `delta` (presence). Called by
     /// the hub on every connect and disconnect; must not block.
     func presenceChanged(user: String, delta: Int)
+
+    /// The cluster's live nodes and their summed presence, as each node last reported it; `nil`
+    /// for a roster of one node (its own figures are the whole).
+    func clusterTotals() async throws(HubError) -> ClusterTotals?
+}
+
+extension Roster {
+    public func clusterTotals() async throws(HubError) -> ClusterTotals? { nil }
+}
+
+/// Figures summed over a cluster's live nodes.
+public struct ClusterTotals: Sendable, Equatable {
+    /// Nodes that heartbeated within the presence TTL.
+    public var nodes: Int
+    public var presence: PresenceTotals
+
+    public init(nodes: Int, presence: PresenceTotals) {
+        self.nodes = nodes
+        self.presence = presence
+    }
 }
 
 /// One membership change: `user` joined (`isMember`) or left `room`.

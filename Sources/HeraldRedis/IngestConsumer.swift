@@ -70,6 +70,12 @@ public final class IngestConsumer: Service, Sendable {
         var groupReady = false
         var lastClaim = ContinuousClock.now - configuration.claimIdle
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            // The client connects (and reconnects) in its own task: commands sent before it is up
+            // would only fail. The broker reports Redis outages; this loop just waits for it.
+            guard client.isConnected else {
+                try? await Task.sleep(for: .milliseconds(50))
+                continue
+            }
             do {
                 if !groupReady {
                     try await createGroup()
@@ -83,19 +89,39 @@ public final class IngestConsumer: Service, Sendable {
                 }
                 try await process(try await read(from: ">"))
                 backoff.reset()
+            } catch let error as RedisError where Self.groupIsGone(error) {
+                // Redis lost the group (restarted without persistence, the stream deleted or
+                // the group destroyed): create it again, at once, or the queue stalls for good.
+                if groupReady {
+                    logger.notice("ingest queue: the consumer group \(configuration.group) of \(configuration.stream) is gone (\(error.code)); creating it again")
+                    groupReady = false
+                } else {
+                    // Gone again right after it was created: do not spin.
+                    try? await Task.sleep(for: backoff.next())
+                }
             } catch {
                 if Task.isCancelled { return }
-                logger.warning("ingest queue: \(error)")
+                if client.isConnected { logger.warning("ingest queue: \(error)") }
                 try? await Task.sleep(for: backoff.next())
             }
         }
     }
 
+    /// The errors that mean the consumer group (or its stream) no longer exists in Redis.
+    static func groupIsGone(_ error: RedisError) -> Bool {
+        // NOGROUP: no such key or group. UNBLOCKED: the stream was deleted while XREADGROUP waited.
+        error.code == "NOGROUP" || error.code == "UNBLOCKED"
+    }
+
     private func createGroup() async throws {
         do {
-            // From the start of the stream: events appended before any node ran are not skipped.
+            // From the start of the stream ("0"), not from its end ("$"): after Redis lost the group
+            // (a restart without persistence) the stream holds only entries appended since, none of
+            // them delivered yet, and "$" would skip them. Where the stream did survive, entries
+            // read again are published with the same idempotency key, so none is delivered twice
+            // within the history TTL.
             try await client.send(RESPCommand("XGROUP", "CREATE", configuration.stream, configuration.group, "0", "MKSTREAM"))
-        } catch let error as RedisError where error.message.hasPrefix("BUSYGROUP") {
+        } catch let error as RedisError where error.code == "BUSYGROUP" {
             // Another node (or an earlier run) created it.
         }
     }

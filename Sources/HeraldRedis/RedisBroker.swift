@@ -100,6 +100,7 @@ public final class RedisBroker: Broker {
     /// Connects both connections and subscribes the broadcast and node channels.
     /// - Throws: ``RedisError`` when Redis cannot be reached, with where it was looked for.
     public func connect() async throws {
+        await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript, Self.unacknowledgedScript, Self.acknowledgeScript])
         try await client.connect()
         try await subscriber.connect()
         try await subscriber.subscribe([layout.broadcastChannel, layout.nodeChannel(configuration.nodeID)])
@@ -388,8 +389,14 @@ public final class RedisBroker: Broker {
             for (target, position) in streams.suspended() {
                 var page: HistoryPage?
                 if let position {
+                    let limit = max(configuration.history.size, 1)
                     for attempt in 0..<5 where page == nil {
-                        page = try? await history(of: target, since: position.offset, limit: max(configuration.history.size, 1))
+                        page = try? await history(of: target, since: position.offset, limit: limit)
+                        // A new epoch (Redis lost the channel, or it idled past its history): all
+                        // of the new epoch was published during the gap; read it from its start.
+                        if let current = page, current.latest.epoch != position.epoch, current.latest.offset > 0 {
+                            page = try? await history(of: target, since: 0, limit: limit)
+                        }
                         if page == nil, attempt < 4 { try? await Task.sleep(for: .milliseconds(200)) }
                     }
                 }
@@ -397,7 +404,10 @@ public final class RedisBroker: Broker {
                 delivered += outcome.delivered
                 lost += outcome.lost
                 if outcome.epochChanged {
-                    logger.warning("a channel's history was lost in Redis (new epoch): messages published during the gap cannot be recovered", metadata: ["channel": "\(target)"])
+                    logger.warning(
+                        "a channel's history was lost in Redis (new epoch): what was published before the new epoch began cannot be recovered",
+                        metadata: ["channel": "\(target)", "recovered": "\(outcome.delivered)"]
+                    )
                 }
             }
             if lost > 0 { counters.recordHealingLoss(lost) }

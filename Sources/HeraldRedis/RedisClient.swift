@@ -24,6 +24,8 @@ public final class RedisClient: Sendable {
     private let group: any EventLoopGroup
     private let onReconnect: @Sendable () -> Void
     private let state = Mutex<State>(State())
+    /// Scripts loaded (`SCRIPT LOAD`) on every new connection before it is used.
+    private let preloaded = Mutex<[RedisScript]>([])
 
     struct State {
         var connection: RedisConnection?
@@ -89,6 +91,20 @@ public final class RedisClient: Sendable {
         return connection.submit(command)
     }
 
+    /// Loads `scripts` on every connection from now on (and on the current one, if any) before
+    /// commands use it. `evaluate` falls back to `EVAL` on `NOSCRIPT` anyway; what preloading
+    /// adds is order: after Redis restarted, a pipelined `EVALSHA` answered `NOSCRIPT` and sent
+    /// again as `EVAL` could otherwise run after one sent later, which another client's `EVAL`
+    /// had meanwhile made succeed (two publishes to one channel would get their offsets swapped).
+    public func preload(_ scripts: [RedisScript]) async {
+        preloaded.withLock { known in
+            for script in scripts where !known.contains(script) { known.append(script) }
+        }
+        if let connection = state.withLock({ $0.connection }) {
+            for script in scripts { _ = try? await connection.send(RESPCommand("SCRIPT", "LOAD", script.source)) }
+        }
+    }
+
     /// Runs `script` with `EVALSHA`, or `EVAL` when the server does not have it cached.
     public func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) -> EventLoopFuture<RESPValue> {
         let tail = [ByteBuffer(string: String(keys.count))] + keys.map { ByteBuffer(string: $0) } + arguments
@@ -110,11 +126,20 @@ public final class RedisClient: Sendable {
     }
 
     private func open() async throws -> RedisConnection {
-        try await RedisConnection.connect(
+        let connection = try await RedisConnection.connect(
             to: url,
             on: group,
             connectTimeout: configuration.connectTimeout,
             commandTimeout: configuration.commandTimeout
         )
+        let scripts = preloaded.withLock { $0 }
+        do {
+            let loads = scripts.map { connection.submit(RESPCommand("SCRIPT", "LOAD", $0.source)) }
+            for load in loads { _ = try await load.get() }
+        } catch {
+            await connection.close()
+            throw error
+        }
+        return connection
     }
 }

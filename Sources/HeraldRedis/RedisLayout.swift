@@ -66,6 +66,11 @@ public struct RedisLayout: Sendable, Equatable {
     public var roomsKey: String { prefix + ":rooms" }
     public var nodesKey: String { prefix + ":nodes" }
     public var presenceKeyPrefix: String { prefix + ":presence:" }
+    /// Each live node's connections and users, as `CONNECTIONS USERS`, by node id (a hash).
+    public var nodeTotalsKey: String { prefix + ":node-totals" }
+    /// A random value set once for the data set: when it changes, Redis lost its data (a restart
+    /// without persistence, a flush) and nodes restore what they hold.
+    public var instanceKey: String { prefix + ":instance" }
     public func presenceKey(_ node: String) -> String { presenceKeyPrefix + node }
 }
 

@@ -30,6 +30,9 @@ public final class RedisRoster: Roster, Service {
     private var nodeID: String { broker.configuration.nodeID }
     /// A presence change did not reach Redis: the next heartbeat rewrites the node's presence.
     private let presenceStale = Atomic<Bool>(false)
+    private let scriptsPreloaded = Atomic<Bool>(false)
+    /// The value of the data set's instance key when this node last heartbeated.
+    private let knownInstance = Mutex<String?>(nil)
 
     public init(broker: RedisBroker, limits: HubConfiguration, presenceTTL: Duration = .seconds(10), notifying sink: any DeliverySink, logger: Logger) {
         self.broker = broker
@@ -82,7 +85,11 @@ public final class RedisRoster: Roster, Service {
             }
             return true
         case 0:
-            broker.acks.cancel(token)
+            // Redis had it already, but a node may not (a notice lost in a pub/sub gap, or Redis
+            // restarted without persistence and forgot a membership nodes still apply): the
+            // change was announced all the same, so every node converges on what Redis holds.
+            broker.acks.expectConfirmations(Int(receivers), for: token)
+            _ = try? await confirmed.get()
             return false
         case -1:
             broker.acks.cancel(token)
@@ -151,17 +158,40 @@ public final class RedisRoster: Roster, Service {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }
         _ = try? await client.send(RESPCommand("ZREM", layout.nodesKey, nodeID))
+        _ = try? await client.send(RESPCommand("HDEL", layout.nodeTotalsKey, nodeID))
         _ = try? await client.send(RESPCommand("DEL", layout.presenceKey(nodeID)))
     }
 
     /// Marks the node alive; when Redis lost the node's presence (restarted without
     /// persistence), writes it again from the hub's counts.
     public func heartbeat() async {
+        if !scriptsPreloaded.exchange(true, ordering: .relaxed) {
+            await client.preload([Self.joinScript, Self.leaveScript, Self.presenceScript, Self.heartbeatScript, Self.rewriteScript])
+        }
         do {
             let ttl = String(presenceTTL.components.seconds)
-            let reply = try await client.evaluate(Self.heartbeatScript, keys: [layout.nodesKey, layout.presenceKey(nodeID)], arguments: [nodeID, ttl])
+            let totals = sink.localPresenceTotals()
+            let reply = try await client.evaluate(
+                Self.heartbeatScript,
+                keys: [layout.nodesKey, layout.presenceKey(nodeID), layout.nodeTotalsKey, layout.instanceKey],
+                // A new value each time: a node that finds the key gone must not set it back to
+                // the value it knew, or it would not notice.
+                arguments: [nodeID, ttl, "\(totals.connections) \(totals.users)", String(UInt64.random(in: 1...UInt64.max), radix: 36)]
+            )
             let stale = presenceStale.exchange(false, ordering: .relaxed)
-            guard stale || reply == .integer(0) else { return }
+            guard case .array(let parts?) = reply, parts.count == 3, let instance = parts[2].string else {
+                throw RedisError("Redis answered the heartbeat script with \(reply)")
+            }
+            // The node was missing from the registry: Redis lost it (restarted without
+            // persistence) or it expired, and its presence hash with it, even if connections
+            // counted since the reconnect put a few users back in it.
+            let registryLost = parts[0] == .integer(1) || parts[1] == .integer(0)
+            let previous = knownInstance.withLock { known in
+                defer { known = instance }
+                return known
+            }
+            if let previous, previous != instance { await restoreMemberships() }
+            guard stale || registryLost else { return }
             let counts = sink.localConnectionCounts()
             guard stale || !counts.isEmpty else { return }
             var arguments = [ttl]
@@ -171,6 +201,47 @@ public final class RedisRoster: Roster, Service {
         } catch {
             presenceStale.store(true, ordering: .relaxed)
             logger.warning("presence heartbeat failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    public func clusterTotals() async throws(HubError) -> ClusterTotals? {
+        let reply: RESPValue
+        do {
+            reply = try await client.evaluate(Self.totalsScript, keys: [layout.nodesKey, layout.nodeTotalsKey], arguments: [])
+        } catch {
+            throw HubError.unavailable("Redis: \(error)")
+        }
+        guard case .array(let parts?) = reply, parts.count == 3, case .integer(let nodes) = parts[0],
+            case .integer(let connections) = parts[1], case .integer(let users) = parts[2]
+        else { throw HubError.unavailable("Redis answered the totals script with \(reply)") }
+        return ClusterTotals(nodes: Int(nodes), presence: PresenceTotals(connections: Int(connections), users: Int(users)))
+    }
+
+    /// Redis lost its data set (restarted without persistence, or flushed) while this node's
+    /// users kept their connections, and this node kept applying their rooms: write those
+    /// memberships back, so that the roster, presence queries and the users' other nodes agree
+    /// with what they receive. Memberships of users no node holds are lost (clients re-join
+    /// after their welcome). Written in batches; limits are not checked (they held before).
+    func restoreMemberships() async {
+        let memberships = sink.localMemberships()
+        guard !memberships.isEmpty else { return }
+        var batch: [String] = []
+        var restored = 0
+        func flush() async throws {
+            guard !batch.isEmpty else { return }
+            _ = try await client.evaluate(Self.restoreScript, keys: [layout.roomsKey], arguments: [layout.membersKey(""), layout.roomsOfKey("")] + batch)
+            batch.removeAll(keepingCapacity: true)
+        }
+        do {
+            for (user, rooms) in memberships {
+                batch += [user, String(rooms.count)] + rooms
+                restored += rooms.count
+                if batch.count >= 1000 { try await flush() }
+            }
+            try await flush()
+            logger.notice("memberships restored after Redis lost them", metadata: ["users": "\(memberships.count)", "memberships": "\(restored)"])
+        } catch {
+            logger.warning("memberships not restored after Redis lost them", metadata: ["error": "\(error)"])
         }
     }
 
@@ -193,11 +264,11 @@ public final class RedisRoster: Roster, Service {
     // MARK: - Scripts
 
     /// KEYS: members, rooms-of, rooms. ARGV: user, room, user channel, notice, max rooms per
-    /// user, max members per room, max rooms. Returns {1, receivers} when joined, {0, 0} when
-    /// already a member, {-1|-2|-3, 0} for the limit hit.
+    /// user, max members per room, max rooms. Returns {1, receivers} when joined, {0, receivers}
+    /// when already a member (announced all the same), {-1|-2|-3, 0} for the limit hit.
     static let joinScript = RedisScript(
         """
-        if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, 0} end
+        if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
         if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {-1, 0} end
         local members = redis.call('SCARD', KEYS[1])
         if members >= tonumber(ARGV[6]) then return {-2, 0} end
@@ -209,10 +280,13 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS and ARGV as for the join. Returns {1, receivers} when left, {0, 0} when not a member.
+    /// KEYS and ARGV as for the join. Returns {1, receivers} when left, {0, receivers} when not a
+    /// member. A leave Redis had nothing to remove for is announced all the same: after Redis
+    /// lost its sets (a restart without persistence) nodes still apply the membership, and a
+    /// leave or a kick must still end it there.
     static let leaveScript = RedisScript(
         """
-        if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {0, 0} end
+        if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {0, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
         redis.call('SREM', KEYS[2], ARGV[2])
         if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
         return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
@@ -229,16 +303,64 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS: nodes, the node's presence hash. ARGV: node id, ttl seconds. Uses the server's
-    /// clock, so nodes' clocks need not agree. Returns the number of users in the node's hash.
+    /// KEYS: nodes, the node's presence hash, node totals, the instance key. ARGV: node id, ttl
+    /// seconds, the node's "CONNECTIONS USERS", an instance value to set if there is none. Uses
+    /// the server's clock, so nodes' clocks need not agree. Forgets expired nodes. Returns {1
+    /// when the node was not registered (Redis lost it, or it expired) else 0, the number of
+    /// users in the node's hash, the instance value}.
     static let heartbeatScript = RedisScript(
         """
         local time = redis.call('TIME')
         local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-        redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000, ARGV[1])
+        for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do redis.call('HDEL', KEYS[3], dead) end
         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+        local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000, ARGV[1])
+        redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
         redis.call('EXPIRE', KEYS[2], ARGV[2])
-        return redis.call('HLEN', KEYS[2])
+        local instance = redis.call('GET', KEYS[4])
+        if not instance then
+          instance = ARGV[4]
+          redis.call('SET', KEYS[4], instance)
+        end
+        return {added, redis.call('HLEN', KEYS[2]), instance}
+        """
+    )
+
+    /// KEYS: nodes, node totals. Returns {live nodes, connections, users} summed over the live
+    /// nodes' last reports.
+    static let totalsScript = RedisScript(
+        """
+        local time = redis.call('TIME')
+        local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+        local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+        local connections, users = 0, 0
+        for _, node in ipairs(nodes) do
+          local report = redis.call('HGET', KEYS[2], node)
+          if report then
+            local c, u = string.match(report, '^(%d+) (%d+)$')
+            connections = connections + (tonumber(c) or 0)
+            users = users + (tonumber(u) or 0)
+          end
+        end
+        return {#nodes, connections, users}
+        """
+    )
+
+    /// KEYS: rooms. ARGV: the members key prefix, the rooms-of key prefix, then for each user:
+    /// user, number of rooms, rooms.
+    static let restoreScript = RedisScript(
+        """
+        local i = 3
+        while i <= #ARGV do
+          local user, count = ARGV[i], tonumber(ARGV[i + 1])
+          for j = i + 2, i + 1 + count do
+            redis.call('SADD', ARGV[1] .. ARGV[j], user)
+            redis.call('SADD', ARGV[2] .. user, ARGV[j])
+            redis.call('SADD', KEYS[1], ARGV[j])
+          end
+          i = i + 2 + count
+        end
+        return 1
         """
     )
 

@@ -87,7 +87,16 @@ public final class RedisSubscriber: Sendable {
                     state.connection = connection
                     return state
                 }
-                try await resubscribe(interest, on: connection)
+                do {
+                    try await resubscribe(interest, on: connection)
+                } catch {
+                    // Not every channel confirmed: drop this connection and start over, or the
+                    // keeper would keep it as if resubscribed, and never report the reconnect
+                    // (channels would stay suspended).
+                    state.withLock { if $0.connection === connection { $0.connection = nil } }
+                    await connection.close()
+                    throw error
+                }
             },
             lost: { [self] lost in
                 state.withLock { if $0.connection === lost { $0.connection = nil } }

@@ -83,4 +83,8 @@ public struct RedisError: Error, Sendable, Equatable, CustomStringConvertible {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
+
+    /// The error's code: the first word of a Redis error reply (`NOGROUP`, `NOSCRIPT`,
+    /// `BUSYGROUP`, `WRONGTYPE`, …), or of the message for a transport failure.
+    public var code: Substring { message.prefix { $0 != " " } }
 }

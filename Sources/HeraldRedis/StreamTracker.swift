@@ -76,16 +76,18 @@ final class StreamTracker: Sendable {
             guard var tracked = channels[target], let held = tracked.held else { return Outcome() }
             var outcome = Outcome(lost: tracked.dropped)
             if let page, let last = tracked.position {
-                if page.latest.epoch != last.epoch {
-                    outcome.epochChanged = true
-                } else {
-                    if page.oldest > last.offset + 1 { outcome.lost += Int(page.oldest - last.offset - 1) }
-                    for entry in page.entries where entry.offset > (tracked.position?.offset ?? 0) {
-                        let position = StreamPosition(offset: entry.offset, epoch: last.epoch)
-                        sink.deliver(Envelope(target: target, frame: entry.frame, position: position))
-                        tracked.position = position
-                        outcome.delivered += 1
-                    }
+                // In a new epoch every message was published during the gap: deliver it from its
+                // first offset. (What the old epoch held after `last` is gone with it.)
+                let from = page.latest.epoch == last.epoch ? last.offset : 0
+                outcome.epochChanged = page.latest.epoch != last.epoch
+                if page.oldest > from + 1 { outcome.lost += Int(page.oldest - from - 1) }
+                var delivered = from
+                for entry in page.entries where entry.offset > delivered {
+                    let position = StreamPosition(offset: entry.offset, epoch: page.latest.epoch)
+                    sink.deliver(Envelope(target: target, frame: entry.frame, position: position))
+                    tracked.position = position
+                    delivered = entry.offset
+                    outcome.delivered += 1
                 }
             }
             for envelope in held {

@@ -111,9 +111,28 @@ public struct HeraldClaims: JWTPayload, Equatable {
     }
 }
 
-/// A configuration Herald cannot run with; the message says what to change.
+/// A configuration Herald cannot run with, or a service it needs that cannot be reached; the
+/// message says what to change or what to check.
 public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
     public let message: String
-    public init(_ message: String) { self.message = message }
+    /// A service the configuration names (Redis) cannot be reached: the configuration may be
+    /// right, and starting again once the service is up may work.
+    public let isUnavailable: Bool
+
+    public init(_ message: String) {
+        self.message = message
+        self.isUnavailable = false
+    }
+
+    private init(message: String, isUnavailable: Bool) {
+        self.message = message
+        self.isUnavailable = isUnavailable
+    }
+
+    /// A service the node needs cannot be reached.
+    public static func unavailable(_ message: String) -> ConfigurationError {
+        ConfigurationError(message: message, isUnavailable: true)
+    }
+
     public var description: String { message }
 }

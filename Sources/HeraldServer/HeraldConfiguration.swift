@@ -35,6 +35,10 @@ public struct HeraldConfiguration: Sendable {
     public var jwtSecret: String?
     /// When set, every `/api` call needs `Authorization: Bearer <apiKey>`.
     public var apiKey: String?
+    /// Browser origins (`https://app.example.com`, or `*`) allowed to call `/api` from a page:
+    /// their requests get CORS headers and their preflights are answered. `nil` sends no CORS
+    /// headers (a browser page on another origin cannot read the API's answers).
+    public var allowedOrigins: [String]?
     /// Whether clients may send `broadcast` frames (to every connection).
     public var allowClientBroadcast: Bool = false
     /// Who may publish to a room over WebSocket. `nil` means: members only when a JWT secret

@@ -53,7 +53,9 @@ public struct HeraldServer: Sendable {
             do {
                 try await redisBroker.connect()
             } catch {
-                throw ConfigurationError("cannot use Redis at \(url.host):\(url.port): \(error). Start redis-server there, or fix --redis / HERALD_REDIS_URL")
+                throw ConfigurationError.unavailable(
+                    "cannot use Redis at \(url.host):\(url.port): \(error). Check that redis-server runs there and accepts connections, or fix --redis / HERALD_REDIS_URL"
+                )
             }
             let redisRoster = RedisRoster(
                 broker: redisBroker,
@@ -92,6 +94,7 @@ public struct HeraldServer: Sendable {
         let logger = self.logger
         let configuration = node.configuration
         let router = Router()
+        router.middlewares.add(HTTPConventionsMiddleware(cors: CORSPolicy(configuration.allowedOrigins)))
         router.middlewares.add(JSONErrorMiddleware())
         HTTPAPI(node: node).register(on: router)
         let listener = HeraldListener(

@@ -70,9 +70,9 @@ public enum ServerFrame {
         return buffer
     }
 
-    /// A delivery: `{"type":"message","scope":S[,"room":R][,"from":U],"data":ANY}`.
-    public static func message(scope: Scope, from sender: String?, data: RawJSON) -> ByteBuffer {
-        messageParts(scope: scope, from: sender, data: data).frame
+    /// A delivery: `{"type":"message","scope":S[,"room":R][,"from":U][,"ack":true],"data":ANY}`.
+    public static func message(scope: Scope, from sender: String?, data: RawJSON, requiresAck: Bool = false) -> ByteBuffer {
+        messageParts(scope: scope, from: sender, data: data, requiresAck: requiresAck).frame
     }
 
     /// `,"offset":O,"epoch":E`, the fields a broker inserts at a message's `positionIndex`.
@@ -99,7 +99,9 @@ public enum ServerFrame {
     }
 
     /// The message frame, and where `,"offset":O,"epoch":E` goes (just before `,"data":`).
-    public static func messageParts(scope: Scope, from sender: String?, data: RawJSON) -> (frame: ByteBuffer, positionIndex: Int) {
+    /// `requiresAck` marks a message the client must acknowledge (`"ack":true`): without the
+    /// mark a client could not tell which messages the server keeps until acknowledged.
+    public static func messageParts(scope: Scope, from sender: String?, data: RawJSON, requiresAck: Bool = false) -> (frame: ByteBuffer, positionIndex: Int) {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(64 + data.bytes.readableBytes + (sender?.utf8.count ?? 0))
         switch scope {
@@ -115,6 +117,7 @@ public enum ServerFrame {
             buffer.writeStaticString(#","from":"#)
             buffer.writeJSONString(sender)
         }
+        if requiresAck { buffer.writeStaticString(#","ack":true"#) }
         let positionIndex = buffer.writerIndex
         buffer.writeStaticString(#","data":"#)
         var data = data.bytes

@@ -24,6 +24,9 @@ public enum Recovery: Sendable, Equatable {
     case historyExpired
     /// The client's offset is ahead of the channel's latest.
     case offsetAhead
+    /// The client's position could not be read (`?since_offset=&since_epoch=` malformed): the
+    /// connection is served from now on, like any other whose recovery failed.
+    case invalidPosition
 
     /// The `reason` field of a `joined` reply that could not recover.
     public var reason: String? {
@@ -32,6 +35,7 @@ public enum Recovery: Sendable, Equatable {
         case .epochChanged: "epoch_changed"
         case .historyExpired: "history_expired"
         case .offsetAhead: "offset_ahead"
+        case .invalidPosition: "invalid_position"
         }
     }
 }

@@ -8,19 +8,27 @@ struct Bench: AsyncParsableCommand {
         abstract: "Measure a Herald server (or a baseline speaking protocol v1): deliveries, latency, CPU, memory.",
         discussion: """
             Scenarios (--scenario):
-              rooms    N connections, one user each, spread over R rooms; messages published round-robin to the
-                       rooms at --rate for --duration seconds. Every delivery is checked: exactly once, in order.
-              all      N connections; a burst of --messages broadcasts published back to back.
-              users    N connections as N/D users with --devices D each; messages to users at --rate.
-              idle     hold N connections for --duration seconds (server heartbeats on); with --server-pid,
-                       the server's memory per connection.
-              connect  connection storm: open N connections, --connect-concurrency at a time; connections/s.
-                       With --jwt-secret every connection presents a token.
-              slow     rooms, but the first connection stops reading: reports whether the server cuts it off,
-                       everyone else's latency and the server's memory growth.
-            Give the server's pid(s) with --server-pid to read its CPU seconds per delivery and RSS from /proc.
-            Targets must be loopback (127.0.0.0/8, ::1). Every run is bounded: --duration (or --messages), then
-            --drain-timeout. Connections use several source addresses (127.0.0.1, .2, …) for ephemeral ports.
+              rooms    N connections, one user each, over R rooms; messages
+                       published round-robin to the rooms at --rate for
+                       --duration seconds. Every delivery is checked: exactly
+                       once, in order.
+              all      N connections; a burst of --messages broadcasts.
+              users    N connections as N/D users with --devices D each;
+                       messages to users at --rate.
+              idle     hold N connections for --duration seconds (heartbeats
+                       on); with --server-pid, memory per connection.
+              connect  connection storm: open N connections,
+                       --connect-concurrency at a time; connections/s. With
+                       --jwt-secret every connection presents a token.
+              slow     rooms, but the first connection stops reading: whether
+                       the server cuts it off, everyone else's latency and the
+                       server's memory growth.
+
+            --server-pid PID (repeatable) reads the server's CPU seconds per
+            delivery and its memory from /proc. Targets must be loopback
+            (127.0.0.0/8, ::1). Every run is bounded: --duration (or
+            --messages), then --drain-timeout. Connections use several source
+            addresses (127.0.0.1, .2, ...) for more ephemeral ports.
             """
     )
 
@@ -28,39 +36,39 @@ struct Bench: AsyncParsableCommand {
     var scenario: String = "rooms"
     @Option(help: "Server host (loopback only).")
     var host = "127.0.0.1"
-    @Option(help: "Server port.")
+    @Option(parsing: .unconditional, help: "Server port.")
     var port = 8080
-    @Option(help: "Receiving connections.")
+    @Option(parsing: .unconditional, help: "Receiving connections.")
     var connections = 1000
-    @Option(help: "Rooms (rooms, slow).")
+    @Option(parsing: .unconditional, help: "Rooms (rooms, slow).")
     var rooms = 100
-    @Option(help: "Connections per user (users).")
+    @Option(parsing: .unconditional, help: "Connections per user (users).")
     var devices = 2
-    @Option(help: "Messages per second offered (rooms, users, slow).")
+    @Option(parsing: .unconditional, help: "Messages per second offered (rooms, users, slow).")
     var rate: Double = 500
-    @Option(help: "Seconds of publishing (rooms, users, slow) or holding (idle).")
+    @Option(parsing: .unconditional, help: "Seconds of publishing (rooms, users, slow) or holding (idle).")
     var duration: Double = 10
-    @Option(help: "Messages in the burst (all).")
+    @Option(parsing: .unconditional, help: "Messages in the burst (all).")
     var messages = 100
-    @Option(name: .customLong("payload-size"), help: "Bytes of data per message.")
+    @Option(name: .customLong("payload-size"), parsing: .unconditional, help: "Bytes of data per message.")
     var payloadSize = 64
     @Option(help: "Publish over http (keep-alive, pipelined) or ws.")
     var via = "http"
-    @Option(name: .customLong("publish-connections"), help: "Connections used to publish.")
+    @Option(name: .customLong("publish-connections"), parsing: .unconditional, help: "Connections used to publish.")
     var publishConnections = 2
-    @Option(name: .customLong("source-addresses"), help: "Loopback source addresses to spread connections over.")
+    @Option(name: .customLong("source-addresses"), parsing: .unconditional, help: "Loopback source addresses to spread connections over.")
     var sourceAddresses = 4
-    @Option(name: .customLong("connect-concurrency"), help: "Connection attempts in flight at once.")
+    @Option(name: .customLong("connect-concurrency"), parsing: .unconditional, help: "Connection attempts in flight at once.")
     var connectConcurrency = 500
-    @Option(help: "Event-loop threads of the generator.")
+    @Option(parsing: .unconditional, help: "Event-loop threads of the generator.")
     var threads = 1
     @Option(name: .customLong("server-pid"), help: "Server process to measure (repeatable).")
     var serverPID: [Int32] = []
     @Option(name: .customLong("jwt-secret"), help: "Connect with tokens signed with the server's secret.")
     var jwtSecret: String?
-    @Option(name: .customLong("drain-timeout"), help: "Seconds to wait for outstanding deliveries after publishing.")
+    @Option(name: .customLong("drain-timeout"), parsing: .unconditional, help: "Seconds to wait for outstanding deliveries after publishing.")
     var drainTimeout: Double = 5
-    @Option(help: "Generator processes; 0 uses as many as the open-file limit requires (about 19,700 connections each here).")
+    @Option(parsing: .unconditional, help: "Generator processes; 0 uses as many as the open-file limit requires (about 19,700 connections each here).")
     var processes = 0
     @Option(name: .customLong("worker-configuration"), help: .hidden)
     var workerConfiguration: String?
@@ -70,6 +78,30 @@ struct Bench: AsyncParsableCommand {
     var noProgress = false
     @Flag(name: .customLong("allow-remote-target"), help: "Permit a target outside 127.0.0.0/8 and ::1.")
     var allowRemoteTarget = false
+
+    func validate() throws {
+        guard workerConfiguration == nil else { return }
+        func check<T: Comparable>(_ value: T, _ option: String, _ range: ClosedRange<T>) throws {
+            guard range.contains(value) else {
+                throw ValidationError("--\(option) must be between \(range.lowerBound) and \(range.upperBound), not \(value)")
+            }
+        }
+        try check(port, "port", 1...65535)
+        try check(connections, "connections", 1...1_000_000)
+        try check(rooms, "rooms", 1...1_000_000)
+        try check(devices, "devices", 1...1000)
+        try check(rate, "rate", 0.001...10_000_000)
+        try check(duration, "duration", 0.001...86_400)
+        try check(messages, "messages", 1...100_000_000)
+        try check(payloadSize, "payload-size", 0...(16 << 20))
+        try check(publishConnections, "publish-connections", 1...1000)
+        try check(sourceAddresses, "source-addresses", 1...254)
+        try check(connectConcurrency, "connect-concurrency", 1...100_000)
+        try check(threads, "threads", 1...256)
+        try check(drainTimeout, "drain-timeout", 0...3600)
+        try check(processes, "processes", 0...256)
+        for pid in serverPID { try check(pid, "server-pid", 1...Int32.max) }
+    }
 
     func run() async throws {
         if let workerConfiguration {

@@ -20,13 +20,13 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Address to bind. (env: HERALD_HOST, default 127.0.0.1)")
     var host: String?
 
-    @Option(help: "Port to bind; 0 picks a free one. (env: HERALD_PORT, default 8080)")
+    @Option(parsing: .unconditional, help: "Port to bind; 0 picks a free one. (env: HERALD_PORT, default 8080)")
     var port: Int?
 
-    @Option(help: "Listen backlog for connection storms, capped by net.core.somaxconn. (env: HERALD_BACKLOG, default 4096)")
+    @Option(parsing: .unconditional, help: "Listen backlog for connection storms, capped by net.core.somaxconn. (env: HERALD_BACKLOG, default 4096)")
     var backlog: Int?
 
-    @Option(name: .customLong("event-loops"), help: "Event-loop threads; each connection lives on one. (env: HERALD_EVENT_LOOPS, default one per core)")
+    @Option(name: .customLong("event-loops"), parsing: .unconditional, help: "Event-loop threads; each connection lives on one. (env: HERALD_EVENT_LOOPS, default one per core)")
     var eventLoops: Int?
 
     @Option(name: .customLong("node-id"), help: "This node's name in welcome frames and connection ids. (env: HERALD_NODE_ID, default random)")
@@ -44,34 +44,34 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("publish-policy"), help: "Who may publish to a room over WebSocket: members or anyone. (env: HERALD_PUBLISH_POLICY, default members with a JWT secret, anyone in development mode)")
     var publishPolicy: String?
 
-    @Option(help: "Seconds between server pings; a connection silent until the next ping is closed. (env: HERALD_HEARTBEAT, default 25)")
+    @Option(parsing: .unconditional, help: "Seconds between server pings; a connection silent until the next ping is closed. (env: HERALD_HEARTBEAT, default 25)")
     var heartbeat: Int?
 
-    @Option(name: .customLong("max-frame-size"), help: "Largest client frame or message in bytes; larger closes with 1009. (env: HERALD_MAX_FRAME_SIZE, default 65536)")
+    @Option(name: .customLong("max-frame-size"), parsing: .unconditional, help: "Largest client frame or message in bytes; larger closes with 1009. (env: HERALD_MAX_FRAME_SIZE, default 65536)")
     var maxFrameSize: Int?
 
-    @Option(name: .customLong("max-body-size"), help: "Largest HTTP API body in bytes. (env: HERALD_MAX_BODY_SIZE, default 1048576)")
+    @Option(name: .customLong("max-body-size"), parsing: .unconditional, help: "Largest HTTP API body in bytes. (env: HERALD_MAX_BODY_SIZE, default 1048576)")
     var maxBodySize: Int?
 
-    @Option(name: .customLong("max-connections"), help: "Connections this node accepts; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS, default 100000)")
+    @Option(name: .customLong("max-connections"), parsing: .unconditional, help: "Connections this node accepts; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS, default 100000)")
     var maxConnections: Int?
 
-    @Option(name: .customLong("max-connections-per-user"), help: "Connections per user on this node; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS_PER_USER, default 32)")
+    @Option(name: .customLong("max-connections-per-user"), parsing: .unconditional, help: "Connections per user on this node; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS_PER_USER, default 32)")
     var maxConnectionsPerUser: Int?
 
-    @Option(name: .customLong("max-rooms-per-user"), help: "Rooms a user may be a member of. (env: HERALD_MAX_ROOMS_PER_USER, default 256)")
+    @Option(name: .customLong("max-rooms-per-user"), parsing: .unconditional, help: "Rooms a user may be a member of. (env: HERALD_MAX_ROOMS_PER_USER, default 256)")
     var maxRoomsPerUser: Int?
 
-    @Option(name: .customLong("max-rooms"), help: "Rooms that may exist at once. (env: HERALD_MAX_ROOMS, default 1000000)")
+    @Option(name: .customLong("max-rooms"), parsing: .unconditional, help: "Rooms that may exist at once. (env: HERALD_MAX_ROOMS, default 1000000)")
     var maxRooms: Int?
 
-    @Option(name: .customLong("rate-limit"), help: "Client frames per second per connection. (env: HERALD_RATE_LIMIT, default 100)")
+    @Option(name: .customLong("rate-limit"), parsing: .unconditional, help: "Client frames per second per connection. (env: HERALD_RATE_LIMIT, default 100)")
     var rateLimit: Double?
 
-    @Option(name: .customLong("rate-burst"), help: "Frames a connection may send in a burst above the rate. (env: HERALD_RATE_BURST, default 200)")
+    @Option(name: .customLong("rate-burst"), parsing: .unconditional, help: "Frames a connection may send in a burst above the rate. (env: HERALD_RATE_BURST, default 200)")
     var rateBurst: Int?
 
-    @Option(name: .customLong("max-outbound-bytes"), help: "Bytes queued for one connection before it is cut off as a slow consumer (1013). (env: HERALD_MAX_OUTBOUND_BYTES, default 1048576)")
+    @Option(name: .customLong("max-outbound-bytes"), parsing: .unconditional, help: "Bytes queued for one connection before it is cut off as a slow consumer (1013). (env: HERALD_MAX_OUTBOUND_BYTES, default 1048576)")
     var maxOutboundBytes: Int?
 
     @Option(help: "Redis shared by the cluster's nodes, redis://[[user]:password@]host[:port][/db]; unset runs one node on its own. (env: HERALD_REDIS_URL)")
@@ -80,140 +80,60 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("redis-prefix"), help: "Prefix of Herald's channels and keys in Redis, so several clusters can share it. (env: HERALD_REDIS_PREFIX, default herald)")
     var redisPrefix: String?
 
-    @Option(name: .customLong("presence-ttl"), help: "Seconds a node that stopped heartbeating (killed, cut off from Redis) still counts its users online. (env: HERALD_PRESENCE_TTL, default 10)")
+    @Option(name: .customLong("presence-ttl"), parsing: .unconditional, help: "Seconds a node that stopped heartbeating (killed, cut off from Redis) still counts its users online. (env: HERALD_PRESENCE_TTL, default 10)")
     var presenceTTL: Int?
 
     @Option(name: .customLong("ingest-stream"), help: "With --redis: the Redis Stream backends append events to (XADD STREAM * target room:NAME data JSON [id KEY]); empty turns it off. (env: HERALD_INGEST_STREAM, default PREFIX:ingest)")
     var ingestStream: String?
 
-    @Option(name: .customLong("ingest-claim-idle"), help: "Seconds an ingest entry may stay pending with a silent node before another node claims it. (env: HERALD_INGEST_CLAIM_IDLE, default 30)")
+    @Option(name: .customLong("ingest-claim-idle"), parsing: .unconditional, help: "Seconds an ingest entry may stay pending with a silent node before another node claims it. (env: HERALD_INGEST_CLAIM_IDLE, default 30)")
     var ingestClaimIdle: Int?
 
-    @Option(name: .customLong("ingest-max-attempts"), help: "Deliveries after which an ingest entry is moved aside to STREAM:dead. (env: HERALD_INGEST_MAX_ATTEMPTS, default 5)")
+    @Option(name: .customLong("ingest-max-attempts"), parsing: .unconditional, help: "Deliveries after which an ingest entry is moved aside to STREAM:dead. (env: HERALD_INGEST_MAX_ATTEMPTS, default 5)")
     var ingestMaxAttempts: Int?
 
-    @Option(name: .customLong("history-size"), help: "Messages kept per room and user for recovery; 0 keeps none. (env: HERALD_HISTORY_SIZE, default 100)")
+    @Option(name: .customLong("history-size"), parsing: .unconditional, help: "Messages kept per room and user for recovery; 0 keeps none. (env: HERALD_HISTORY_SIZE, default 100)")
     var historySize: Int?
 
-    @Option(name: .customLong("history-ttl"), help: "Seconds a message is kept for recovery; a channel idle longer starts a new epoch. (env: HERALD_HISTORY_TTL, default 300)")
+    @Option(name: .customLong("history-ttl"), parsing: .unconditional, help: "Seconds a message is kept for recovery; a channel idle longer starts a new epoch. (env: HERALD_HISTORY_TTL, default 300)")
     var historyTTL: Int?
 
     @Option(name: .customLong("no-history-rooms"), help: "Comma-separated rooms that keep no history (exact names or prefix*); their messages still get offsets. (env: HERALD_NO_HISTORY_ROOMS)")
     var noHistoryRooms: String?
 
-    @Option(name: .customLong("ack-ttl"), help: "Seconds a message sent with ack waits for its acknowledgement. (env: HERALD_ACK_TTL, default 3600)")
+    @Option(name: .customLong("ack-ttl"), parsing: .unconditional, help: "Seconds a message sent with ack waits for its acknowledgement. (env: HERALD_ACK_TTL, default 3600)")
     var ackTTL: Int?
 
-    @Option(help: "Worker processes sharing the port (SO_REUSEPORT); more than 1 needs --redis. (env: HERALD_WORKERS, default 1)")
+    @Option(parsing: .unconditional, help: "Worker processes sharing the port (SO_REUSEPORT); more than 1 needs --redis. (env: HERALD_WORKERS, default 1)")
     var workers: Int?
 
     @Flag(name: .customLong("reuse-port"), help: "Set SO_REUSEPORT on the listening socket (what each --workers process does).")
     var reusePort = false
 
+    @Option(name: .customLong("allowed-origins"), help: "Comma-separated browser origins (https://app.example.com) allowed to call /api from a page (CORS), or *; unset sends no CORS headers. (env: HERALD_ALLOWED_ORIGINS)")
+    var allowedOrigins: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env: HERALD_LOG_LEVEL, default info)")
     var logLevel: String?
 
+    /// Checks every option before anything runs, so that a mistake is reported as a usage
+    /// error of `herald serve` (exit 64) with the option's name and allowed range.
+    func validate() throws {
+        _ = try settings()
+    }
+
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
-        func value<T: LosslessStringConvertible>(_ flag: T?, _ name: String) throws -> T? {
-            if let flag { return flag }
-            guard let text = environment[name], !text.isEmpty else { return nil }
-            guard let parsed = T(text) else { throw ValidationError("\(name)=\(text) is not a valid value") }
-            return parsed
-        }
-
-        if let loops = try value(eventLoops, "HERALD_EVENT_LOOPS") {
+        let settings = try settings()
+        if let loops = settings.eventLoops {
             // Read once, when NIO's shared group is first used: nothing has used it yet.
-            NIOSingletons.groupLoopCountSuggestion = try positive(loops, "event-loops")
+            NIOSingletons.groupLoopCountSuggestion = loops
         }
-        var configuration = HeraldConfiguration()
-        if let host = try value(host, "HERALD_HOST") { configuration.host = host }
-        if let port = try value(port, "HERALD_PORT") { configuration.port = port }
-        if let backlog = try value(backlog, "HERALD_BACKLOG") { configuration.backlog = try positive(backlog, "backlog") }
-        configuration.nodeID = try value(nodeID, "HERALD_NODE_ID")
-        configuration.jwtSecret = try value(jwtSecret, "HERALD_JWT_SECRET")
-        configuration.apiKey = try value(apiKey, "HERALD_API_KEY")
-        if configuration.apiKey?.isEmpty == true { throw ValidationError("--api-key must not be empty (leave it unset for an open API)") }
-        if allowClientBroadcast {
-            configuration.allowClientBroadcast = true
-        } else if let text = environment["HERALD_ALLOW_CLIENT_BROADCAST"]?.lowercased(), !text.isEmpty {
-            guard let enabled = ["true": true, "1": true, "yes": true, "false": false, "0": false, "no": false][text] else {
-                throw ValidationError("HERALD_ALLOW_CLIENT_BROADCAST=\(text) must be true or false")
-            }
-            configuration.allowClientBroadcast = enabled
-        }
-        if let policy = try value(publishPolicy, "HERALD_PUBLISH_POLICY") {
-            guard let parsed = PublishPolicy(rawValue: policy) else {
-                throw ValidationError("publish policy must be members or anyone, not \(policy)")
-            }
-            configuration.publishPolicy = parsed
-        }
-        if let seconds = try value(heartbeat, "HERALD_HEARTBEAT") {
-            guard seconds > 0 else { throw ValidationError("heartbeat must be at least 1 second") }
-            configuration.hub.heartbeat = .seconds(Int64(seconds))
-        }
-        if let size = try value(maxFrameSize, "HERALD_MAX_FRAME_SIZE") { configuration.maxFrameSize = try positive(size, "max-frame-size") }
-        if let size = try value(maxBodySize, "HERALD_MAX_BODY_SIZE") { configuration.maxBodySize = try positive(size, "max-body-size") }
-        if let count = try value(maxConnections, "HERALD_MAX_CONNECTIONS") { configuration.hub.maxConnections = try positive(count, "max-connections") }
-        if let count = try value(maxConnectionsPerUser, "HERALD_MAX_CONNECTIONS_PER_USER") {
-            configuration.hub.maxConnectionsPerUser = try positive(count, "max-connections-per-user")
-        }
-        if let count = try value(maxRoomsPerUser, "HERALD_MAX_ROOMS_PER_USER") { configuration.hub.maxRoomsPerUser = try positive(count, "max-rooms-per-user") }
-        if let count = try value(maxRooms, "HERALD_MAX_ROOMS") { configuration.hub.maxRooms = try positive(count, "max-rooms") }
-        if let rate = try value(rateLimit, "HERALD_RATE_LIMIT") {
-            guard rate > 0 else { throw ValidationError("rate-limit must be positive") }
-            configuration.rateLimit = rate
-        }
-        if let burst = try value(rateBurst, "HERALD_RATE_BURST") { configuration.rateBurst = try positive(burst, "rate-burst") }
-        if let bytes = try value(maxOutboundBytes, "HERALD_MAX_OUTBOUND_BYTES") { configuration.maxOutboundBytes = try positive(bytes, "max-outbound-bytes") }
-
-        configuration.redisURL = try value(redis, "HERALD_REDIS_URL")
-        if let prefix = try value(redisPrefix, "HERALD_REDIS_PREFIX") {
-            guard !prefix.isEmpty, !prefix.contains(where: \.isWhitespace) else { throw ValidationError("redis-prefix must be non-empty, without spaces") }
-            configuration.redisPrefix = prefix
-        }
-        if let seconds = try value(presenceTTL, "HERALD_PRESENCE_TTL") {
-            guard seconds >= 3 else { throw ValidationError("presence-ttl must be at least 3 seconds (the heartbeat runs every third of it)") }
-            configuration.presenceTTL = .seconds(seconds)
-        }
-        configuration.reusePort = reusePort
-        if let stream = ingestStream ?? environment["HERALD_INGEST_STREAM"] { configuration.ingestStream = stream }
-        if let seconds = try value(ingestClaimIdle, "HERALD_INGEST_CLAIM_IDLE") { configuration.ingestClaimIdle = .seconds(try positive(seconds, "ingest-claim-idle")) }
-        if let attempts = try value(ingestMaxAttempts, "HERALD_INGEST_MAX_ATTEMPTS") { configuration.ingestMaxAttempts = try positive(attempts, "ingest-max-attempts") }
-        if let size = try value(historySize, "HERALD_HISTORY_SIZE") {
-            guard size >= 0 else { throw ValidationError("history-size must be 0 (no history) or more") }
-            configuration.history.size = size
-        }
-        if let rooms = try value(noHistoryRooms, "HERALD_NO_HISTORY_ROOMS") {
-            configuration.history.roomsWithoutHistory = rooms.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        }
-        if let seconds = try value(ackTTL, "HERALD_ACK_TTL") { configuration.history.ackTTL = .seconds(try positive(seconds, "ack-ttl")) }
-        if let seconds = try value(historyTTL, "HERALD_HISTORY_TTL") { configuration.history.ttl = .seconds(try positive(seconds, "history-ttl")) }
-        if let rooms = try value(noHistoryRooms, "HERALD_NO_HISTORY_ROOMS") {
-            configuration.history.roomsWithoutHistory = rooms.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        }
-        if let seconds = try value(ackTTL, "HERALD_ACK_TTL") { configuration.history.ackTTL = .seconds(try positive(seconds, "ack-ttl")) }
-        let workerCount = try value(workers, "HERALD_WORKERS") ?? 1
-        guard workerCount >= 1 else { throw ValidationError("workers must be at least 1") }
-
         var logger = Logger(label: "herald")
-        let level = try value(logLevel, "HERALD_LOG_LEVEL") ?? "info"
-        guard let parsedLevel = Logger.Level(rawValue: level) else { throw ValidationError("unknown log level \(level)") }
-        logger.logLevel = parsedLevel
+        logger.logLevel = settings.logLevel
+        let configuration = settings.configuration
 
-        if workerCount > 1 {
-            guard configuration.redisURL != nil else {
-                throw ValidationError(
-                    """
-                    --workers \(workerCount) needs a shared broker: each worker is a separate process with its own \
-                    connections and rooms, so without Redis a message published on one worker would never reach \
-                    clients on another. Start Redis and pass it, e.g. --workers \(workerCount) --redis redis://127.0.0.1:6379 \
-                    (or set HERALD_REDIS_URL).
-                    """
-                )
-            }
-            guard configuration.port != 0 else { throw ValidationError("--workers needs a fixed --port: with port 0 every worker would pick another one") }
-            let supervisor = WorkerSupervisor(count: workerCount, arguments: Array(CommandLine.arguments.dropFirst()), baseNodeID: configuration.nodeID, logger: logger)
+        if settings.workers > 1 {
+            let supervisor = WorkerSupervisor(count: settings.workers, arguments: Array(CommandLine.arguments.dropFirst()), baseNodeID: configuration.nodeID, logger: logger)
             try await supervisor.run()
             return
         }
@@ -221,14 +141,191 @@ struct Serve: AsyncParsableCommand {
         let server: HeraldServer
         do {
             server = try await HeraldServer(configuration: configuration, logger: logger)
+        } catch where error.isUnavailable {
+            // Not a usage error: the command was right, something it needs is not there.
+            FileHandle.standardError.write(Data("herald: \(error.description)\n".utf8))
+            throw ExitCode(Self.unavailableExitCode)
         } catch {
             throw ValidationError(error.description)
         }
         try await server.run()
     }
 
-    private func positive(_ value: Int, _ name: String) throws -> Int {
-        guard value > 0 else { throw ValidationError("\(name) must be positive") }
+    /// `EX_UNAVAILABLE` (sysexits.h): a service the node needs (Redis) cannot be reached.
+    static let unavailableExitCode: Int32 = 69
+
+    /// What `herald serve` runs with: the flags, then the environment, checked.
+    struct Settings {
+        var configuration = HeraldConfiguration()
+        var workers = 1
+        var eventLoops: Int?
+        var logLevel = Logger.Level.info
+    }
+
+    private func settings() throws -> Settings {
+        let options = OptionReader(environment: ProcessInfo.processInfo.environment)
+        var settings = Settings()
+        var configuration = HeraldConfiguration()
+
+        settings.eventLoops = try options.integer(eventLoops, "event-loops", in: 1...1024)
+        if let host = options.string(host, "host") {
+            guard !host.isEmpty else { throw ValidationError("--host must not be empty") }
+            configuration.host = host
+        }
+        if let port = try options.integer(port, "port", in: 0...65535) { configuration.port = port }
+        if let backlog = try options.integer(backlog, "backlog", in: 1...65535) { configuration.backlog = backlog }
+        configuration.nodeID = options.string(nodeID, "node-id")
+        if let secret = options.string(jwtSecret, "jwt-secret") {
+            guard secret.utf8.count >= Authenticator.minimumSecretBytes else {
+                throw ValidationError(
+                    "--jwt-secret is \(secret.utf8.count) bytes; HS256 needs at least \(Authenticator.minimumSecretBytes) (generate one with: openssl rand -hex 32)"
+                )
+            }
+            configuration.jwtSecret = secret
+        }
+        configuration.apiKey = options.string(apiKey, "api-key")
+        if configuration.apiKey?.isEmpty == true { throw ValidationError("--api-key must not be empty (leave it unset for an open API)") }
+        configuration.allowClientBroadcast = try options.flag(allowClientBroadcast, "allow-client-broadcast")
+        if let policy = options.string(publishPolicy, "publish-policy") {
+            guard let parsed = PublishPolicy(rawValue: policy) else {
+                throw ValidationError("--publish-policy must be members or anyone, not \(policy)")
+            }
+            configuration.publishPolicy = parsed
+        }
+        if let seconds = try options.integer(heartbeat, "heartbeat", in: 1...3600) { configuration.hub.heartbeat = .seconds(Int64(seconds)) }
+        if let size = try options.integer(maxFrameSize, "max-frame-size", in: 128...(64 << 20)) { configuration.maxFrameSize = size }
+        if let size = try options.integer(maxBodySize, "max-body-size", in: 128...(1 << 30)) { configuration.maxBodySize = size }
+        if let count = try options.integer(maxConnections, "max-connections", in: 1...10_000_000) { configuration.hub.maxConnections = count }
+        if let count = try options.integer(maxConnectionsPerUser, "max-connections-per-user", in: 1...1_000_000) {
+            configuration.hub.maxConnectionsPerUser = count
+        }
+        if let count = try options.integer(maxRoomsPerUser, "max-rooms-per-user", in: 1...1_000_000) { configuration.hub.maxRoomsPerUser = count }
+        if let count = try options.integer(maxRooms, "max-rooms", in: 1...100_000_000) { configuration.hub.maxRooms = count }
+        if let rate = try options.number(rateLimit, "rate-limit", in: 0.001...1_000_000) { configuration.rateLimit = rate }
+        if let burst = try options.integer(rateBurst, "rate-burst", in: 1...1_000_000) { configuration.rateBurst = burst }
+        if let bytes = try options.integer(maxOutboundBytes, "max-outbound-bytes", in: 1024...(1 << 30)) { configuration.maxOutboundBytes = bytes }
+
+        configuration.redisURL = options.string(redis, "redis")
+        if let prefix = options.string(redisPrefix, "redis-prefix") {
+            guard !prefix.isEmpty, !prefix.contains(where: \.isWhitespace) else { throw ValidationError("--redis-prefix must be non-empty, without spaces") }
+            configuration.redisPrefix = prefix
+        }
+        // At least 3: the presence heartbeat runs every third of it.
+        if let seconds = try options.integer(presenceTTL, "presence-ttl", in: 3...86_400) { configuration.presenceTTL = .seconds(seconds) }
+        configuration.reusePort = reusePort
+        // An empty value is meaningful here (it turns the queue off): read it as given.
+        if let stream = ingestStream ?? options.environment["HERALD_INGEST_STREAM"] { configuration.ingestStream = stream }
+        if let seconds = try options.integer(ingestClaimIdle, "ingest-claim-idle", in: 1...86_400) { configuration.ingestClaimIdle = .seconds(seconds) }
+        if let attempts = try options.integer(ingestMaxAttempts, "ingest-max-attempts", in: 1...1000) { configuration.ingestMaxAttempts = attempts }
+        if let size = try options.integer(historySize, "history-size", in: 0...1_000_000) { configuration.history.size = size }
+        if let seconds = try options.integer(historyTTL, "history-ttl", in: 1...2_592_000) { configuration.history.ttl = .seconds(seconds) }
+        if let rooms = options.string(noHistoryRooms, "no-history-rooms") {
+            configuration.history.roomsWithoutHistory = rooms.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        if let seconds = try options.integer(ackTTL, "ack-ttl", in: 1...2_592_000) { configuration.history.ackTTL = .seconds(seconds) }
+        if let origins = options.string(allowedOrigins, "allowed-origins") {
+            configuration.allowedOrigins = try Self.origins(origins)
+        }
+        settings.workers = try options.integer(workers, "workers", in: 1...256) ?? 1
+
+        let level = options.string(logLevel, "log-level") ?? "info"
+        guard let parsedLevel = Logger.Level(rawValue: level) else {
+            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), not \(level)")
+        }
+        settings.logLevel = parsedLevel
+
+        if settings.workers > 1 {
+            guard configuration.redisURL != nil else {
+                throw ValidationError(
+                    """
+                    --workers \(settings.workers) needs a shared broker: each worker is a separate process with its own \
+                    connections and rooms, so without Redis a message published on one worker would never reach \
+                    clients on another. Start Redis and pass it, e.g. --workers \(settings.workers) --redis redis://127.0.0.1:6379 \
+                    (or set HERALD_REDIS_URL).
+                    """
+                )
+            }
+            guard configuration.port != 0 else { throw ValidationError("--workers needs a fixed --port: with port 0 every worker would pick another one") }
+        }
+        settings.configuration = configuration
+        return settings
+    }
+
+    /// `--allowed-origins`: `*`, or origins as a browser sends them (`scheme://host[:port]`).
+    static func origins(_ text: String) throws -> [String] {
+        let origins = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !origins.isEmpty else { throw ValidationError("--allowed-origins must list at least one origin, or *") }
+        for origin in origins where origin != "*" {
+            let valid = (origin.hasPrefix("http://") || origin.hasPrefix("https://")) && !origin.hasSuffix("/")
+                && origin.split(separator: "/", omittingEmptySubsequences: false).count == 3
+            guard valid else {
+                throw ValidationError("--allowed-origins: \(origin) is not an origin; write it as a browser sends it, e.g. https://app.example.com or http://localhost:3000")
+            }
+        }
+        return origins
+    }
+}
+
+/// Reads an option from its flag or, when the flag is absent, from its `HERALD_*` environment
+/// variable (an empty one counts as unset), and checks it. Errors name the option, where the
+/// value came from and what is allowed.
+struct OptionReader {
+    let environment: [String: String]
+
+    /// `event-loops` → `HERALD_EVENT_LOOPS` (`redis` → `HERALD_REDIS_URL`).
+    static func variable(_ option: String) -> String {
+        option == "redis" ? "HERALD_REDIS_URL" : "HERALD_" + option.uppercased().replacingOccurrences(of: "-", with: "_")
+    }
+
+    private func text(_ option: String) -> String? {
+        guard let text = environment[Self.variable(option)], !text.isEmpty else { return nil }
+        return text
+    }
+
+    func string(_ flag: String?, _ option: String) -> String? {
+        flag ?? text(option)
+    }
+
+    func integer(_ flag: Int?, _ option: String, in range: ClosedRange<Int>) throws -> Int? {
+        if let flag {
+            guard range.contains(flag) else { throw ValidationError("--\(option) must be between \(range.lowerBound) and \(range.upperBound), not \(flag)") }
+            return flag
+        }
+        guard let text = text(option) else { return nil }
+        guard let value = Int(text), range.contains(value) else {
+            throw ValidationError("\(Self.variable(option))=\(text): --\(option) must be an integer between \(range.lowerBound) and \(range.upperBound)")
+        }
         return value
+    }
+
+    func number(_ flag: Double?, _ option: String, in range: ClosedRange<Double>) throws -> Double? {
+        let value: Double
+        let source: String
+        if let flag {
+            value = flag
+            source = "--\(option) \(flag)"
+        } else if let text = text(option) {
+            guard let parsed = Double(text) else {
+                throw ValidationError("\(Self.variable(option))=\(text): --\(option) must be a number between \(range.lowerBound) and \(range.upperBound)")
+            }
+            value = parsed
+            source = "\(Self.variable(option))=\(text)"
+        } else {
+            return nil
+        }
+        guard value.isFinite, range.contains(value) else {
+            throw ValidationError("\(source): --\(option) must be between \(range.lowerBound) and \(range.upperBound)")
+        }
+        return value
+    }
+
+    /// A flag that can also be turned on by its variable (`true`/`false`, `1`/`0`, `yes`/`no`).
+    func flag(_ flag: Bool, _ option: String) throws -> Bool {
+        if flag { return true }
+        guard let text = text(option)?.lowercased() else { return false }
+        guard let enabled = ["true": true, "1": true, "yes": true, "false": false, "0": false, "no": false][text] else {
+            throw ValidationError("\(Self.variable(option))=\(text) must be true or false")
+        }
+        return enabled
     }
 }

@@ -100,6 +100,27 @@ struct RedisClientTests {
         await client.close()
     }
 
+    @Test func preloadedScriptsAreLoadedOnEveryConnectionBeforeItIsUsed() async throws {
+        var server = try await RedisServerProcess()
+        let port = server.port
+        let client = RedisClient(url: RedisURL(port: port))
+        let script = RedisScript("return 'preloaded'")
+        await client.preload([script])
+        try await client.connect()
+        let running = Task { await client.run() }
+        defer { running.cancel() }
+        #expect(try await client.send(RESPCommand("SCRIPT", "EXISTS", script.sha1)) == .array([.integer(1)]))
+
+        // Restarted with an empty script cache: the script is there again before any command
+        // could run EVALSHA on the new connection.
+        server.stop()
+        try await waitUntil("the client notices") { !client.isConnected }
+        server = try await RedisServerProcess(port: port)
+        defer { server.stop() }
+        try await waitUntil("the client reconnects") { client.isConnected }
+        #expect(try await client.send(RESPCommand("SCRIPT", "EXISTS", script.sha1)) == .array([.integer(1)]))
+    }
+
     @Test func backoffGrowsToItsCapWithJitter() {
         var backoff = Backoff(first: .milliseconds(100), cap: .milliseconds(400))
         let delays = (0..<6).map { _ in backoff.next() }

@@ -11,13 +11,19 @@ import Testing
 final class CountingSink: DeliverySink {
     let changes = Mutex<[MembershipChange]>([])
     let counts = Mutex<[String: Int]>([:])
+    let memberships = Mutex<[String: Set<String>]>([:])
+    /// The frames delivered, as text, in order.
+    let delivered = Mutex<[String]>([])
 
-    func deliver(_ envelope: Envelope) {}
+    func deliver(_ envelope: Envelope) {
+        delivered.withLock { $0.append(String(buffer: envelope.frame)) }
+    }
     func membershipChanged(_ change: MembershipChange) -> EventLoopFuture<Void> {
         changes.withLock { $0.append(change) }
         return MultiThreadedEventLoopGroup.singleton.any().makeSucceededVoidFuture()
     }
     func localConnectionCounts() -> [String: Int] { counts.withLock { $0 } }
+    func localMemberships() -> [String: Set<String>] { memberships.withLock { $0 } }
 }
 
 @Suite("Redis roster: memberships, limits and presence in a real Redis", .serialized)
@@ -65,13 +71,33 @@ struct RedisRosterTests {
         #expect(try await node.roster.leave(user: "alice", room: "b") == false)
         #expect(try await node.roster.roomCount() == 2)
         // alice's changes were announced to the node holding her connection, in order, each
-        // before its call returned; refused ones were not; bob's went to nobody.
+        // before its call returned; those Redis already had are announced too (so every node
+        // converges on Redis); refused ones were not; bob's went to nobody.
         let announced = node.sink.changes.withLock { $0 }
         #expect(announced == [
             MembershipChange(user: "alice", room: "a", isMember: true),
+            MembershipChange(user: "alice", room: "a", isMember: true),
             MembershipChange(user: "alice", room: "b", isMember: true),
             MembershipChange(user: "alice", room: "b", isMember: false),
+            MembershipChange(user: "alice", room: "b", isMember: false),
         ])
+    }
+
+    @Test func aLeaveAfterRedisLostTheMembershipStillEndsItOnEveryNode() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        let node = try await Node("n1", port: server.port)
+        let running = Task { try await node.broker.run() }
+        defer { running.cancel() }
+        try await node.broker.changeInterest(InterestChange(subscribe: [.user("alice")]), on: MultiThreadedEventLoopGroup.singleton.any()).get()
+        #expect(try await node.roster.join(user: "alice", room: "a") == true)
+        let probe = try await RedisConnection.connect(to: RedisURL(port: server.port))
+        try await probe.send(RESPCommand("FLUSHALL"))  // what a restart without persistence does
+        await probe.close()
+        // Redis has nothing to remove, but the node holding alice's connection still applies
+        // the membership: the leave (a kick from the backend) must reach it.
+        #expect(try await node.roster.leave(user: "alice", room: "a") == false)
+        #expect(node.sink.changes.withLock { $0 }.last == MembershipChange(user: "alice", room: "a", isMember: false))
     }
 
     @Test func presenceCountsEveryLiveNodeAndForgetsADeadOne() async throws {
@@ -105,6 +131,41 @@ struct RedisRosterTests {
         try await probe.send(RESPCommand("FLUSHALL"))  // what a restart without persistence does
         await node.roster.heartbeat()
         #expect(try await node.roster.connectionCounts(of: ["alice", "bob"]) == ["alice": 2, "bob": 1])
+
+        // Lost again, and a connection opened before the next heartbeat puts one user back in
+        // the node's hash: the heartbeat still sees Redis forgot the node, and rewrites it all.
+        try await probe.send(RESPCommand("FLUSHALL"))
+        node.sink.counts.withLock { $0 = ["alice": 2, "bob": 1, "carol": 1] }
+        node.roster.presenceChanged(user: "carol", delta: 1)
+        try await waitUntil("carol's connection recorded") {
+            try await probe.send(RESPCommand("HGET", "herald:presence:n1", "carol")) == .bulkString(ByteBuffer(string: "1"))
+        }
+        await node.roster.heartbeat()
+        #expect(try await node.roster.connectionCounts(of: ["alice", "bob", "carol"]) == ["alice": 2, "bob": 1, "carol": 1])
+        await probe.close()
+    }
+
+    @Test func membershipsANodeStillAppliesAreWrittenBackWhenRedisLosesItsData() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        let node = try await Node("n1", port: server.port)
+        #expect(try await node.roster.join(user: "alice", room: "a") == true)
+        #expect(try await node.roster.join(user: "alice", room: "b") == true)
+        node.sink.memberships.withLock { $0 = ["alice": ["a", "b"]] }
+        await node.roster.heartbeat()
+        // A heartbeat with the data set intact writes nothing back: a membership ended
+        // elsewhere is not brought back by a node that has not heard of it yet.
+        let probe = try await RedisConnection.connect(to: RedisURL(port: server.port))
+        try await probe.send(RESPCommand("SREM", "herald:members:b", "alice"))
+        await node.roster.heartbeat()
+        #expect(try await node.roster.members(of: "b") == [])
+
+        try await probe.send(RESPCommand("FLUSHALL"))  // what a restart without persistence does
+        await node.roster.heartbeat()
+        #expect(try await node.roster.members(of: "a") == ["alice"])
+        #expect(try await node.roster.members(of: "b") == ["alice"])
+        #expect(try await node.roster.rooms(of: "alice") == ["a", "b"])
+        #expect(try await node.roster.roomCount() == 2)
         await probe.close()
     }
 

@@ -177,6 +177,7 @@ struct ClusterRecoveryTests {
         let onTwo = try await cluster.client("bob", on: 1)
         let frame = try await onTwo.nextPositioned()
         #expect(frame["data"] as? String == "must-arrive")
+        #expect(frame["ack"] as? Bool == true, "the frame says it must be acknowledged")
         let (offset, epoch) = try position(frame)
         try await onTwo.send(#"{"type":"ack","offset":\#(offset),"epoch":"\#(epoch)","id":1}"#)
         #expect(try await onTwo.next() == #"{"type":"ok","id":1}"#)
@@ -210,6 +211,51 @@ struct ClusterRecoveryTests {
         #expect(joined["recovered"] as? Bool == false)
         #expect(joined["reason"] as? String == "epoch_changed")
         #expect(joined["epoch"] as? String != seen.epoch)
+        await alice.close()
+    }
+
+    @Test func theIngestQueueRecreatesItsGroupAfterRedisRestartsWithoutPersistence() async throws {
+        let cluster = try await Cluster.start(nodes: 2)
+        defer { cluster.stop() }
+        let before = try await RedisConnection.connect(to: RedisURL(port: cluster.redis.port))
+        try await before.send(RESPCommand("XADD", "herald:ingest", "*", "target", "room:lobby", "data", #""before""#))
+        try await eventually("the entry before the restart is in the room's history") {
+            try await cluster.http(0, "GET", "/api/rooms/lobby/history").body.contains(#""data":"before""#)
+        }
+        // Both nodes are reading the queue as members of the group before Redis goes.
+        try await eventually("both nodes joined the consumer group") {
+            guard case .array(let consumers?) = try await before.send(RESPCommand("XINFO", "CONSUMERS", "herald:ingest", "herald")) else { return false }
+            return consumers.count == 2
+        }
+        await before.close()
+
+        // Redis restarts with nothing: no stream, no consumer group.
+        let port = cluster.redis.port
+        cluster.redis.stop()
+        let restarted = try await RedisServerProcess(port: port)
+        defer { restarted.stop() }
+        for node in 0..<2 {
+            try await eventually("node \(node + 1) publishes again", within: 15) {
+                try await cluster.http(node, "POST", "/api/broadcast", body: #"{"data":0}"#).status == 202
+            }
+        }
+        let alice = try await cluster.client("alice", on: 1)
+        let redis = try await RedisConnection.connect(to: RedisURL(port: port))
+        try await redis.send(RESPCommand("XADD", "herald:ingest", "*", "target", "room:lobby", "data", #""via ingest""#))
+        try await redis.send(RESPCommand("XADD", "herald:ingest", "*", "target", "user:alice", "data", #""to alice""#))
+        try await eventually("the room entry after the restart is in the room's history", within: 15) {
+            try await cluster.http(0, "GET", "/api/rooms/lobby/history").body.contains(#""data":"via ingest""#)
+        }
+        #expect(try await messages(alice, count: 1, timeout: 15).first?.data as? String == "to alice")
+        try await eventually("both entries acknowledged by the recreated group") {
+            guard case .array(let summary?) = try await redis.send(RESPCommand("XPENDING", "herald:ingest", "herald")) else { return false }
+            return summary.first == .integer(0)
+        }
+        guard case .array(let groups?) = try await redis.send(RESPCommand("XINFO", "GROUPS", "herald:ingest")) else {
+            throw TestFailure("XINFO GROUPS did not answer an array")
+        }
+        #expect(groups.count == 1, "one consumer group, recreated once for the cluster")
+        await redis.close()
         await alice.close()
     }
 }

@@ -258,6 +258,45 @@ struct ClusterTests {
         await bob.close()
     }
 
+    @Test func membershipsOfConnectedUsersAreRestoredAfterRedisLosesThemAndAKickStillWorks() async throws {
+        let cluster = try await Cluster.start(nodes: 2)
+        defer { cluster.stop() }
+        let alice = try await cluster.client("alice", on: 0)
+        let bob = try await cluster.client("bob", on: 1)
+        for client in [alice, bob] {
+            try await client.send(#"{"type":"join","room":"R"}"#)
+            _ = try await client.next(type: "joined")
+        }
+        // Both nodes have heartbeated once (they know the data set they started with).
+        try await eventually("both nodes reported") {
+            let stats = try json(try await cluster.http(0, "GET", "/api/stats").body)
+            return (stats["cluster"] as? [String: Any])?["nodes"] as? Int == 2
+        }
+
+        let port = cluster.redis.port
+        cluster.redis.stop()
+        let restarted = try await RedisServerProcess(port: port)
+        defer { restarted.stop() }
+        // Each node writes back the rooms of the users it holds: the roster agrees again with
+        // what the users receive, from any node.
+        try await eventually("R's members restored", within: 15) {
+            let room = try json(try await cluster.http(1, "GET", "/api/rooms/R").body)
+            return room["members"] as? [String] == ["alice", "bob"] && room["online"] as? [String] == ["alice", "bob"]
+        }
+        #expect(try await cluster.http(1, "POST", "/api/rooms/R/publish", body: #"{"data":"after"}"#).status == 202)
+        for client in [alice, bob] {
+            #expect(try await client.nextPositioned()["data"] as? String == "after")
+        }
+        // The backend removes alice: she stops receiving the room on her node.
+        let kicked = try json(try await cluster.http(1, "DELETE", "/api/rooms/R/members/alice").body)
+        #expect(kicked["changed"] as? Bool == true)
+        #expect(try await cluster.http(1, "POST", "/api/rooms/R/publish", body: #"{"data":"bob only"}"#).status == 202)
+        #expect(try await bob.nextPositioned()["data"] as? String == "bob only")
+        try await cluster.expectNothingElse(from: 1, [alice], "alice was removed from R")
+        await alice.close()
+        await bob.close()
+    }
+
     @Test func redisPausedPublishesFailFastAndTheServerStaysResponsive() async throws {
         let cluster = try await Cluster.start(nodes: 1)
         defer { cluster.stop() }
@@ -301,7 +340,7 @@ struct ClusterTests {
     @Test func workersShareThePortAndDeliverAcrossEachOther() async throws {
         let redis = try await RedisServerProcess()
         defer { redis.stop() }
-        let supervisor = try await HeraldNodeProcess(arguments: ["--workers", "2", "--redis", redis.url, "--log-level", "warning"])
+        let supervisor = try await HeraldNodeProcess(arguments: ["--workers", "2", "--redis", redis.url, "--presence-ttl", "3", "--log-level", "warning"])
         defer { supervisor.stop() }
         var clients: [TestClient] = []
         var nodes: Set<String> = []
@@ -314,6 +353,14 @@ struct ClusterTests {
             clients.append(client)
         }
         #expect(nodes.count == 2)
+        // Stats answer for the worker that took the request, say which, and sum the cluster.
+        let workerIDs = nodes
+        try await eventually("both workers' heartbeats counted in the cluster totals", within: 15) {
+            let stats = try json(try await httpRequest(port: supervisor.port, "GET", "/api/stats").body)
+            let cluster = stats["cluster"] as? [String: Any]
+            return stats["scope"] as? String == "node" && workerIDs.contains(stats["node"] as? String ?? "")
+                && cluster?["nodes"] as? Int == 2 && cluster?["connections"] as? Int == 16 && cluster?["usersOnline"] as? Int == 16
+        }
         // A room joined over WebSocket on whichever worker, published from any: everyone, once.
         for client in clients {
             try await client.send(#"{"type":"join","room":"lobby","id":1}"#)

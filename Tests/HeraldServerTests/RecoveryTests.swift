@@ -143,8 +143,21 @@ struct RecoveryTests {
             #expect(stale["reason"] as? String == "epoch_changed")
             await alice.close()
 
-            let malformed = try await TestClient.connect(port: server.port, query: "user=alice&since_offset=x&since_epoch=e")
-            #expect(try await malformed.closed().code == 4001)
+            // A malformed position is a bad request, not an authentication failure: the connection
+            // is served, and its welcome says recovery failed and where the channel stands.
+            let queries = ["since_offset=x&since_epoch=e", "since_offset=-1&since_epoch=e", "since_offset=3", "since_epoch=e", "since_offset=1&since_epoch="]
+            let latest = try json(try await server.http("GET", "/api/users/alice/history").body)["offset"] as? Int ?? -1
+            for (index, query) in queries.enumerated() {
+                let malformed = try await TestClient.connect(port: server.port, query: "user=alice&" + query)
+                let welcome = try await malformed.nextPositioned()
+                #expect(welcome["type"] as? String == "welcome", "\(query)")
+                #expect(welcome["recovered"] as? Bool == false, "\(query)")
+                #expect(welcome["reason"] as? String == "invalid_position", "\(query)")
+                #expect(welcome["offset"] as? Int == latest + index, "\(query): the channel's latest position")
+                #expect(try await server.http("POST", "/api/users/alice/send", body: #"{"data":"live"}"#).status == 202)
+                #expect(try await malformed.nextPositioned()["data"] as? String == "live", "\(query): live messages flow")
+                await malformed.close()
+            }
         }
     }
 
@@ -159,6 +172,7 @@ struct RecoveryTests {
                 _ = try await bob.next(type: "welcome")
                 let frame = try await bob.nextPositioned()
                 #expect(frame["data"] as? String == "must-arrive")
+                #expect(frame["ack"] as? Bool == true, "the frame says it must be acknowledged")
                 offset = try position(frame).offset
                 await bob.close()
             }

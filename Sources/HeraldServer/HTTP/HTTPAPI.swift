@@ -20,6 +20,20 @@ struct HTTPAPI {
         router.get("/healthz") { _, _ in
             JSONBody.response(.ok, ["status": "ok"])
         }
+        // An upgrade request is taken over before the router; what gets here is plain HTTP, or
+        // an upgrade the WebSocket handshake refused (wrong version, no key).
+        router.get("/ws") { _, _ in
+            Response(
+                status: .upgradeRequired,
+                headers: [.upgrade: "websocket", .connection: "Upgrade", .secWebSocketVersion: "13", .contentType: "application/json"],
+                body: .init(
+                    byteBuffer: JSONBody.errorBody(
+                        code: "upgrade_required",
+                        message: "/ws is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket, Sec-WebSocket-Version: 13)"
+                    )
+                )
+            )
+        }
 
         let api = router.group("api").add(middleware: APIKeyMiddleware(apiKey: node.configuration.apiKey))
         api.post("broadcast") { request, _ in
@@ -68,8 +82,13 @@ struct HTTPAPI {
             let broker = node.broker.statistics
             // Stats must answer while Redis is down (that is when they are read): rooms is then left out.
             let rooms = try? await node.roster.roomCount()
+            let cluster = (try? await node.roster.clusterTotals()).flatMap { $0 }
             let reply = StatsReply(
                 node: node.nodeID,
+                scope: "node",
+                cluster: cluster.map {
+                    ClusterStatsReply(nodes: $0.nodes, connections: $0.presence.connections, usersOnline: $0.presence.users)
+                },
                 connections: node.hub.connectionCount,
                 usersOnline: node.hub.onlineUserCount,
                 rooms: rooms,
@@ -177,8 +196,15 @@ struct UserReply: Encodable {
     var rooms: [String]
 }
 
+/// `GET /api/stats`: the figures of the node that answered (with `--workers`, whichever worker
+/// took the request: `node` says which), and with Redis the cluster's totals.
 struct StatsReply: Encodable {
     var node: String
+    /// Always `node`: every figure but `rooms` and `cluster` is this node's own.
+    var scope: String
+    /// With Redis: summed over the live nodes' last heartbeats (at most a third of the presence
+    /// TTL old); absent for a node on its own, or while Redis cannot be read.
+    var cluster: ClusterStatsReply?
     var connections: Int
     var usersOnline: Int
     /// Rooms in the cluster; absent when the roster cannot be read.
@@ -193,4 +219,12 @@ struct StatsReply: Encodable {
     var brokerPublishFailures: Int
     var brokerReconnects: Int
     var brokerHealingLosses: Int
+}
+
+struct ClusterStatsReply: Encodable {
+    /// Nodes (workers) that heartbeated within the presence TTL.
+    var nodes: Int
+    var connections: Int
+    /// Users with a connection, counted once per node they are connected to.
+    var usersOnline: Int
 }

@@ -49,7 +49,18 @@ enum PublishRequest {
         guard let data = object.raw("data") else {
             throw APIError(.badRequest, code: .badRequest, message: "missing field \"data\"")
         }
-        var envelope = Envelope.message(to: target, from: nil, data: data)
+        var requiresAck = false
+        if let kind = object.kind("ack") {
+            guard kind == .bool else {
+                throw APIError(.badRequest, code: .badRequest, message: "field \"ack\" must be true or false")
+            }
+            requiresAck = object.raw("ack").map { String(buffer: $0.bytes) == "true" } ?? false
+            let toUser = if case .user = target { true } else { false }
+            if requiresAck && !toUser {
+                throw APIError(.badRequest, code: .badRequest, message: "\"ack\" is for messages to a user (POST /api/users/{user}/send)")
+            }
+        }
+        var envelope = Envelope.message(to: target, from: nil, data: data, requiresAck: requiresAck)
         switch object.string("id") {
         case .failure:
             throw APIError(.badRequest, code: .badRequest, message: "field \"id\" (the idempotency key) must be a string")
@@ -60,18 +71,6 @@ enum PublishRequest {
             envelope.idempotencyKey = key
         case .success(nil):
             break
-        }
-        if object.kind("ack") != nil {
-            guard object.kind("ack") == .bool else {
-                throw APIError(.badRequest, code: .badRequest, message: "field \"ack\" must be true or false")
-            }
-            let wantsAck = object.raw("ack").map { String(buffer: $0.bytes) == "true" } ?? false
-            if wantsAck {
-                guard case .user = target else {
-                    throw APIError(.badRequest, code: .badRequest, message: "\"ack\" is for messages to a user (POST /api/users/{user}/send)")
-                }
-                envelope.requiresAck = true
-            }
         }
         return envelope
     }

@@ -28,10 +28,14 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     private let node: HeraldNode
+    private let cors: CORSPolicy?
     private var state = State.idle
+    /// The `Origin` of the request being answered (for CORS headers).
+    private var origin: String?
 
     init(node: HeraldNode) {
         self.node = node
+        self.cors = CORSPolicy(node.configuration.allowedOrigins)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -42,6 +46,7 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
                 context.fireChannelRead(data)
                 return
             }
+            origin = cors == nil ? nil : head.headerFields[.origin]
             switch route {
             case .success(let target): state = .collecting(target, ByteBuffer())
             case .failure(let error): state = .refusing(error)
@@ -104,6 +109,7 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
         fields[.contentLength] = String(body.readableBytes)
         fields[.server] = "herald"
         fields[.date] = HTTPDate.now
+        cors?.addHeaders(to: &fields, origin: origin)
         context.write(wrapOutboundOut(.head(HTTPResponse(status: status, headerFields: fields))), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)

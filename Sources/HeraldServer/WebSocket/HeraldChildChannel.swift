@@ -120,18 +120,10 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
         }
         let token = query["token"].map(String.init) ?? bearer
         let user = query["user"].map(String.init)
-        // ?since_offset=O&since_epoch=E: resume the user's channel (replay what was missed).
-        let resume: Result<StreamPosition?, AuthenticationFailure> =
-            switch (query["since_offset"].map(String.init), query["since_epoch"].map(String.init)) {
-            case (nil, nil): .success(nil)
-            case (let offset?, let epoch?):
-                if let value = Int64(offset), value >= 0, !epoch.isEmpty {
-                    .success(StreamPosition(offset: value, epoch: epoch))
-                } else {
-                    .failure(AuthenticationFailure("since_offset must be a non-negative integer and since_epoch non-empty"))
-                }
-            default: .failure(AuthenticationFailure("since_offset and since_epoch go together"))
-            }
+        // ?since_offset=O&since_epoch=E: resume the user's channel (replay what was missed). A
+        // malformed position is a bad request, not a failed authentication: the connection is
+        // served and its welcome says recovery failed (`invalid_position`).
+        let resume = ResumeRequest(offset: query["since_offset"].map(String.init), epoch: query["since_epoch"].map(String.init))
         let authenticator = node.authenticator
         let configuration = node.configuration
         let promise = channel.eventLoop.makePromise(of: Result<Identity, AuthenticationFailure>.self)
@@ -142,17 +134,15 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
             promise.completeWithTask { await authenticator.authenticate(token: token, user: user) }
         }
         return promise.futureResult.flatMapThrowing { authenticated in
-            // A malformed resume request is refused like bad credentials: 4001 with the reason.
-            let identity = authenticated.flatMap { identity in resume.map { _ in identity } }
             let water = max(configuration.maxOutboundBytes, 1024)
             try channel.syncOptions?.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: water / 2, high: water))
             try channel.pipeline.syncOperations.addHandler(
                 WebSocketConnection(
-                    identity: identity,
+                    identity: authenticated,
                     node: node,
                     eventLoop: channel.eventLoop,
                     descriptor: descriptor,
-                    resumeFrom: (try? resume.get()) ?? nil
+                    resume: resume
                 )
             )
             return .webSocket

@@ -48,8 +48,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private var closeCode: CloseCode?
     private var closeReason = ""
 
-    /// The position in its user's channel the client asked to resume from (`?since_offset=&since_epoch=`).
-    private let resumeFrom: StreamPosition?
+    /// Whether the client asked to resume its user's channel (`?since_offset=&since_epoch=`).
+    private let resume: ResumeRequest
+    /// The position in its user's channel the client asked to resume from.
+    private var resumeFrom: StreamPosition? {
+        if case .from(let position) = resume { position } else { nil }
+    }
 
     /// - Parameter descriptor: the connection's socket, when the listener knows it: deliveries
     ///   are then sent to it directly (``SocketOutbox``).
@@ -58,11 +62,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         node: HeraldNode,
         eventLoop: any EventLoop,
         descriptor: CInt? = nil,
-        resumeFrom: StreamPosition? = nil
+        resume: ResumeRequest = .none
     ) {
         self.node = node
         self.outbox = SocketOutbox(descriptor: descriptor)
-        self.resumeFrom = resumeFrom
+        self.resume = resume
         self.eventLoop = eventLoop
         self.id = node.makeConnectionID()
         switch identity {
@@ -82,10 +86,21 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     /// Logs with the connection's id and user. Only at open and close: no logger is kept per
     /// connection, since its metadata would cost memory on every idle connection.
     private func log(_ message: Logger.Message, _ metadata: Logger.Metadata = [:]) {
+        let logger = node.logger
+        guard logger.logLevel <= .info else { return }
         var metadata = metadata
         metadata["connection"] = .string(id)
         if !user.isEmpty { metadata["user"] = .string(user) }
-        node.logger.info(message, metadata: metadata)
+        // NIO keeps the peer's address with the channel (also once it closed): nothing extra
+        // is stored per connection for it.
+        if let remote = context?.channel.remoteAddress { metadata["remote"] = .string(Self.describe(remote)) }
+        logger.info(message, metadata: metadata)
+    }
+
+    /// `127.0.0.1:52114` or `[::1]:52114`.
+    static func describe(_ address: SocketAddress) -> String {
+        guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
+        return if case .v6 = address { "[\(ip)]:\(port)" } else { "\(ip):\(port)" }
     }
 
     // MARK: - Lifecycle
@@ -124,16 +139,25 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         let broker = node.broker
         let user = self.user
         let resumeFrom = self.resumeFrom
+        let resumeIsInvalid = resume == .invalid
         let limit = max(1, node.configuration.history.size)
         // What this connection must be sent besides live messages: the user channel's messages
         // it missed (when resuming), and those waiting for an acknowledgement.
         let missed: EventLoopFuture<(HistoryPage?, [HistoryEntry])> = ready.flatMap { [eventLoop] in
             // The common case needs no task: nothing to replay, and a broker that knows at once.
-            if resumeFrom == nil, let unacknowledged = broker.unacknowledgedInMemory(for: user) {
+            if resumeFrom == nil, !resumeIsInvalid, let unacknowledged = broker.unacknowledgedInMemory(for: user) {
                 return eventLoop.makeSucceededFuture((nil, unacknowledged))
             }
             return eventLoop.makeFutureWithTask {
-                let page = try await resumeFrom.asyncMap { try await broker.history(of: .user(user), since: $0.offset, limit: limit) }
+                let page: HistoryPage?
+                if let resumeFrom {
+                    page = try await broker.history(of: .user(user), since: resumeFrom.offset, limit: limit)
+                } else if resumeIsInvalid {
+                    // Only the channel's position, for the welcome: nothing is replayed.
+                    page = try await broker.history(of: .user(user), since: 0, limit: 0)
+                } else {
+                    page = nil
+                }
                 return (page, try await broker.unacknowledged(for: user))
             }
         }
@@ -144,7 +168,9 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             switch result {
             case .success(let (page, unacknowledged)):
                 log("connection open")
-                let recovery = page.flatMap { page in resumeFrom.map { (page.recovery(from: $0), page.latest) } }
+                let recovery = page.flatMap { page in
+                    resumeIsInvalid ? (Recovery.invalidPosition, page.latest) : resumeFrom.map { (page.recovery(from: $0), page.latest) }
+                }
                 let welcome = ServerFrame.welcome(
                     user: user,
                     connection: id,
@@ -435,5 +461,32 @@ extension Optional {
     fileprivate func asyncMap<T>(_ transform: (Wrapped) async throws -> T) async rethrows -> T? {
         guard let value = self else { return nil }
         return try await transform(value)
+    }
+}
+
+/// What a connection asked of its user's channel when it connected.
+enum ResumeRequest: Equatable {
+    /// Nothing: live messages only.
+    case none
+    /// Replay what came after this position, then carry on live.
+    case from(StreamPosition)
+    /// `since_offset`/`since_epoch` were malformed (or only one was given): the welcome says
+    /// `"recovered":false,"reason":"invalid_position"`.
+    case invalid
+
+    /// From the `since_offset` and `since_epoch` query parameters.
+    init(offset: String?, epoch: String?) {
+        switch (offset, epoch) {
+        case (nil, nil):
+            self = .none
+        case (let offset?, let epoch?):
+            if let value = Int64(offset), value >= 0, !epoch.isEmpty, epoch.utf8.count <= 200 {
+                self = .from(StreamPosition(offset: value, epoch: epoch))
+            } else {
+                self = .invalid
+            }
+        default:
+            self = .invalid
+        }
     }
 }

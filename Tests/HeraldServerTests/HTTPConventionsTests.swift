@@ -1,0 +1,141 @@
+import Foundation
+import HeraldServer
+import Testing
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// What any HTTP client expects of a server: 426 on the WebSocket endpoint without an upgrade,
+/// 405 with `Allow` for a known route and another method, `OPTIONS`, and CORS for the pages
+/// of the allowed origins.
+@Suite("HTTP conventions: 426, 405, OPTIONS and CORS")
+struct HTTPConventionsTests {
+    @Test func aPlainGetOnTheWebSocketEndpointIsUpgradeRequired() async throws {
+        try await TestServer.with { server in
+            let response = try await exchange(server.port, "GET", "/ws?user=alice")
+            #expect(response.status == 426)
+            #expect(response.header("Upgrade") == "websocket")
+            #expect(response.header("Sec-WebSocket-Version") == "13")
+            #expect(try json(response.body)["error"] as? String == "upgrade_required")
+        }
+    }
+
+    @Test func aKnownRouteWithAnotherMethodIsNotAllowed() async throws {
+        try await TestServer.with { server in
+            for (method, path, allow) in [
+                ("GET", "/api/broadcast", "POST, OPTIONS"),
+                ("DELETE", "/api/stats", "GET, OPTIONS"),
+                ("POST", "/healthz", "GET, OPTIONS"),
+                ("GET", "/api/rooms/lobby/members/alice", "PUT, DELETE, OPTIONS"),
+                ("PUT", "/api/users/alice/send", "POST, OPTIONS"),
+            ] {
+                let response = try await exchange(server.port, method, path, body: method == "GET" || method == "DELETE" ? nil : "{}")
+                #expect(response.status == 405, "\(method) \(path)")
+                #expect(response.header("Allow") == allow, "\(method) \(path)")
+                #expect(try json(response.body)["error"] as? String == "method_not_allowed")
+            }
+            // An unknown route stays a 404.
+            #expect(try await exchange(server.port, "GET", "/api/nothing").status == 404)
+            #expect(try await exchange(server.port, "OPTIONS", "/api/nothing").status == 404)
+        }
+    }
+
+    @Test func optionsWithoutAllowedOriginsAnswersAllowButNoCORS() async throws {
+        try await TestServer.with { server in
+            let response = try await exchange(
+                server.port, "OPTIONS", "/api/broadcast",
+                headers: ["Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"]
+            )
+            #expect(response.status == 204)
+            #expect(response.header("Allow") == "POST, OPTIONS")
+            #expect(response.header("Access-Control-Allow-Origin") == nil)
+            let publish = try await exchange(server.port, "POST", "/api/broadcast", body: #"{"data":1}"#, headers: ["Origin": "https://app.example.com"])
+            #expect(publish.status == 202)
+            #expect(publish.header("Access-Control-Allow-Origin") == nil)
+        }
+    }
+
+    @Test func allowedOriginsGetPreflightsAndCORSHeaders() async throws {
+        try await TestServer.with({
+            $0.allowedOrigins = ["https://app.example.com"]
+            $0.apiKey = "k3y"
+        }) { server in
+            let allowed = ["Origin": "https://app.example.com"]
+            // The preflight needs no API key (browsers never send credentials with it).
+            let preflight = try await exchange(
+                server.port, "OPTIONS", "/api/rooms/lobby/members/alice",
+                headers: allowed.merging(["Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "authorization"]) { $1 }
+            )
+            #expect(preflight.status == 204)
+            #expect(preflight.header("Access-Control-Allow-Origin") == "https://app.example.com")
+            #expect(preflight.header("Access-Control-Allow-Methods") == "PUT, DELETE")
+            #expect(preflight.header("Access-Control-Allow-Headers")?.contains("Authorization") == true)
+            #expect(preflight.header("Vary") == "Origin")
+            #expect(preflight.header("Access-Control-Max-Age") != nil)
+
+            let other = try await exchange(
+                server.port, "OPTIONS", "/api/broadcast",
+                headers: ["Origin": "https://evil.example", "Access-Control-Request-Method": "POST"]
+            )
+            #expect(other.status == 204)
+            #expect(other.header("Access-Control-Allow-Origin") == nil)
+
+            // Answered on the event loop (publish), by the router (stats), and refused (401).
+            let publish = try await exchange(server.port, "POST", "/api/rooms/lobby/publish", body: #"{"data":1}"#, headers: allowed, apiKey: "k3y")
+            #expect(publish.status == 202)
+            #expect(publish.header("Access-Control-Allow-Origin") == "https://app.example.com")
+            let stats = try await exchange(server.port, "GET", "/api/stats", headers: allowed, apiKey: "k3y")
+            #expect(stats.status == 200)
+            #expect(stats.header("Access-Control-Allow-Origin") == "https://app.example.com")
+            let refused = try await exchange(server.port, "GET", "/api/stats", headers: allowed)
+            #expect(refused.status == 401)
+            #expect(refused.header("Access-Control-Allow-Origin") == "https://app.example.com")
+            let evil = try await exchange(server.port, "GET", "/api/stats", headers: ["Origin": "https://evil.example"], apiKey: "k3y")
+            #expect(evil.status == 200)
+            #expect(evil.header("Access-Control-Allow-Origin") == nil)
+        }
+    }
+
+    @Test func aWildcardAllowsEveryOrigin() async throws {
+        try await TestServer.with({ $0.allowedOrigins = ["*"] }) { server in
+            let publish = try await exchange(server.port, "POST", "/api/broadcast", body: #"{"data":1}"#, headers: ["Origin": "https://any.example"])
+            #expect(publish.header("Access-Control-Allow-Origin") == "*")
+            #expect(publish.header("Vary") == nil)
+        }
+    }
+}
+
+struct HTTPExchange {
+    var status: Int
+    var headers: [String: String]
+    var body: String
+
+    func header(_ name: String) -> String? {
+        headers.first { $0.key.lowercased() == name.lowercased() }?.value
+    }
+}
+
+/// One HTTP request with headers; the answer's status, headers and body.
+func exchange(
+    _ port: Int,
+    _ method: String,
+    _ path: String,
+    body: String? = nil,
+    headers: [String: String] = [:],
+    apiKey: String? = nil
+) async throws -> HTTPExchange {
+    var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+    request.httpMethod = method
+    request.timeoutInterval = 10
+    if let body { request.httpBody = Data(body.utf8) }
+    for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+    if let apiKey { request.setValue("Bearer \(apiKey)", forHTTPHeaderField: "Authorization") }
+    let (data, response) = try await URLSession.shared.data(for: request)
+    let http = try #require(response as? HTTPURLResponse)
+    var fields: [String: String] = [:]
+    for (name, value) in http.allHeaderFields {
+        if let name = name as? String, let value = value as? String { fields[name] = value }
+    }
+    return HTTPExchange(status: http.statusCode, headers: fields, body: String(decoding: data, as: UTF8.self))
+}
