@@ -14,12 +14,19 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         self.database = database
     }
 
+    /// `text` with the credentials of a `scheme://user:password@host` URL replaced by `***`, for
+    /// messages and logs.
+    public static func redacting(_ text: String) -> String {
+        guard let scheme = text.firstRange(of: "://"), let at = text[scheme.upperBound...].lastIndex(of: "@") else { return text }
+        return String(text[..<scheme.upperBound]) + "***" + String(text[at...])
+    }
+
     /// Parses `redis://…`. `rediss://` (TLS) is refused: this client speaks plain TCP.
     public init(parsing text: String) throws(RedisError) {
         if text.hasPrefix("rediss://") {
             throw RedisError("rediss:// (TLS) is not supported by Herald's Redis client; use redis:// on a trusted network or a TLS tunnel")
         }
-        guard text.hasPrefix("redis://") else { throw RedisError("a Redis URL starts with redis://, got \(text)") }
+        guard text.hasPrefix("redis://") else { throw RedisError("a Redis URL starts with redis://, got \(Self.redacting(text))") }
         var rest = Substring(text.dropFirst("redis://".count))
         self.init()
         if let at = rest.lastIndex(of: "@") {
@@ -43,7 +50,7 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         }
         if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
             guard let number = Int(rest[rest.index(after: colon)...]), (1...65535).contains(number) else {
-                throw RedisError("invalid port in Redis URL \(text)")
+                throw RedisError("invalid port in Redis URL \(Self.redacting(text))")
             }
             port = number
             rest = rest[..<colon]

@@ -44,7 +44,7 @@ public struct HeraldServer: Sendable {
             do {
                 url = try RedisURL(parsing: redis)
             } catch {
-                throw ConfigurationError("--redis \(redis): \(error)")
+                throw ConfigurationError("--redis \(RedisURL.redacting(redis)): \(error)")
             }
             var brokerConfiguration = RedisBroker.Configuration(url: url, nodeID: nodeID)
             brokerConfiguration.prefix = configuration.redisPrefix

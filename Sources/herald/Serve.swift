@@ -134,7 +134,13 @@ struct Serve: AsyncParsableCommand {
 
         if settings.workers > 1 {
             let supervisor = WorkerSupervisor(count: settings.workers, arguments: Array(CommandLine.arguments.dropFirst()), baseNodeID: configuration.nodeID, logger: logger)
-            try await supervisor.run()
+            do {
+                try await supervisor.run()
+            } catch let failure as WorkerFailure {
+                FileHandle.standardError.write(Data("herald: \(failure.description)\n".utf8))
+                // The workers' reason (69: Redis unreachable) is the group's.
+                throw ExitCode([Self.usageExitCode, Self.unavailableExitCode].contains(failure.status) ? failure.status : 1)
+            }
             return
         }
 
@@ -153,6 +159,8 @@ struct Serve: AsyncParsableCommand {
 
     /// `EX_UNAVAILABLE` (sysexits.h): a service the node needs (Redis) cannot be reached.
     static let unavailableExitCode: Int32 = 69
+    /// `EX_USAGE` (sysexits.h), what ArgumentParser exits with for a bad option.
+    static let usageExitCode: Int32 = 64
 
     /// What `herald serve` runs with: the flags, then the environment, checked.
     struct Settings {

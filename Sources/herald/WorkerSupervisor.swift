@@ -72,11 +72,15 @@ struct WorkerSupervisor {
             let status = await iterator.next() ?? -1
             state.remove(process)
             if state.isStopping { return }
+            if status == Serve.usageExitCode {
+                // A usage error: every restart would fail the same way.
+                throw WorkerFailure("worker \(index) refused its options (status 64); stopping all workers", status: status)
+            }
             let now = ContinuousClock.now
             recentDeaths = recentDeaths.filter { now - $0 < .seconds(60) } + [now]
             logger.error("worker \(index) exited with status \(status); restarting it in 1 s")
             if recentDeaths.count >= 5 {
-                throw WorkerFailure("worker \(index) died 5 times within a minute (last status \(status)); stopping all workers")
+                throw WorkerFailure("worker \(index) died 5 times within a minute (last status \(status)); stopping all workers", status: status)
             }
             try await Task.sleep(for: .seconds(1))
         }
@@ -133,7 +137,12 @@ final class SupervisorState: @unchecked Sendable {
     }
 }
 
+/// The worker group gave up; `status` is the last worker's exit status.
 struct WorkerFailure: Error, CustomStringConvertible {
     let description: String
-    init(_ description: String) { self.description = description }
+    let status: Int32
+    init(_ description: String, status: Int32) {
+        self.description = description
+        self.status = status
+    }
 }
