@@ -68,23 +68,30 @@ public final class IngestConsumer: Service, Sendable {
     private func consume() async {
         var backoff = Backoff(first: .milliseconds(100), cap: .seconds(2))
         var groupReady = false
+        /// Entries this consumer read and did not acknowledge (a failed publish, a restart) are
+        /// read again, first, before new ones: not left until another node claims them.
+        var ownPendingFirst = true
         var lastClaim = ContinuousClock.now - configuration.claimIdle
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            // The client connects (and reconnects) in its own task: commands sent before it is up
-            // would only fail. The broker reports Redis outages; this loop just waits for it.
-            guard client.isConnected else {
+            // Both connections (the queue's, and the broker's that publishes) connect and
+            // reconnect in their own tasks: an entry read before the broker is back would only
+            // fail to publish. The broker reports Redis outages; this loop just waits.
+            guard client.isConnected, broker.isConnected else {
                 try? await Task.sleep(for: .milliseconds(50))
                 continue
             }
             do {
                 if !groupReady {
                     try await createGroup()
-                    // Entries this consumer read before a restart and never acknowledged come first.
-                    try await process(try await read(from: "0"))
                     groupReady = true
+                }
+                if ownPendingFirst {
+                    try await process(try await read(from: "0"), checkingAttempts: true)
+                    ownPendingFirst = false
                 }
                 if ContinuousClock.now - lastClaim >= configuration.claimIdle / 2 {
                     try await claimAbandoned()
+                    try await trimAcknowledged()
                     lastClaim = ContinuousClock.now
                 }
                 try await process(try await read(from: ">"))
@@ -92,6 +99,7 @@ public final class IngestConsumer: Service, Sendable {
             } catch let error as RedisError where Self.groupIsGone(error) {
                 // Redis lost the group (restarted without persistence, the stream deleted or
                 // the group destroyed): create it again, at once, or the queue stalls for good.
+                ownPendingFirst = true
                 if groupReady {
                     logger.notice("ingest queue: the consumer group \(configuration.group) of \(configuration.stream) is gone (\(error.code)); creating it again")
                     groupReady = false
@@ -101,7 +109,8 @@ public final class IngestConsumer: Service, Sendable {
                 }
             } catch {
                 if Task.isCancelled { return }
-                if client.isConnected { logger.warning("ingest queue: \(error)") }
+                ownPendingFirst = true
+                if client.isConnected && broker.isConnected { logger.warning("ingest queue: \(error)") }
                 try? await Task.sleep(for: backoff.next())
             }
         }
@@ -125,6 +134,44 @@ public final class IngestConsumer: Service, Sendable {
             // Another node (or an earlier run) created it.
         }
     }
+
+    /// Deletes the entries every consumer group of the stream has acknowledged, so the stream
+    /// does not grow forever: those before the oldest pending entry and up to the last one
+    /// delivered, of every group (a backend may run a group of its own on the stream).
+    private func trimAcknowledged() async throws {
+        let reply = try await client.evaluate(Self.trimScript, keys: [configuration.stream], arguments: [])
+        if case .integer(let removed) = reply, removed > 0 {
+            logger.debug("ingest queue: trimmed \(removed) acknowledged entries")
+        }
+    }
+
+    /// KEYS: the stream. Trims it to the smallest of each group's oldest pending id and
+    /// last-delivered id. Returns the entries removed.
+    static let trimScript = RedisScript(
+        """
+        local function before(a, b)
+          local am, as = string.match(a, '^(%d+)-(%d+)$')
+          local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+          am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+          return am < bm or (am == bm and as < bs)
+        end
+        local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+        if not ok or #groups == 0 then return 0 end
+        local keep = nil
+        for _, group in ipairs(groups) do
+          local name, last
+          for i = 1, #group, 2 do
+            if group[i] == 'name' then name = group[i + 1] elseif group[i] == 'last-delivered-id' then last = group[i + 1] end
+          end
+          if not name or not last then return 0 end
+          local oldest = last
+          local pending = redis.call('XPENDING', KEYS[1], name)
+          if pending[1] > 0 and before(pending[2], oldest) then oldest = pending[2] end
+          if keep == nil or before(oldest, keep) then keep = oldest end
+        end
+        return redis.call('XTRIM', KEYS[1], 'MINID', keep)
+        """
+    )
 
     /// `>`: new entries, waiting up to a second; `0`: this consumer's pending ones.
     private func read(from id: String) async throws -> [Entry] {
@@ -183,7 +230,8 @@ public final class IngestConsumer: Service, Sendable {
 
     private func moveAside(_ entry: Entry, reason: String) async throws {
         logger.error("ingest queue: entry moved to \(deadStream)", metadata: ["entry": "\(entry.id)", "reason": "\(reason)"])
-        var arguments = [deadStream, "*", "entry", entry.id, "reason", reason]
+        // The dead-letter stream keeps the latest 10,000 (roughly: trimmed by whole nodes).
+        var arguments = [deadStream, "MAXLEN", "~", "10000", "*", "entry", entry.id, "reason", reason]
         for (field, value) in entry.fields { arguments += [field, value] }
         try await client.send(RESPCommand("XADD", arguments))
         try await client.send(RESPCommand("XACK", configuration.stream, configuration.group, entry.id))

@@ -48,6 +48,9 @@ public final class RedisBroker: Broker {
     private let interest = Mutex<PendingInterest>(PendingInterest())
     private let wake: AsyncStream<Void>.Continuation
     private let wakes: AsyncStream<Void>
+    /// Signalled each time the command connection is back after a loss (for one consumer: the
+    /// roster, which then checks at once whether Redis lost its data).
+    let commandReconnects: AsyncStream<Void>
     /// Signalled after each pub/sub reconnect: heal every channel from its history.
     private let healing: AsyncStream<Void>.Continuation
     private let heals: AsyncStream<Void>
@@ -73,8 +76,11 @@ public final class RedisBroker: Broker {
         self.streams = streams
         let (healStream, healContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let healSignal = healContinuation
+        let (reconnects, reconnected) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        self.commandReconnects = reconnects
         self.client = RedisClient(url: url, configuration: configuration.client, on: group) {
             logger.notice("Redis command connection re-established", metadata: ["redis": "\(url.host):\(url.port)"])
+            reconnected.yield()
         }
         let client = self.client
         self.subscriber = RedisSubscriber(
@@ -107,6 +113,9 @@ public final class RedisBroker: Broker {
     }
 
     public var statistics: BrokerStatistics.Snapshot { counters.snapshot() }
+
+    /// Whether the command connection (the one that publishes) is up right now.
+    public var isConnected: Bool { client.isConnected }
 
     /// Runs until graceful shutdown: keeps both connections up and applies interest changes.
     public func run() async throws {

@@ -132,14 +132,11 @@ public final class RedisClient: Sendable {
             connectTimeout: configuration.connectTimeout,
             commandTimeout: configuration.commandTimeout
         )
-        let scripts = preloaded.withLock { $0 }
-        do {
-            let loads = scripts.map { connection.submit(RESPCommand("SCRIPT", "LOAD", $0.source)) }
-            for load in loads { _ = try await load.get() }
-        } catch {
-            await connection.close()
-            throw error
-        }
+        // A refused load (a Redis user allowed EVALSHA but not SCRIPT LOAD: NOPERM) is no reason
+        // to refuse the connection: `evaluate` still falls back to EVAL. A connection that died
+        // meanwhile is noticed by the caller.
+        let loads = preloaded.withLock { $0 }.map { connection.submit(RESPCommand("SCRIPT", "LOAD", $0.source)) }
+        for load in loads { _ = try? await load.get() }
         return connection
     }
 }

@@ -63,6 +63,9 @@ public struct RedisLayout: Sendable, Equatable {
 
     public func membersKey(_ room: String) -> String { prefix + ":members:" + room }
     public func roomsOfKey(_ user: String) -> String { prefix + ":rooms-of:" + user }
+    /// The user's memberships ended recently (a hash of rooms, expiring), so that a write-back
+    /// of memberships Redis lost does not bring them back.
+    public func endedKey(_ user: String) -> String { prefix + ":ended:" + user }
     public var roomsKey: String { prefix + ":rooms" }
     public var nodesKey: String { prefix + ":nodes" }
     public var presenceKeyPrefix: String { prefix + ":presence:" }

@@ -52,8 +52,12 @@ public final class RedisRoster: Roster, Service {
         )
     }
 
+    /// Seconds a leave is remembered against a write-back of lost memberships: longer than a
+    /// node can take to notice Redis lost its data (its heartbeat, or its reconnect).
+    static let endedMemory = 300
+
     public func leave(user: String, room: String) async throws(HubError) -> Bool {
-        try await change(MembershipChange(user: user, room: room, isMember: false), script: Self.leaveScript, limits: [])
+        try await change(MembershipChange(user: user, room: room, isMember: false), script: Self.leaveScript, limits: [String(Self.endedMemory)])
     }
 
     private func change(_ change: MembershipChange, script: RedisScript, limits extra: [String]) async throws(HubError) -> Bool {
@@ -63,7 +67,7 @@ public final class RedisRoster: Roster, Service {
         do {
             reply = try await client.evaluate(
                 script,
-                keys: [layout.membersKey(change.room), layout.roomsOfKey(change.user), layout.roomsKey],
+                keys: [layout.membersKey(change.room), layout.roomsOfKey(change.user), layout.roomsKey, layout.endedKey(change.user)],
                 arguments: [change.user, change.room, layout.channel(for: .user(change.user)), notice] + extra
             )
         } catch {
@@ -84,12 +88,14 @@ public final class RedisRoster: Roster, Service {
                 )
             }
             return true
-        case 0:
-            // Redis had it already, but a node may not (a notice lost in a pub/sub gap, or Redis
-            // restarted without persistence and forgot a membership nodes still apply): the
-            // change was announced all the same, so every node converges on what Redis holds.
+        case 0 where receivers > 0:
+            // A leave Redis had nothing to remove for, announced all the same: nodes may still
+            // apply the membership (Redis restarted without persistence and forgot it).
             broker.acks.expectConfirmations(Int(receivers), for: token)
             _ = try? await confirmed.get()
+            return false
+        case 0:
+            broker.acks.cancel(token)
             return false
         case -1:
             broker.acks.cancel(token)
@@ -150,12 +156,26 @@ public final class RedisRoster: Roster, Service {
         }
     }
 
-    /// Heartbeats the node's presence until graceful shutdown, then removes it.
+    /// Heartbeats the node's presence until graceful shutdown, then removes it. Besides every
+    /// third of the presence TTL, it heartbeats as soon as the broker's command connection is
+    /// back after a loss: if Redis lost its data, what this node holds is written back at once.
     public func run() async throws {
         let interval = presenceTTL / 3
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            await heartbeat()
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        let (ticks, tick) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    tick.yield()
+                    try? await Task.sleep(for: interval)
+                }
+            }
+            group.addTask { [broker] in
+                for await _ in broker.commandReconnects { tick.yield() }
+            }
+            await cancelWhenGracefulShutdown {
+                for await _ in ticks { await self.heartbeat() }
+            }
+            group.cancelAll()
         }
         _ = try? await client.send(RESPCommand("ZREM", layout.nodesKey, nodeID))
         _ = try? await client.send(RESPCommand("HDEL", layout.nodeTotalsKey, nodeID))
@@ -186,11 +206,12 @@ public final class RedisRoster: Roster, Service {
             // persistence) or it expired, and its presence hash with it, even if connections
             // counted since the reconnect put a few users back in it.
             let registryLost = parts[0] == .integer(1) || parts[1] == .integer(0)
-            let previous = knownInstance.withLock { known in
-                defer { known = instance }
-                return known
-            }
-            if let previous, previous != instance { await restoreMemberships() }
+            let previous = knownInstance.withLock { $0 }
+            // Remembered only once what Redis lost is written back: a failed write-back is
+            // tried again at the next heartbeat.
+            var current = previous == nil || previous == instance
+            if !current { current = await restoreMemberships() }
+            if current { knownInstance.withLock { $0 = instance } }
             guard stale || registryLost else { return }
             let counts = sink.localConnectionCounts()
             guard stale || !counts.isEmpty else { return }
@@ -219,29 +240,41 @@ public final class RedisRoster: Roster, Service {
 
     /// Redis lost its data set (restarted without persistence, or flushed) while this node's
     /// users kept their connections, and this node kept applying their rooms: write those
-    /// memberships back, so that the roster, presence queries and the users' other nodes agree
-    /// with what they receive. Memberships of users no node holds are lost (clients re-join
-    /// after their welcome). Written in batches; limits are not checked (they held before).
-    func restoreMemberships() async {
+    /// memberships back, and announce them on the users' channels (a connection that opened on
+    /// another node meanwhile loaded no rooms), so that the roster, presence queries and every
+    /// node agree with what the users receive. Memberships of users no node holds are lost
+    /// (clients re-join after their welcome); those ended since (a leave or a kick, remembered
+    /// for ``endedMemory`` seconds) are not brought back. Written in batches; limits are not
+    /// checked (they held before). Returns whether everything was written.
+    func restoreMemberships() async -> Bool {
         let memberships = sink.localMemberships()
-        guard !memberships.isEmpty else { return }
-        var batch: [String] = []
+        guard !memberships.isEmpty else { return true }
+        var keys: [String] = [layout.roomsKey]
+        var arguments: [String] = [layout.membersKey(""), layout.roomsOfKey(""), layout.endedKey(""), layout.channel(for: .user(""))]
+        let fixed = arguments.count
         var restored = 0
         func flush() async throws {
-            guard !batch.isEmpty else { return }
-            _ = try await client.evaluate(Self.restoreScript, keys: [layout.roomsKey], arguments: [layout.membersKey(""), layout.roomsOfKey("")] + batch)
-            batch.removeAll(keepingCapacity: true)
+            guard arguments.count > fixed else { return }
+            let reply = try await client.evaluate(Self.restoreScript, keys: keys, arguments: arguments)
+            if case .integer(let count) = reply { restored += Int(count) }
+            keys.removeSubrange(1...)
+            arguments.removeSubrange(fixed...)
         }
         do {
             for (user, rooms) in memberships {
-                batch += [user, String(rooms.count)] + rooms
-                restored += rooms.count
-                if batch.count >= 1000 { try await flush() }
+                arguments += [user, String(rooms.count)]
+                for room in rooms {
+                    // No confirmation is awaited: the token matches no waiting change.
+                    arguments += [room, MembershipNotice(origin: nodeID, token: "restore", change: MembershipChange(user: user, room: room, isMember: true)).encoded()]
+                }
+                if arguments.count >= 2000 { try await flush() }
             }
             try await flush()
-            logger.notice("memberships restored after Redis lost them", metadata: ["users": "\(memberships.count)", "memberships": "\(restored)"])
+            logger.notice("memberships written back after Redis lost them", metadata: ["users": "\(memberships.count)", "memberships": "\(restored)"])
+            return true
         } catch {
-            logger.warning("memberships not restored after Redis lost them", metadata: ["error": "\(error)"])
+            logger.warning("memberships not written back after Redis lost them; trying again at the next heartbeat", metadata: ["error": "\(error)"])
+            return false
         }
     }
 
@@ -263,12 +296,14 @@ public final class RedisRoster: Roster, Service {
 
     // MARK: - Scripts
 
-    /// KEYS: members, rooms-of, rooms. ARGV: user, room, user channel, notice, max rooms per
-    /// user, max members per room, max rooms. Returns {1, receivers} when joined, {0, receivers}
-    /// when already a member (announced all the same), {-1|-2|-3, 0} for the limit hit.
+    /// KEYS: members, rooms-of, rooms, the user's recently ended memberships. ARGV: user, room,
+    /// user channel, notice, max rooms per user, max members per room, max rooms. Returns {1,
+    /// receivers} when joined, {0, 0} when already a member (not announced: clients re-join
+    /// after every welcome, and nodes already apply it), {-1|-2|-3, 0} for the limit hit.
     static let joinScript = RedisScript(
         """
-        if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
+        if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, 0} end
+        redis.call('HDEL', KEYS[4], ARGV[2])
         if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {-1, 0} end
         local members = redis.call('SCARD', KEYS[1])
         if members >= tonumber(ARGV[6]) then return {-2, 0} end
@@ -280,12 +315,16 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS and ARGV as for the join. Returns {1, receivers} when left, {0, receivers} when not a
-    /// member. A leave Redis had nothing to remove for is announced all the same: after Redis
-    /// lost its sets (a restart without persistence) nodes still apply the membership, and a
-    /// leave or a kick must still end it there.
+    /// KEYS as for the join; ARGV: user, room, user channel, notice, seconds an ended membership
+    /// is remembered. Returns {1, receivers} when left, {0, receivers} when not a member. A leave
+    /// Redis had nothing to remove for is announced all the same: after Redis lost its sets (a
+    /// restart without persistence) nodes still apply the membership, and a leave or a kick
+    /// must still end it there. Every leave is remembered for a while, so that a node writing
+    /// back what Redis lost (``restoreScript``) does not bring it back.
     static let leaveScript = RedisScript(
         """
+        redis.call('HSET', KEYS[4], ARGV[2], 1)
+        redis.call('EXPIRE', KEYS[4], ARGV[5])
         if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {0, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
         redis.call('SREM', KEYS[2], ARGV[2])
         if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
@@ -346,21 +385,28 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS: rooms. ARGV: the members key prefix, the rooms-of key prefix, then for each user:
-    /// user, number of rooms, rooms.
+    /// KEYS: rooms. ARGV: the members, rooms-of and ended key prefixes, the user channel
+    /// prefix, then for each user: user, number of rooms, then room and join notice for each.
+    /// Skips memberships ended recently; announces each one written. Returns how many.
     static let restoreScript = RedisScript(
         """
-        local i = 3
+        local restored = 0
+        local i = 5
         while i <= #ARGV do
           local user, count = ARGV[i], tonumber(ARGV[i + 1])
-          for j = i + 2, i + 1 + count do
-            redis.call('SADD', ARGV[1] .. ARGV[j], user)
-            redis.call('SADD', ARGV[2] .. user, ARGV[j])
-            redis.call('SADD', KEYS[1], ARGV[j])
+          for j = i + 2, i + 2 * count, 2 do
+            local room = ARGV[j]
+            if redis.call('HEXISTS', ARGV[3] .. user, room) == 0 then
+              redis.call('SADD', ARGV[1] .. room, user)
+              redis.call('SADD', ARGV[2] .. user, room)
+              redis.call('SADD', KEYS[1], room)
+              redis.call('PUBLISH', ARGV[4] .. user, ARGV[j + 1])
+              restored = restored + 1
+            end
           end
-          i = i + 2 + count
+          i = i + 2 + 2 * count
         end
-        return 1
+        return restored
         """
     )
 

@@ -62,7 +62,7 @@ struct Bench: AsyncParsableCommand {
     var connectConcurrency = 500
     @Option(parsing: .unconditional, help: "Event-loop threads of the generator.")
     var threads = 1
-    @Option(name: .customLong("server-pid"), help: "Server process to measure (repeatable).")
+    @Option(name: .customLong("server-pid"), parsing: .unconditionalSingleValue, help: "Server process to measure (repeatable).")
     var serverPID: [Int32] = []
     @Option(name: .customLong("jwt-secret"), help: "Connect with tokens signed with the server's secret.")
     var jwtSecret: String?

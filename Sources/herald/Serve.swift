@@ -259,18 +259,21 @@ struct Serve: AsyncParsableCommand {
         return settings
     }
 
-    /// `--allowed-origins`: `*`, or origins as a browser sends them (`scheme://host[:port]`).
+    /// `--allowed-origins`: `*`, or origins as a browser sends them (`scheme://host[:port]`),
+    /// normalized (lowercase, no default port) so that they match what browsers send.
     static func origins(_ text: String) throws -> [String] {
         let origins = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard !origins.isEmpty else { throw ValidationError("--allowed-origins must list at least one origin, or *") }
-        for origin in origins where origin != "*" {
-            let valid = (origin.hasPrefix("http://") || origin.hasPrefix("https://")) && !origin.hasSuffix("/")
-                && origin.split(separator: "/", omittingEmptySubsequences: false).count == 3
-            guard valid else {
-                throw ValidationError("--allowed-origins: \(origin) is not an origin; write it as a browser sends it, e.g. https://app.example.com or http://localhost:3000")
+        return try origins.map { origin in
+            if origin == "*" { return origin }
+            switch CORSPolicy.normalize(origin) {
+            case .success(let normalized): return normalized
+            case .failure(let problem):
+                throw ValidationError(
+                    "--allowed-origins: \(origin) \(problem); write it as a browser sends it, e.g. https://app.example.com or http://localhost:3000"
+                )
             }
         }
-        return origins
     }
 }
 
@@ -311,7 +314,7 @@ struct OptionReader {
         let source: String
         if let flag {
             value = flag
-            source = "--\(option) \(flag)"
+            source = "--\(option) \(flag == flag.rounded() && abs(flag) < 1e15 ? String(Int64(flag)) : String(flag))"
         } else if let text = text(option) {
             guard let parsed = Double(text) else {
                 throw ValidationError("\(Self.variable(option))=\(text): --\(option) must be a number between \(range.lowerBound) and \(range.upperBound)")

@@ -22,11 +22,14 @@ struct CommandLineTests {
             (["serve", "--max-connections", "-5"], "--max-connections must be between 1 and"),
             (["serve", "--heartbeat", "0"], "--heartbeat must be between 1 and 3600"),
             (["serve", "--history-size", "-1"], "--history-size must be between 0 and"),
-            (["serve", "--rate-limit", "-2"], "--rate-limit must be between"),
+            (["serve", "--rate-limit", "-2"], "--rate-limit -2: --rate-limit must be between"),
             (["serve", "--workers", "0"], "--workers must be between 1 and 256"),
             (["--port", "70000"], "--port must be between 0 and 65535"),  // serve is the default subcommand
             (["serve", "--log-level", "verbose"], "--log-level must be one of trace, debug, info, notice, warning, error, critical"),
             (["bench", "--connections", "-3"], "--connections must be between 1 and"),
+            (["bench", "--server-pid", "-5"], "--server-pid must be between 1 and"),
+            (["serve", "--allowed-origins", "app.example.com"], "--allowed-origins: app.example.com must start with http:// or https://"),
+            (["serve", "--allowed-origins", "https://a.com:99999"], "has a port that is not 1 to 65535"),
         ] {
             let run = try await runHerald(arguments)
             #expect(run.status == 64, "\(arguments): a usage error")

@@ -25,8 +25,8 @@ struct HTTPConventionsTests {
         try await TestServer.with { server in
             for (method, path, allow) in [
                 ("GET", "/api/broadcast", "POST, OPTIONS"),
-                ("DELETE", "/api/stats", "GET, OPTIONS"),
-                ("POST", "/healthz", "GET, OPTIONS"),
+                ("DELETE", "/api/stats", "GET, HEAD, OPTIONS"),
+                ("POST", "/healthz", "GET, HEAD, OPTIONS"),
                 ("GET", "/api/rooms/lobby/members/alice", "PUT, DELETE, OPTIONS"),
                 ("PUT", "/api/users/alice/send", "POST, OPTIONS"),
             ] {
@@ -35,6 +35,11 @@ struct HTTPConventionsTests {
                 #expect(response.header("Allow") == allow, "\(method) \(path)")
                 #expect(try json(response.body)["error"] as? String == "method_not_allowed")
             }
+            // HEAD is GET without the body, wherever GET is served.
+            let head = try await exchange(server.port, "HEAD", "/healthz")
+            #expect(head.status == 200)
+            #expect(head.body.isEmpty)
+            #expect(try await exchange(server.port, "HEAD", "/api/broadcast").status == 405)
             // An unknown route stays a 404.
             #expect(try await exchange(server.port, "GET", "/api/nothing").status == 404)
             #expect(try await exchange(server.port, "OPTIONS", "/api/nothing").status == 404)
@@ -94,7 +99,27 @@ struct HTTPConventionsTests {
             let evil = try await exchange(server.port, "GET", "/api/stats", headers: ["Origin": "https://evil.example"], apiKey: "k3y")
             #expect(evil.status == 200)
             #expect(evil.header("Access-Control-Allow-Origin") == nil)
+            // Every answer varies by Origin, refused ones too: a cache must not hand the answer
+            // kept for one origin to another.
+            #expect(evil.header("Vary") == "Origin")
+            let evilPublish = try await exchange(server.port, "POST", "/api/broadcast", body: #"{"data":1}"#, headers: ["Origin": "https://evil.example"], apiKey: "k3y")
+            #expect(evilPublish.header("Access-Control-Allow-Origin") == nil)
+            #expect(evilPublish.header("Vary") == "Origin")
         }
+    }
+
+    @Test func originsAreComparedAsBrowsersSendThem() throws {
+        #expect(try CORSPolicy.normalize("https://App.Example.com:443").get() == "https://app.example.com")
+        #expect(try CORSPolicy.normalize("http://localhost:80").get() == "http://localhost")
+        #expect(try CORSPolicy.normalize("http://localhost:3000").get() == "http://localhost:3000")
+        #expect(try CORSPolicy.normalize("http://[::1]:8080").get() == "http://[::1]:8080")
+        for bad in ["example.com", "https://a.com/", "https://a b.com", "https://a.com:99999", "https://a.com/path", "https://user@a.com", "ftp://a.com", "https://"] {
+            #expect(throws: CORSPolicy.OriginProblem.self, "\(bad)") { try CORSPolicy.normalize(bad).get() }
+        }
+        let policy = CORSPolicy(["https://app.example.com"])
+        #expect(policy?.allowedOrigin("https://APP.example.com:443") == "https://APP.example.com:443")
+        #expect(policy?.allowedOrigin("https://app.example.com.evil.example") == nil)
+        #expect(policy?.allowedOrigin("http://app.example.com") == nil)
     }
 
     @Test func aWildcardAllowsEveryOrigin() async throws {

@@ -145,7 +145,15 @@ struct RecoveryTests {
 
             // A malformed position is a bad request, not an authentication failure: the connection
             // is served, and its welcome says recovery failed and where the channel stands.
-            let queries = ["since_offset=x&since_epoch=e", "since_offset=-1&since_epoch=e", "since_offset=3", "since_epoch=e", "since_offset=1&since_epoch="]
+            let queries = ["since_offset=x&since_epoch=e", "since_offset=-1&since_epoch=e", "since_offset=3", "since_epoch=e", "since_offset=1&since_epoch=" + String(repeating: "e", count: 201)]
+            // A channel with no message yet: its position (offset 0 and its epoch, empty with
+            // Redis) is one a client may resume from.
+            for query in ["since_offset=0&since_epoch=", "since_offset=0&since_epoch=whatever"] {
+                let fresh = try await TestClient.connect(port: server.port, query: "user=newcomer&" + query)
+                let welcome = try await fresh.nextPositioned()
+                #expect(welcome["recovered"] as? Bool == true, "\(query)")
+                await fresh.close()
+            }
             let latest = try json(try await server.http("GET", "/api/users/alice/history").body)["offset"] as? Int ?? -1
             for (index, query) in queries.enumerated() {
                 let malformed = try await TestClient.connect(port: server.port, query: "user=alice&" + query)

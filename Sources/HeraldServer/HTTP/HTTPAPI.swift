@@ -10,19 +10,19 @@ struct HTTPAPI {
     let node: HeraldNode
 
     func register(on router: Router<BasicRequestContext>) {
-        router.get("/") { _, _ in
+        router.getAndHead("/") { _, _ in
             Response(
                 status: .ok,
                 headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-cache"],
                 body: .init(byteBuffer: ByteBuffer(string: DemoPage.html))
             )
         }
-        router.get("/healthz") { _, _ in
+        router.getAndHead("/healthz") { _, _ in
             JSONBody.response(.ok, ["status": "ok"])
         }
         // An upgrade request is taken over before the router; what gets here is plain HTTP, or
         // an upgrade the WebSocket handshake refused (wrong version, no key).
-        router.get("/ws") { _, _ in
+        router.getAndHead("/ws") { _, _ in
             Response(
                 status: .upgradeRequired,
                 headers: [.upgrade: "websocket", .connection: "Upgrade", .secWebSocketVersion: "13", .contentType: "application/json"],
@@ -57,12 +57,12 @@ struct HTTPAPI {
             let removed = try await roster { () async throws(HubError) in try await node.roster.leave(user: user, room: room) }
             return JSONBody.response(.ok, MembershipReply(room: room, user: user, member: false, changed: removed))
         }
-        api.get("rooms/:room") { _, context in
+        api.getAndHead("rooms/:room") { _, context in
             let room = try name(context, "room")
             let presence = try await roster { () async throws(HubError) in try await node.roster.presence(of: room) }
             return JSONBody.response(.ok, RoomReply(room: room, members: presence.members, online: presence.online))
         }
-        api.get("users/:user") { _, context in
+        api.getAndHead("users/:user") { _, context in
             let user = try name(context, "user")
             let (connections, rooms) = try await roster { () async throws(HubError) in
                 let connections = try await node.roster.connectionCounts(of: [user])[user] ?? 0
@@ -71,18 +71,21 @@ struct HTTPAPI {
             let reply = UserReply(user: user, connections: connections, online: connections > 0, rooms: rooms.sorted())
             return JSONBody.response(.ok, reply)
         }
-        api.get("rooms/:room/history") { request, context in
+        api.getAndHead("rooms/:room/history") { request, context in
             try await history(of: .room(try name(context, "room")), request)
         }
-        api.get("users/:user/history") { request, context in
+        api.getAndHead("users/:user/history") { request, context in
             try await history(of: .user(try name(context, "user")), request)
         }
-        api.get("stats") { _, _ in
+        api.getAndHead("stats") { _, _ in
             let counters = node.hub.statistics.snapshot()
             let broker = node.broker.statistics
             // Stats must answer while Redis is down (that is when they are read): rooms is then left out.
-            let rooms = try? await node.roster.roomCount()
-            let cluster = (try? await node.roster.clusterTotals()).flatMap { $0 }
+            // Both asked at once: with Redis slow to answer, stats wait one timeout, not two.
+            async let roomCount = try? await node.roster.roomCount()
+            async let totals = try? await node.roster.clusterTotals()
+            let rooms = await roomCount
+            let cluster = await totals.flatMap { $0 }
             let reply = StatsReply(
                 node: node.nodeID,
                 scope: "node",
@@ -227,4 +230,14 @@ struct ClusterStatsReply: Encodable {
     var connections: Int
     /// Users with a connection, counted once per node they are connected to.
     var usersOnline: Int
+}
+
+extension RouterMethods {
+    /// Registers `handler` for GET and for HEAD (RFC 9110: HEAD wherever GET is served; the body
+    /// is dropped by ``HTTPConventionsMiddleware``).
+    @discardableResult
+    func getAndHead(_ path: RouterPath, use handler: @Sendable @escaping (Request, Context) async throws -> some ResponseGenerator) -> Self {
+        on(path, method: .get, use: handler)
+        return on(path, method: .head, use: handler)
+    }
 }

@@ -36,43 +36,87 @@ enum HTTPRoutes {
         return nil
     }
 
-    /// The `Allow` header's value: the route's methods and `OPTIONS`.
+    /// The `Allow` header's value: the route's methods, `HEAD` with `GET`, and `OPTIONS`.
     static func allow(_ methods: [HTTPRequest.Method]) -> String {
-        (methods.map(\.rawValue) + ["OPTIONS"]).joined(separator: ", ")
+        var names = methods.map(\.rawValue)
+        if methods.contains(.get) { names.append("HEAD") }
+        return (names + ["OPTIONS"]).joined(separator: ", ")
     }
 }
 
 /// Which browser pages may call the API from another origin (`--allowed-origins`).
-struct CORSPolicy: Sendable {
-    /// Exact origins, or `*` for any.
-    let origins: [String]
+public struct CORSPolicy: Sendable {
+    /// Normalized origins (``normalize(_:)``), or `*` for any.
+    let origins: Set<String>
+    private let anyOrigin: Bool
 
-    /// The policy of a configuration, `nil` when it allows no other origin.
-    init?(_ origins: [String]?) {
+    /// The policy of a configuration, `nil` when it allows no other origin. Origins that are
+    /// not valid are left out (the executable refuses them with a reason before this).
+    public init?(_ origins: [String]?) {
         guard let origins, !origins.isEmpty else { return nil }
-        self.origins = origins
+        self.anyOrigin = origins.contains("*")
+        self.origins = Set(origins.compactMap { try? Self.normalize($0).get() })
+    }
+
+    /// An origin as browsers send it: `scheme://host[:port]`, lowercase, without the scheme's
+    /// default port, nothing after the host and port. An origin written another way would
+    /// never match a browser's.
+    public static func normalize(_ text: String) -> Result<String, OriginProblem> {
+        let lowered = text.lowercased()
+        let scheme: String
+        if lowered.hasPrefix("https://") { scheme = "https" } else if lowered.hasPrefix("http://") { scheme = "http" } else {
+            return .failure(OriginProblem("must start with http:// or https://"))
+        }
+        let rest = lowered.dropFirst(scheme.count + 3)
+        guard !rest.isEmpty, !rest.contains(where: { "/?#@ \\".contains($0) }) else {
+            return .failure(OriginProblem("must be scheme://host[:port], with no path, query or user"))
+        }
+        var host = Substring(rest)
+        var port: Int?
+        if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
+            guard let number = Int(rest[rest.index(after: colon)...]), (1...65535).contains(number) else {
+                return .failure(OriginProblem("has a port that is not 1 to 65535"))
+            }
+            port = number
+            host = rest[..<colon]
+        }
+        let isIPv6 = host.hasPrefix("[") && host.hasSuffix("]")
+        let allowed = isIPv6 ? "0123456789abcdef:.[]" : "abcdefghijklmnopqrstuvwxyz0123456789.-"
+        guard !host.isEmpty, host.allSatisfy({ allowed.contains($0) }) else {
+            return .failure(OriginProblem("has a host that is not a name or an address"))
+        }
+        if port == (scheme == "https" ? 443 : 80) { port = nil }
+        return .success(scheme + "://" + host + (port.map { ":\($0)" } ?? ""))
+    }
+
+    /// Why a text is not an origin.
+    public struct OriginProblem: Error, CustomStringConvertible {
+        public let description: String
+        init(_ description: String) { self.description = description }
     }
 
     /// The `Access-Control-Allow-Origin` value for a request from `origin`, or `nil` when that
     /// origin is not allowed (no CORS header: the browser keeps the answer from the page).
-    func allowedOrigin(_ origin: String?) -> String? {
+    public func allowedOrigin(_ origin: String?) -> String? {
         guard let origin else { return nil }
-        if origins.contains("*") { return "*" }
-        return origins.contains(origin) ? origin : nil
+        if anyOrigin { return "*" }
+        guard case .success(let normalized) = Self.normalize(origin), origins.contains(normalized) else { return nil }
+        return origin
     }
 
-    /// Adds the headers of an answer to a cross-origin request from an allowed origin.
+    /// Adds the headers of an answer to a request that may come from another origin.
     func addHeaders(to fields: inout HTTPFields, origin: String?) {
+        // The answer depends on the request's Origin whenever origins are listed: caches must
+        // keep one per origin, or one kept for a refused origin would be served to an allowed one.
+        if !anyOrigin { fields[.vary] = "Origin" }
         guard let allowed = allowedOrigin(origin) else { return }
         fields[.accessControlAllowOrigin] = allowed
-        // The answer depends on the request's Origin: caches must keep one per origin.
-        if allowed != "*" { fields[.vary] = "Origin" }
     }
 
-    /// The headers a preflight from an allowed origin is answered with.
+    /// The headers a preflight is answered with (the CORS ones only for an allowed origin).
     func addPreflightHeaders(to fields: inout HTTPFields, origin: String?, methods: [HTTPRequest.Method]) {
-        guard allowedOrigin(origin) != nil else { return }
         addHeaders(to: &fields, origin: origin)
+        guard allowedOrigin(origin) != nil else { return }
         fields[.accessControlAllowMethods] = methods.map(\.rawValue).joined(separator: ", ")
         fields[.accessControlAllowHeaders] = "Authorization, Content-Type"
         fields[.accessControlMaxAge] = "600"
@@ -104,7 +148,11 @@ struct HTTPConventionsMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let error as APIError {
             response = try error.response(from: request, context: context)
         }
-        if response.status == .notFound, let methods = HTTPRoutes.methods(for: path), !methods.contains(request.method) {
+        // HEAD is GET without the body (RFC 9110); its routes are registered with GET's.
+        if request.method == .head { response.body = .init() }
+        if response.status == .notFound, let methods = HTTPRoutes.methods(for: path), !methods.contains(request.method),
+            !(request.method == .head && methods.contains(.get))
+        {
             let allowed = methods.map(\.rawValue).joined(separator: " or ")
             response = Response(
                 status: .methodNotAllowed,

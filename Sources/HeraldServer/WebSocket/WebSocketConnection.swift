@@ -480,7 +480,8 @@ enum ResumeRequest: Equatable {
         case (nil, nil):
             self = .none
         case (let offset?, let epoch?):
-            if let value = Int64(offset), value >= 0, !epoch.isEmpty, epoch.utf8.count <= 200 {
+            // An empty epoch is a position too: that of a channel with no message yet.
+            if let value = Int64(offset), value >= 0, epoch.utf8.count <= 200 {
                 self = .from(StreamPosition(offset: value, epoch: epoch))
             } else {
                 self = .invalid
