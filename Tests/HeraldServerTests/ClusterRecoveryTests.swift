@@ -247,6 +247,10 @@ struct ClusterRecoveryTests {
         try await eventually("the room entry appended right after the restart is in the room's history", within: 10) {
             try await cluster.http(0, "GET", "/api/rooms/lobby/history").body.contains(#""data":"via ingest""#)
         }
+        // Connections need the roster: wait until n2 is back before alice connects there.
+        try await eventually("n2 publishes again", within: 15) {
+            try await cluster.http(1, "POST", "/api/broadcast", body: #"{"data":0}"#).status == 202
+        }
         let alice = try await cluster.client("alice", on: 1)
         try await redis.send(RESPCommand("XADD", "herald:ingest", "*", "target", "user:alice", "data", #""to alice""#))
         #expect(try await messages(alice, count: 1, timeout: 10).first?.data as? String == "to alice")

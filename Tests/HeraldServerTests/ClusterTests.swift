@@ -283,6 +283,13 @@ struct ClusterTests {
             let room = try json(try await cluster.http(1, "GET", "/api/rooms/R").body)
             return room["members"] as? [String] == ["alice", "bob"] && room["online"] as? [String] == ["alice", "bob"]
         }
+        // And both nodes' pub/sub connections are back (a channel on which a node never
+        // delivered anything has no position to heal from).
+        for node in 0..<2 {
+            try await eventually("n\(node + 1) resubscribed", within: 15) {
+                (try json(try await cluster.http(node, "GET", "/api/stats").body)["brokerReconnects"] as? Int ?? 0) >= 1
+            }
+        }
         #expect(try await cluster.http(1, "POST", "/api/rooms/R/publish", body: #"{"data":"after"}"#).status == 202)
         for client in [alice, bob] {
             #expect(try await client.nextPositioned()["data"] as? String == "after")
