@@ -40,6 +40,14 @@ struct RedisRosterTests {
             roster = RedisRoster(broker: broker, limits: limits, presenceTTL: .seconds(3), notifying: sink, logger: Logger(label: "test"))
             await roster.heartbeat()
         }
+
+        /// Runs the broker (until the returned task is cancelled) with `user`'s channel
+        /// subscribed, as a node holding a connection of the user.
+        func runHolding(_ user: String) async throws -> Task<Void, any Error> {
+            let running = Task { [broker] in try await broker.run() }
+            try await broker.changeInterest(InterestChange(subscribe: [.user(user)]), on: MultiThreadedEventLoopGroup.singleton.any()).get()
+            return running
+        }
     }
 
     @Test func membershipsAndTheirLimits() async throws {
@@ -50,10 +58,9 @@ struct RedisRosterTests {
         limits.maxMembersPerRoom = 2
         limits.maxRooms = 3
         let node = try await Node("n1", port: server.port, limits: limits)
-        let running = Task { try await node.broker.run() }
-        defer { running.cancel() }
         // This node has a connection of alice's: it hears (and confirms) her changes.
-        try await node.broker.changeInterest(InterestChange(subscribe: [.user("alice")]), on: MultiThreadedEventLoopGroup.singleton.any()).get()
+        let running = try await node.runHolding("alice")
+        defer { running.cancel() }
 
         #expect(try await node.roster.join(user: "alice", room: "a") == true)
         #expect(try await node.roster.join(user: "alice", room: "a") == false)
@@ -87,9 +94,8 @@ struct RedisRosterTests {
         let server = try await RedisServerProcess()
         defer { server.stop() }
         let node = try await Node("n1", port: server.port)
-        let running = Task { try await node.broker.run() }
+        let running = try await node.runHolding("alice")
         defer { running.cancel() }
-        try await node.broker.changeInterest(InterestChange(subscribe: [.user("alice")]), on: MultiThreadedEventLoopGroup.singleton.any()).get()
         #expect(try await node.roster.join(user: "alice", room: "a") == true)
         let probe = try await RedisConnection.connect(to: RedisURL(port: server.port))
         try await probe.send(RESPCommand("FLUSHALL"))  // what a restart without persistence does
@@ -149,9 +155,8 @@ struct RedisRosterTests {
         let server = try await RedisServerProcess()
         defer { server.stop() }
         let node = try await Node("n1", port: server.port)
-        let running = Task { try await node.broker.run() }
+        let running = try await node.runHolding("alice")
         defer { running.cancel() }
-        try await node.broker.changeInterest(InterestChange(subscribe: [.user("alice")]), on: MultiThreadedEventLoopGroup.singleton.any()).get()
         #expect(try await node.roster.join(user: "alice", room: "a") == true)
         #expect(try await node.roster.join(user: "alice", room: "b") == true)
         #expect(try await node.roster.join(user: "alice", room: "c") == true)

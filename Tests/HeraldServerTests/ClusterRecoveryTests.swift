@@ -204,9 +204,7 @@ struct ClusterRecoveryTests {
         let seen = try await messages(alice, count: 1)[0]
         await alice.close()
 
-        let port = cluster.redis.port
-        cluster.redis.stop()
-        let restarted = try await RedisServerProcess(port: port)
+        let restarted = try await cluster.restartRedisWithoutPersistence()
         defer { restarted.stop() }
         try await eventually("publishing works again", within: 15) {
             try await cluster.http(0, "POST", "/api/rooms/R/publish", body: #"{"data":2}"#).status == 202
@@ -238,11 +236,9 @@ struct ClusterRecoveryTests {
         // Redis restarts with nothing: no stream, no consumer group. A backend appends at once,
         // before the nodes are back: the entry must not be skipped (a group created from "$")
         // nor left pending until a claim (--ingest-claim-idle is 30 s here, past the waits).
-        let port = cluster.redis.port
-        cluster.redis.stop()
-        let restarted = try await RedisServerProcess(port: port)
+        let restarted = try await cluster.restartRedisWithoutPersistence()
         defer { restarted.stop() }
-        let redis = try await RedisConnection.connect(to: RedisURL(port: port))
+        let redis = try await RedisConnection.connect(to: RedisURL(port: restarted.port))
         try await redis.send(RESPCommand("XADD", "herald:ingest", "*", "target", "room:lobby", "data", #""via ingest""#))
         try await eventually("the room entry appended right after the restart is in the room's history", within: 10) {
             try await cluster.http(0, "GET", "/api/rooms/lobby/history").body.contains(#""data":"via ingest""#)
@@ -278,9 +274,7 @@ struct ClusterRecoveryTests {
         // n1 is frozen while Redis restarts without persistence and n2 publishes twice: the
         // room's new epoch begins while n1 is away.
         kill(cluster.nodes[0].pid, SIGSTOP)
-        let port = cluster.redis.port
-        cluster.redis.stop()
-        let restarted = try await RedisServerProcess(port: port)
+        let restarted = try await cluster.restartRedisWithoutPersistence()
         defer { restarted.stop() }
         try await eventually("n2 publishes again", within: 15) {
             try await cluster.http(1, "POST", "/api/rooms/R/publish", body: #"{"data":"new 1"}"#).status == 202

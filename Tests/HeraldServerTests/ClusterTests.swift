@@ -31,6 +31,14 @@ struct ClusterTests {
             redis.stop()
         }
 
+        /// Kills the cluster's Redis (SIGKILL) and starts an empty one on the same port, as a
+        /// Redis without persistence comes back. The caller stops the new one.
+        func restartRedisWithoutPersistence() async throws -> RedisServerProcess {
+            let port = redis.port
+            redis.stop()
+            return try await RedisServerProcess(port: port)
+        }
+
         func client(_ user: String, on node: Int, label: String? = nil) async throws -> TestClient {
             let client = try await TestClient.connect(port: nodes[node].port, query: "user=\(user)", label: label ?? "\(user)@n\(node + 1)")
             let welcome = try await client.next(type: "welcome")
@@ -273,9 +281,7 @@ struct ClusterTests {
             return (stats["cluster"] as? [String: Any])?["nodes"] as? Int == 2
         }
 
-        let port = cluster.redis.port
-        cluster.redis.stop()
-        let restarted = try await RedisServerProcess(port: port)
+        let restarted = try await cluster.restartRedisWithoutPersistence()
         defer { restarted.stop() }
         // Each node writes back the rooms of the users it holds: the roster agrees again with
         // what the users receive, from any node.
