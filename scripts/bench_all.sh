@@ -14,7 +14,7 @@ compare --servers herald,floor,seed --reps 3 -- --scenario all --connections 100
 echo "## idle: 19,000 connections held 10 s (Herald heartbeats on, every 25 s by default)"
 compare --servers herald,floor,seed --reps 3 -- --scenario idle --connections 19000 --duration 10 --no-progress
 echo "## connect: 10,000 connections as fast as accepted (Herald with the JWT check on; the floor has no auth)"
-compare --servers herald,floor,seed --reps 3 --herald-arg=--jwt-secret --herald-arg="$SECRET" -- --scenario connect --connections 10000 --jwt-secret "$SECRET" --no-progress
+compare --servers herald,floor,seed --reps 3 --herald-arg=--jwt-secret --herald-arg="$SECRET" --herald-arg=--api-key --herald-arg="$SECRET" -- --scenario connect --connections 10000 --jwt-secret "$SECRET" --no-progress
 echo "## slow: rooms as above, with the first connection stalled (it stops reading)"
 compare --servers herald,floor,seed --reps 3 -- --scenario slow --connections 10000 --rooms 100 --rate 500 --duration 10 --no-progress
 echo "## users: 5,000 users with 2 devices each, 2,000 messages/s to users"

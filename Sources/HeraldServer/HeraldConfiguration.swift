@@ -71,6 +71,19 @@ public struct HeraldConfiguration: Sendable {
     /// Development mode: no JWT secret configured.
     public var isDevelopmentMode: Bool { jwtSecret == nil }
 
+    /// Why this configuration must not run: clients authenticated by tokens, and an HTTP API
+    /// anyone can call. Through the API anyone could make any user a member of any room (the
+    /// token's `rooms` claim is bypassed), publish as the backend and read every history, so
+    /// a JWT secret without an API key is refused, not warned about. `nil` when fine.
+    public var openAPIProblem: String? {
+        guard jwtSecret != nil, apiKey == nil else { return nil }
+        return """
+            a JWT secret is set but no API key: the HTTP API (/api) would let anyone who reaches this port make any \
+            user a member of any room, publish as the backend and read every history. Set --api-key (or HERALD_API_KEY), \
+            e.g. --api-key "$(openssl rand -hex 32)", and give it only to your backend
+            """
+    }
+
     /// The publish policy in force.
     public var effectivePublishPolicy: PublishPolicy {
         publishPolicy ?? (isDevelopmentMode ? .anyone : .members)

@@ -32,6 +32,7 @@ public struct HeraldServer: Sendable {
         var configuration = configuration
         let nodeID = configuration.nodeID ?? HeraldNode.randomNodeID()
         if let problem = HeraldNode.problem(withID: nodeID) { throw ConfigurationError("node id \(nodeID) \(problem)") }
+        if let problem = configuration.openAPIProblem { throw ConfigurationError(problem) }
         configuration.nodeID = nodeID
         let group = MultiThreadedEventLoopGroup.singleton
         let hub = Hub(configuration: configuration.hub, eventLoopGroup: group, logger: logger, framing: WebSocketFraming.textFrame)
@@ -140,7 +141,10 @@ public struct HeraldServer: Sendable {
             }
         }
         if configuration.apiKey == nil {
-            logger.warning("no API key configured: the HTTP API (/api) is open to anyone who can reach this port. Set --api-key or HERALD_API_KEY.")
+            // Only in development mode (HeraldServer refuses a JWT secret without an API key).
+            logger.warning(
+                "no API key configured: the HTTP API (/api) is open to anyone who can reach this port (development mode). Set --api-key or HERALD_API_KEY."
+            )
         }
     }
 }

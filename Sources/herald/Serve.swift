@@ -35,7 +35,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("jwt-secret"), help: "HS256 secret for client tokens, at least 32 bytes; unset means development mode. (env: HERALD_JWT_SECRET)")
     var jwtSecret: String?
 
-    @Option(name: .customLong("api-key"), help: "Bearer key required by every /api call; unset leaves the API open. (env: HERALD_API_KEY)")
+    @Option(name: .customLong("api-key"), help: "Bearer key required by every /api call; required with --jwt-secret, unset leaves the API open in development mode. (env: HERALD_API_KEY)")
     var apiKey: String?
 
     @Flag(name: .customLong("allow-client-broadcast"), help: "Let clients send broadcast frames to everyone. (env: HERALD_ALLOW_CLIENT_BROADCAST=true)")
@@ -234,6 +234,7 @@ struct Serve: AsyncParsableCommand {
         if let origins = options.string(allowedOrigins, "allowed-origins") {
             configuration.allowedOrigins = try Self.origins(origins)
         }
+        if let problem = configuration.openAPIProblem { throw ValidationError(problem) }
         settings.workers = try options.integer(workers, "workers", in: 1...256) ?? 1
 
         let level = options.string(logLevel, "log-level") ?? "info"

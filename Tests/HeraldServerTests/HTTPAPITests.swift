@@ -93,6 +93,12 @@ struct HTTPAPITests {
             #expect(room["room"] as? String == "café bar")
             #expect(room["members"] as? [String] == ["al/ice"])
             #expect(try await server.http("PUT", "/api/rooms/a%0Ab/members/x").status == 400)
+            // Not valid percent-encoded UTF-8, a look-alike, another normal form, an invisible character.
+            for path in ["/api/rooms/a%FFb/members/x", "/api/rooms/lobby/members/%E2%84%AAate", "/api/rooms/Cafe%CC%81/members/x", "/api/users/al%E2%80%8Bice/send"] {
+                let refused = try await server.http(path.hasSuffix("/send") ? "POST" : "PUT", path, body: path.hasSuffix("/send") ? #"{"data":1}"# : nil)
+                #expect(refused.status == 400, "\(path)")
+                #expect(try json(refused.body)["error"] as? String == "bad_request", "\(path)")
+            }
         }
     }
 
@@ -119,7 +125,7 @@ private func rawRequest(_ method: String, _ path: String, body: String? = nil) -
 /// Sends `requests` back to back on one connection, then reads their responses; returns their
 /// statuses. Blocking socket calls, on a thread of their own (not the tests' shared pool,
 /// which the in-process server's router needs too), each bounded by a 10 s receive timeout.
-private func pipelined(port: Int, _ requests: [String]) async throws -> [Int] {
+func pipelined(port: Int, _ requests: [String]) async throws -> [Int] {
     try await withCheckedThrowingContinuation { continuation in
         Thread {
             continuation.resume(with: Result { try pipelinedBlocking(port: port, requests) })

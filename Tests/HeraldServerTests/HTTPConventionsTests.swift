@@ -21,6 +21,34 @@ struct HTTPConventionsTests {
         }
     }
 
+    /// An `Upgrade` header no upgrader takes is answered at once, as plain HTTP: NIO's upgrade
+    /// handler would otherwise drop the request and leave the client waiting.
+    @Test func refusedUpgradesAreAnsweredNotLeftHanging() async throws {
+        try await TestServer.with { server in
+            let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            func request(_ line: String, _ headers: String) -> String {
+                "\(line)\r\nHost: 127.0.0.1\r\n\(headers)Content-Length: 0\r\n\r\n"
+            }
+            let cases: [(String, String, Int)] = [
+                ("GET /healthz HTTP/1.1", "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n", 200),
+                ("GET /ws HTTP/1.1", "Upgrade: websocket\r\nConnection: Upgrade\r\n\(key)Sec-WebSocket-Version: 8\r\n", 426),
+                ("GET /ws HTTP/1.1", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n", 426),
+                ("POST /ws HTTP/1.1", "Upgrade: websocket\r\nConnection: Upgrade\r\n\(key)Sec-WebSocket-Version: 13\r\n", 405),
+                ("GET /ws HTTP/1.0", "Upgrade: websocket\r\nConnection: Upgrade\r\n\(key)Sec-WebSocket-Version: 13\r\n", 426),
+                ("GET /api/nothing HTTP/1.1", "Upgrade: websocket\r\nConnection: Upgrade\r\n\(key)Sec-WebSocket-Version: 13\r\n", 404),
+            ]
+            for (line, headers, status) in cases {
+                let started = ContinuousClock.now
+                #expect(try await pipelined(port: server.port, [request(line, headers)]) == [status], "\(line) \(headers)")
+                #expect(ContinuousClock.now - started < .seconds(5), "answered at once: \(line)")
+            }
+            // A valid upgrade still upgrades.
+            let client = try await TestClient.connect(port: server.port, query: "user=alice")
+            _ = try await client.next(type: "welcome")
+            await client.close()
+        }
+    }
+
     @Test func aKnownRouteWithAnotherMethodIsNotAllowed() async throws {
         try await TestServer.with { server in
             for (method, path, allow) in [

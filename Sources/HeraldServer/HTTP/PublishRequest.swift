@@ -31,7 +31,14 @@ enum PublishRequest {
     static func name(_ raw: Substring, _ key: String) -> Result<String, APIError> {
         let value = String(raw)
         // Foundation's decoding is costly; most names have nothing to decode.
-        let decoded = value.utf8.contains(UInt8(ascii: "%")) ? value.removingPercentEncoding ?? value : value
+        var decoded = value
+        if value.utf8.contains(UInt8(ascii: "%")) {
+            // `%FF`, `%zz`, a lone `%`: not a name, nor a literal one.
+            guard let text = value.removingPercentEncoding else {
+                return .failure(APIError(.badRequest, code: .badRequest, message: "\(key) name is not valid percent-encoded UTF-8"))
+            }
+            decoded = text
+        }
         if let problem = Name.problem(decoded) {
             return .failure(APIError(.badRequest, code: .badRequest, message: "\(key) name \(problem)"))
         }

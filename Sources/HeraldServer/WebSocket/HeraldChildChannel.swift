@@ -91,6 +91,9 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
             let result = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(
                 configuration: pipelineConfiguration
             )
+            let upgradeHandler = try channel.pipeline.syncOperations.handler(type: NIOTypedHTTPServerUpgradeHandler<UpgradeResult>.self)
+            let filter = UpgradeRequestFilter()
+            try channel.pipeline.syncOperations.addHandler(filter, position: .before(upgradeHandler))
             let boundGuard = NIOLoopBound(firstRequestGuard, eventLoop: channel.eventLoop)
             result.whenComplete { _ in
                 channel.pipeline.syncOperations.removeHandler(boundGuard.value, promise: nil)
