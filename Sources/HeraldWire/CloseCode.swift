@@ -6,6 +6,8 @@ public enum CloseCode: UInt16, Sendable, CaseIterable {
     case heartbeatTimeout = 1001
     /// Protocol error from the client (a malformed WebSocket frame or fragmented message).
     case protocolError = 1002
+    /// A text message (or a close reason) that is not valid UTF-8 (RFC 6455, 8.1).
+    case invalidPayload = 1007
     /// Sustained abuse of the frame rate limit. Fix the client before reconnecting.
     case policyViolation = 1008
     /// A frame larger than the server's maximum frame size.

@@ -190,4 +190,41 @@ struct ConnectionManagerTests {
             #expect(closed.reason?.contains("user missing") == true)
         }
     }
+
+    /// RFC 6455 7.1.7: after a violation the server sends its close frame and closes TCP at once,
+    /// without waiting for a close frame it could not parse anyway.
+    @Test func aProtocolViolationClosesTheConnectionAtOnceWithItsCode() async throws {
+        try await TestServer.with { server in
+            let port = server.port
+            let (code, closedWithin) = try await RawWebSocket.run { () throws -> (UInt16, Duration) in
+                let client = try RawWebSocket(port: port, query: "user=mallory")
+                _ = try client.nextFrame()  // welcome
+                try client.sendFrame(opcode: 0x1, payload: [0x7B, 0xFF, 0x7D])  // "{\xFF}": not UTF-8
+                let started = ContinuousClock.now
+                guard let close = try client.nextFrame(), close.opcode == 0x8, close.payload.count >= 2 else { throw TestFailure("no close frame") }
+                // The client answers nothing; the server closes TCP by itself.
+                while try client.nextFrame() != nil {}
+                return (UInt16(close.payload[0]) << 8 | UInt16(close.payload[1]), ContinuousClock.now - started)
+            }
+            #expect(code == 1007)
+            #expect(closedWithin < .seconds(1), "TCP closed right after the close frame, not after the close timeout: \(closedWithin)")
+        }
+    }
+
+    /// A client that sends FIN will send nothing more: its slot and presence are released at
+    /// once, not when a write fails much later.
+    @Test func aClientThatHalfClosesIsUnregisteredAtOnce() async throws {
+        try await TestServer.with { server in
+            let port = server.port
+            let client = try await RawWebSocket.run { () throws -> RawWebSocket in
+                let client = try RawWebSocket(port: port, query: "user=halfway")
+                _ = try client.nextFrame()  // welcome
+                return client
+            }
+            #expect(server.hub.connectionCount == 1)
+            client.shutdownWrite()
+            try await eventually("the half-closed connection is unregistered", within: 2) { server.hub.connectionCount == 0 }
+            #expect(server.hub.connectionCount(of: "halfway") == 0)
+        }
+    }
 }

@@ -85,6 +85,38 @@ struct WebSocketFrameParserTests {
         #expect(violation(fragmented, maxMessageSize: 1024)?.code == .frameTooLarge)
     }
 
+    /// Autobahn 6.x: text that is not valid UTF-8 fails the connection with 1007, whole or
+    /// fragmented (checked when the message is complete: NON-STRICT in Autobahn's terms).
+    @Test func invalidUTF8TextClosesWith1007() throws {
+        for bytes: [UInt8] in [[0xFF], [0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xCF, 0x83, 0xCE, 0xBC, 0xCE, 0xB5, 0xED, 0xA0, 0x80, 0x65, 0x64, 0x69, 0x74, 0x65, 0x64], [0xC0, 0xAF], [0xF4, 0x90, 0x80, 0x80], [0xE0, 0x80]] {
+            #expect(violation(clientFrame(opcode: 0x1, payload: bytes))?.code == .invalidPayload, "\(bytes)")
+            let split = bytes.count / 2
+            let fragmented = clientFrame(opcode: 0x1, fin: false, payload: Array(bytes[..<split])) + clientFrame(opcode: 0x0, payload: Array(bytes[split...]))
+            #expect(violation(fragmented)?.code == .invalidPayload, "fragmented \(bytes)")
+        }
+        // A character split across fragments is fine once the message is whole; binary is not checked.
+        let euro: [UInt8] = [0xE2, 0x82, 0xAC]
+        let split = clientFrame(opcode: 0x1, fin: false, payload: [euro[0]]) + clientFrame(opcode: 0x0, payload: Array(euro[1...]))
+        #expect(try parseAll(split, chunk: 1) == [.text(ByteBuffer(bytes: euro))])
+        #expect(try parseAll(clientFrame(opcode: 0x2, payload: [0xFF]), chunk: 3) == [.binary(ByteBuffer(bytes: [0xFF]))])
+    }
+
+    /// Autobahn 7.x: close codes a peer may not send fail with 1002; a close reason that is not
+    /// UTF-8 fails with 1007.
+    @Test func invalidCloseCodesAndReasonsAreProtocolErrors() throws {
+        func close(_ code: UInt16, reason: [UInt8] = []) -> [UInt8] {
+            clientFrame(opcode: 0x8, payload: [UInt8(code >> 8), UInt8(code & 0xFF)] + reason)
+        }
+        for code: UInt16 in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            #expect(violation(close(code))?.code == .protocolError, "\(code)")
+        }
+        for code: UInt16 in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+            #expect(try parseAll(close(code, reason: Array("bye".utf8)), chunk: 2) == [.close(code: code)], "\(code)")
+        }
+        #expect(violation(close(1000, reason: [0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xED, 0xA0, 0x80]))?.code == .invalidPayload)
+        #expect(try parseAll(clientFrame(opcode: 0x8, payload: []), chunk: 1) == [.close(code: nil)])
+    }
+
     @Test func serverFramesHaveTheRightHeader() {
         #expect(Array(WebSocketFraming.textFrame(ByteBuffer(string: "hi")).readableBytesView) == [0x81, 2, 0x68, 0x69])
         let medium = WebSocketFraming.textFrame(ByteBuffer(bytes: [UInt8](repeating: 0, count: 300)))

@@ -268,6 +268,13 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             close(.serviceRestart, reason: "server shutting down")
             return
         }
+        if case .inputClosed? = event as? ChannelEvent {
+            // The client sent FIN: it will send nothing more, not even a close frame. Let go of
+            // its slot, presence and subscriptions now, not when a write fails much later.
+            if closeReason.isEmpty { closeReason = "the client closed its side of the connection" }
+            context.close(promise: nil)
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -292,9 +299,26 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
                 handle(frame)
             }
         } catch {
-            closeCode = error.code
-            close(error.code, reason: error.reason)
+            fail(error)
         }
+    }
+
+    /// The client broke the protocol (RFC 6455, 7.1.7, "Fail the WebSocket Connection"): the
+    /// close frame says why, then TCP is closed as soon as it is written. Nothing the client
+    /// sends after a violation can be parsed, so waiting for its close frame would only hold
+    /// the connection until the close timeout.
+    private func fail(_ violation: WebSocketViolation) {
+        guard let context, state != .closed else { return }
+        guard state != .closing else {
+            context.close(promise: nil)
+            return
+        }
+        state = .closing
+        closeCode = violation.code
+        closeReason = violation.reason
+        let written = outbox.writeThroughNIO(WebSocketFraming.closeFrame(code: violation.code.rawValue, reason: violation.reason))
+        written?.whenComplete { [weak self] _ in self?.context?.close(promise: nil) }
+        scheduleHardClose()
     }
 
     private func handle(_ frame: WebSocketFrameParser.Frame) {

@@ -113,7 +113,7 @@ struct WebSocketFrameParser {
                 return nil
             }
             fragments = nil
-            return fragmentOpcode == 0x1 ? .text(message) : .binary(message)
+            return fragmentOpcode == 0x1 ? .text(try Self.validText(message)) : .binary(message)
         case 0x1, 0x2:
             guard fragments == nil else { throw WebSocketViolation(.protocolError, "new message before the previous one was finished") }
             guard frame.fin else {
@@ -121,17 +121,41 @@ struct WebSocketFrameParser {
                 fragmentOpcode = frame.opcode
                 return nil
             }
-            return frame.opcode == 0x1 ? .text(frame.payload) : .binary(frame.payload)
+            return frame.opcode == 0x1 ? .text(try Self.validText(frame.payload)) : .binary(frame.payload)
         case 0x8:
             var payload = frame.payload
             guard payload.readableBytes != 1 else { throw WebSocketViolation(.protocolError, "close frame with a 1-byte payload") }
-            return .close(code: payload.readInteger(as: UInt16.self))
+            guard let code = payload.readInteger(as: UInt16.self) else { return .close(code: nil) }
+            guard Self.isValidCloseCode(code) else { throw WebSocketViolation(.protocolError, "close code \(code) is not one a peer may send") }
+            guard String(validating: payload.readableBytesView, as: UTF8.self) != nil else {
+                throw WebSocketViolation(.invalidPayload, "close reason is not valid UTF-8")
+            }
+            return .close(code: code)
         case 0x9:
             return .ping(frame.payload)
         case 0xA:
             return .pong
         default:
             throw WebSocketViolation(.protocolError, "unknown opcode \(frame.opcode)")
+        }
+    }
+}
+
+extension WebSocketFrameParser {
+    /// A complete text message, checked as UTF-8 (RFC 6455, 8.1: otherwise fail with 1007).
+    static func validText(_ message: ByteBuffer) throws(WebSocketViolation) -> ByteBuffer {
+        guard String(validating: message.readableBytesView, as: UTF8.self) != nil else {
+            throw WebSocketViolation(.invalidPayload, "text message is not valid UTF-8")
+        }
+        return message
+    }
+
+    /// Codes a peer may put in a close frame (RFC 6455, 7.4): the defined ones it may send
+    /// (1005, 1006 and 1015 are reserved for reporting, never sent), and 3000 to 4999.
+    static func isValidCloseCode(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1014, 3000...4999: true
+        default: false
         }
     }
 }
