@@ -76,7 +76,7 @@ public struct HeraldConfiguration: Sendable {
     /// token's `rooms` claim is bypassed), publish as the backend and read every history, so
     /// a JWT secret without an API key is refused, not warned about. `nil` when fine.
     public var openAPIProblem: String? {
-        guard jwtSecret != nil, apiKey == nil else { return nil }
+        guard jwtSecret != nil, apiKey?.isEmpty ?? true else { return nil }
         return """
             a JWT secret is set but no API key: the HTTP API (/api) would let anyone who reaches this port make any \
             user a member of any room, publish as the backend and read every history. Set --api-key (or HERALD_API_KEY), \

@@ -15,17 +15,22 @@ public enum Name {
 
     /// Why `name` is not acceptable, or `nil` when it is.
     public static func problem(_ name: String) -> String? {
-        let count = name.utf8.count
+        let utf8 = name.utf8
+        let count = utf8.count
         if count == 0 { return "must not be empty" }
         if count > maxBytes { return "must be at most \(maxBytes) bytes" }
-        if name.unicodeScalars.contains(where: isControl) {
-            return "must not contain control characters"
-        }
-        if name.unicodeScalars.contains(where: isInvisible) {
-            return "must not contain invisible or text-direction characters (zero-width, bidi controls)"
+        if utf8.first == 0x20 || utf8.last == 0x20 { return "must not begin or end with a space" }
+        // Printable ASCII, the common case, is in NFC and holds nothing invisible: one pass.
+        if utf8.allSatisfy({ (0x20...0x7E).contains($0) }) { return nil }
+        let scalars = Array(name.unicodeScalars)
+        for index in scalars.indices {
+            let scalar = scalars[index]
+            if isControl(scalar) { return "must not contain control characters" }
+            if scalar.isASCII { continue }
+            if let problem = problem(with: scalar, at: index, in: scalars) { return problem }
         }
         // The standard library's own NFC, the one its `==` compares by.
-        if !name.utf8.elementsEqual(name._nfcCodeUnits) {
+        if !utf8.elementsEqual(name._nfcCodeUnits) {
             return "must be in Unicode Normalization Form C (NFC): normalize it before use"
         }
         return nil
@@ -36,16 +41,45 @@ public enum Name {
         scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value)
     }
 
-    /// Characters that change how a name looks without being seen: zero-width ones, bidi
-    /// controls (which can display `alice` for another name), the BOM and other format controls.
-    /// Variation selectors stay allowed: emoji need them (`❤️` is U+2764 U+FE0F).
-    private static func isInvisible(_ scalar: Unicode.Scalar) -> Bool {
+    /// Why a non-ASCII character may not stand where it is in a name.
+    ///
+    /// Refused: what changes how a name looks without being seen (zero-width characters, bidi
+    /// controls, which can display `alice` for another name, and other format characters),
+    /// blanks other than the ASCII space (no-break, ideographic and other spaces, fillers),
+    /// line and paragraph separators, private-use and unassigned code points (whose meaning,
+    /// and NFC, may differ between nodes on different Unicode versions), and U+FFFD (what
+    /// invalid UTF-8 decodes to). Allowed where writing needs them: variation selectors,
+    /// ZERO WIDTH JOINER between emoji (👩‍💻), ZERO WIDTH NON-JOINER between letters (Persian
+    /// `می‌خواهم`), and tag characters after a black flag (🏴󠁧󠁢󠁥󠁮󠁧󠁿).
+    private static func problem(with scalar: Unicode.Scalar, at index: Int, in scalars: [Unicode.Scalar]) -> String? {
+        let invisible = "must not contain invisible or text-direction characters (zero-width, bidi controls)"
+        let previous = index > 0 ? scalars[index - 1] : nil
+        let next = index + 1 < scalars.count ? scalars[index + 1] : nil
         switch scalar.value {
-        case 0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B...0x180F, 0x200B...0x200F, 0x202A...0x202E,
-            0x2060...0x206F, 0x3164, 0xFEFF, 0xFFA0, 0xFFF9...0xFFFB, 0xE0000...0xE0FFF:
-            true
+        case 0x200D:  // ZERO WIDTH JOINER: inside an emoji sequence only
+            let joinsEmoji = previous.map { $0.properties.isEmoji || $0.value == 0xFE0F || $0.properties.isEmojiModifier } == true
+                && next?.properties.isEmoji == true
+            return joinsEmoji ? nil : invisible
+        case 0x200C:  // ZERO WIDTH NON-JOINER: between two letters only
+            let betweenLetters = previous.map { !$0.isASCII && $0.properties.isAlphabetic } == true
+                && next.map { !$0.isASCII && $0.properties.isAlphabetic } == true
+            return betweenLetters ? nil : invisible
+        case 0xE0020...0xE007F:  // tags: in a flag's tag sequence only
+            return scalars[..<index].contains("\u{1F3F4}") ? nil : invisible
+        case 0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0:
+            return "must not contain blank or invisible characters"
+        case 0xFFFD:
+            return "must not contain U+FFFD (invalid UTF-8 decodes to it)"
         default:
-            scalar.properties.generalCategory == .format
+            break
+        }
+        switch scalar.properties.generalCategory {
+        case .format: return invisible
+        case .spaceSeparator: return "must not contain spaces other than the ASCII space"
+        case .lineSeparator, .paragraphSeparator: return "must not contain line or paragraph separators"
+        case .privateUse: return "must not contain private-use characters"
+        case .unassigned, .surrogate: return "must not contain unassigned code points"
+        default: return nil
         }
     }
 }

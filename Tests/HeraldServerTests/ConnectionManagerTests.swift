@@ -225,6 +225,27 @@ struct ConnectionManagerTests {
             client.shutdownWrite()
             try await eventually("the half-closed connection is unregistered", within: 2) { server.hub.connectionCount == 0 }
             #expect(server.hub.connectionCount(of: "halfway") == 0)
+
+            // Frames sent just before the FIN are still handled and answered, then the
+            // connection closes: a join waiting for the roster, and a publish after it.
+            let watcher = try await TestClient.connect(port: port, query: "user=watcher")
+            _ = try await watcher.next(type: "welcome")
+            try await watcher.send(#"{"type":"join","room":"R"}"#)
+            _ = try await watcher.next(type: "joined")
+            let frames = try await RawWebSocket.run { () throws -> [String] in
+                let client = try RawWebSocket(port: port, query: "user=last-words")
+                try client.sendFrame(opcode: 0x1, payload: Array(#"{"type":"join","room":"R","id":1}"#.utf8))
+                try client.sendFrame(opcode: 0x1, payload: Array(#"{"type":"publish","room":"R","data":"bye","id":2}"#.utf8))
+                client.shutdownWrite()
+                var texts: [String] = []
+                while let frame = try client.nextFrame() { if frame.opcode == 0x1 { texts.append(String(decoding: frame.payload, as: UTF8.self)) } }
+                return texts
+            }
+            #expect(frames.first?.contains(#""type":"welcome""#) == true, "\(frames)")
+            #expect(frames.contains(#"{"type":"joined","room":"R","id":1}"#), "\(frames)")
+            #expect(frames.contains(#"{"type":"ok","id":2}"#), "\(frames)")
+            #expect(try await watcher.nextPositioned()["data"] as? String == "bye")
+            await watcher.close()
         }
     }
 }

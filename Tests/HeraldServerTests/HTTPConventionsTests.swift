@@ -2,6 +2,10 @@ import Foundation
 import HeraldServer
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -41,7 +45,23 @@ struct HTTPConventionsTests {
                 let started = ContinuousClock.now
                 #expect(try await pipelined(port: server.port, [request(line, headers)]) == [status], "\(line) \(headers)")
                 #expect(ContinuousClock.now - started < .seconds(5), "answered at once: \(line)")
+                // NIO's decoder parses nothing after an upgrade request: the connection closes
+                // after the answer, so a client's next request goes on a new one, never waits.
+                let (statuses, closed) = try await afterAnswer(port: server.port, request(line, headers) + request("GET /healthz HTTP/1.1", ""))
+                #expect(statuses.first == status && closed, "\(line): \(statuses), closed \(closed)")
             }
+            // HTTP/1.0 without keep-alive closes after the answer, on the publishing fast path too.
+            for line in ["POST /api/broadcast HTTP/1.0", "GET /healthz HTTP/1.0"] {
+                let body = line.hasPrefix("POST") ? #"{"data":1}"# : ""
+                let raw = "\(line)\r\nHost: 127.0.0.1\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+                let (statuses, closed) = try await afterAnswer(port: server.port, raw)
+                #expect(statuses.count == 1 && closed, "\(line): \(statuses), closed \(closed)")
+            }
+            let (statuses, closed) = try await afterAnswer(
+                port: server.port,
+                "POST /api/broadcast HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10\r\n\r\n{\"data\":1}"
+            )
+            #expect(statuses == [202] && closed, "Connection: close on the fast path: \(statuses), closed \(closed)")
             // A valid upgrade still upgrades.
             let client = try await TestClient.connect(port: server.port, query: "user=alice")
             _ = try await client.next(type: "welcome")
@@ -191,4 +211,37 @@ func exchange(
         if let name = name as? String, let value = value as? String { fields[name] = value }
     }
     return HTTPExchange(status: http.statusCode, headers: fields, body: String(decoding: data, as: UTF8.self))
+}
+
+/// Sends `raw` on a new connection and reads until the server closes it (bounded: 5 s): the
+/// statuses of the answers it got, and whether the server closed the connection.
+func afterAnswer(port: Int, _ raw: String) async throws -> (statuses: [Int], closed: Bool) {
+    try await RawWebSocket.run {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw TestFailure("connect failed") }
+        let bytes = Array(raw.utf8)
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL)) }
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        var closed = false
+        while true {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count == 0 { closed = true; break }
+            if count < 0 { break }  // timed out: still open
+            received += chunk[..<count]
+        }
+        let text = String(decoding: received, as: UTF8.self)
+        let statuses = text.components(separatedBy: "HTTP/1.").dropFirst().compactMap { Int($0.dropFirst(2).prefix(3)) }
+        return (statuses, closed)
+    }
 }

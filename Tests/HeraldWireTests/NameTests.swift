@@ -24,4 +24,20 @@ struct NameTests {
             #expect(Name.problem(name) == nil, "\(name)")
         }
     }
+
+    /// What writing needs is allowed where it needs it: emoji sequences, ZWNJ between letters,
+    /// variation sequences, flag tags.
+    @Test func namesRealUsersWriteAreAccepted() {
+        let england = "\u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}"
+        for name in ["👩‍💻", "🏳️‍🌈", "👍🏽", england, "می\u{200C}خواهم", "葛\u{E0100}", "ᠠ\u{180B}"] {
+            #expect(Name.problem(name) == nil, "\(name.unicodeScalars.map { String($0.value, radix: 16) })")
+        }
+    }
+
+    /// Blank and invisible look-alikes that are in NFC are refused too.
+    @Test func blanksAndUnassignedCodePointsAreRefused() {
+        for name in [" alice", "alice ", "alice\u{A0}", "\u{2800}", "\u{3000}", "a\u{2028}b", "\u{E000}x", "a\u{FFFD}b", "a\u{378}b", "\u{200D}x", "x\u{200C}", "\u{E0067}x", "\u{3164}"] {
+            #expect(Name.problem(name) != nil, "\(name.unicodeScalars.map { String($0.value, radix: 16) })")
+        }
+    }
 }

@@ -32,6 +32,8 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
     private var state = State.idle
     /// The `Origin` of the request being answered (for CORS headers).
     private var origin: String?
+    /// The request being answered asked to close the connection after its response.
+    private var closeAfterResponse = false
 
     init(node: HeraldNode) {
         self.node = node
@@ -47,6 +49,7 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
                 return
             }
             origin = cors == nil ? nil : head.headerFields[.origin]
+            closeAfterResponse = head.headerFields[values: .connection].contains { $0.lowercased().contains("close") }
             switch route {
             case .success(let target): state = .collecting(target, ByteBuffer())
             case .failure(let error): state = .refusing(error)
@@ -110,9 +113,15 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
         fields[.server] = "herald"
         fields[.date] = HTTPDate.now
         cors?.addHeaders(to: &fields, origin: origin)
+        if closeAfterResponse { fields[.connection] = "close" }
         context.write(wrapOutboundOut(.head(HTTPResponse(status: status, headerFields: fields))), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        guard closeAfterResponse else {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            return
+        }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// No API key configured, or `Authorization: Bearer KEY` with the right one.

@@ -15,8 +15,16 @@ final class UpgradeRequestFilter: ChannelInboundHandler, RemovableChannelHandler
     typealias InboundOut = HTTPServerRequestPart
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .head(var head) = unwrapInboundIn(data), head.headers.contains(name: "upgrade") else {
+        guard case .head(var head) = unwrapInboundIn(data) else {
             context.fireChannelRead(data)
+            return
+        }
+        if head.version == .http1_0, !head.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "keep-alive" }) {
+            // HTTP/1.0 without keep-alive: the connection ends with the response, on every path.
+            head.headers.replaceOrAdd(name: "Connection", value: "close")
+        }
+        guard head.headers.contains(name: "upgrade") else {
+            context.fireChannelRead(wrapInboundOut(.head(head)))
             return
         }
         if Self.isWebSocketUpgrade(head) {
@@ -27,10 +35,11 @@ final class UpgradeRequestFilter: ChannelInboundHandler, RemovableChannelHandler
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
             return
         }
+        // NIO's HTTP decoder already saw an upgrade request and parses nothing after it: this
+        // request is answered, then the connection closes (Connection: close, which the router
+        // and the publishing fast path both honour).
         head.headers.remove(name: "upgrade")
-        let connection = head.headers[canonicalForm: "connection"].filter { $0.lowercased() != "upgrade" }
-        head.headers.remove(name: "connection")
-        for token in connection { head.headers.add(name: "Connection", value: String(token)) }
+        head.headers.replaceOrAdd(name: "Connection", value: "close")
         context.fireChannelRead(wrapInboundOut(.head(head)))
     }
 

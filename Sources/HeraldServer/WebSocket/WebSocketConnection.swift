@@ -46,6 +46,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private var refusedFrames = 0
     private var refusalWindowStart = NIODeadline.now()
     private var closeCode: CloseCode?
+    /// The client half-closed (FIN): nothing more will be read.
+    private var inputEnded = false
     private var closeReason = ""
 
     /// Whether the client asked to resume its user's channel (`?since_offset=&since_epoch=`).
@@ -269,10 +271,13 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             return
         }
         if case .inputClosed? = event as? ChannelEvent {
-            // The client sent FIN: it will send nothing more, not even a close frame. Let go of
-            // its slot, presence and subscriptions now, not when a write fails much later.
+            // The client sent FIN: it will send nothing more, not even a close frame. Its slot,
+            // presence and subscriptions are let go of once the frames it sent before are
+            // handled (a join waiting for the roster, frames read before the welcome), not
+            // when a write fails much later.
+            inputEnded = true
             if closeReason.isEmpty { closeReason = "the client closed its side of the connection" }
-            context.close(promise: nil)
+            if state == .closing { context.close(promise: nil) } else { closeIfInputEnded() }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -300,6 +305,21 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             }
         } catch {
             fail(error)
+            return
+        }
+        closeIfInputEnded()
+    }
+
+    /// After the client's FIN, once everything it sent was handled: replies written, then close.
+    private func closeIfInputEnded() {
+        guard inputEnded, !commandInFlight, state == .open, let context else { return }
+        state = .closing
+        flush()
+        let channel = context.channel
+        if let written = outbox.writeThroughNIO(ByteBuffer()) {
+            written.whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            channel.close(promise: nil)
         }
     }
 

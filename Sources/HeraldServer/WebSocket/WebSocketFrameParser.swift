@@ -144,7 +144,9 @@ struct WebSocketFrameParser {
 extension WebSocketFrameParser {
     /// A complete text message, checked as UTF-8 (RFC 6455, 8.1: otherwise fail with 1007).
     static func validText(_ message: ByteBuffer) throws(WebSocketViolation) -> ByteBuffer {
-        guard String(validating: message.readableBytesView, as: UTF8.self) != nil else {
+        // ASCII (most JSON frames) is valid UTF-8: checked without building a String.
+        let isASCII = message.withUnsafeReadableBytes { bytes in bytes.allSatisfy { $0 < 0x80 } }
+        guard isASCII || String(validating: message.readableBytesView, as: UTF8.self) != nil else {
             throw WebSocketViolation(.invalidPayload, "text message is not valid UTF-8")
         }
         return message
