@@ -48,6 +48,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private var closeCode: CloseCode?
     /// The client half-closed (FIN): nothing more will be read.
     private var inputEnded = false
+    /// The client broke the protocol: what it sends is dropped until it closes.
+    private var discardingInput = false
     private var closeReason = ""
 
     /// Whether the client asked to resume its user's channel (`?since_offset=&since_epoch=`).
@@ -292,7 +294,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     // MARK: - Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard state != .closed else { return }
+        guard state != .closed, !discardingInput else { return }
         parser.append(unwrapInboundIn(data))
         parseBuffered()
     }
@@ -324,11 +326,14 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     }
 
     /// The client broke the protocol (RFC 6455, 7.1.7, "Fail the WebSocket Connection"): the
-    /// close frame says why, then TCP is closed as soon as it is written. Nothing the client
-    /// sends after a violation can be parsed, so waiting for its close frame would only hold
-    /// the connection until the close timeout.
+    /// close frame says why, then our side of TCP is shut as soon as it is written. Nothing the
+    /// client sends after a violation can be parsed, so it is read and dropped until the client
+    /// closes too (or the close timeout): closing at once while the client still sends would
+    /// make the kernel answer with a reset, which can destroy the close frame in the client's
+    /// receive buffer (a lingering close).
     private func fail(_ violation: WebSocketViolation) {
-        guard let context, state != .closed else { return }
+        guard let context, state != .closed, !discardingInput else { return }
+        discardingInput = true
         guard state != .closing else {
             context.close(promise: nil)
             return
@@ -336,8 +341,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         state = .closing
         closeCode = violation.code
         closeReason = violation.reason
+        let channel = context.channel
         let written = outbox.writeThroughNIO(WebSocketFraming.closeFrame(code: violation.code.rawValue, reason: violation.reason))
-        written?.whenComplete { [weak self] _ in self?.context?.close(promise: nil) }
+        written?.whenComplete { _ in
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+        }
         scheduleHardClose()
     }
 
