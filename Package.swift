@@ -53,6 +53,7 @@ let package = Package(
                 "Herald",
                 "HeraldRedis",
                 "HeraldWire",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -111,7 +111,18 @@ public struct PresenceTotals: Sendable, Equatable {
 
 /// A message the broker could not take.
 public struct BrokerError: Error, Sendable, CustomStringConvertible {
+    /// Why: the broker is unreachable (retry later), or its store for messages that must not
+    /// be lost is full (retry once recipients have acknowledged theirs).
+    public enum Kind: Sendable, Equatable {
+        case unavailable
+        case storageFull
+    }
+
+    public let kind: Kind
     public let message: String
-    public init(_ message: String) { self.message = message }
+    public init(_ message: String, kind: Kind = .unavailable) {
+        self.message = message
+        self.kind = kind
+    }
     public var description: String { message }
 }

@@ -4,6 +4,10 @@ public import NIOCore
 /// How much of each room's and user's stream a broker keeps for recovery: the last `size`
 /// messages, none older than `ttl`. A channel idle for longer than `ttl` is forgotten: its next
 /// message starts a new epoch. `size` 0 keeps no history (messages still get offsets).
+///
+/// The in-memory broker also bounds history by bytes (``maxBytes``, ``maxChannelBytes``) and
+/// keeps none for a channel nobody could recover from (see ``LocalBroker``); a Redis broker
+/// keeps history in Redis, bounded there by `size` and `ttl`.
 public struct HistoryConfiguration: Sendable, Equatable {
     public var size: Int = 100
     public var ttl: Duration = .seconds(300)
@@ -11,6 +15,16 @@ public struct HistoryConfiguration: Sendable, Equatable {
     public var ackTTL: Duration = .seconds(3600)
     /// Unacknowledged messages kept per user; past it the oldest is dropped.
     public var maxUnacknowledged = 1000
+    /// Bytes of history one node keeps in memory over all channels. Past it the oldest entries
+    /// of any channel are dropped first (a client that needed them is told `recovered: false`).
+    public var maxBytes = 64 << 20
+    /// Bytes of history one channel keeps (and of unacknowledged messages one user has); past
+    /// it the channel's oldest entries are dropped.
+    public var maxChannelBytes = 4 << 20
+    /// Bytes of unacknowledged messages one node keeps in memory over all users. Past it a new
+    /// message sent with `ack` is refused (HTTP 507 `storage_full`): a message already
+    /// accepted is never dropped to make room.
+    public var maxUnacknowledgedBytes = 64 << 20
     /// Rooms that keep no history (messages still get offsets): exact names or `prefix*`.
     public var roomsWithoutHistory: [String] = []
 
@@ -33,6 +47,10 @@ public struct HistoryConfiguration: Sendable, Equatable {
 public struct HistoryEntry: Sendable {
     public var offset: Int64
     public var frame: ByteBuffer
+
+    /// What the entry costs in memory, for the byte budgets: the frame's storage (which may be
+    /// larger than the frame) and a fixed overhead for the entry's bookkeeping.
+    var cost: Int { frame.storageCapacity + 64 }
 
     public init(offset: Int64, frame: ByteBuffer) {
         self.offset = offset

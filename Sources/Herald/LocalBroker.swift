@@ -10,12 +10,27 @@ import Synchronization
 /// and epoch, see ``Envelope/positioned(_:)``) and keeps their recent history in memory, bounded
 /// by ``HistoryConfiguration``. Offsets are assigned and delivered under one lock, so every
 /// connection sees a channel's messages in offset order.
+///
+/// Memory is bounded three ways, so that no sender can make the node hold what it likes:
+/// - history per channel by count, age and bytes, and over all channels by
+///   ``HistoryConfiguration/maxBytes`` (the oldest entries of any channel go first);
+/// - history only for channels someone could recover from: a channel this node has had local
+///   interest in (a connection of the user, or of a member of the room) within the history TTL.
+///   A message to a user who has not been connected within the TTL, or to a room none of whose
+///   members has, still gets its offset but is not kept: no client can hold a position in that
+///   epoch's recent past, so nobody could ever ask for it;
+/// - unacknowledged messages per user by count and bytes (oldest dropped), and over all users
+///   by ``HistoryConfiguration/maxUnacknowledgedBytes``, where a new one is refused instead.
+///
+/// Lock order: `channels` → the hub's state (deliveries) and `channels` → `interest`; the hub
+/// calls ``changeInterest(_:on:)`` under its own lock, which takes `interest` only.
 public final class LocalBroker: Broker {
     let sink: any DeliverySink
     public let historyConfiguration: HistoryConfiguration
     /// This process's part of every epoch: a restart loses the history, so it changes.
     private let epochPrefix: String
     private let channels = Mutex<Channels>(Channels())
+    private let interest = Mutex<Interest>(Interest())
 
     struct Channels {
         var logs: [DeliveryTarget: ChannelLog] = [:]
@@ -24,8 +39,16 @@ public final class LocalBroker: Broker {
         /// `maxIdempotencyKeys` (past it the oldest key is forgotten early).
         var keys: Set<IdempotencyKey> = []
         /// Per user, messages sent with `requiresAck` and not acknowledged, oldest first.
-        var unacknowledged: [String: Deque<(entry: HistoryEntry, epoch: String, expires: ContinuousClock.Instant)>] = [:]
+        var unacknowledged: [String: PendingAcks] = [:]
         var keyOrder = Deque<(key: IdempotencyKey, at: ContinuousClock.Instant)>()
+        /// Bytes of every channel's kept history, and where each kept entry was appended, oldest
+        /// first, for the node-wide budget. An entry trimmed from its channel stays here until it
+        /// reaches the front (checked then), or until the deque is compacted.
+        var historyBytes = 0
+        var historyEntries = 0
+        var historyOrder = Deque<(target: DeliveryTarget, epoch: String, offset: Int64)>()
+        /// Bytes of every user's unacknowledged messages.
+        var unacknowledgedBytes = 0
 
         /// Records `key`; `false` when it was seen already (a retried publish).
         mutating func admit(_ key: IdempotencyKey, now: ContinuousClock.Instant, ttl: Duration, limit: Int) -> Bool {
@@ -37,6 +60,75 @@ public final class LocalBroker: Broker {
             keyOrder.append((key, now))
             return true
         }
+
+        /// Trims `target`'s log by its limits and keeps the byte counts right.
+        mutating func trim(_ target: DeliveryTarget, size: Int, history: HistoryConfiguration, now: ContinuousClock.Instant) {
+            guard var log = logs[target] else { return }
+            logs[target] = nil  // uniquely referenced while trimmed
+            let removed = log.trim(size: size, maxBytes: history.maxChannelBytes, ttl: history.ttl, now: now)
+            historyBytes -= removed.bytes
+            historyEntries -= removed.count
+            logs[target] = log
+        }
+
+        /// Drops the oldest entries of any channel until the node is within `maxBytes`.
+        mutating func enforceBudget(_ maxBytes: Int) {
+            while historyBytes > maxBytes, let oldest = historyOrder.popFirst() {
+                guard var log = logs[oldest.target], log.epoch == oldest.epoch,
+                      let first = log.entries.first, first.entry.offset == oldest.offset
+                else { continue }  // trimmed from its channel already
+                logs[oldest.target] = nil
+                log.entries.removeFirst()
+                log.bytes -= first.entry.cost
+                historyBytes -= first.entry.cost
+                historyEntries -= 1
+                logs[oldest.target] = log
+            }
+            // Entries trimmed by their channel's own limits leave stale records behind; keep the
+            // deque within a small multiple of the entries it indexes.
+            if historyOrder.count > 2 * historyEntries + 1024 {
+                historyOrder = Deque(historyOrder.filter { record in
+                    guard let log = logs[record.target], log.epoch == record.epoch, let first = log.entries.first?.entry.offset else { return false }
+                    return record.offset >= first && record.offset <= log.latest
+                })
+            }
+        }
+
+        /// Forgets channels idle past `ttl` and acknowledgements past their deadline.
+        mutating func expire(now: ContinuousClock.Instant, ttl: Duration) {
+            for (target, log) in logs where now - log.lastPublish > ttl {
+                historyBytes -= log.bytes
+                historyEntries -= log.entries.count
+                logs[target] = nil
+            }
+            for (user, var pending) in unacknowledged {
+                unacknowledged[user] = nil
+                unacknowledgedBytes -= pending.removeExpired(now: now)
+                if !pending.entries.isEmpty { unacknowledged[user] = pending }
+            }
+        }
+    }
+
+    /// One user's unacknowledged messages, oldest first, and their bytes.
+    struct PendingAcks {
+        var entries = Deque<(entry: HistoryEntry, epoch: String, expires: ContinuousClock.Instant)>()
+        var bytes = 0
+
+        /// Removes expired messages; returns the bytes freed.
+        mutating func removeExpired(now: ContinuousClock.Instant) -> Int {
+            remove { $0.expires < now }
+        }
+
+        /// Removes the messages matching `predicate`; returns the bytes freed.
+        mutating func remove(where predicate: ((entry: HistoryEntry, epoch: String, expires: ContinuousClock.Instant)) -> Bool) -> Int {
+            let before = bytes
+            entries.removeAll { item in
+                guard predicate(item) else { return false }
+                bytes -= item.entry.cost
+                return true
+            }
+            return before - bytes
+        }
     }
 
     struct IdempotencyKey: Hashable {
@@ -44,20 +136,67 @@ public final class LocalBroker: Broker {
         var key: String
     }
 
+    /// The channels this node has local recipients for, and when it stopped having them for
+    /// the others (remembered for the history TTL, at most `maxRemembered`, oldest forgotten).
+    struct Interest {
+        var current: Set<DeliveryTarget> = []
+        var ended: [DeliveryTarget: ContinuousClock.Instant] = [:]
+        var endedOrder = Deque<(target: DeliveryTarget, at: ContinuousClock.Instant)>()
+
+        static let maxRemembered = 200_000
+
+        mutating func apply(_ change: InterestChange, now: ContinuousClock.Instant) {
+            for target in change.subscribe {
+                current.insert(target)
+                ended[target] = nil
+            }
+            for target in change.unsubscribe where current.remove(target) != nil {
+                ended[target] = now
+                endedOrder.append((target, now))
+            }
+            while endedOrder.count > Self.maxRemembered, let oldest = endedOrder.popFirst() {
+                if ended[oldest.target] == oldest.at { ended[oldest.target] = nil }
+            }
+        }
+
+        /// Whether a client could still recover `target`'s messages: it has local recipients,
+        /// or had them within `ttl`.
+        func mayBeRead(_ target: DeliveryTarget, now: ContinuousClock.Instant, ttl: Duration) -> Bool {
+            if current.contains(target) { return true }
+            guard let at = ended[target] else { return false }
+            return now - at <= ttl
+        }
+
+        mutating func expire(now: ContinuousClock.Instant, ttl: Duration) {
+            while let oldest = endedOrder.first, now - oldest.at > ttl {
+                endedOrder.removeFirst()
+                if ended[oldest.target] == oldest.at { ended[oldest.target] = nil }
+            }
+        }
+    }
+
     /// Idempotency keys remembered at most at once.
     static let maxIdempotencyKeys = 100_000
 
     /// One channel's stream: its epoch, last offset and kept messages. Bounded by the history
-    /// size; a channel idle for longer than the history TTL is dropped by ``run()``.
+    /// size, TTL and bytes; a channel idle for longer than the history TTL is dropped by ``run()``.
     struct ChannelLog {
         let epoch: String
         var latest: Int64 = 0
         var entries = Deque<(entry: HistoryEntry, at: ContinuousClock.Instant)>()
+        var bytes = 0
         var lastPublish: ContinuousClock.Instant
 
-        mutating func trim(size: Int, ttl: Duration, now: ContinuousClock.Instant) {
-            while entries.count > size { entries.removeFirst() }
-            while let first = entries.first, now - first.at > ttl { entries.removeFirst() }
+        /// Drops what is over the limits, oldest first; returns what was dropped.
+        mutating func trim(size: Int, maxBytes: Int, ttl: Duration, now: ContinuousClock.Instant) -> (count: Int, bytes: Int) {
+            var dropped = (count: 0, bytes: 0)
+            while let first = entries.first, entries.count > size || bytes > maxBytes || now - first.at > ttl {
+                entries.removeFirst()
+                bytes -= first.entry.cost
+                dropped.count += 1
+                dropped.bytes += first.entry.cost
+            }
+            return dropped
         }
     }
 
@@ -65,6 +204,11 @@ public final class LocalBroker: Broker {
         self.sink = sink
         self.historyConfiguration = history
         self.epochPrefix = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+    }
+
+    /// Bytes of history and of unacknowledged messages held now (for tests and statistics).
+    public var heldBytes: (history: Int, unacknowledged: Int) {
+        channels.withLock { ($0.historyBytes, $0.unacknowledgedBytes) }
     }
 
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
@@ -80,30 +224,53 @@ public final class LocalBroker: Broker {
             sink.deliver(envelope)
             return eventLoop.makeSucceededVoidFuture()
         }
-        channels.withLock { channels in
+        let refusal: BrokerError? = channels.withLock { channels in
+            if envelope.requiresAck, channels.unacknowledgedBytes + envelope.frame.readableBytes + 64 > history.maxUnacknowledgedBytes {
+                return BrokerError(
+                    "this node holds \(channels.unacknowledgedBytes) bytes of unacknowledged messages, its limit (--ack-max-bytes): retry once recipients have acknowledged theirs, or raise the limit",
+                    kind: .storageFull
+                )
+            }
             let log = channels.logs[envelope.target] ?? {
                 channels.created += 1
                 return ChannelLog(epoch: epochPrefix + "-" + String(channels.created, radix: 36), lastPublish: now)
             }()
+            channels.logs[envelope.target] = nil  // uniquely referenced while updated
             var updated = log
             updated.latest += 1
             updated.lastPublish = now
             let positioned = envelope.positioned(StreamPosition(offset: updated.latest, epoch: updated.epoch))
             let size = history.size(for: envelope.target)
-            if size > 0 {
-                updated.entries.append((HistoryEntry(offset: updated.latest, frame: positioned.frame), now))
-                updated.trim(size: size, ttl: history.ttl, now: now)
+            let kept = HistoryEntry(offset: updated.latest, frame: positioned.frame)
+            if size > 0, kept.cost <= history.maxChannelBytes, interest.withLock({ $0.mayBeRead(envelope.target, now: now, ttl: history.ttl) }) {
+                updated.entries.append((kept, now))
+                updated.bytes += kept.cost
+                channels.historyBytes += kept.cost
+                channels.historyEntries += 1
+                channels.historyOrder.append((envelope.target, updated.epoch, updated.latest))
             }
+            let trimmed = updated.trim(size: size, maxBytes: history.maxChannelBytes, ttl: history.ttl, now: now)
+            channels.historyBytes -= trimmed.bytes
+            channels.historyEntries -= trimmed.count
             channels.logs[envelope.target] = updated
+            channels.enforceBudget(history.maxBytes)
             if envelope.requiresAck, case .user(let user) = envelope.target {
-                var pending = channels.unacknowledged[user, default: []]
-                if pending.count >= history.maxUnacknowledged { pending.removeFirst() }
-                pending.append((HistoryEntry(offset: updated.latest, frame: positioned.frame), updated.epoch, now + history.ackTTL))
+                var pending = channels.unacknowledged.removeValue(forKey: user) ?? PendingAcks()
+                pending.entries.append((kept, updated.epoch, now + history.ackTTL))
+                pending.bytes += kept.cost
+                channels.unacknowledgedBytes += kept.cost
+                while pending.entries.count > history.maxUnacknowledged || (pending.bytes > history.maxChannelBytes && pending.entries.count > 1),
+                      let oldest = pending.entries.popFirst() {
+                    pending.bytes -= oldest.entry.cost
+                    channels.unacknowledgedBytes -= oldest.entry.cost
+                }
                 channels.unacknowledged[user] = pending
             }
             // Delivered under the lock: the next offset of this channel cannot overtake it.
             sink.deliver(positioned)
+            return nil
         }
+        if let refusal { return eventLoop.makeFailedFuture(refusal) }
         return eventLoop.makeSucceededVoidFuture()
     }
 
@@ -111,12 +278,12 @@ public final class LocalBroker: Broker {
         let now = ContinuousClock.now
         let history = historyConfiguration
         return channels.withLock { channels in
-            guard var log = channels.logs[target] else {
+            guard channels.logs[target] != nil else {
                 // Never published (or forgotten): an empty stream in an epoch of its own.
                 return HistoryPage(latest: StreamPosition(offset: 0, epoch: epochPrefix), entries: [], oldest: 1)
             }
-            log.trim(size: history.size(for: target), ttl: history.ttl, now: now)
-            channels.logs[target] = log
+            channels.trim(target, size: history.size(for: target), history: history, now: now)
+            let log = channels.logs[target]!
             let entries = log.entries.lazy.map(\.entry).filter { $0.offset > since }.prefix(max(0, limit))
             return HistoryPage(
                 latest: StreamPosition(offset: log.latest, epoch: log.epoch),
@@ -129,10 +296,10 @@ public final class LocalBroker: Broker {
     public func unacknowledged(for user: String) -> [HistoryEntry] {
         let now = ContinuousClock.now
         return channels.withLock { channels in
-            guard var pending = channels.unacknowledged[user] else { return [] }
-            pending.removeAll { $0.expires < now }
-            channels.unacknowledged[user] = pending.isEmpty ? nil : pending
-            return pending.map(\.entry)
+            guard var pending = channels.unacknowledged.removeValue(forKey: user) else { return [] }
+            channels.unacknowledgedBytes -= pending.removeExpired(now: now)
+            if !pending.entries.isEmpty { channels.unacknowledged[user] = pending }
+            return pending.entries.map(\.entry)
         }
     }
 
@@ -143,14 +310,18 @@ public final class LocalBroker: Broker {
     public func acknowledge(user: String, offset: Int64, epoch: String?) {
         channels.withLock { channels in
             guard let epoch = epoch ?? channels.logs[.user(user)]?.epoch else { return }
-            channels.unacknowledged[user]?.removeAll { $0.entry.offset == offset && $0.epoch == epoch }
-            if channels.unacknowledged[user]?.isEmpty == true { channels.unacknowledged[user] = nil }
+            guard var pending = channels.unacknowledged.removeValue(forKey: user) else { return }
+            channels.unacknowledgedBytes -= pending.remove { $0.entry.offset == offset && $0.epoch == epoch }
+            if !pending.entries.isEmpty { channels.unacknowledged[user] = pending }
         }
     }
 
-    /// One node delivers every channel already: nothing to subscribe.
+    /// One node delivers every channel already: nothing to subscribe. The change only tells
+    /// which channels keep history (see the type's documentation).
     public func changeInterest(_ change: InterestChange, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        eventLoop.makeSucceededVoidFuture()
+        let now = ContinuousClock.now
+        interest.withLock { $0.apply(change, now: now) }
+        return eventLoop.makeSucceededVoidFuture()
     }
 
     public var statistics: BrokerStatistics.Snapshot { .init() }
@@ -162,13 +333,8 @@ public final class LocalBroker: Broker {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: ttl) }
             let now = ContinuousClock.now
-            channels.withLock { channels in
-                channels.logs = channels.logs.filter { now - $0.value.lastPublish <= ttl }
-                channels.unacknowledged = channels.unacknowledged.compactMapValues { pending in
-                    let live = pending.filter { $0.expires >= now }
-                    return live.isEmpty ? nil : live
-                }
-            }
+            channels.withLock { $0.expire(now: now, ttl: ttl) }
+            interest.withLock { $0.expire(now: now, ttl: ttl) }
         }
     }
 }

@@ -62,9 +62,33 @@ public struct HeraldConfiguration: Sendable {
     /// How long a closing connection may take to flush its close frame before the socket is dropped.
     public var closeTimeout: TimeAmount = .seconds(2)
 
-    /// How long a new TCP connection may take to send its first request head (HTTP or
-    /// WebSocket upgrade) before it is dropped.
+    /// How long a new TCP connection may take to send its first request head (HTTP), or to
+    /// finish its WebSocket handshake (upgrade request and authentication), before it is dropped.
     public var requestHeadTimeout: TimeAmount = .seconds(10)
+    /// How long one HTTP request, head and body, may take to arrive; past it `408` and closed.
+    public var requestTimeout: TimeAmount = .seconds(30)
+    /// The slowest an HTTP request body may arrive on average, after its first 5 seconds.
+    public var minimumRequestBytesPerSecond: Int = 1024
+    /// How long an HTTP connection may stay open between requests (its next request head must
+    /// have arrived by then).
+    public var keepAliveTimeout: TimeAmount = .seconds(30)
+    /// Open connections one client IP address may hold; 0 for no limit. Connections from
+    /// 127.0.0.1 and ::1 (a local proxy, health checks) are not counted: behind a proxy on
+    /// another host, every client shares the proxy's address, so raise it or set 0 there.
+    public var maxConnectionsPerIP: Int = 1000
+    /// Connections that may be negotiating at once (no WebSocket upgrade and no complete HTTP
+    /// request yet); past it the oldest of them is closed to admit a new one. 0 for no limit.
+    public var maxPendingConnections: Int = 1024
+
+    /// The HTTP request deadlines, as ``HTTPRequestDeadline`` takes them.
+    var requestLimits: HTTPRequestDeadline.Limits {
+        HTTPRequestDeadline.Limits(
+            requestTimeout: requestTimeout,
+            minimumBytesPerSecond: minimumRequestBytesPerSecond,
+            rateGrace: .seconds(5),
+            keepAliveTimeout: keepAliveTimeout
+        )
+    }
 
     public init() {}
 

@@ -42,12 +42,17 @@ struct HeraldListener: Service {
         let logger = self.logger
         socket.startAccepting(
             onError: { message in logger.error("\(message)") },
-            onAccept: { descriptor in
+            onAccept: { descriptor, peer in
+                // Refused before NIO sees it: the socket is just closed.
+                guard let reservation = childChannel.admission.reserve(peer) else {
+                    close(descriptor)
+                    return
+                }
                 ClientBootstrap(group: group)
                     .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
                     .channelInitializer { channel in
                         connections.insert(channel)
-                        return childChannel.setup(channel: channel, descriptor: descriptor, logger: logger).map { value in
+                        return childChannel.setup(channel: channel, descriptor: descriptor, reservation: reservation, logger: logger).map { value in
                             // Only HTTP connections need a task (the router is async); an upgraded
                             // WebSocket lives in its channel handler.
                             value.upgradeResult.whenComplete { result in
@@ -61,7 +66,11 @@ struct HeraldListener: Service {
                         }
                     }
                     .withConnectedSocket(descriptor)
-                    .whenFailure { error in logger.debug("accepted connection could not be set up", metadata: ["error": "\(error)"]) }
+                    .whenFailure { error in
+                        // Given back here too in case the channel never existed (given back once).
+                        childChannel.admission.release(reservation)
+                        logger.debug("accepted connection could not be set up", metadata: ["error": "\(error)"])
+                    }
             },
             onStop: {
                 acceptedSink.finish()

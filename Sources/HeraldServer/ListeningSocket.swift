@@ -67,7 +67,7 @@ final class ListeningSocket: @unchecked Sendable {
 
     /// Accepts until ``stop()``, calling `onAccept` with each new connection's descriptor (which
     /// it then owns), on the accept thread. Returns at once; `onStop` runs when the thread ends.
-    func startAccepting(onError: @escaping @Sendable (String) -> Void, onAccept: @escaping @Sendable (CInt) -> Void, onStop: @escaping @Sendable () -> Void) {
+    func startAccepting(onError: @escaping @Sendable (String) -> Void, onAccept: @escaping @Sendable (CInt, String?) -> Void, onStop: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
             acceptLoop(onError: onError, onAccept: onAccept)
             onStop()
@@ -76,13 +76,17 @@ final class ListeningSocket: @unchecked Sendable {
         thread.start()
     }
 
-    private func acceptLoop(onError: @Sendable (String) -> Void, onAccept: @Sendable (CInt) -> Void) {
+    private func acceptLoop(onError: @Sendable (String) -> Void, onAccept: @Sendable (CInt, String?) -> Void) {
         var reportedAt = ContinuousClock.now - .seconds(60)
         while true {
-            let fd = accept(descriptor, nil, nil)
+            var peer = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let fd = withUnsafeMutablePointer(to: &peer) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(descriptor, $0, &length) }
+            }
             if fd >= 0 {
                 _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                onAccept(fd)
+                onAccept(fd, PeerAddress.numeric(peer, length: length))
                 continue
             }
             let code = errno
@@ -127,5 +131,21 @@ public struct ListenError: Error, CustomStringConvertible {
 
     init(host: String, port: Int, step: String, errno code: CInt, advice: String) {
         self.init(host: host, port: port, step: step, detail: String(cString: strerror(code)), advice: advice)
+    }
+}
+
+/// The numeric IP address of an accepted connection's peer.
+enum PeerAddress {
+    /// `nil` for a peer that is not IPv4 or IPv6.
+    static func numeric(_ peer: sockaddr_storage, length: socklen_t) -> String? {
+        var peer = peer
+        var text = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        let status = withUnsafePointer(to: &peer) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                getnameinfo($0, length, &text, socklen_t(text.count), nil, 0, NI_NUMERICHOST)
+            }
+        }
+        guard status == 0 else { return nil }
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

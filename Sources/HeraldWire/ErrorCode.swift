@@ -14,6 +14,9 @@ public struct ErrorCode: RawRepresentable, Sendable, Hashable, CustomStringConve
     public static let rateLimited = ErrorCode(rawValue: "rate_limited")
     /// A server limit was reached (for example rooms per user).
     public static let limitExceeded = ErrorCode(rawValue: "limit_exceeded")
+    /// The server's store for acknowledged messages is full (`--ack-max-bytes`): nothing was
+    /// stored; retry once recipients have acknowledged theirs.
+    public static let storageFull = ErrorCode(rawValue: "storage_full")
     /// The server could not complete the request (for example its broker is unavailable); retry later.
     public static let unavailable = ErrorCode(rawValue: "unavailable")
 }

@@ -104,6 +104,33 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("ack-ttl"), parsing: .unconditional, help: "Seconds a message sent with ack waits for its acknowledgement. (env: HERALD_ACK_TTL, default 3600)")
     var ackTTL: Int?
 
+    @Option(name: .customLong("history-max-bytes"), parsing: .unconditional, help: "Bytes of history one node keeps in memory over all channels (without --redis); past it the oldest entries of any channel are dropped. (env: HERALD_HISTORY_MAX_BYTES, default 67108864)")
+    var historyMaxBytes: Int?
+
+    @Option(name: .customLong("history-channel-max-bytes"), parsing: .unconditional, help: "Bytes of history one room or user channel keeps in memory (and of one user's unacknowledged messages); past it its oldest are dropped. (env: HERALD_HISTORY_CHANNEL_MAX_BYTES, default 4194304)")
+    var historyChannelMaxBytes: Int?
+
+    @Option(name: .customLong("ack-max-bytes"), parsing: .unconditional, help: "Bytes of unacknowledged messages one node keeps in memory (without --redis); past it new ones are refused with 507. (env: HERALD_ACK_MAX_BYTES, default 67108864)")
+    var ackMaxBytes: Int?
+
+    @Option(name: .customLong("max-connections-per-ip"), parsing: .unconditional, help: "Open connections one client IP may hold; 0 for no limit. 127.0.0.1 and ::1 are not counted. (env: HERALD_MAX_CONNECTIONS_PER_IP, default 1000)")
+    var maxConnectionsPerIP: Int?
+
+    @Option(name: .customLong("max-pending-connections"), parsing: .unconditional, help: "Connections still negotiating (no upgrade, no complete request) at once; past it the oldest is closed. 0 for no limit. (env: HERALD_MAX_PENDING_CONNECTIONS, default 1024)")
+    var maxPendingConnections: Int?
+
+    @Option(name: .customLong("handshake-timeout"), parsing: .unconditional, help: "Seconds a new connection may take to send its first request head or finish its WebSocket handshake. (env: HERALD_HANDSHAKE_TIMEOUT, default 10)")
+    var handshakeTimeout: Int?
+
+    @Option(name: .customLong("request-timeout"), parsing: .unconditional, help: "Seconds one HTTP request (head and body) may take to arrive; past it 408. (env: HERALD_REQUEST_TIMEOUT, default 30)")
+    var requestTimeout: Int?
+
+    @Option(name: .customLong("min-request-rate"), parsing: .unconditional, help: "Slowest average HTTP body rate in bytes/s after 5 s; slower is 408. (env: HERALD_MIN_REQUEST_RATE, default 1024)")
+    var minRequestRate: Int?
+
+    @Option(name: .customLong("keep-alive-timeout"), parsing: .unconditional, help: "Seconds an HTTP connection may wait for its next request. (env: HERALD_KEEP_ALIVE_TIMEOUT, default 30)")
+    var keepAliveTimeout: Int?
+
     @Option(parsing: .unconditional, help: "Worker processes sharing the port (SO_REUSEPORT); more than 1 needs --redis. (env: HERALD_WORKERS, default 1)")
     var workers: Int?
 
@@ -231,6 +258,15 @@ struct Serve: AsyncParsableCommand {
             configuration.history.roomsWithoutHistory = rooms.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         }
         if let seconds = try options.integer(ackTTL, "ack-ttl", in: 1...2_592_000) { configuration.history.ackTTL = .seconds(seconds) }
+        if let count = try options.integer(maxConnectionsPerIP, "max-connections-per-ip", in: 0...10_000_000) { configuration.maxConnectionsPerIP = count }
+        if let count = try options.integer(maxPendingConnections, "max-pending-connections", in: 0...10_000_000) { configuration.maxPendingConnections = count }
+        if let seconds = try options.integer(handshakeTimeout, "handshake-timeout", in: 1...3600) { configuration.requestHeadTimeout = .seconds(Int64(seconds)) }
+        if let seconds = try options.integer(requestTimeout, "request-timeout", in: 1...3600) { configuration.requestTimeout = .seconds(Int64(seconds)) }
+        if let rate = try options.integer(minRequestRate, "min-request-rate", in: 0...(1 << 30)) { configuration.minimumRequestBytesPerSecond = rate }
+        if let seconds = try options.integer(keepAliveTimeout, "keep-alive-timeout", in: 1...86_400) { configuration.keepAliveTimeout = .seconds(Int64(seconds)) }
+        if let bytes = try options.integer(historyMaxBytes, "history-max-bytes", in: 0...(1 << 40)) { configuration.history.maxBytes = bytes }
+        if let bytes = try options.integer(historyChannelMaxBytes, "history-channel-max-bytes", in: 0...(1 << 40)) { configuration.history.maxChannelBytes = bytes }
+        if let bytes = try options.integer(ackMaxBytes, "ack-max-bytes", in: 0...(1 << 40)) { configuration.history.maxUnacknowledgedBytes = bytes }
         if let origins = options.string(allowedOrigins, "allowed-origins") {
             configuration.allowedOrigins = try Self.origins(origins)
         }

@@ -38,16 +38,16 @@ struct HTTPAPITests {
             var expected: [Int] = []
             for n in 0..<30 {
                 switch n % 5 {
-                case 0 where n == 10:
-                    // Over the body limit: refused without keeping the body, and the connection goes on.
-                    let data = String(repeating: "x", count: 1_000)
-                    requests.append(rawRequest("POST", "/api/broadcast", body: #"{"data":"\#(data)"}"#)); expected.append(413)
                 case 0: requests.append(rawRequest("GET", "/api/stats")); expected.append(200)
                 case 1: requests.append(rawRequest("POST", "/api/broadcast", body: #"{"data":"x"#)); expected.append(400)
                 case 2: requests.append(rawRequest("PUT", "/api/rooms/other/members/u\(n)")); expected.append(200)
                 default: requests.append(rawRequest("POST", "/api/rooms/pipe/publish", body: #"{"data":\#(n)}"#)); expected.append(202)
                 }
             }
+            // Over the body limit: refused without reading the body, and the connection closed
+            // after the answer (a refused body is not drained); the requests before it are answered.
+            let data = String(repeating: "x", count: 1_000)
+            requests.append(rawRequest("POST", "/api/broadcast", body: #"{"data":"\#(data)"}"#)); expected.append(413)
             let statuses = try await pipelined(port: server.port, requests)
             #expect(statuses == expected)
             var received: [Int] = []

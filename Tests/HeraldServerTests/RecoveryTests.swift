@@ -96,6 +96,11 @@ struct RecoveryTests {
         // History holds all 300: the publisher may run far ahead of the join (publishing calls
         // are answered on the event loop), and offset 10 must still be there to recover from.
         try await TestServer.with({ $0.history.size = 1_000 }) { server in
+            // A member is connected: the room has a possible reader, so it keeps history.
+            let member = try await TestClient.connect(port: server.port, query: "user=member")
+            _ = try await member.next(type: "welcome")
+            try await member.send(#"{"type":"join","room":"R"}"#)
+            _ = try await member.next(type: "joined")
             let publisher = Task {
                 for n in 1...300 {
                     _ = try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#)
@@ -115,6 +120,7 @@ struct RecoveryTests {
             let received = try await messages(alice, count: 290)
             #expect(misplaced(received.map(\.offset), 11...300) == nil)
             await alice.close()
+            await member.close()
         }
     }
 
@@ -201,6 +207,12 @@ struct RecoveryTests {
 
     @Test func roomsMatchingANoHistoryPatternKeepNone() async throws {
         try await TestServer.with({ $0.history.roomsWithoutHistory = ["live-*"] }) { server in
+            let member = try await TestClient.connect(port: server.port, query: "user=member")
+            _ = try await member.next(type: "welcome")
+            for room in ["live-scores", "lobby"] {
+                try await member.send(#"{"type":"join","room":"\#(room)"}"#)
+                _ = try await member.next(type: "joined")
+            }
             for room in ["live-scores", "lobby"] {
                 #expect(try await server.http("POST", "/api/rooms/\(room)/publish", body: #"{"data":1}"#).status == 202)
             }
@@ -209,6 +221,7 @@ struct RecoveryTests {
             #expect((live["messages"] as? [Any])?.isEmpty == true)
             let lobby = try json(try await server.http("GET", "/api/rooms/lobby/history").body)
             #expect((lobby["messages"] as? [Any])?.count == 1)
+            await member.close()
         }
     }
 
@@ -237,10 +250,15 @@ struct RecoveryTests {
 
     @Test func pastTheHistoryWindowOrAnotherEpochTheClientIsToldItCannotRecover() async throws {
         try await TestServer.with({ $0.history.size = 3 }) { server in
-            for n in 1...10 { #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#).status == 202) }
-            let epoch = try json(try await server.http("GET", "/api/rooms/R/history").body)["epoch"] as? String ?? ""
+            // Alice is a member while the messages are published (the room has a reader, so it
+            // keeps history), then joins again from older positions.
             let alice = try await TestClient.connect(port: server.port, query: "user=alice")
             _ = try await alice.next(type: "welcome")
+            try await alice.send(#"{"type":"join","room":"R"}"#)
+            _ = try await alice.next(type: "joined")
+            for n in 1...10 { #expect(try await server.http("POST", "/api/rooms/R/publish", body: #"{"data":\#(n)}"#).status == 202) }
+            _ = try await messages(alice, count: 10)
+            let epoch = try json(try await server.http("GET", "/api/rooms/R/history").body)["epoch"] as? String ?? ""
             try await alice.send(#"{"type":"join","room":"R","since":{"offset":2,"epoch":"\#(epoch)"}}"#)
             let expired = try await alice.next(type: "joined")
             #expect(expired["recovered"] as? Bool == false)

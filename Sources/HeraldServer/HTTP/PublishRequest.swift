@@ -87,7 +87,10 @@ enum PublishRequest {
     }
 
     static func notPublished(_ error: any Error) -> APIError {
-        APIError(.serviceUnavailable, code: .unavailable, message: "message not published: \(error)")
+        if let error = error as? BrokerError, error.kind == .storageFull {
+            return APIError(.init(code: 507, reasonPhrase: "Insufficient Storage"), code: .storageFull, message: "message not published: \(error)")
+        }
+        return APIError(.serviceUnavailable, code: .unavailable, message: "message not published: \(error)")
     }
 
     /// The body of every 202, built once: publishing is the API's hot call.

@@ -22,8 +22,11 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
         /// Not a publishing call: its parts go to the router.
         case forwarding
         case collecting(DeliveryTarget, ByteBuffer)
-        /// Refused before its body ended: the rest of the body is read and dropped.
+        /// Refused by its head: answered when its body has ended.
         case refusing(APIError)
+        /// Answered before its body ended (too large): the rest is dropped, and
+        /// ``HTTPRequestDeadline`` closes the connection once the answer is written.
+        case dropping
         case publishing
     }
 
@@ -61,13 +64,15 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
             case .collecting(let target, var body):
                 let limit = node.configuration.maxBodySize
                 if body.readableBytes + chunk.readableBytes > limit {
-                    state = .refusing(PublishRequest.tooLarge(limit))
+                    let error = PublishRequest.tooLarge(limit)
+                    respond(error.status, body: error.body, context: context)
+                    state = .dropping
                 } else {
                     state = .idle  // the buffer is uniquely referenced while it grows
                     body.writeBuffer(&chunk)
                     state = .collecting(target, body)
                 }
-            case .idle, .refusing, .publishing:
+            case .idle, .refusing, .publishing, .dropping:
                 break
             }
         case .end:
@@ -79,6 +84,8 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
                 publish(body, to: target, context: context)
             case .refusing(let error):
                 respond(error.status, body: error.body, context: context)
+            case .dropping:
+                state = .idle
             case .idle, .publishing:
                 break
             }

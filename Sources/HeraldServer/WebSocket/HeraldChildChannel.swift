@@ -29,22 +29,33 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
 
     public let responder: HTTPChannelHandler.Responder
     let node: HeraldNode
+    /// Per-address and still-negotiating connection caps, shared by every connection.
+    let admission: ConnectionAdmission
 
     init(responder: @escaping HTTPChannelHandler.Responder, node: HeraldNode) {
         self.responder = responder
         self.node = node
+        self.admission = ConnectionAdmission(
+            maxPerAddress: node.configuration.maxConnectionsPerIP,
+            maxPending: node.configuration.maxPendingConnections
+        )
     }
 
     public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        setup(channel: channel, descriptor: nil, logger: logger)
+        let reservation = admission.reserve(channel.remoteAddress?.ipAddress)
+        guard let reservation else { return channel.close().flatMapThrowing { throw ChannelError.inputClosed } }
+        return setup(channel: channel, descriptor: nil, reservation: reservation, logger: logger)
     }
 
     /// Sets up a connection whose socket descriptor the listener knows: a WebSocket upgraded
     /// on it sends its deliveries to the descriptor directly (``SocketOutbox``).
-    func setup(channel: any Channel, descriptor: CInt?, logger: Logger) -> EventLoopFuture<Value> {
+    /// `reservation` is the client address's slot, from ``ConnectionAdmission/reserve(_:)``.
+    func setup(channel: any Channel, descriptor: CInt?, reservation: ConnectionAdmission.Reservation, logger: Logger) -> EventLoopFuture<Value> {
         let node = self.node
         let configuration = node.configuration
+        let admission = self.admission
         return channel.eventLoop.makeCompletedFuture {
+            admission.admit(channel, reservation: reservation)
             // NIO keeps each channel's last read buffer to reuse it; its default 2 KiB first
             // buffer was the largest single item of an idle connection's memory. Clients mostly
             // send small frames, and the allocator grows the buffer when reads fill it.
@@ -70,6 +81,9 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
                 notUpgradingCompletionHandler: { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandler(
+                            HTTPRequestDeadline(limits: configuration.requestLimits) { admission.established(channel) }
+                        )
                         try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: .seconds(60), logger: logger))
                         try channel.pipeline.syncOperations.addHandler(PublishRequestHandler(node: node))
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
@@ -86,6 +100,7 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
             // One request at a time (pipelined ones wait in NIO's handler): PublishRequestHandler
             // answers some requests itself, the router the others, and responses keep their order.
             pipelineConfiguration.enablePipelining = true
+            // UpgradeRequestFilter answers what the decoder refuses (see there why not NIO's).
             pipelineConfiguration.enableErrorHandling = false
             pipelineConfiguration.enableResponseHeaderValidation = false
             let result = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(
@@ -95,8 +110,9 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
             let filter = UpgradeRequestFilter()
             try channel.pipeline.syncOperations.addHandler(filter, position: .before(upgradeHandler))
             let boundGuard = NIOLoopBound(firstRequestGuard, eventLoop: channel.eventLoop)
-            result.whenComplete { _ in
+            result.whenComplete { result in
                 channel.pipeline.syncOperations.removeHandler(boundGuard.value, promise: nil)
+                if case .success(.webSocket) = result { admission.established(channel) }
             }
             return Value(upgradeResult: result, channel: channel)
         }

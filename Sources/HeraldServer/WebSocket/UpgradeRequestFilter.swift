@@ -10,9 +10,54 @@ import NIOHTTP1
 /// Why: NIO's typed upgrade handler does not keep the request head while it looks for an
 /// upgrader; when none accepts the request, the head is lost and the client waits for an
 /// answer that never comes (until the idle timeout, 60 s).
-final class UpgradeRequestFilter: ChannelInboundHandler, RemovableChannelHandler {
+///
+/// It also answers what NIO's HTTP decoder refuses (duplicate or conflicting Content-Length
+/// and Transfer-Encoding, a head over 80 KB, bytes that are not HTTP): `400` with
+/// `Connection: close`, then close, instead of a connection left silent until a timeout. NIO's
+/// own error handler does the same, but also answers the decoder's complaint about a request
+/// cut short when the connection closes (after Herald closed it following a refusal), a
+/// second response that trips NIO's pipelining handler.
+final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// A response has begun and not ended: a 400 cannot be slipped in.
+    private var responseInFlight = false
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head: responseInFlight = true
+        case .end: responseInFlight = false
+        case .body: break
+        }
+        context.write(data, promise: promise)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard error is HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        // Closed already (the decoder complains of the request it was cut off in): nothing to say.
+        guard context.channel.isActive else { return }
+        guard !responseInFlight else {
+            context.close(promise: nil)
+            return
+        }
+        var body = context.channel.allocator.buffer(capacity: 128)
+        body.writeString(#"{"error":"bad_request","message":"malformed HTTP request"}"#)
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        headers.add(name: "Connection", value: "close")
+        responseInFlight = true
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(var head) = unwrapInboundIn(data) else {

@@ -3,6 +3,7 @@ import Herald
 import HeraldServer
 import Logging
 import ServiceLifecycle
+import Synchronization
 import Testing
 
 #if canImport(FoundationNetworking)
@@ -89,16 +90,36 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Runs `operation`, failing with a clear error after `seconds`. Every wait in these tests is bounded.
+/// Runs `operation`, failing with a clear error after `seconds`. Every wait in these tests is
+/// bounded. The deadline holds even when the operation ignores cancellation (a socket connect
+/// does): the operation is cancelled and left behind instead of awaited.
 func withTimeout<T: Sendable>(_ seconds: Double, _ what: String, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await operation() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            throw TestFailure("timed out after \(seconds) s waiting for \(what)")
+    let race = TimeoutRace<T>()
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        race.start(seconds: seconds, what: what, operation: operation, continuation: continuation)
+    }
+}
+
+/// The operation and the timer of ``withTimeout(_:_:_:)``: whichever ends first resumes.
+private final class TimeoutRace<T: Sendable>: Sendable {
+    private let settled = Atomic<Bool>(false)
+    private let work = Mutex<Task<Void, Never>?>(nil)
+
+    func start(seconds: Double, what: String, operation: @escaping @Sendable () async throws -> T, continuation: CheckedContinuation<T, any Error>) {
+        let timer = Task {
+            try? await Task.sleep(for: .seconds(seconds))
+            guard !Task.isCancelled, !self.settled.exchange(true, ordering: .relaxed) else { return }
+            self.work.withLock { $0?.cancel() }
+            continuation.resume(throwing: TestFailure("timed out after \(seconds) s waiting for \(what)"))
         }
-        defer { group.cancelAll() }
-        return try await group.next()!
+        let task = Task {
+            let result: Result<T, any Error>
+            do { result = .success(try await operation()) } catch { result = .failure(error) }
+            guard !self.settled.exchange(true, ordering: .relaxed) else { return }
+            timer.cancel()
+            continuation.resume(with: result)
+        }
+        work.withLock { $0 = task }
     }
 }
 
