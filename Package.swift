@@ -109,6 +109,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The Autobahn|Testsuite's echo server, made of Herald's WebSocket parts (scripts/autobahn).
+        .executableTarget(
+            name: "HeraldEchoHarness",
+            dependencies: [
+                "HeraldServer",
+                "HeraldWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Tests/EchoHarness",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "HeraldWireTests",
             dependencies: ["HeraldWire"],
