@@ -225,23 +225,20 @@ public final class LocalBroker: Broker {
             return eventLoop.makeSucceededVoidFuture()
         }
         let refusal: BrokerError? = channels.withLock { channels in
-            if envelope.requiresAck, channels.unacknowledgedBytes + envelope.frame.readableBytes + 64 > history.maxUnacknowledgedBytes {
+            var updated = channels.logs[envelope.target] ?? ChannelLog(epoch: epochPrefix + "-" + String(channels.created + 1, radix: 36), lastPublish: now)
+            let positioned = envelope.positioned(StreamPosition(offset: updated.latest + 1, epoch: updated.epoch))
+            let kept = HistoryEntry(offset: updated.latest + 1, frame: positioned.frame)
+            if envelope.requiresAck, channels.unacknowledgedBytes + kept.cost > history.maxUnacknowledgedBytes {
                 return BrokerError(
-                    "this node holds \(channels.unacknowledgedBytes) bytes of unacknowledged messages, its limit (--ack-max-bytes): retry once recipients have acknowledged theirs, or raise the limit",
+                    "this node holds \(channels.unacknowledgedBytes) bytes of unacknowledged messages, near its limit (--ack-max-bytes): retry once recipients have acknowledged theirs, or raise the limit",
                     kind: .storageFull
                 )
             }
-            let log = channels.logs[envelope.target] ?? {
-                channels.created += 1
-                return ChannelLog(epoch: epochPrefix + "-" + String(channels.created, radix: 36), lastPublish: now)
-            }()
+            if channels.logs[envelope.target] == nil { channels.created += 1 }
             channels.logs[envelope.target] = nil  // uniquely referenced while updated
-            var updated = log
             updated.latest += 1
             updated.lastPublish = now
-            let positioned = envelope.positioned(StreamPosition(offset: updated.latest, epoch: updated.epoch))
             let size = history.size(for: envelope.target)
-            let kept = HistoryEntry(offset: updated.latest, frame: positioned.frame)
             if size > 0, kept.cost <= history.maxChannelBytes, interest.withLock({ $0.mayBeRead(envelope.target, now: now, ttl: history.ttl) }) {
                 updated.entries.append((kept, now))
                 updated.bytes += kept.cost

@@ -108,7 +108,9 @@ public struct RESPDecoder: NIOSingleStepByteToMessageDecoder {
         case UInt8(ascii: "("):
             guard let line = try readLine(&buffer) else { return nil }
             let text = String(buffer: line)
-            guard !text.isEmpty, text.drop(while: { $0 == "-" || $0 == "+" }).allSatisfy(\.isNumber) else {
+            // An optional sign, then ASCII digits (Character.isNumber would also take "½" and "٣").
+            let digits = text.utf8.first == UInt8(ascii: "-") || text.utf8.first == UInt8(ascii: "+") ? text.utf8.dropFirst() : text.utf8[...]
+            guard !digits.isEmpty, digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
                 throw RESPError.protocolViolation("invalid big number")
             }
             return .bigNumber(text)

@@ -65,7 +65,7 @@ struct RESPDecoderTests {
     }
 
     @Test func malformedAndHostileInputIsRefused() {
-        for wire in ["?x\r\n", ":12a\r\n", "$-2\r\n", "$3\r\nabcde", "#x\r\n", ",abc\r\n", "*-5\r\n", "_x\r\n", "+OK\rX"] {
+        for wire in ["?x\r\n", ":12a\r\n", "$-2\r\n", "$3\r\nabcde", "#x\r\n", ",abc\r\n", "*-5\r\n", "_x\r\n", "+OK\rX", "(-\r\n", "(+-1\r\n", "(½\r\n", "(١٢\r\n"] {
             var buffer = ByteBuffer(string: wire)
             var decoder = RESPDecoder()
             #expect(throws: RESPError.self, "accepted \(wire.debugDescription)") { _ = try decoder.decode(buffer: &buffer) }
