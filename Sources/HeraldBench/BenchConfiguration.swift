@@ -62,6 +62,12 @@ public struct BenchConfiguration: Sendable, Codable {
     public var allowRemoteTarget = false
     /// Generator processes holding the connections; 0 picks as many as the open-file limit needs.
     public var processes = 0
+    /// Connect with TLS (`wss://`, `https://`), to a server started with `--tls-cert`/`--tls-key`.
+    public var tls = false
+    /// With ``tls``: the PEM file of the CA (or self-signed certificate) to trust.
+    public var tlsCAFile: String?
+    /// With ``tls`` and no ``tlsCAFile``: accept any certificate (no verification at all).
+    public var tlsInsecure = false
     /// Set in a worker process: which share of the connections it holds.
     public var worker: WorkerSlice?
 

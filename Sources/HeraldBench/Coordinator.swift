@@ -42,7 +42,7 @@ struct Coordinator: Sendable {
         log("\(processes) processes connected \(connected) of \(configuration.connections) in \(String(format: "%.2f", connectSeconds)) s")
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
-        let publisher = Run(configuration: configuration, group: group, log: log)
+        let publisher = Run(configuration: configuration, group: group, tls: try LoadGenerator.makeTLSContext(configuration), log: log)
         for worker in workers { worker.send("GO") }
         let before = probe.sample()
         let publishStart = ContinuousClock.now

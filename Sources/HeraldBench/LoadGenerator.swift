@@ -4,6 +4,7 @@ import HeraldServer
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
 import Synchronization
 
@@ -24,9 +25,10 @@ public struct LoadGenerator: Sendable {
         if configuration.worker == nil, processes > 1 {
             return try await Coordinator(configuration: configuration, processes: processes, log: log).run()
         }
+        let tls = try Self.makeTLSContext(configuration)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         do {
-            let report = try await Run(configuration: configuration, group: group, log: log).execute()
+            let report = try await Run(configuration: configuration, group: group, tls: tls, log: log).execute()
             try await group.shutdownGracefully()
             return report
         } catch {
@@ -60,6 +62,35 @@ public struct LoadGenerator: Sendable {
         if processes > 64 {
             throw BenchError("\(configuration.connections) connections would need \(processes) generator processes; at most 64")
         }
+    }
+
+    /// The client TLS context of `--tls`, made once and shared by every connection; `nil` without TLS.
+    static func makeTLSContext(_ configuration: BenchConfiguration) throws -> NIOSSLContext? {
+        guard configuration.tls else { return nil }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let file = configuration.tlsCAFile {
+            do {
+                tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(file))
+            } catch {
+                throw BenchError("--tls-ca \(file): cannot load it as PEM certificates (\(error))")
+            }
+        } else if configuration.tlsInsecure {
+            tls.certificateVerification = .none
+        } else {
+            throw BenchError("--tls needs --tls-ca FILE (the CA to trust) or --tls-insecure (no verification)")
+        }
+        do {
+            return try NIOSSLContext(configuration: tls)
+        } catch {
+            throw BenchError("cannot set up TLS: \(error)")
+        }
+    }
+
+    /// The TLS client handler for one connection to `host`: SNI and host name checked when
+    /// `host` is a name; for an IP address only the chain is verified (SNI cannot carry one).
+    static func tlsHandler(_ context: NIOSSLContext, host: String) throws -> NIOSSLClientHandler {
+        let isAddress = host.contains(":") || host.split(separator: ".").allSatisfy { !$0.isEmpty && $0.allSatisfy(\.isNumber) }
+        return try NIOSSLClientHandler(context: context, serverHostname: isAddress ? nil : host)
     }
 
     /// This process's open-file limit (RLIMIT_NOFILE, soft), which bounds its connections.
@@ -97,9 +128,12 @@ struct Run: Sendable {
     /// The server's address, resolved once: connecting by host name resolves it (getaddrinfo
     /// and Happy Eyeballs) on every connection, a quarter of the generator's CPU in a storm.
     let serverAddress: SocketAddress?
+    /// With `--tls`: every connection starts with a TLS handler from this context.
+    let tls: NIOSSLContext?
 
-    init(configuration: BenchConfiguration, group: MultiThreadedEventLoopGroup, log: @escaping @Sendable (String) -> Void) {
+    init(configuration: BenchConfiguration, group: MultiThreadedEventLoopGroup, tls: NIOSSLContext?, log: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
+        self.tls = tls
         self.group = group
         self.log = log
         self.serverAddress = try? SocketAddress.makeAddressResolvingHost(configuration.host, port: configuration.port)
@@ -325,8 +359,10 @@ struct Run: Sendable {
         let statistics = self.statistics
         let host = configuration.host
         guard let address = serverAddress else { throw BenchError("cannot resolve \(host):\(configuration.port)") }
+        let tls = self.tls
         let upgraded: EventLoopFuture<ReceiverConnection> = try await bootstrap.connect(to: address) { channel in
             channel.eventLoop.makeCompletedFuture {
+                if let tls { try channel.pipeline.syncOperations.addHandler(try LoadGenerator.tlsHandler(tls, host: host)) }
                 let upgrader = NIOTypedWebSocketClientUpgrader<ReceiverConnection>(
                     maxFrameSize: 1 << 24,
                     upgradePipelineHandler: { channel, _ in
@@ -454,11 +490,13 @@ struct Run: Sendable {
             case .http:
                 let statistics = publishStatistics
                 let host = configuration.host
+                let tls = self.tls
                 let publisher = try await ClientBootstrap(group: group)
                     .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
                     .connect(host: host, port: configuration.port) { channel in
                         channel.eventLoop.makeCompletedFuture {
                             let publisher = HTTPPublisher(host: host, statistics: statistics)
+                            if let tls { try channel.pipeline.syncOperations.addHandler(try LoadGenerator.tlsHandler(tls, host: host)) }
                             try channel.pipeline.syncOperations.addHTTPClientHandlers()
                             try channel.pipeline.syncOperations.addHandler(publisher)
                             return Publisher.http(publisher, channel.eventLoop)

@@ -12,6 +12,11 @@ public struct HeraldConfiguration: Sendable {
     /// storm overflowing it makes clients retry their SYN a second later. Capped by the
     /// kernel's `net.core.somaxconn`.
     public var backlog: Int = 4096
+    /// Serve TLS (`https://`, `wss://`) on ``port`` with this certificate and key; `nil` serves
+    /// plain HTTP and WebSocket. Both files are read at start-up (a missing or invalid one is a
+    /// ``ConfigurationError``) and again on SIGHUP, which swaps the certificate for new
+    /// connections without dropping open ones. A plain-HTTP request to a TLS port gets a `400`.
+    public var tls: TLSCertificateFiles?
     /// This node's name in `welcome` frames and connection ids. Random when `nil`.
     public var nodeID: String?
     /// `redis://[[user]:password@]host[:port][/db]` of the Redis shared by the cluster's

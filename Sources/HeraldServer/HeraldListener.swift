@@ -40,6 +40,7 @@ struct HeraldListener: Service {
         let childChannel = self.childChannel
         let group = self.eventLoopGroup
         let logger = self.logger
+        let usesTLS = childChannel.node.tls != nil
         socket.startAccepting(
             onError: { message in logger.error("\(message)") },
             onAccept: { descriptor, peer in
@@ -49,7 +50,10 @@ struct HeraldListener: Service {
                     return
                 }
                 ClientBootstrap(group: group)
-                    .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+                    // Over TLS a half-closure is TLS's close_notify, which the TLS handler reports
+                    // itself; a bare TCP FIN under it would otherwise leave a closing connection
+                    // waiting for a close_notify that never comes.
+                    .channelOption(ChannelOptions.allowRemoteHalfClosure, value: !usesTLS)
                     .channelInitializer { channel in
                         connections.insert(channel)
                         return childChannel.setup(channel: channel, descriptor: descriptor, reservation: reservation, logger: logger).map { value in

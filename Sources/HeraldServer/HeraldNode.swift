@@ -12,9 +12,16 @@ public final class HeraldNode: Sendable {
     public let authenticator: Authenticator
     public let nodeID: String
     let logger: Logger
+    /// The TLS context new connections take, when the node serves TLS.
+    let tls: TLSContextStore?
     private let nextConnection = Atomic<UInt64>(0)
 
-    public init(configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, logger: Logger) {
+    public convenience init(configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, logger: Logger) {
+        self.init(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, tls: nil, logger: logger)
+    }
+
+    init(configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, tls: TLSContextStore?, logger: Logger) {
+        self.tls = tls
         self.configuration = configuration
         self.hub = hub
         self.broker = broker
@@ -22,6 +29,15 @@ public final class HeraldNode: Sendable {
         self.authenticator = authenticator
         self.nodeID = configuration.nodeID ?? Self.randomNodeID()
         self.logger = logger
+    }
+
+    /// Re-reads the TLS certificate and key files (what SIGHUP does): new connections get the
+    /// new certificate, open connections keep theirs; a file that fails to load keeps the
+    /// previous certificate in use (logged). Returns whether the new one is in use; `false`
+    /// also without TLS.
+    @discardableResult
+    func reloadCertificates() -> Bool {
+        tls?.reload(logger: logger) ?? false
     }
 
     /// A connection id unique on this node and, with the node id in it, across the cluster.

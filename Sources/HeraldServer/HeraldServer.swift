@@ -34,6 +34,9 @@ public struct HeraldServer: Sendable {
         if let problem = HeraldNode.problem(withID: nodeID) { throw ConfigurationError("node id \(nodeID) \(problem)") }
         if let problem = configuration.openAPIProblem { throw ConfigurationError(problem) }
         configuration.nodeID = nodeID
+        // Read before anything connects, so a bad file fails the start-up at once.
+        var tls: TLSContextStore?
+        if let files = configuration.tls { tls = try TLSContextStore(files: files, shutdownTimeout: configuration.closeTimeout) }
         let group = MultiThreadedEventLoopGroup.singleton
         let hub = Hub(configuration: configuration.hub, eventLoopGroup: group, logger: logger, framing: WebSocketFraming.textFrame)
         let authenticator: Authenticator =
@@ -84,7 +87,7 @@ public struct HeraldServer: Sendable {
             clusterServices = [localBroker]
         }
         hub.attach(broker: broker, roster: roster)
-        self.node = HeraldNode(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, logger: logger)
+        self.node = HeraldNode(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, tls: tls, logger: logger)
         self.logger = logger
     }
 
@@ -113,7 +116,8 @@ public struct HeraldServer: Sendable {
         )
         // A service group stops its services in reverse order: the listener first (no new
         // connections, every WebSocket closed with 1012), the broker and roster last.
-        return NodeServices(services: [node.hub] + clusterServices + [listener], logger: logger)
+        let reloader: [any Service] = node.tls == nil ? [] : [CertificateReloader(node: node)]
+        return NodeServices(services: [node.hub] + clusterServices + reloader + [listener], logger: logger)
     }
 
     /// Runs until SIGINT or SIGTERM; on either, closes every connection with 1012 and returns.
@@ -126,7 +130,7 @@ public struct HeraldServer: Sendable {
 
     private static func logStartup(configuration: HeraldConfiguration, node: HeraldNode, port: Int, logger: Logger) {
         logger.info(
-            "Herald listening on http://\(configuration.host):\(port) (WebSocket: /ws, demo chat: /)",
+            "Herald listening on \(configuration.tls == nil ? "http" : "https")://\(configuration.host):\(port) (WebSocket: /ws, demo chat: /)",
             metadata: ["node": .string(node.nodeID)]
         )
         if configuration.isDevelopmentMode {
@@ -145,6 +149,20 @@ public struct HeraldServer: Sendable {
             logger.warning(
                 "no API key configured: the HTTP API (/api) is open to anyone who can reach this port (development mode). Set --api-key or HERALD_API_KEY."
             )
+        }
+    }
+}
+
+/// Reloads the TLS certificate and key on SIGHUP (``HeraldNode/reloadCertificates()``), until
+/// graceful shutdown.
+struct CertificateReloader: Service {
+    let node: HeraldNode
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        for await _ in signals.cancelOnGracefulShutdown() {
+            node.logger.info("SIGHUP: reloading the TLS certificate and key")
+            node.reloadCertificates()
         }
     }
 }

@@ -72,6 +72,12 @@ struct Bench: AsyncParsableCommand {
     var processes = 0
     @Option(name: .customLong("worker-configuration"), help: .hidden)
     var workerConfiguration: String?
+    @Flag(help: "Connect with TLS (wss://, https://) to a server started with --tls-cert/--tls-key; needs --tls-ca or --tls-insecure.")
+    var tls = false
+    @Option(name: .customLong("tls-ca"), help: "With --tls: PEM file of the CA (or self-signed certificate) to trust.")
+    var tlsCA: String?
+    @Flag(name: .customLong("tls-insecure"), help: "With --tls: accept any certificate, unverified.")
+    var tlsInsecure = false
     @Flag(help: "Print the report as JSON (for scripts).")
     var json = false
     @Flag(name: .customLong("no-progress"), help: "No live progress line.")
@@ -101,6 +107,13 @@ struct Bench: AsyncParsableCommand {
         try check(drainTimeout, "drain-timeout", 0...3600)
         try check(processes, "processes", 0...256)
         for pid in serverPID { try check(pid, "server-pid", 1...Int32.max) }
+        if tls {
+            guard (tlsCA != nil) != tlsInsecure else {
+                throw ValidationError("--tls needs exactly one of --tls-ca FILE (the CA to trust) or --tls-insecure (no verification)")
+            }
+        } else if tlsCA != nil || tlsInsecure {
+            throw ValidationError("--tls-ca and --tls-insecure go with --tls")
+        }
     }
 
     func run() async throws {
@@ -138,6 +151,9 @@ struct Bench: AsyncParsableCommand {
         configuration.progress = !noProgress && !json
         configuration.allowRemoteTarget = allowRemoteTarget
         configuration.processes = processes
+        configuration.tls = tls
+        configuration.tlsCAFile = tlsCA
+        configuration.tlsInsecure = tlsInsecure
         let report: BenchReport
         do {
             report = try await LoadGenerator(configuration: configuration).run { line in

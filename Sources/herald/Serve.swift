@@ -107,7 +107,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("history-max-bytes"), parsing: .unconditional, help: "Bytes of history one node keeps in memory over all channels (without --redis); past it the oldest entries of any channel are dropped. (env: HERALD_HISTORY_MAX_BYTES, default 67108864)")
     var historyMaxBytes: Int?
 
-    @Option(name: .customLong("history-channel-max-bytes"), parsing: .unconditional, help: "Bytes of history one room or user channel keeps in memory (and of one user's unacknowledged messages); past it its oldest are dropped. (env: HERALD_HISTORY_CHANNEL_MAX_BYTES, default 4194304)")
+    @Option(name: .customLong("history-channel-max-bytes"), parsing: .unconditional, help: "Bytes of history one room or user channel keeps in memory (and of one user's unacknowledged messages), without --redis; past it its oldest are dropped. (env: HERALD_HISTORY_CHANNEL_MAX_BYTES, default 4194304)")
     var historyChannelMaxBytes: Int?
 
     @Option(name: .customLong("ack-max-bytes"), parsing: .unconditional, help: "Bytes of unacknowledged messages one node keeps in memory (without --redis); past it new ones are refused with 507. (env: HERALD_ACK_MAX_BYTES, default 67108864)")
@@ -122,10 +122,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("handshake-timeout"), parsing: .unconditional, help: "Seconds a new connection may take to send its first request head or finish its WebSocket handshake. (env: HERALD_HANDSHAKE_TIMEOUT, default 10)")
     var handshakeTimeout: Int?
 
-    @Option(name: .customLong("request-timeout"), parsing: .unconditional, help: "Seconds one HTTP request (head and body) may take to arrive; past it 408. (env: HERALD_REQUEST_TIMEOUT, default 30)")
+    @Option(name: .customLong("request-timeout"), parsing: .unconditional, help: "Seconds an HTTP request body may take to arrive once its head has; past it 408. (env: HERALD_REQUEST_TIMEOUT, default 30)")
     var requestTimeout: Int?
 
-    @Option(name: .customLong("min-request-rate"), parsing: .unconditional, help: "Slowest average HTTP body rate in bytes/s after 5 s; slower is 408. (env: HERALD_MIN_REQUEST_RATE, default 1024)")
+    @Option(name: .customLong("min-request-rate"), parsing: .unconditional, help: "Slowest average HTTP body rate in bytes/s, from its head, after 5 s; slower is 408; 0 turns it off. (env: HERALD_MIN_REQUEST_RATE, default 1024)")
     var minRequestRate: Int?
 
     @Option(name: .customLong("keep-alive-timeout"), parsing: .unconditional, help: "Seconds an HTTP connection may wait for its next request. (env: HERALD_KEEP_ALIVE_TIMEOUT, default 30)")
@@ -139,6 +139,12 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .customLong("allowed-origins"), help: "Comma-separated browser origins (https://app.example.com) allowed to call /api from a page (CORS), or *; unset sends no CORS headers. (env: HERALD_ALLOWED_ORIGINS)")
     var allowedOrigins: String?
+
+    @Option(name: .customLong("tls-cert"), help: "PEM certificate (the full chain, leaf first) to serve https:// and wss:// on --port; needs --tls-key. Reloaded on SIGHUP. (env: HERALD_TLS_CERT)")
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert. Reloaded on SIGHUP. (env: HERALD_TLS_KEY)")
+    var tlsKey: String?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env: HERALD_LOG_LEVEL, default info)")
     var logLevel: String?
@@ -160,7 +166,13 @@ struct Serve: AsyncParsableCommand {
         let configuration = settings.configuration
 
         if settings.workers > 1 {
-            let supervisor = WorkerSupervisor(count: settings.workers, arguments: Array(CommandLine.arguments.dropFirst()), baseNodeID: configuration.nodeID, logger: logger)
+            let supervisor = WorkerSupervisor(
+                count: settings.workers,
+                arguments: Array(CommandLine.arguments.dropFirst()),
+                baseNodeID: configuration.nodeID,
+                forwardsHangup: configuration.tls != nil,
+                logger: logger
+            )
             do {
                 try await supervisor.run()
             } catch let failure as WorkerFailure {
@@ -269,6 +281,16 @@ struct Serve: AsyncParsableCommand {
         if let bytes = try options.integer(ackMaxBytes, "ack-max-bytes", in: 0...(1 << 40)) { configuration.history.maxUnacknowledgedBytes = bytes }
         if let origins = options.string(allowedOrigins, "allowed-origins") {
             configuration.allowedOrigins = try Self.origins(origins)
+        }
+        switch (options.string(tlsCert, "tls-cert"), options.string(tlsKey, "tls-key")) {
+        case (nil, nil):
+            break
+        case (let certificate?, let key?):
+            configuration.tls = TLSCertificateFiles(certificateChain: certificate, privateKey: key)
+        case (_?, nil):
+            throw ValidationError("--tls-cert needs --tls-key (or HERALD_TLS_KEY): the private key of the certificate")
+        case (nil, _?):
+            throw ValidationError("--tls-key needs --tls-cert (or HERALD_TLS_CERT): the certificate chain the key belongs to")
         }
         if let problem = configuration.openAPIProblem { throw ValidationError(problem) }
         settings.workers = try options.integer(workers, "workers", in: 1...256) ?? 1

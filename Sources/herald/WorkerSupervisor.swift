@@ -10,12 +10,15 @@ import Glibc
 ///
 /// The supervisor forwards SIGTERM and SIGINT to every worker and exits once all have exited. A
 /// worker that dies is started again after a second; one that dies five times within a minute
-/// stops the whole group (something is wrong that restarting will not fix).
+/// stops the whole group (something is wrong that restarting will not fix). With TLS it also
+/// forwards SIGHUP (each worker reloads its certificate).
 struct WorkerSupervisor {
     let count: Int
     /// The supervisor's own arguments; the workers get them without `--workers`.
     let arguments: [String]
     let baseNodeID: String?
+    /// Forward SIGHUP to the workers (they serve TLS and reload their certificate on it).
+    var forwardsHangup = false
     let logger: Logger
 
     func run() async throws {
@@ -35,7 +38,21 @@ struct WorkerSupervisor {
             source.resume()
             return source
         }
-        defer { signals.forEach { $0.cancel() } }
+        var hangup: (any DispatchSourceSignal)?
+        if forwardsHangup {
+            signal(SIGHUP, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+            source.setEventHandler {
+                logger.info("SIGHUP: forwarding to \(count) workers (TLS certificate reload)")
+                state.forward(signal: SIGHUP)
+            }
+            source.resume()
+            hangup = source
+        }
+        defer {
+            signals.forEach { $0.cancel() }
+            hangup?.cancel()
+        }
 
         logger.info("starting \(count) workers", metadata: ["executable": "\(executable.path)"])
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -125,6 +142,12 @@ final class SupervisorState: @unchecked Sendable {
 
     func remove(_ process: Process) {
         _ = lock.withLock { processes.removeValue(forKey: ObjectIdentifier(process)) }
+    }
+
+    /// Sends `signal` to every running worker, without stopping the group.
+    func forward(signal: Int32) {
+        let running = lock.withLock { Array(processes.values) }
+        for process in running { kill(process.processIdentifier, signal) }
     }
 
     func stop(signal: Int32) {

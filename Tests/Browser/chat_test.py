@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Browser test of Herald's demo chat page (served at GET /), across a server restart.
 
-    python3 Tests/Browser/chat_test.py --herald PATH_TO_HERALD_BINARY [--cluster] [--timeout 60]
+    python3 Tests/Browser/chat_test.py --herald PATH_TO_HERALD_BINARY [--cluster] [--tls] [--timeout 60]
 
 Starts `herald serve` on a free port of 127.0.0.1, opens the page in two headless
 Chromium sessions (alice and bob), and checks: connecting, joining a room, room
@@ -12,14 +12,20 @@ With --cluster it starts a redis-server and two Herald nodes sharing it: alice's
 on node 1, bob's on node 2, and every message crosses nodes; the restart is node 2's (bob
 reconnects, alice stays connected).
 
+With --tls every node serves TLS (`--tls-cert`/`--tls-key`) with a certificate for 127.0.0.1
+made by `openssl` from a throw-away CA; the pages are opened at https:// (so the chat runs
+over wss://), Chromium trusting that one key through --ignore-certificate-errors-spki-list.
+
 Needs: pip install selenium; apt-get install chromium chromium-driver
 (/usr/bin/chromium, /usr/bin/chromedriver). Every wait is bounded by --timeout.
 Exit code 0 when every check passed; on a failure it prints the server log and each
 browser's log and console, then exits 1.
 """
 import argparse
+import base64
 import os
 import shutil
+import ssl
 import signal
 import socket
 import subprocess
@@ -74,12 +80,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class TestCertificate:
+    """A CA and a server certificate for 127.0.0.1 and localhost it signs, made with openssl."""
+
+    def __init__(self, directory: str):
+        def openssl(*args, **kwargs):
+            return subprocess.run(["openssl", *args], check=True, capture_output=True, **kwargs).stdout
+
+        d = lambda name: os.path.join(directory, name)
+        self.ca, self.chain, self.key = d("ca.pem"), d("server-chain.pem"), d("server.key")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        openssl("req", "-x509", *ec, "-keyout", d("ca.key"), "-out", self.ca, "-days", "2",
+                "-subj", "/CN=Herald browser test CA",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        openssl("req", *ec, "-keyout", self.key, "-out", d("server.csr"), "-subj", "/CN=localhost")
+        with open(d("server.ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                    "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+        openssl("x509", "-req", "-in", d("server.csr"), "-CA", self.ca, "-CAkey", d("ca.key"), "-CAcreateserial",
+                "-out", d("server.pem"), "-days", "2", "-extfile", d("server.ext"))
+        with open(self.chain, "wb") as out:
+            for name in ("server.pem", "ca.pem"):
+                with open(d(name), "rb") as f:
+                    out.write(f.read())
+        # base64(SHA-256(SubjectPublicKeyInfo)) of the server key: what Chromium's
+        # --ignore-certificate-errors-spki-list takes.
+        public_key = openssl("pkey", "-in", self.key, "-pubout", "-outform", "DER")
+        digest = openssl("dgst", "-sha256", "-binary", input=public_key)
+        self.spki = base64.b64encode(digest).decode()
+
+    def server_arguments(self) -> list:
+        return ["--tls-cert", self.chain, "--tls-key", self.key]
+
+
 class Server:
     """One `herald serve` process at a time, every run appending to the same log file."""
 
-    def __init__(self, binary: str, port: int, log_path: str, extra=()):
+    def __init__(self, binary: str, port: int, log_path: str, extra=(), tls: "TestCertificate | None" = None):
         self.binary, self.port, self.log_path = binary, port, log_path
-        self.extra = list(extra)
+        self.tls = tls
+        self.extra = list(extra) + (tls.server_arguments() if tls else [])
+        self.scheme = "https" if tls else "http"
         self.proc = None
         self.runs = 0
 
@@ -96,7 +137,8 @@ class Server:
 
     def wait_healthy(self, timeout: float):
         """Polls GET /healthz until it answers 200; raises if the process exits first."""
-        url = f"http://127.0.0.1:{self.port}/healthz"
+        url = f"{self.scheme}://127.0.0.1:{self.port}/healthz"
+        context = ssl.create_default_context(cafile=self.tls.ca) if self.tls else None
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
@@ -104,7 +146,7 @@ class Server:
             if code is not None:
                 raise RuntimeError(f"herald exited with code {code} before /healthz answered")
             try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
+                with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                     if resp.status == 200:
                         return
                     last = f"HTTP {resp.status}"
@@ -136,7 +178,7 @@ class Server:
 class Page:
     """One headless Chromium session on the demo page, as one user."""
 
-    def __init__(self, label: str, timeout: float):
+    def __init__(self, label: str, timeout: float, tls: "TestCertificate | None" = None):
         self.label, self.timeout = label, timeout
         self.profile = tempfile.mkdtemp(prefix=f"herald-chrome-{label}-")
         opts = Options()
@@ -146,6 +188,9 @@ class Page:
                     # containers often have a tiny /dev/shm, which crashes Chromium tabs
                     "--disable-dev-shm-usage", "--window-size=1200,900"):
             opts.add_argument(arg)
+        if tls:
+            # Trusts the test server's key only (the flag needs --user-data-dir, set above).
+            opts.add_argument(f"--ignore-certificate-errors-spki-list={tls.spki}")
         opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         try:
             self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -250,14 +295,15 @@ def start_redis(log_dir: str, processes: list) -> str:
 def run(args, checks: Checks, pages: list, server_holder: list, processes: list):
     timeout = args.timeout
     log_dir = tempfile.mkdtemp(prefix="herald-browser-")
+    tls = TestCertificate(log_dir) if args.tls else None
     if args.cluster:
         redis = start_redis(log_dir, processes)
         servers = [
-            Server(args.herald, free_port(), os.path.join(log_dir, f"herald-n{i}.log"), ["--redis", redis, "--node-id", f"n{i}"])
+            Server(args.herald, free_port(), os.path.join(log_dir, f"herald-n{i}.log"), ["--redis", redis, "--node-id", f"n{i}"], tls)
             for i in (1, 2)
         ]
     else:
-        servers = [Server(args.herald, free_port(), os.path.join(log_dir, "herald.log"))]
+        servers = [Server(args.herald, free_port(), os.path.join(log_dir, "herald.log"), tls=tls)]
     server_holder.extend(servers)
     # alice's page on the first node, bob's on the last (the same one without --cluster).
     alice_server, bob_server = servers[0], servers[-1]
@@ -273,13 +319,19 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
 
     # 2. Two browsers.
     # Each page is in `pages` before it loads anything, so `finally` always quits it.
-    alice = Page("alice", timeout)
+    alice = Page("alice", timeout, tls)
     pages.append(alice)
-    bob = Page("bob", timeout)
+    bob = Page("bob", timeout, tls)
     pages.append(bob)
-    alice.open(f"http://127.0.0.1:{alice_server.port}/")
-    bob.open(f"http://127.0.0.1:{bob_server.port}/")
-    checks.ok("two headless Chromium sessions load the demo page" + (" from two nodes" if args.cluster else ""))
+    alice.open(f"{alice_server.scheme}://127.0.0.1:{alice_server.port}/")
+    bob.open(f"{bob_server.scheme}://127.0.0.1:{bob_server.port}/")
+    checks.ok("two headless Chromium sessions load the demo page" + (" from two nodes" if args.cluster else "")
+              + (" over https" if tls else ""))
+    if tls:
+        for page in (alice, bob):
+            protocol = page.js("return location.protocol;")
+            checks.that(protocol == "https:", f"{page.label}'s page is served over https (its WebSocket is wss://)",
+                        f"location.protocol is {protocol!r}")
 
     # 3. Connect.
     for page in (alice, bob):
@@ -387,6 +439,7 @@ def main() -> int:
     parser.add_argument("--herald", required=True, help="path to the herald executable")
     parser.add_argument("--timeout", type=float, default=60.0, help="bound on every wait, in seconds")
     parser.add_argument("--cluster", action="store_true", help="two nodes sharing a redis-server the test starts")
+    parser.add_argument("--tls", action="store_true", help="serve https:// and wss:// with a test certificate made by openssl")
     args = parser.parse_args()
 
     checks = Checks()

@@ -7,6 +7,7 @@ public import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import NIOSSL
 
 /// Hummingbird child channel: HTTP/1.1 for the API and the demo page, and a WebSocket upgrade on
 /// `/ws` into Herald's own pipeline.
@@ -48,14 +49,26 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     /// Sets up a connection whose socket descriptor the listener knows: a WebSocket upgraded
-    /// on it sends its deliveries to the descriptor directly (``SocketOutbox``).
-    /// `reservation` is the client address's slot, from ``ConnectionAdmission/reserve(_:)``.
+    /// on it sends its deliveries to the descriptor directly (``SocketOutbox``), unless the node
+    /// serves TLS. `reservation` is the client address's slot, from ``ConnectionAdmission/reserve(_:)``.
+    ///
+    /// With TLS the pipeline starts with ``PlaintextRejector``, the TLS handler (the node's
+    /// current certificate) and ``TLSHandshakeWatcher``; everything else is as without.
     func setup(channel: any Channel, descriptor: CInt?, reservation: ConnectionAdmission.Reservation, logger: Logger) -> EventLoopFuture<Value> {
         let node = self.node
         let configuration = node.configuration
         let admission = self.admission
+        let tls = node.tls
+        // Direct sends would put plaintext on a TLS socket, under the TLS handler: with TLS
+        // every byte goes through the pipeline.
+        let directDescriptor = tls == nil ? descriptor : nil
         return channel.eventLoop.makeCompletedFuture {
             admission.admit(channel, reservation: reservation)
+            if let tls {
+                try channel.pipeline.syncOperations.addHandler(PlaintextRejector())
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                try channel.pipeline.syncOperations.addHandler(TLSHandshakeWatcher(logger: logger))
+            }
             // NIO keeps each channel's last read buffer to reuse it; its default 2 KiB first
             // buffer was the largest single item of an idle connection's memory. Clients mostly
             // send small frames, and the allocator grows the buffer when reads fill it.
@@ -73,14 +86,14 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
                     return channel.eventLoop.makeSucceededFuture(path == "/ws" ? HTTPHeaders() : nil)
                 },
                 upgradePipeline: { channel, head in
-                    Self.installConnection(channel: channel, head: head, node: node, descriptor: descriptor)
+                    Self.installConnection(channel: channel, head: head, node: node, descriptor: directDescriptor)
                 }
             )
             let upgradeConfiguration = NIOTypedHTTPServerUpgradeConfiguration(
                 upgraders: [upgrader],
                 notUpgradingCompletionHandler: { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: tls != nil))
                         try channel.pipeline.syncOperations.addHandler(
                             HTTPRequestDeadline(limits: configuration.requestLimits) { admission.established(channel) }
                         )

@@ -3,6 +3,7 @@ import HTTPTypes
 import HummingbirdWSClient
 import Logging
 import NIOCore
+import NIOSSL
 import NIOWebSocket
 
 /// A real WebSocket client (swift-websocket's WSClient) with its text frames queued for the test.
@@ -28,19 +29,23 @@ final class TestClient: Sendable {
         headers: HTTPFields = [:],
         reading: Bool = true,
         pausesAfterFirstFrameUntil gate: ReadGate? = nil,
-        label: String? = nil
+        label: String? = nil,
+        tls: TLSConfiguration? = nil
     ) async throws -> TestClient {
         let frames = FrameQueue()
         let (writers, writerContinuation) = AsyncStream<WebSocketOutboundWriter>.makeStream()
-        let configuration = WebSocketClientConfiguration(maxFrameSize: 1 << 24, additionalHeaders: headers, closeTimeout: .seconds(5))
+        var configuration = WebSocketClientConfiguration(maxFrameSize: 1 << 24, additionalHeaders: headers, closeTimeout: .seconds(5))
+        // SNI cannot carry an IP address: the test certificates name localhost too.
+        if tls != nil { configuration.sniHostname = "localhost" }
         let session = Task<WebSocketCloseFrame?, any Error> {
             defer {
                 frames.finish()
                 writerContinuation.finish()
             }
             return try await WebSocketClient.connect(
-                url: "ws://127.0.0.1:\(port)/ws?\(query)",
+                url: "\(tls == nil ? "ws" : "wss")://127.0.0.1:\(port)/ws?\(query)",
                 configuration: configuration,
+                tlsConfiguration: tls,
                 logger: Logger(label: "test.client")
             ) { inbound, outbound, _ in
                 writerContinuation.yield(outbound)
