@@ -11,9 +11,12 @@ import Synchronization
 /// their request, to use up the server's descriptors):
 /// - past the per-address cap a new connection is closed at once (its address holds enough);
 /// - past the pending cap, the oldest pending connection *of the address with the most pending
-///   connections* is closed to admit the new one. A flood of never-finishing connections evicts
-///   its own, while a real client, one pending connection for a few milliseconds, is not the
-///   one evicted however fast the flood reconnects.
+///   connections* is closed to admit the new one, if it has been negotiating for at least
+///   ``minimumAgeToEvict`` (1 s); if not, the new one is admitted over the cap. A flood of
+///   never-finishing connections evicts its own, while a real client, one pending connection for
+///   a few milliseconds, is not the one evicted however fast the flood reconnects; and a storm of
+///   real clients all connecting at once (after a deploy, through one proxy) is not cut down
+///   while the server works through their handshakes.
 ///
 /// Connections from the loopback addresses 127.0.0.1 and ::1 are not counted per address: they
 /// are the machine itself (a local proxy terminating TLS, health checks, benchmarks), and behind
@@ -24,7 +27,7 @@ import Synchronization
 final class ConnectionAdmission: Sendable {
     fileprivate struct State {
         var perAddress: [String: Int] = [:]
-        var pending: [ObjectIdentifier: (channel: any Channel, address: String)] = [:]
+        var pending: [ObjectIdentifier: (channel: any Channel, address: String, since: NIODeadline)] = [:]
         /// Pending connections per address (IP, loopback included), oldest first.
         var pendingOfAddress: [String: Deque<ObjectIdentifier>] = [:]
 
@@ -35,10 +38,12 @@ final class ConnectionAdmission: Sendable {
             return entry.channel
         }
 
-        /// The oldest pending connection of the address holding the most.
-        mutating func evictOne() -> (any Channel)? {
+        /// The oldest pending connection of the address holding the most, if it has been
+        /// negotiating since `before` or longer.
+        mutating func evictOne(negotiatingSince before: NIODeadline) -> (any Channel)? {
             guard let crowded = pendingOfAddress.max(by: { $0.value.count < $1.value.count })?.key,
-                  let oldest = pendingOfAddress[crowded]?.first
+                  let oldest = pendingOfAddress[crowded]?.first,
+                  let since = pending[oldest]?.since, since <= before
             else { return nil }
             return removePending(oldest)
         }
@@ -46,6 +51,8 @@ final class ConnectionAdmission: Sendable {
 
     private let maxPerAddress: Int
     private let maxPending: Int
+    /// How long a connection must have been negotiating before it may be evicted.
+    static let minimumAgeToEvict: TimeAmount = .seconds(1)
     private let state = Mutex(State())
 
     /// - Parameters:
@@ -106,9 +113,11 @@ final class ConnectionAdmission: Sendable {
     func admit(_ channel: any Channel, reservation: Reservation) {
         let key = ObjectIdentifier(channel)
         let address = reservation.address ?? ""
+        let now = NIODeadline.now()
         let evicted: (any Channel)? = state.withLock { state in
-            let evicted = maxPending > 0 && state.pending.count >= maxPending ? state.evictOne() : nil
-            state.pending[key] = (channel, address)
+            let evicted = maxPending > 0 && state.pending.count >= maxPending
+                ? state.evictOne(negotiatingSince: now - Self.minimumAgeToEvict) : nil
+            state.pending[key] = (channel, address, now)
             state.pendingOfAddress[address, default: []].append(key)
             return evicted
         }
