@@ -92,6 +92,7 @@ let package = Package(
             name: "HeraldBench",
             dependencies: [
                 "HeraldServer",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -24,7 +24,7 @@ port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" >"$out/redis.log" 2>&1 &
 redis_pid=$!
 "$herald" serve --port "$port" --workers "$workers" --redis "redis://127.0.0.1:$redis_port" --log-level warning \
-  --max-connections 100000 >"$out/herald.log" 2>&1 &
+  --max-connections 100000 --max-connections-per-ip 0 >"$out/herald.log" 2>&1 &
 supervisor=$!
 cleanup() { kill -TERM "$supervisor" 2>/dev/null || true; wait "$supervisor" 2>/dev/null || true; kill "$redis_pid" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -41,7 +41,7 @@ echo "workers: $(echo $pids | tr '\n' ' ')  redis: $redis_pid  port: $port"
 
 redis_cpu_before=$(cpu_seconds "$redis_pid")
 "$herald" bench --scenario all --port "$port" --connections "$connections" --messages "$messages" \
-  --publish-connections 1 --drain-timeout 30 --no-progress "${pid_args[@]}" --json >"$out/bench.json"
+  --publish-connections 1 --drain-timeout 30 --source-addresses 8 --no-progress "${pid_args[@]}" --json >"$out/bench.json"
 redis_cpu_after=$(cpu_seconds "$redis_pid")
 python3 - "$out/bench.json" <<'PY'
 import json, sys
@@ -50,7 +50,8 @@ lat = r.get("latency") or {}
 print(f"connections ok {r['connectionsOK']} failed {r.get('connectionsFailed')}; expected {r['expectedDeliveries']} lost {r['lost']} "
       f"dup {r['deliveries']['duplicates']} reordered {r['deliveries']['reordered']}")
 print(f"publish -> delivery ms: p50 {lat.get('p50')} p99 {lat.get('p99')} max {lat.get('max')}")
-for key in ("connectSeconds", "connectionsPerSecond", "deliveriesPerSecond", "serverCPUSeconds", "serverCPUMicrosecondsPerDelivery", "serverRSSBytes", "serverBytesPerConnection"):
+print(f"closed by the server: {r.get('closeCodes') or 'none'}; connect failures: {r.get('connectFailures') or 'none'}; retried after a retry hint: {r.get('connectRetries', 0)}")
+for key in ("connectSeconds", "connectionsPerSecond", "serverCPUMicrosecondsPerConnect", "deliveriesPerSecond", "serverCPUSeconds", "serverCPUMicrosecondsPerDelivery", "serverRSSBytes", "serverBytesPerConnection"):
     if key in r: print(key, r[key])
 PY
 echo "redis CPU seconds over the run (connects included): $(python3 -c "print(round($redis_cpu_after - $redis_cpu_before, 2))")"

@@ -66,7 +66,9 @@ class Server:
 
     def start(self) -> None:
         if self.kind == "herald":
-            cmd = [self.herald, "serve", "--port", str(self.port), "--log-level", "warning"] + self.herald_args
+            # The generator spreads its connections over 127.0.0.1-4: the per-address cap (1000,
+            # against floods from one remote address) would refuse most of them.
+            cmd = [self.herald, "serve", "--port", str(self.port), "--log-level", "warning", "--max-connections-per-ip", "0"] + self.herald_args
             self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
         elif self.kind == "floor":
             floor = os.path.join(self.scratch, "floor")

@@ -17,7 +17,8 @@ bench=(--scenario rooms --connections 10000 --rooms 100 --rate 500 --duration 10
 for i in $(seq 1 "$reps"); do
   for mode in plain tls; do
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    serve=("$herald" serve --port "$port" --log-level warning); extra=(); scheme=http; curlca=()
+    # --max-connections-per-ip 0: the generator's 127.0.0.2-4 would be capped at 1000 each.
+    serve=("$herald" serve --port "$port" --log-level warning --max-connections-per-ip 0); extra=(); scheme=http; curlca=()
     if [ "$mode" = tls ]; then
       serve+=(--tls-cert "$dir/server.pem" --tls-key "$dir/server.key"); extra=(--tls --tls-ca "$dir/ca.pem"); scheme=https; curlca=(--cacert "$dir/ca.pem")
     fi

@@ -30,9 +30,9 @@ public protocol Broker: Service {
     /// Messages to `user` sent with `requiresAck` and not acknowledged yet (nor expired), oldest first.
     func unacknowledged(for user: String) async throws(BrokerError) -> [HistoryEntry]
 
-    /// The same, without waiting, when the broker holds them in memory; `nil` when it must ask
-    /// elsewhere (then ``unacknowledged(for:)``). Saves a task on every connect.
-    func unacknowledgedInMemory(for user: String) -> [HistoryEntry]?
+    /// The same, without a task: called on every connect once the user's channel is live, so a
+    /// broker backed by a store should batch these reads (one round trip for many connects).
+    func unacknowledged(for user: String, on loop: any EventLoop) -> EventLoopFuture<[HistoryEntry]>
 
     /// A connection of `user` acknowledged the message at `offset` of the user's channel (in
     /// `epoch`, or the channel's current epoch when `nil`).
@@ -43,7 +43,9 @@ public protocol Broker: Service {
 }
 
 extension Broker {
-    public func unacknowledgedInMemory(for user: String) -> [HistoryEntry]? { nil }
+    public func unacknowledged(for user: String, on loop: any EventLoop) -> EventLoopFuture<[HistoryEntry]> {
+        loop.makeFutureWithTask { try await self.unacknowledged(for: user) }
+    }
 
     /// Publishes `envelope` to every node, this one included.
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) async throws {

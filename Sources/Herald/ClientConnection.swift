@@ -26,8 +26,10 @@ public protocol ClientConnection: AnyObject, Sendable {
     /// Writes out everything queued since the last flush (one vectored write for all of it).
     func flush()
 
-    /// Called once per heartbeat interval: ping, or close a connection that did not answer the last ping.
-    func heartbeat()
+    /// Called once per heartbeat interval: ping, or close a connection that did not answer the
+    /// last ping. With `judging` false the node's loop is behind (its reads are late too): a
+    /// connection still waiting for its pong keeps waiting, and is neither closed nor pinged again.
+    func heartbeat(judging: Bool)
 
     /// Closes the connection with a close frame.
     func close(_ code: CloseCode, reason: String)

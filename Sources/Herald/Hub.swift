@@ -146,7 +146,7 @@ public final class Hub: DeliverySink, Service, Sendable {
     /// subscribes the rooms this node did not need yet.
     private func loadRooms(of user: String, cluster: Cluster, userChannel: EventLoopFuture<Void>, on loop: any EventLoop) {
         let roster = cluster.roster
-        loop.makeFutureWithTask { try await roster.rooms(of: user) }.whenComplete { [self] result in
+        roster.rooms(of: user, on: loop).whenComplete { [self] result in
             switch result {
             case .success(let rooms):
                 let loaded = state.withLock { state in
@@ -293,7 +293,7 @@ public final class Hub: DeliverySink, Service, Sendable {
         let tick = TimeAmount.nanoseconds(interval.nanoseconds / Int64(slices))
         let tasks = shards.map { shard in
             shard.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
-                shard.heartbeatTick(slices: slices)
+                shard.heartbeatTick(slices: slices, period: tick, allowedLag: max(tick, .seconds(1)))
             }
         }
         try? await gracefulShutdown()

@@ -300,8 +300,8 @@ public final class LocalBroker: Broker {
         }
     }
 
-    public func unacknowledgedInMemory(for user: String) -> [HistoryEntry]? {
-        unacknowledged(for: user)
+    public func unacknowledged(for user: String, on loop: any EventLoop) -> EventLoopFuture<[HistoryEntry]> {
+        loop.makeSucceededFuture(unacknowledged(for: user))
     }
 
     public func acknowledge(user: String, offset: Int64, epoch: String?) {

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import Synchronization
 
 /// The in-memory roster of a single node: a ``RoomRegistry`` and this node's connection counts.
@@ -40,6 +40,10 @@ public final class LocalRoster: Roster {
 
     public func members(of room: String) -> Set<String> { state.withLock { $0.registry.members(of: room) } }
     public func rooms(of user: String) -> Set<String> { state.withLock { $0.registry.rooms(of: user) } }
+
+    public func rooms(of user: String, on loop: any EventLoop) -> EventLoopFuture<Set<String>> {
+        loop.makeSucceededFuture(rooms(of: user))
+    }
     public func roomCount() -> Int { state.withLock { $0.registry.roomCount } }
 
     public func connectionCounts(of users: [String]) -> [String: Int] {

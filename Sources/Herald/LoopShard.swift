@@ -17,6 +17,9 @@ final class LoopShard: @unchecked Sendable {
     private var holds: [ObjectIdentifier: DeliveryHold] = [:]
     private var flushScheduled = false
     private var heartbeatTicks = 0
+    private var lastHeartbeatTick: NIODeadline?
+    /// Heartbeat ticks that ran late and judged nobody (the loop was behind).
+    private(set) var heartbeatsDeferred = 0
     private(set) var connectionCount = 0
 
     init(eventLoop: any EventLoop) {
@@ -103,13 +106,22 @@ final class LoopShard: @unchecked Sendable {
     }
 
     /// Pings the connections whose slice of the heartbeat interval this tick is.
-    func heartbeatTick(slices: Int) {
+    ///
+    /// A tick that runs late by more than `allowedLag` finds the loop behind: pongs may sit
+    /// unread in its sockets, so it closes nobody for a missing one (they are judged at their
+    /// next tick on time). A node saturated by a connect storm must not cut off healthy clients
+    /// for answers it has not read yet.
+    func heartbeatTick(slices: Int, period: TimeAmount, allowedLag: TimeAmount) {
         eventLoop.preconditionInEventLoop()
+        let now = NIODeadline.now()
+        let judging = lastHeartbeatTick.map { now - $0 <= period + allowedLag } ?? true
+        lastHeartbeatTick = now
+        if !judging { heartbeatsDeferred &+= 1 }
         heartbeatTicks &+= 1
         let slice = heartbeatTicks % slices
         for list in byUser.values {
             for connection in list where slices == 1 || Self.slice(of: connection, slices: slices) == slice {
-                connection.heartbeat()
+                connection.heartbeat(judging: judging)
             }
         }
     }

@@ -1,3 +1,5 @@
+public import NIOCore
+
 /// Who is a member of which room, and who is online: the state every node of a cluster shares.
 ///
 /// ``LocalRoster`` keeps it in memory for one node; a Redis roster shares it between nodes.
@@ -22,6 +24,11 @@ public protocol Roster: Sendable {
     /// The rooms `user` is a member of.
     func rooms(of user: String) async throws(HubError) -> Set<String>
 
+    /// The rooms of a user whose first connection is being set up, without a task: the hub
+    /// calls it on every such connect, so a roster backed by a store should batch these reads
+    /// (one round trip for many connects, not one each). Fails with ``HubError``.
+    func rooms(of user: String, on loop: any EventLoop) -> EventLoopFuture<Set<String>>
+
     /// Connections of each user across the cluster (0 for a user offline everywhere).
     func connectionCounts(of users: [String]) async throws(HubError) -> [String: Int]
 
@@ -39,6 +46,10 @@ public protocol Roster: Sendable {
 
 extension Roster {
     public func clusterTotals() async throws(HubError) -> ClusterTotals? { nil }
+
+    public func rooms(of user: String, on loop: any EventLoop) -> EventLoopFuture<Set<String>> {
+        loop.makeFutureWithTask { try await self.rooms(of: user) }
+    }
 }
 
 /// Figures summed over a cluster's live nodes.

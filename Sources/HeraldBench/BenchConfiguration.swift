@@ -12,6 +12,9 @@ public enum BenchScenario: String, CaseIterable, Sendable, Codable {
     case connect
     /// `rooms`, with one connection that stops reading: its fate, everyone else's latency, the server's memory.
     case slow
+    /// Reconnect storm: N users, messages to them at a rate; one server process is killed
+    /// (SIGKILL) and its clients reconnect with backoff and jitter, resuming from their offsets.
+    case storm
 }
 
 /// How publishes reach the server.
@@ -54,6 +57,8 @@ public struct BenchConfiguration: Sendable, Codable {
     public var serverPIDs: [Int32] = []
     /// When set, each user connects with a JWT signed with this secret (the server's).
     public var jwtSecret: String?
+    /// Seconds every connection has to open (retries after a server's retry hint included).
+    public var connectTimeout: Double = 300
     /// How long to wait after the last publish for outstanding deliveries.
     public var drainTimeout: Double = 5
     /// Print a progress line every second (to stderr).
@@ -68,6 +73,9 @@ public struct BenchConfiguration: Sendable, Codable {
     public var tlsCAFile: String?
     /// With ``tls`` and no ``tlsCAFile``: accept any certificate (no verification at all).
     public var tlsInsecure = false
+    /// `storm`: the server process to kill with SIGKILL, and when (seconds into publishing).
+    public var killPID: Int32?
+    public var killAfter: Double = 5
     /// Set in a worker process: which share of the connections it holds.
     public var worker: WorkerSlice?
 
@@ -79,6 +87,7 @@ public struct BenchConfiguration: Sendable, Codable {
         case .rooms, .slow: connections / max(rooms, 1)
         case .all: connections
         case .users: devices
+        case .storm: 1
         case .idle, .connect: 0
         }
     }

@@ -36,6 +36,13 @@ public struct BenchReport: Sendable, Codable {
     public var connectionsFailed = 0
     public var connectSeconds = 0.0
     public var connectionsPerSecond = 0.0
+    /// Server CPU seconds spent while the connections were opened (and joined their rooms).
+    public var serverConnectCPUSeconds: Double?
+    public var serverCPUMicrosecondsPerConnect: Double?
+    /// Connection attempts that failed for good, by cause.
+    public var connectFailures: [String: Int] = [:]
+    /// Attempts the server refused with a retry hint (503 Retry-After, close 1013) and that were tried again.
+    public var connectRetries = 0
 
     public var published = 0
     public var publishFailed = 0
@@ -52,6 +59,8 @@ public struct BenchReport: Sendable, Codable {
     public var serverRSSGrowthBytes: Int?
     public var serverBytesPerConnection: Double?
     public var stalledConnectionClosedByServer: Bool?
+    /// `storm`: the kill, the reconnects and what was lost.
+    public var storm: StormSummary?
     public var closeCodes: [String: Int] = [:]
 
     init(configuration: BenchConfiguration) {
@@ -68,6 +77,13 @@ public struct BenchReport: Sendable, Codable {
         default:
             break
         }
+    }
+
+    /// The server's CPU over the connect phase, per connection opened.
+    mutating func fillConnectCost(from before: ProcessProbe.Sample?, to after: ProcessProbe.Sample?) {
+        guard let before, let after else { return }
+        serverConnectCPUSeconds = after.cpuSeconds - before.cpuSeconds
+        if connectionsOK > 0 { serverCPUMicrosecondsPerConnect = (after.cpuSeconds - before.cpuSeconds) * 1e6 / Double(connectionsOK) }
     }
 
     /// Fills in the delivery, latency and server figures of a finished run.
@@ -103,7 +119,14 @@ public struct BenchReport: Sendable, Codable {
     }
 
     /// Whether every expected delivery arrived exactly once and in order.
-    public var isClean: Bool { lost == 0 && deliveries.duplicates == 0 && deliveries.reordered == 0 && publishFailed == 0 }
+    public var isClean: Bool {
+        if let storm {
+            // Publishes in flight to the killed process fail by design: what counts is that no
+            // confirmed message was lost and every dropped client came back.
+            return storm.lost == 0 && storm.reconnected == storm.dropped && storm.dropped > 0 && deliveries.duplicates == 0 && deliveries.reordered == 0
+        }
+        return lost == 0 && deliveries.duplicates == 0 && deliveries.reordered == 0 && publishFailed == 0
+    }
 
     public func json() -> String {
         let encoder = JSONEncoder()
@@ -117,8 +140,13 @@ public struct BenchReport: Sendable, Codable {
             ("scenario", scenario + (rooms.map { ", \($0) rooms" } ?? "") + (rate.map { ", \(Int($0)) msg/s offered" } ?? "")),
             ("target", target),
             ("connections", "\(connectionsOK) ok, \(connectionsFailed) failed" + (processes > 1 ? ", over \(processes) generator processes" : "")),
-            ("connect", String(format: "%.2f s, %.0f connections/s", connectSeconds, connectionsPerSecond)),
+            ("connect", String(format: "%.2f s, %.0f connections/s", connectSeconds, connectionsPerSecond)
+                + (serverCPUMicrosecondsPerConnect.map { String(format: ", server CPU %.0f µs per connect", $0) } ?? "")
+                + (connectRetries > 0 ? ", \(connectRetries) retried after a retry hint" : "")),
         ]
+        for (reason, count) in connectFailures.sorted(by: { $0.value > $1.value }) {
+            rows.append(("connect failed", "\(count)× \(reason)"))
+        }
         if expectedDeliveries > 0 || published > 0 {
             rows += [
                 ("published", "\(published) (\(publishFailed) refused)"),
@@ -140,6 +168,16 @@ public struct BenchReport: Sendable, Codable {
             if let growth = serverRSSGrowthBytes { text += String(format: ", grew %.1f MB", Double(growth) / 1_048_576) }
             if let perConnection = serverBytesPerConnection { text += String(format: ", %.2f KB per connection", perConnection / 1024) }
             rows.append(("server RSS", text))
+        }
+        if let storm {
+            rows.append(("killed", String(format: "pid %d after %.1f s of publishing (SIGKILL)", storm.killedPID, storm.killedAfterSeconds)))
+            var back = "\(storm.reconnected) of \(storm.dropped) dropped clients back"
+            if let seconds = storm.secondsUntilAllBack, let rate = storm.reconnectsPerSecond {
+                back += String(format: ", all within %.2f s of the kill (%.0f reconnects/s)", seconds, rate)
+            }
+            if storm.abandoned > 0 { back += ", \(storm.abandoned) gave up" }
+            rows.append(("reconnected", back))
+            rows.append(("storm losses", "\(storm.lost) confirmed messages never delivered (\(storm.publishesUnconfirmed) publishes unconfirmed: in flight to the killed process, not counted)"))
         }
         if let stalled = stalledConnectionClosedByServer {
             rows.append(("stalled client", stalled ? "cut off by the server" : "still connected"))

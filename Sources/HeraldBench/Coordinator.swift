@@ -28,17 +28,27 @@ struct Coordinator: Sendable {
             var slice = configuration
             slice.worker = WorkerSlice(index: index, count: processes)
             slice.progress = false
-            workers.append(try WorkerProcess(executable: executable, configuration: slice))
+            workers.append(try WorkerProcess(index: index, executable: executable, configuration: slice))
         }
         var connected = 0
         var failures = 0
+        var retries = 0
+        var reasons: [String: Int] = [:]
+        // Minting tokens and connecting are bounded by the connect timeout; a worker that says
+        // nothing past it has stalled.
+        let readyTimeout = configuration.connectTimeout + 120
         for worker in workers {
-            let ready = try await worker.expect("READY", timeout: 600)
-            let fields = ready.split(separator: " ")
+            let ready = try await worker.expect("READY", timeout: readyTimeout)
+            let fields = ready.split(separator: " ").map(String.init)
             connected += Int(fields.first ?? "") ?? 0
-            failures += Int(fields.dropFirst().first ?? "") ?? 0
+            failures += fields.count > 1 ? Int(fields[1]) ?? 0 : 0
+            retries += fields.count > 3 ? Int(fields[3]) ?? 0 : 0
+            if fields.count > 4, let data = Data(base64Encoded: fields[4]), let part = try? JSONDecoder().decode([String: Int].self, from: data) {
+                reasons.merge(part, uniquingKeysWith: +)
+            }
         }
         let connectSeconds = (ContinuousClock.now - connectStart).seconds
+        let connectedSample = probe.sample()
         log("\(processes) processes connected \(connected) of \(configuration.connections) in \(String(format: "%.2f", connectSeconds)) s")
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
@@ -48,8 +58,24 @@ struct Coordinator: Sendable {
         let publishStart = ContinuousClock.now
         let stalledIndex = configuration.scenario == .slow ? 0 : nil
         let running = workers
-        let expected = try await publisher.publish(recipients: connected, stalledIndex: stalledIndex) {
-            running.reduce(0) { $0 + $1.lastCount }
+        let expected: Int
+        var sent = 0
+        var storm: StormSummary?
+        if configuration.scenario == .storm {
+            let watcher = Task { [configuration, log] in
+                await Run.killAndWatch(configuration: configuration, counts: { running.reduce((0, 0, 0)) { sum, worker in
+                    let storm = worker.stormCounts
+                    return (sum.0 + storm.dropped, sum.1 + storm.reconnected, sum.2 + storm.abandoned)
+                } }, log: log)
+            }
+            sent = try await publisher.publishThroughStorm(counters: publisher.stormCounters)
+            storm = await watcher.value
+            expected = publisher.publishStatistics.accepted.load(ordering: .relaxed)
+            try await publisher.drain(until: expected) { running.reduce(0) { $0 + $1.lastCount } }
+        } else {
+            expected = try await publisher.publish(recipients: connected, stalledIndex: stalledIndex) {
+                running.reduce(0) { $0 + $1.lastCount }
+            }
         }
         try await group.shutdownGracefully()
         let elapsed = (ContinuousClock.now - publishStart).seconds
@@ -57,7 +83,7 @@ struct Coordinator: Sendable {
 
         var merged = Run.Collected(histogram: LoopHistogram.make())
         for worker in workers {
-            worker.send("STOP")
+            worker.send("STOP \(sent)")
             let line = try await worker.expect("RESULT", timeout: 120)
             guard let data = Data(base64Encoded: line) else { throw BenchError("a worker sent an unreadable result") }
             let part = try JSONDecoder().decode(Run.Collected.self, from: data)
@@ -65,13 +91,24 @@ struct Coordinator: Sendable {
             merged.histogram.add(part.histogram)
             merged.stalledClosedByServer = merged.stalledClosedByServer ?? part.stalledClosedByServer
             merged.closeCodes.merge(part.closeCodes, uniquingKeysWith: +)
+            merged.missing += part.missing
         }
         var report = BenchReport(configuration: configuration)
         report.processes = processes
         report.connectionsOK = connected
         report.connectionsFailed = failures
         report.connectSeconds = connectSeconds
+        report.fillConnectCost(from: baseline, to: connectedSample)
+        report.connectFailures = reasons
+        report.connectRetries = retries
         report.fill(collected: merged, publishStatistics: publisher.publishStatistics, expected: expected, elapsed: elapsed, probes: (baseline, before, after))
+        if var storm {
+            let unconfirmed = publisher.stormCounters.unconfirmed.withLock { $0 }
+            storm.publishesUnconfirmed = unconfirmed.count
+            storm.lost = Run.lost(merged.missing, unconfirmed: unconfirmed)
+            report.lost = storm.lost
+            report.storm = storm
+        }
         return report
     }
 }
@@ -79,8 +116,12 @@ struct Coordinator: Sendable {
 /// Lines read from a file handle on a thread of their own (reads block), for polling.
 final class LineBuffer: Sendable {
     private let state = Mutex<(pending: [String], closed: Bool)>(([], false))
-    /// Lines starting with `COUNT ` only update this, so a long run does not pile them up.
+    /// Lines starting with `COUNT ` only update these, so a long run does not pile them up:
+    /// deliveries, then (`storm`) clients dropped, back, given up.
     private let count = Atomic<Int>(0)
+    private let dropped = Atomic<Int>(0)
+    private let reconnected = Atomic<Int>(0)
+    private let abandoned = Atomic<Int>(0)
 
     init(reading handle: FileHandle) {
         Thread.detachNewThread { [self] in
@@ -93,7 +134,13 @@ final class LineBuffer: Sendable {
                     let line = String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self)
                     buffer.removeSubrange(buffer.startIndex...newline)
                     if line.hasPrefix("COUNT ") {
-                        count.store(Int(line.dropFirst(6)) ?? 0, ordering: .relaxed)
+                        let fields = line.dropFirst(6).split(separator: " ").map { Int($0) ?? 0 }
+                        count.store(fields.first ?? 0, ordering: .relaxed)
+                        if fields.count == 4 {
+                            dropped.store(fields[1], ordering: .relaxed)
+                            reconnected.store(fields[2], ordering: .relaxed)
+                            abandoned.store(fields[3], ordering: .relaxed)
+                        }
                     } else {
                         state.withLock { $0.pending.append(line) }
                     }
@@ -104,6 +151,9 @@ final class LineBuffer: Sendable {
     }
 
     var lastCount: Int { count.load(ordering: .relaxed) }
+    var stormCounts: (dropped: Int, reconnected: Int, abandoned: Int) {
+        (dropped.load(ordering: .relaxed), reconnected.load(ordering: .relaxed), abandoned.load(ordering: .relaxed))
+    }
 
     /// Waits for the next line starting with `keyword`; returns the rest of it, or `nil` at end of input.
     func expect(_ keyword: String, timeout seconds: Double) async throws -> String? {
@@ -125,11 +175,13 @@ final class LineBuffer: Sendable {
 
 /// One worker process and the lines it prints.
 final class WorkerProcess: Sendable {
+    let index: Int
     let process: Process
     private let input: FileHandle
     private let output: LineBuffer
 
-    init(executable: URL, configuration: BenchConfiguration) throws {
+    init(index: Int, executable: URL, configuration: BenchConfiguration) throws {
+        self.index = index
         let process = Process()
         process.executableURL = executable
         let json = try JSONEncoder().encode(configuration)
@@ -147,6 +199,8 @@ final class WorkerProcess: Sendable {
 
     /// The worker's latest delivery count.
     var lastCount: Int { output.lastCount }
+    /// `storm`: the worker's clients dropped, back and given up, as last reported.
+    var stormCounts: (dropped: Int, reconnected: Int, abandoned: Int) { output.stormCounts }
 
     func send(_ line: String) {
         try? input.write(contentsOf: Data((line + "\n").utf8))
@@ -154,8 +208,18 @@ final class WorkerProcess: Sendable {
 
     /// Waits for the next line starting with `keyword`; returns the rest of it.
     func expect(_ keyword: String, timeout seconds: Double) async throws -> String {
-        guard let line = try await output.expect(keyword, timeout: seconds) else {
-            throw BenchError("a generator process exited before sending \(keyword)")
+        let name = "generator process \(index) (pid \(process.processIdentifier))"
+        let line: String?
+        do {
+            line = try await output.expect(keyword, timeout: seconds)
+        } catch {
+            throw BenchError("\(name) stalled: no \(keyword) within \(Int(seconds)) s; the run is stopped")
+        }
+        guard let line else {
+            // Its output closed: it exited (or closed stdout); give the exit status a moment.
+            for _ in 0..<50 where process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+            let status = process.isRunning ? "closed its output" : "exited with status \(process.terminationStatus) (\(process.terminationReason == .uncaughtSignal ? "signal" : "exit"))"
+            throw BenchError("\(name) \(status) before sending \(keyword); its stderr above says why")
         }
         return line
     }
@@ -165,20 +229,29 @@ extension Run {
     /// The worker side of ``Coordinator``: report ready, stream counts, hand over the results.
     func serveCoordinator(_ prepared: PreparedReceivers, worker: WorkerSlice) async throws {
         let commands = LineBuffer(reading: FileHandle.standardInput)
-        Self.emit("READY \(prepared.receivers.count) \(prepared.failures) \(prepared.connectSeconds)")
+        let reasons = (try? JSONEncoder().encode(prepared.failureReasons))?.base64EncodedString() ?? ""
+        Self.emit("READY \(prepared.receivers.count) \(prepared.failures) \(prepared.connectSeconds) \(prepared.retries) \(reasons)")
         guard try await commands.expect("GO", timeout: 3600) != nil else { return }
         let statistics = self.statistics
+        let storm = stormCounters
         let reporter = Task {
             while !Task.isCancelled {
-                Self.emit("COUNT \(statistics.deliveries.load(ordering: .relaxed))")
+                Self.emit(
+                    "COUNT \(statistics.deliveries.load(ordering: .relaxed)) \(storm.dropped.load(ordering: .relaxed)) "
+                        + "\(storm.reconnected.load(ordering: .relaxed)) \(storm.abandoned.load(ordering: .relaxed))"
+                )
                 try? await Task.sleep(for: .milliseconds(200))
             }
         }
-        _ = try await commands.expect("STOP", timeout: 3600)  // or the coordinator went away (nil)
+        // `STOP SENT` (or the coordinator went away: nil); SENT is the messages published.
+        let stop = try await commands.expect("STOP", timeout: 3600)
         reporter.cancel()
-        let collected = try await collect(prepared)
+        var collected = try await collect(prepared)
+        if configuration.scenario == .storm, let sent = stop.flatMap({ Int($0) }) {
+            collected.missing = try await missingMessages(sent: sent)
+        }
         Self.emit("RESULT " + (try JSONEncoder().encode(collected)).base64EncodedString())
-        for receiver in prepared.receivers {
+        for receiver in configuration.scenario == .storm ? stormRegistry.all : prepared.receivers {
             receiver.channelLoop.execute { receiver.close() }
         }
     }

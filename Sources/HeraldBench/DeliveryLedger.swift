@@ -41,6 +41,15 @@ public struct DeliveryLedger: Sendable {
         return (true, isLate)
     }
 
+    /// Sequence numbers of `stream` below `count` never received, in order.
+    public func missing(stream: Int, below count: Int) -> [Int] {
+        let seen = streams[stream]?.seen ?? []
+        return (0..<max(0, count)).filter { sequence in
+            let word = sequence >> 6
+            return word >= seen.count || seen[word] & (UInt64(1) << UInt64(sequence & 63)) == 0
+        }
+    }
+
     /// Merges another connection's counts (for totals).
     public mutating func add(_ other: DeliveryLedger) {
         received += other.received

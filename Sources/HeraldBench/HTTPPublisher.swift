@@ -1,5 +1,7 @@
+import DequeModule
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Synchronization
 
 /// Publishes over one keep-alive HTTP/1.1 connection, pipelined: requests are written as they
@@ -12,14 +14,46 @@ final class HTTPPublisher: ChannelInboundHandler, @unchecked Sendable {
     private let host: String
     private var context: ChannelHandlerContext?
     private var status: UInt = 0
+    /// `storm`: where unconfirmed messages are recorded, and the messages awaiting their
+    /// response, in order (HTTP/1.1 answers pipelined requests in order).
+    private let unconfirmed: StormCounters?
+    private var inFlight = Deque<MessageID>()
+    private let active = Atomic<Bool>(true)
+    private(set) var channelLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.any()
 
-    init(host: String, statistics: PublishStatistics) {
+    init(host: String, statistics: PublishStatistics, unconfirmed: StormCounters? = nil) {
         self.host = host
         self.statistics = statistics
+        self.unconfirmed = unconfirmed
     }
+
+    /// Whether the connection is still up (from any thread).
+    var isActive: Bool { active.load(ordering: .relaxed) }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        channelLoop = context.eventLoop
+    }
+
+    /// `storm`: posts a message whose fate is tracked by id.
+    func post(path: String, body: String, id: MessageID) {
+        guard context != nil, isActive else {
+            unconfirmed?.unconfirmed.withLock { _ = $0.insert(id) }
+            return
+        }
+        inFlight.append(id)
+        post(path: path, body: body)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        active.store(false, ordering: .relaxed)
+        if let unconfirmed, !inFlight.isEmpty {
+            // Died with its server: these may or may not have been published.
+            let ids = inFlight
+            inFlight.removeAll()
+            unconfirmed.unconfirmed.withLock { $0.formUnion(ids) }
+        }
+        context.fireChannelInactive()
     }
 
     /// Writes one `POST path` with a JSON body. Call on the channel's event loop.
@@ -45,10 +79,12 @@ final class HTTPPublisher: ChannelInboundHandler, @unchecked Sendable {
         case .body:
             break
         case .end:
+            let id = inFlight.popFirst()
             if (200..<300).contains(status) {
                 statistics.accepted.add(1, ordering: .relaxed)
             } else {
                 statistics.failed.add(1, ordering: .relaxed)
+                if let id { unconfirmed?.unconfirmed.withLock { _ = $0.insert(id) } }
             }
         }
     }

@@ -47,6 +47,25 @@ public struct LoadGenerator: Sendable {
         if [.rooms, .slow].contains(configuration.scenario), configuration.connections % configuration.rooms != 0 {
             throw BenchError("--connections (\(configuration.connections)) must be a multiple of --rooms (\(configuration.rooms))")
         }
+        if configuration.scenario == .storm {
+            guard let pid = configuration.killPID, pid > 0 else {
+                throw BenchError("--scenario storm needs --kill-pid PID: the server process (one of the --workers) to kill with SIGKILL")
+            }
+            // A client resumes from the last message it got: one that got none has no position,
+            // and messages published while it was away are not "missed" (docs/protocol.md).
+            guard configuration.killAfter * configuration.rate >= Double(configuration.connections) else {
+                throw BenchError(
+                    """
+                    --kill-after \(configuration.killAfter) s at --rate \(configuration.rate) publishes \(Int(configuration.killAfter * configuration.rate)) messages \
+                    before the kill: every one of the \(configuration.connections) users needs one first (a position to resume from); \
+                    kill after at least \(Int((Double(configuration.connections) / configuration.rate).rounded(.up))) s or raise --rate
+                    """
+                )
+            }
+            guard configuration.killAfter < configuration.duration else {
+                throw BenchError("--kill-after (\(configuration.killAfter) s) must come before the end of --duration (\(configuration.duration) s)")
+            }
+        }
         if configuration.scenario == .users, configuration.connections % configuration.devices != 0 {
             throw BenchError("--connections must be a multiple of --devices")
         }
@@ -125,6 +144,9 @@ struct Run: Sendable {
     let statistics: ReceiverStatistics
     let publishStatistics = PublishStatistics()
     let probe: ProcessProbe
+    /// `storm`: the receivers by index (reconnects replace them), and what the storm counted.
+    let stormRegistry = ReceiverRegistry()
+    let stormCounters = StormCounters()
     /// The server's address, resolved once: connecting by host name resolves it (getaddrinfo
     /// and Happy Eyeballs) on every connection, a quarter of the generator's CPU in a storm.
     let serverAddress: SocketAddress?
@@ -153,6 +175,7 @@ struct Run: Sendable {
         switch configuration.scenario {
         case .rooms, .slow: index % configuration.rooms
         case .users: index / configuration.devices
+        case .storm: index
         default: 0
         }
     }
@@ -161,6 +184,7 @@ struct Run: Sendable {
         switch configuration.scenario {
         case .rooms, .slow: configuration.rooms
         case .users: configuration.connections / configuration.devices
+        case .storm: configuration.connections
         default: 1
         }
     }
@@ -173,9 +197,14 @@ struct Run: Sendable {
         defer { progress.cancel() }
 
         let prepared = try await prepareReceivers()
+        let connected = probe.sample()
         if let worker = configuration.worker {
             try await serveCoordinator(prepared, worker: worker)
             return BenchReport(configuration: configuration)
+        }
+
+        if configuration.scenario == .storm {
+            return try await executeStorm(prepared, probes: (baseline, connected))
         }
 
         // Publish (or hold), measuring the server's CPU over this phase only.
@@ -192,6 +221,9 @@ struct Run: Sendable {
         report.connectionsOK = prepared.receivers.count
         report.connectionsFailed = prepared.failures
         report.connectSeconds = prepared.connectSeconds
+        report.fillConnectCost(from: baseline, to: connected)
+        report.connectFailures = prepared.failureReasons
+        report.connectRetries = prepared.retries
         report.fill(
             collected: collected,
             publishStatistics: publishStatistics,
@@ -209,6 +241,8 @@ struct Run: Sendable {
     struct PreparedReceivers: Sendable {
         var receivers: [ReceiverConnection]
         var failures: Int
+        var failureReasons: [String: Int] = [:]
+        var retries = 0
         var connectSeconds: Double
         var stalled: ReceiverConnection?
     }
@@ -217,7 +251,7 @@ struct Run: Sendable {
     func prepareReceivers() async throws -> PreparedReceivers {
         let tokens = try await mintTokens()
         let connectStart = ContinuousClock.now
-        let (receivers, failures) = await connectAll(tokens: tokens)
+        let (receivers, failures, reasons, retries) = await connectAll(tokens: tokens)
         let connectSeconds = (ContinuousClock.now - connectStart).seconds
         log("connected \(receivers.count) of \(myIndices.count) in \(String(format: "%.2f", connectSeconds)) s (\(failures) failed)")
         if [.rooms, .slow].contains(configuration.scenario) {
@@ -228,7 +262,9 @@ struct Run: Sendable {
             stalled = first
             try await first.channelLoop.submit { first.stopReading() }.get()
         }
-        return PreparedReceivers(receivers: receivers, failures: failures, connectSeconds: connectSeconds, stalled: stalled)
+        return PreparedReceivers(
+            receivers: receivers, failures: failures, failureReasons: reasons, retries: retries, connectSeconds: connectSeconds, stalled: stalled
+        )
     }
 
     /// Publishes the scenario's messages (or holds, for `idle`), then waits until `delivered()`
@@ -242,7 +278,7 @@ struct Run: Sendable {
             expected = try await publishBurst(recipients: recipients)
         case .idle:
             try await Task.sleep(for: .seconds(configuration.duration))
-        case .connect:
+        case .connect, .storm:
             break
         }
         if expected > 0 {
@@ -260,11 +296,15 @@ struct Run: Sendable {
         var histogram: Histogram<UInt64>
         var stalledClosedByServer: Bool?
         var closeCodes: [UInt16: Int] = [:]
+        /// `storm`: messages published that no receiver of this process got.
+        var missing: [MessageID] = []
     }
 
     func collect(_ prepared: PreparedReceivers) async throws -> Collected {
         var collected = Collected(histogram: statistics.mergedHistogram())
-        for receiver in prepared.receivers where receiver !== prepared.stalled {
+        // A storm's reconnects replaced some receivers: the registry holds the current ones.
+        let receivers = configuration.scenario == .storm ? stormRegistry.all : prepared.receivers
+        for receiver in receivers where receiver !== prepared.stalled {
             let ledger = try await receiver.channelLoop.submit { receiver.ledger.totals }.get()
             collected.totals.add(ledger)
         }
@@ -304,20 +344,24 @@ struct Run: Sendable {
 
     // MARK: - Connecting
 
-    /// One connection attempt's outcome: the connection, or why it failed.
+    /// One connection's outcome: the connection, or why its last attempt failed; and how many
+    /// times the server asked it to come back later.
     private struct ConnectOutcome: Sendable {
         var index: Int
         var receiver: ReceiverConnection?
         var failure: String?
+        var retries = 0
     }
 
-    private func connectAll(tokens: [String]?) async -> ([ReceiverConnection], Int) {
+    private func connectAll(tokens: [String]?) async -> ([ReceiverConnection], Int, [String: Int], Int) {
         let indices = myIndices
         let concurrency = max(1, configuration.connectConcurrency)
         var receivers: [Int: ReceiverConnection] = [:]
         var failures = 0
+        var retries = 0
         var reasons: [String: Int] = [:]
         func record(_ outcome: ConnectOutcome) {
+            retries += outcome.retries
             if let receiver = outcome.receiver { receivers[outcome.index] = receiver }
             if let failure = outcome.failure {
                 failures += 1
@@ -325,6 +369,8 @@ struct Run: Sendable {
                 if reasons[failure] != nil || reasons.count < 32 { reasons[failure, default: 0] += 1 }
             }
         }
+        // Every connection has until this deadline, retries included: the phase cannot hang.
+        let deadline = ContinuousClock.now + .seconds(configuration.connectTimeout)
         // The child result is a struct: with a tuple (or `Result<_, any Error>`) the release
         // build (Swift 6.3) handed back garbage for most children of the group.
         await withTaskGroup(of: ConnectOutcome.self) { group in
@@ -332,29 +378,69 @@ struct Run: Sendable {
                 if position >= concurrency, let outcome = await group.next() { record(outcome) }
                 // Both: Herald uses the token when it checks JWTs, the baselines read ?user=.
                 let query = "user=\(user(of: index))" + (tokens.map { "&token=\($0[index])" } ?? "")
-                group.addTask {
-                    do {
-                        return ConnectOutcome(index: index, receiver: try await connect(index: index, query: query))
-                    } catch {
-                        return ConnectOutcome(index: index, failure: String(String(describing: error).prefix(160)))
-                    }
-                }
+                group.addTask { await connectRetrying(index: index, query: query, until: deadline) }
             }
             while let outcome = await group.next() { record(outcome) }
         }
         for (reason, count) in reasons.sorted(by: { $0.value > $1.value }) {
             log("\(count) connection attempts failed: \(reason)")
         }
-        return (receivers.keys.sorted().compactMap { receivers[$0] }, failures)
+        return (receivers.keys.sorted().compactMap { receivers[$0] }, failures, reasons, retries)
     }
 
-    private func connect(index: Int, query: String) async throws -> ReceiverConnection {
+    /// Connects, and when the server answers with a retry hint (503 + Retry-After, close 1013
+    /// or 4029 before the welcome) tries again after the hinted delay with jitter (a refused
+    /// crowd must not come back all at once), until `deadline`. Other failures are final.
+    private func connectRetrying(index: Int, query: String, until deadline: ContinuousClock.Instant) async -> ConnectOutcome {
+        var retries = 0
+        var backoff = 0.25
+        while true {
+            do {
+                let onLost: (@Sendable (ReceiverConnection) -> Void)? =
+                    configuration.scenario == .storm ? { @Sendable [stormCounters, stormRegistry] lost in self.reconnect(lost, counters: stormCounters, registry: stormRegistry) } : nil
+                let receiver = try await connect(index: index, query: query, onLost: onLost)
+                if configuration.scenario == .storm { stormRegistry.set(receiver) }
+                return ConnectOutcome(index: index, receiver: receiver, retries: retries)
+            } catch let failure as ConnectFailure {
+                guard let hinted = failure.retryAfter else { return ConnectOutcome(index: index, failure: failure.cause, retries: retries) }
+                // Full jitter over the hint (or our own backoff when it is shorter).
+                let delay = Double.random(in: 0.5...1.5) * max(hinted, backoff)
+                backoff = min(backoff * 2, 8)
+                guard ContinuousClock.now + .seconds(delay) < deadline else {
+                    return ConnectOutcome(index: index, failure: failure.cause + ", still refused at the connect deadline", retries: retries)
+                }
+                retries += 1
+                try? await Task.sleep(for: .seconds(delay))
+            } catch let error as ChannelError where error == .connectTimeout(.seconds(10)) {
+                return ConnectOutcome(index: index, failure: "TCP connect timeout (10 s): the listen backlog is full", retries: retries)
+            } catch {
+                return ConnectOutcome(index: index, failure: String(String(describing: error).prefix(160)), retries: retries)
+            }
+        }
+    }
+
+    /// Opens one receiving connection and waits for its welcome. With `onLost` (`storm`), a
+    /// loss of the welcomed connection calls it, on the connection's loop.
+    func connect(
+        index: Int,
+        query: String,
+        ledger: DeliveryLedger = DeliveryLedger(),
+        position: ChannelPosition? = nil,
+        onLost: (@Sendable (ReceiverConnection) -> Void)? = nil
+    ) async throws -> ReceiverConnection {
         let sourceOffset = abs(index) % max(1, configuration.sourceAddresses)
         var bootstrap = ClientBootstrap(group: group)
             .connectTimeout(.seconds(10))
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
         if Self.isIPv4Loopback(configuration.host) {
             bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: "127.0.0.\(1 + sourceOffset)", port: 0))
+            #if os(Linux)
+            // IP_BIND_ADDRESS_NO_PORT: the port is picked at connect, per destination, where the
+            // kernel may reuse a port in TIME_WAIT (loopback). Without it bind() reserves a port
+            // outright, and a run started within a minute of a 95,000-connection one found most
+            // ports of its source addresses still in TIME_WAIT: connects failed or crawled.
+            bootstrap = bootstrap.channelOption(ChannelOptions.Types.SocketOption(level: .ip, name: .init(rawValue: 24)), value: 1)
+            #endif
         }
         let statistics = self.statistics
         let host = configuration.host
@@ -363,12 +449,14 @@ struct Run: Sendable {
         let upgraded: EventLoopFuture<ReceiverConnection> = try await bootstrap.connect(to: address) { channel in
             channel.eventLoop.makeCompletedFuture {
                 if let tls { try channel.pipeline.syncOperations.addHandler(try LoadGenerator.tlsHandler(tls, host: host)) }
+                try channel.pipeline.syncOperations.addHandler(UpgradeResponsePeek())
                 let upgrader = NIOTypedWebSocketClientUpgrader<ReceiverConnection>(
                     maxFrameSize: 1 << 24,
                     upgradePipelineHandler: { channel, _ in
                         channel.eventLoop.makeCompletedFuture {
                             let welcomed = channel.eventLoop.makePromise(of: Void.self)
-                            let receiver = ReceiverConnection(index: index, statistics: statistics, welcomed: welcomed)
+                            let receiver = ReceiverConnection(index: index, statistics: statistics, welcomed: welcomed, ledger: ledger, position: position)
+                            receiver.onLost = onLost
                             try channel.pipeline.syncOperations.addHandler(receiver)
                             return receiver
                         }
@@ -381,19 +469,28 @@ struct Run: Sendable {
                     upgradeRequestHead: head,
                     upgraders: [upgrader],
                     notUpgradingCompletionHandler: { channel in
-                        channel.eventLoop.makeFailedFuture(BenchError("the server refused the WebSocket upgrade"))
+                        channel.eventLoop.makeCompletedFuture {
+                            throw try channel.pipeline.syncOperations.handler(type: UpgradeResponsePeek.self).refusal
+                        }
                     }
                 )
                 var pipelineConfiguration = NIOUpgradableHTTPClientPipelineConfiguration(upgradeConfiguration: upgradeConfiguration)
                 // The server's first frame often arrives in the same read as its 101 response.
                 pipelineConfiguration.leftOverBytesStrategy = .forwardBytes
-                return try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: pipelineConfiguration)
+                let result = try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: pipelineConfiguration)
+                return result
             }
         }
         let receiver = try await upgraded.get()
+        let deadline = Self.welcomeDeadline
+        let timer = receiver.channelLoop.scheduleTask(in: .seconds(Int64(deadline))) { receiver.welcomeDeadlinePassed(after: deadline) }
+        defer { timer.cancel() }
         try await receiver.welcome.get()
         return receiver
     }
+
+    /// Seconds from the upgrade to the welcome before an attempt counts as failed.
+    static let welcomeDeadline = 30
 
     static func isIPv4Loopback(_ host: String) -> Bool {
         host.hasPrefix("127.") && host.split(separator: ".").count == 4
@@ -417,7 +514,7 @@ struct Run: Sendable {
     /// A publish target for stream `stream`: the HTTP path, and the WebSocket frame prefix.
     private func target(of stream: Int) -> (path: String, frameField: String) {
         switch configuration.scenario {
-        case .users: ("/api/users/u\(stream)/send", #""type":"send","user":"u\#(stream)""#)
+        case .users, .storm: ("/api/users/u\(stream)/send", #""type":"send","user":"u\#(stream)""#)
         case .all: ("/api/broadcast", #""type":"broadcast""#)
         default: ("/api/rooms/r\(stream)/publish", #""type":"publish","room":"r\#(stream)""#)
         }
@@ -472,7 +569,7 @@ struct Run: Sendable {
         return configuration.messages * recipients
     }
 
-    private func request(stream: Int, payload: BenchPayload) -> (String, String) {
+    func request(stream: Int, payload: BenchPayload) -> (String, String) {
         let data = payload.json(size: configuration.payloadSize)
         let target = target(of: stream)
         switch configuration.transport {

@@ -21,13 +21,24 @@ final class ReceiverConnection: ChannelInboundHandler, @unchecked Sendable {
     private var welcomed: EventLoopPromise<Void>?
     private var pendingReplies: [EventLoopPromise<Void>] = []
     private(set) var closeCode: UInt16?
+    /// The last position seen on the user's channel (`storm`: where a reconnect resumes).
+    private(set) var position: ChannelPosition?
+    /// `storm`: called when a welcomed connection is lost without our asking (on its loop).
+    var onLost: ((ReceiverConnection) -> Void)?
+    private var wasWelcomed = false
+    private var closedByUs = false
 
-    init(index: Int, statistics: ReceiverStatistics, welcomed: EventLoopPromise<Void>) {
+    /// - Parameters:
+    ///   - ledger: what earlier connections of this receiver got (a reconnect carries it on).
+    ///   - position: where earlier connections got to, kept until a delivery moves it.
+    init(index: Int, statistics: ReceiverStatistics, welcomed: EventLoopPromise<Void>, ledger: DeliveryLedger = DeliveryLedger(), position: ChannelPosition? = nil) {
         self.index = index
         self.statistics = statistics
         self.welcomed = welcomed
         self.welcome = welcomed.futureResult
         self.channelLoop = welcomed.futureResult.eventLoop
+        self.ledger = ledger
+        self.position = position
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -42,6 +53,7 @@ final class ReceiverConnection: ChannelInboundHandler, @unchecked Sendable {
             let now = NIODeadline.now().uptimeNanoseconds
             let payload = frame.unmaskedData.withUnsafeReadableBytes { BenchPayload.parse(frame: $0) }
             if let payload {
+                if onLost != nil, let seen = frame.unmaskedData.withUnsafeReadableBytes({ ChannelPosition.parse(frame: $0) }) { position = seen }
                 ledger.record(stream: payload.stream, sequence: payload.sequence)
                 statistics.deliveries.add(1, ordering: .relaxed)
                 let latency = now > payload.sentAt ? (now - payload.sentAt) / 1000 : 0
@@ -55,7 +67,14 @@ final class ReceiverConnection: ChannelInboundHandler, @unchecked Sendable {
         case .connectionClose:
             var data = frame.unmaskedData
             closeCode = data.readInteger(as: UInt16.self)
-            statistics.recordClose(code: closeCode)
+            if let welcomed {
+                // Refused before the welcome: an attempt that failed, not a connection closed.
+                let reason = data.readString(length: data.readableBytes) ?? ""
+                welcomed.fail(ConnectFailure.closed(code: closeCode, reason: reason))
+                self.welcomed = nil
+            } else {
+                statistics.recordClose(code: closeCode)
+            }
             let reply = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: ByteBuffer())
             let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in bound.value.close(promise: nil) }
@@ -64,9 +83,21 @@ final class ReceiverConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
+    /// The welcome did not come in time: the attempt fails (and the connection is closed).
+    func welcomeDeadlinePassed(after seconds: Int) {
+        guard let welcomed else { return }
+        self.welcomed = nil
+        welcomed.fail(ConnectFailure(cause: "no welcome within \(seconds) s of the upgrade"))
+        context?.close(promise: nil)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         isActive = false
-        welcomed?.fail(BenchError("connection closed before its welcome"))
+        if wasWelcomed, !closedByUs, let onLost {
+            self.onLost = nil
+            onLost(self)
+        }
+        welcomed?.fail(ConnectFailure(cause: "connection closed before its welcome"))
         welcomed = nil
         for promise in pendingReplies { promise.fail(BenchError("connection closed before the reply")) }
         pendingReplies.removeAll()
@@ -94,12 +125,14 @@ final class ReceiverConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func close() {
+        closedByUs = true
         context?.close(promise: nil)
     }
 
     private func classify(_ buffer: ByteBuffer) {
         switch Self.frameType(String(buffer: buffer)) {
         case "welcome":
+            wasWelcomed = true
             statistics.welcomes.add(1, ordering: .relaxed)
             welcomed?.succeed()
             welcomed = nil
@@ -123,5 +156,30 @@ final class ReceiverConnection: ChannelInboundHandler, @unchecked Sendable {
         rest = rest.dropFirst()
         guard let end = rest.firstIndex(of: "\"") else { return nil }
         return rest[..<end]
+    }
+}
+
+/// Why one connection attempt failed, grouped by cause in the report; `retryAfter` is set when
+/// the server asked the client to come back later (503 with Retry-After, close 1013 or 4029).
+struct ConnectFailure: Error, CustomStringConvertible, Sendable {
+    var cause: String
+    var retryAfter: Double?
+
+    var description: String { cause }
+
+    /// A close before the welcome: 1013 (try again later, "retry in N s") and 4029 (a limit)
+    /// are hints to retry; anything else is final.
+    static func closed(code: UInt16?, reason: String) -> ConnectFailure {
+        let code = code.map(String.init) ?? "without a code"
+        switch code {
+        case "1013", "4029":
+            var delay: Double = 1
+            if let range = reason.range(of: "retry in "), let seconds = Double(reason[range.upperBound...].prefix { $0.isNumber }) {
+                delay = seconds
+            }
+            return ConnectFailure(cause: "closed \(code) before the welcome (retry hint)", retryAfter: delay)
+        default:
+            return ConnectFailure(cause: "closed \(code) before the welcome: \(reason.prefix(80))")
+        }
     }
 }

@@ -46,6 +46,8 @@ public final class RedisBroker: Broker {
     private let logger: Logger
     private let counters = BrokerStatistics()
     private let interest = Mutex<PendingInterest>(PendingInterest())
+    /// Unacknowledged messages of users connecting, read in batches.
+    private let unacknowledgedReads: BatchedReader<[HistoryEntry]>
     private let wake: AsyncStream<Void>.Continuation
     private let wakes: AsyncStream<Void>
     /// Signalled each time the command connection is back after a loss (for one consumer: the
@@ -101,12 +103,25 @@ public final class RedisBroker: Broker {
         )
         (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         (heals, healing) = (healStream, healContinuation)
+        let prefixes = [ByteBuffer(string: layout.unacknowledgedKey("")), ByteBuffer(string: layout.unacknowledgedFramesKey(""))]
+        self.unacknowledgedReads = BatchedReader { users in
+            client.evaluate(Self.unacknowledgedOfUsersScript, keys: [], arguments: prefixes + users.map { ByteBuffer(string: $0) })
+                .flatMapThrowing { reply in
+                    guard case .array(let lists?) = reply, lists.count == users.count else {
+                        throw RedisError("Redis answered the unacknowledged script with \(reply)")
+                    }
+                    return try lists.map { list in
+                        guard case .array(let items?) = list else { throw RedisError("Redis answered the unacknowledged script with \(list)") }
+                        return Self.unacknowledgedEntries(items)
+                    }
+                }
+        }
     }
 
     /// Connects both connections and subscribes the broadcast and node channels.
     /// - Throws: ``RedisError`` when Redis cannot be reached, with where it was looked for.
     public func connect() async throws {
-        await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript, Self.unacknowledgedScript, Self.acknowledgeScript])
+        await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript, Self.unacknowledgedScript, Self.unacknowledgedOfUsersScript, Self.acknowledgeScript])
         try await client.connect()
         try await subscriber.connect()
         try await subscriber.subscribe([layout.broadcastChannel, layout.nodeChannel(configuration.nodeID)])
@@ -300,7 +315,19 @@ public final class RedisBroker: Broker {
             throw BrokerError("cannot read unacknowledged messages from Redis: \(error)")
         }
         guard case .array(let items?) = reply else { throw BrokerError("Redis answered the unacknowledged script with \(reply)") }
-        return items.compactMap { item in
+        return Self.unacknowledgedEntries(items)
+    }
+
+    /// Batched: every user connecting while a read is at Redis is read with the next one.
+    public func unacknowledged(for user: String, on loop: any EventLoop) -> EventLoopFuture<[HistoryEntry]> {
+        unacknowledgedReads.value(of: user, on: loop).flatMapErrorThrowing { error in
+            throw BrokerError("cannot read unacknowledged messages from Redis: \(error)")
+        }
+    }
+
+    /// `{{EPOCH:OFFSET, frame}, ...}` as the unacknowledged scripts answer it.
+    static func unacknowledgedEntries(_ items: [RESPValue]) -> [HistoryEntry] {
+        items.compactMap { item in
             guard case .array(let pair?) = item, pair.count == 2, let member = pair[0].string,
                 let offset = member.split(separator: ":").last.flatMap({ Int64($0) }), case .bulkString(let frame?) = pair[1]
             else { return nil }
@@ -334,6 +361,31 @@ public final class RedisBroker: Broker {
           if frame then out[#out + 1] = {member, frame} end
         end
         return out
+        """
+    )
+
+    /// ARGV: the unacknowledged set and frames key prefixes, then users. Answers
+    /// ``unacknowledgedScript`` for each user, in order (the keys are not declared: the broker's
+    /// roster needs a single Redis anyway). Users with nothing waiting cost one ZCARD.
+    static let unacknowledgedOfUsersScript = RedisScript(
+        """
+        local time = redis.call('TIME')
+        local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+        local lists = {}
+        for i = 3, #ARGV do
+          local set, frames = ARGV[1] .. ARGV[i], ARGV[2] .. ARGV[i]
+          local out = {}
+          if redis.call('ZCARD', set) > 0 then
+            for _, member in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', now)) do redis.call('HDEL', frames, member) end
+            redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+            for _, member in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+              local frame = redis.call('HGET', frames, member)
+              if frame then out[#out + 1] = {member, frame} end
+            end
+          end
+          lists[#lists + 1] = out
+        end
+        return lists
         """
     )
 

@@ -136,9 +136,11 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// Why the connection was dropped by us, for the commands it fails.
     private var closeReason: RedisError?
     private var watchdog: RepeatedTask?
-    /// Replies read so far, and its value when the watchdog last found a command overdue.
+    /// Replies read so far; the watchdog notes when the count last moved.
     private var repliesRead = 0
-    private var suspectedAtRead: Int?
+    private var repliesAtLastTick = 0
+    private var lastProgress = NIODeadline.now()
+    private var lastTick = NIODeadline.now()
 
     init(commandTimeout: TimeAmount?, onPush: @escaping @Sendable (RESPValue) -> Void) {
         self.commandTimeout = commandTimeout
@@ -147,21 +149,27 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) {
         guard let timeout = commandTimeout else { return }
-        // One timer per connection, not per command: the oldest command in flight decides. A
-        // stale command is only a suspicion until one more period passes without a reply read:
-        // a loop that was busy (delivering a large fan-out) may not have read replies that
-        // arrived in time, and reads them before the next period ends.
+        // One timer per connection, not per command. A connection is dropped only when Redis
+        // has been *silent* for the timeout while commands wait: a busy Redis that still
+        // answers (a storm of connects) keeps its connection, however long the queue. And only
+        // when this loop itself is on time: a loop that was behind (a large fan-out, an
+        // overloaded machine) may not have read replies that arrived in time, so it judges
+        // nothing until it has caught up.
         let period = TimeAmount.nanoseconds(max(timeout.nanoseconds / 4, 10_000_000))
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
         watchdog = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [self] _ in
-            guard let oldest = waiting.first, NIODeadline.now() - oldest.sent > timeout else {
-                suspectedAtRead = nil
+            let now = NIODeadline.now()
+            let behind = now - lastTick > period * 2
+            lastTick = now
+            if repliesRead != repliesAtLastTick {
+                repliesAtLastTick = repliesRead
+                lastProgress = now
+            }
+            guard let oldest = waiting.first else {
+                lastProgress = now
                 return
             }
-            guard let suspected = suspectedAtRead, suspected == repliesRead else {
-                suspectedAtRead = repliesRead
-                return
-            }
+            guard !behind, now - max(lastProgress, oldest.sent) > timeout else { return }
             closeReason = RedisError("Redis did not answer within \(timeout.nanoseconds / 1_000_000) ms; the connection was dropped (a command already sent may still be applied when Redis recovers)")
             loopBound.value.close(promise: nil)
         }

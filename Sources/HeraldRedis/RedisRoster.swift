@@ -29,10 +29,14 @@ public final class RedisRoster: Roster, Service {
     private var client: RedisClient { broker.client }
     private var nodeID: String { broker.configuration.nodeID }
     /// A presence change did not reach Redis: the next heartbeat rewrites the node's presence.
-    private let presenceStale = Atomic<Bool>(false)
+    private let presenceStale: PresenceFlag
     private let scriptsPreloaded = Atomic<Bool>(false)
     /// The value of the data set's instance key when this node last heartbeated.
     private let knownInstance = Mutex<String?>(nil)
+    /// Rooms of users whose first connection is being set up, read in batches.
+    private let roomReads: BatchedReader<Set<String>>
+    /// This node's presence changes, sent in batches.
+    private let presenceChanges: DeltaBatcher
 
     public init(broker: RedisBroker, limits: HubConfiguration, presenceTTL: Duration = .seconds(10), notifying sink: any DeliverySink, logger: Logger) {
         self.broker = broker
@@ -40,6 +44,34 @@ public final class RedisRoster: Roster, Service {
         self.presenceTTL = presenceTTL
         self.sink = sink
         self.logger = logger
+        let client = broker.client
+        let layout = broker.layout
+        let presenceKey = layout.presenceKey(broker.configuration.nodeID)
+        let ttl = ByteBuffer(string: String(presenceTTL.components.seconds))
+        let stale = PresenceFlag()
+        self.presenceStale = stale
+        self.roomReads = BatchedReader { users in
+            client.evaluate(Self.roomsOfScript, keys: [], arguments: [ByteBuffer(string: layout.roomsOfKey(""))] + users.map { ByteBuffer(string: $0) })
+                .flatMapThrowing { reply in
+                    guard case .array(let lists?) = reply else { throw RedisError("Redis answered the rooms script with \(reply)") }
+                    return try lists.map { list in
+                        switch list {
+                        case .array(let rooms?), .set(let rooms): return Set(rooms.compactMap(\.string))
+                        default: throw RedisError("Redis answered the rooms script with \(list)")
+                        }
+                    }
+                }
+        }
+        self.presenceChanges = DeltaBatcher { deltas in
+            var arguments = [ttl]
+            arguments.reserveCapacity(1 + 2 * deltas.count)
+            for (user, delta) in deltas { arguments += [ByteBuffer(string: user), ByteBuffer(string: String(delta))] }
+            return client.evaluate(Self.presenceScript, keys: [presenceKey], arguments: arguments).map { _ in }.recover { error in
+                // The next heartbeat rewrites the node's presence from the hub's counts.
+                stale.value.store(true, ordering: .relaxed)
+                logger.debug("presence not recorded", metadata: ["users": "\(deltas.count)", "error": "\(error)"])
+            }
+        }
     }
 
     // MARK: - Membership
@@ -117,6 +149,14 @@ public final class RedisRoster: Roster, Service {
         try await stringSet(RESPCommand("SMEMBERS", layout.roomsOfKey(user)))
     }
 
+    /// Batched: every user whose first connection arrives while a read is at Redis is read
+    /// with the next one, in one script call.
+    public func rooms(of user: String, on loop: any EventLoop) -> EventLoopFuture<Set<String>> {
+        roomReads.value(of: user, on: loop).flatMapErrorThrowing { error in
+            throw error as? HubError ?? HubError.unavailable("Redis: \(error)")
+        }
+    }
+
     public func roomCount() async throws(HubError) -> Int {
         let reply = try await send(RESPCommand("SCARD", layout.roomsKey))
         guard case .integer(let count) = reply else { throw HubError.unavailable("Redis answered SCARD with \(reply)") }
@@ -143,17 +183,10 @@ public final class RedisRoster: Roster, Service {
         return result
     }
 
+    /// Batched: changes made while a batch is at Redis leave together with the next one (a
+    /// connect and a disconnect of one user in between cancel out).
     public func presenceChanged(user: String, delta: Int) {
-        let ttl = String(presenceTTL.components.seconds)
-        client.evaluate(
-            Self.presenceScript,
-            keys: [layout.presenceKey(nodeID)],
-            arguments: [ByteBuffer(string: user), ByteBuffer(string: String(delta)), ByteBuffer(string: ttl)]
-        ).whenFailure { [self] error in
-            // The next heartbeat rewrites the node's presence from the hub's counts.
-            presenceStale.store(true, ordering: .relaxed)
-            logger.debug("presence not recorded", metadata: ["user": "\(user)", "error": "\(error)"])
-        }
+        presenceChanges.add(delta, for: user)
     }
 
     /// Heartbeats the node's presence until graceful shutdown, then removes it. Besides every
@@ -186,7 +219,7 @@ public final class RedisRoster: Roster, Service {
     /// persistence), writes it again from the hub's counts.
     public func heartbeat() async {
         if !scriptsPreloaded.exchange(true, ordering: .relaxed) {
-            await client.preload([Self.joinScript, Self.leaveScript, Self.presenceScript, Self.heartbeatScript, Self.rewriteScript])
+            await client.preload([Self.joinScript, Self.leaveScript, Self.presenceScript, Self.roomsOfScript, Self.heartbeatScript, Self.rewriteScript])
         }
         do {
             let ttl = String(presenceTTL.components.seconds)
@@ -198,7 +231,7 @@ public final class RedisRoster: Roster, Service {
                 // the value it knew, or it would not notice.
                 arguments: [nodeID, ttl, "\(totals.connections) \(totals.users)", String(UInt64.random(in: 1...UInt64.max), radix: 36)]
             )
-            let stale = presenceStale.exchange(false, ordering: .relaxed)
+            let stale = presenceStale.value.exchange(false, ordering: .relaxed)
             guard case .array(let parts?) = reply, parts.count == 3, let instance = parts[2].string else {
                 throw RedisError("Redis answered the heartbeat script with \(reply)")
             }
@@ -220,7 +253,7 @@ public final class RedisRoster: Roster, Service {
             _ = try await client.evaluate(Self.rewriteScript, keys: [layout.presenceKey(nodeID)], arguments: arguments)
             logger.notice("presence rewritten after Redis lost it", metadata: ["users": "\(counts.count)"])
         } catch {
-            presenceStale.store(true, ordering: .relaxed)
+            presenceStale.value.store(true, ordering: .relaxed)
             logger.warning("presence heartbeat failed", metadata: ["error": "\(error)"])
         }
     }
@@ -332,13 +365,24 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS: the node's presence hash. ARGV: user, delta, ttl seconds.
+    /// KEYS: the node's presence hash. ARGV: ttl seconds, then user, delta pairs.
     static let presenceScript = RedisScript(
         """
-        local count = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-        if count <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-        if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-        return count
+        for i = 2, #ARGV, 2 do
+          if redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) <= 0 then redis.call('HDEL', KEYS[1], ARGV[i]) end
+        end
+        if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+        return 1
+        """
+    )
+
+    /// ARGV: the rooms-of key prefix, then users. Returns each user's rooms, in order. (The
+    /// keys are not declared: this roster needs a single Redis anyway.)
+    static let roomsOfScript = RedisScript(
+        """
+        local out = {}
+        for i = 2, #ARGV do out[#out + 1] = redis.call('SMEMBERS', ARGV[1] .. ARGV[i]) end
+        return out
         """
     )
 
@@ -438,4 +482,9 @@ public final class RedisRoster: Roster, Service {
         return counts
         """
     )
+}
+
+/// Set when a presence change did not reach Redis (a class: the batcher's closure shares it).
+final class PresenceFlag: Sendable {
+    let value = Atomic<Bool>(false)
 }

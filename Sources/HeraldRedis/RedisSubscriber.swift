@@ -1,3 +1,4 @@
+import DequeModule
 public import NIOCore
 import NIOPosix
 import Synchronization
@@ -162,12 +163,9 @@ public final class RedisSubscriber: Sendable {
     /// disconnected it only records the interest: the reconnect subscribes.
     private func run(_ command: String, _ names: [String], on given: RedisConnection? = nil) async throws {
         guard !names.isEmpty, let connection = given ?? state.withLock({ $0.connection }), connection.isActive else { return }
-        let kind = command.lowercased()
-        let waits = names.map { confirmations.expect(kind: kind, name: $0) }
+        let confirmed = confirmations.expect(kind: command.lowercased(), names: names)
         try await connection.sendExpectingPushes(RESPCommand(arguments: ([command] + names).map { ByteBuffer(string: $0) }))
-        for wait in waits {
-            try await wait.get()
-        }
+        try await confirmed.get()
     }
 
     private static func route(_ push: RESPValue, onMessage: @Sendable (RedisMessage) -> Void, confirmations: Confirmations) {
@@ -193,18 +191,24 @@ public final class RedisSubscriber: Sendable {
     }
 }
 
-/// Subscriptions waiting for Redis's confirmation push, matched by kind and name in order.
-/// Each wait is bounded: an unconfirmed subscription fails after 10 s.
+/// Subscriptions waiting for Redis's confirmation pushes, matched by kind and name in order.
+/// One wait per command (however many names it carries), with one timer: a command whose
+/// names are not all confirmed within 10 s fails.
 final class Confirmations: Sendable {
-    private let waiting = Mutex<[String: [Confirmation]]>([:])
+    private let waiting = Mutex<[String: Deque<Batch>]>([:])
     private let loop = MultiThreadedEventLoopGroup.singleton.any()
 
-    /// One awaited confirmation, answered once (by Redis, the timeout, or a close).
-    final class Confirmation: Sendable {
+    /// The names of one command still unconfirmed, answered once (by Redis, the timeout, or a close).
+    final class Batch: Sendable {
         let promise: EventLoopPromise<Void>
+        /// Guarded by the ``Confirmations`` lock.
+        nonisolated(unsafe) var remaining: Int
         private let answered = Atomic<Bool>(false)
 
-        init(_ promise: EventLoopPromise<Void>) { self.promise = promise }
+        init(_ promise: EventLoopPromise<Void>, count: Int) {
+            self.promise = promise
+            self.remaining = count
+        }
 
         func answer(_ error: (any Error)?) {
             guard answered.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
@@ -212,39 +216,43 @@ final class Confirmations: Sendable {
         }
     }
 
-    func expect(kind: String, name: String) -> EventLoopFuture<Void> {
-        let confirmation = Confirmation(loop.makePromise(of: Void.self))
-        let key = kind + " " + name
-        waiting.withLock { $0[key, default: []].append(confirmation) }
-        let timeout = loop.scheduleTask(in: .seconds(10)) { [self] in
-            // Leave the queue too: a stale entry would swallow the next confirmation of this name.
-            waiting.withLock { state in
-                state[key]?.removeAll { $0 === confirmation }
-                if state[key]?.isEmpty == true { state[key] = nil }
-            }
-            confirmation.answer(RedisError("Redis did not confirm \(kind) \(name) within 10 s"))
+    func expect(kind: String, names: [String]) -> EventLoopFuture<Void> {
+        let batch = Batch(loop.makePromise(of: Void.self), count: names.count)
+        let keys = names.map { kind + " " + $0 }
+        waiting.withLock { state in
+            for key in keys { state[key, default: []].append(batch) }
         }
-        confirmation.promise.futureResult.whenComplete { _ in timeout.cancel() }
-        return confirmation.promise.futureResult
+        let timeout = loop.scheduleTask(in: .seconds(10)) { [self] in
+            // Leave the queues too: a stale entry would swallow the next confirmation of a name.
+            waiting.withLock { state in
+                for key in keys {
+                    state[key]?.removeAll { $0 === batch }
+                    if state[key]?.isEmpty == true { state[key] = nil }
+                }
+            }
+            batch.answer(RedisError("Redis did not confirm \(kind) of \(names.count) channels within 10 s"))
+        }
+        batch.promise.futureResult.whenComplete { _ in timeout.cancel() }
+        return batch.promise.futureResult
     }
 
     func confirm(kind: String, name: String?) {
         guard let name else { return }
-        let confirmation: Confirmation? = waiting.withLock { state in
+        let completed: Batch? = waiting.withLock { state in
             let key = kind + " " + name
-            guard var list = state[key], !list.isEmpty else { return nil }
-            let first = list.removeFirst()
-            state[key] = list.isEmpty ? nil : list
-            return first
+            guard let batch = state[key]?.popFirst() else { return nil }
+            if state[key]?.isEmpty == true { state[key] = nil }
+            batch.remaining -= 1
+            return batch.remaining == 0 ? batch : nil
         }
-        confirmation?.answer(nil)
+        completed?.answer(nil)
     }
 
     func failAll() {
-        let all = waiting.withLock { state -> [Confirmation] in
+        let all = waiting.withLock { state -> [Batch] in
             defer { state.removeAll() }
             return state.values.flatMap { $0 }
         }
-        for confirmation in all { confirmation.answer(RedisError("the subscriber connection closed")) }
+        for batch in all { batch.answer(RedisError("the subscriber connection closed")) }
     }
 }

@@ -84,6 +84,11 @@ public struct HeraldConfiguration: Sendable {
     /// Connections that may be negotiating at once (no WebSocket upgrade and no complete HTTP
     /// request yet); past it the oldest of them is closed to admit a new one. 0 for no limit.
     public var maxPendingConnections: Int = 1024
+    /// WebSocket connections whose handshake is done and whose channels are still being set
+    /// up (waiting for Redis) at once. Past it a new WebSocket request is answered `503` with
+    /// `Retry-After` (1 to 5 s, jittered) before any upgrade work: at overload the node refuses
+    /// early and cheaply instead of letting handshakes time out. 0 for no limit.
+    public var maxConnectingConnections: Int = 2048
 
     /// The HTTP request deadlines, as ``HTTPRequestDeadline`` takes them.
     var requestLimits: HTTPRequestDeadline.Limits {

@@ -15,6 +15,10 @@ public final class HeraldNode: Sendable {
     /// The TLS context new connections take, when the node serves TLS.
     let tls: TLSContextStore?
     private let nextConnection = Atomic<UInt64>(0)
+    /// WebSocket connections admitted to the hub whose welcome has not been sent yet.
+    let connecting = Atomic<Int>(0)
+    /// WebSocket requests answered 503 because too many connections were being set up.
+    let overloadRefusals = Atomic<Int>(0)
 
     public convenience init(configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, logger: Logger) {
         self.init(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, tls: nil, logger: logger)
@@ -38,6 +42,16 @@ public final class HeraldNode: Sendable {
     @discardableResult
     func reloadCertificates() -> Bool {
         tls?.reload(logger: logger) ?? false
+    }
+
+    /// Seconds a new WebSocket client should wait before trying again when the node is
+    /// setting up ``HeraldConfiguration/maxConnectingConnections`` connections already (jittered,
+    /// so refused clients do not return together); `nil` when it takes new connections.
+    func overloadRetryAfter() -> Int? {
+        let limit = configuration.maxConnectingConnections
+        guard limit > 0, connecting.load(ordering: .relaxed) >= limit else { return nil }
+        overloadRefusals.add(1, ordering: .relaxed)
+        return Int.random(in: 1...5)
     }
 
     /// A connection id unique on this node and, with the node id in it, across the cluster.

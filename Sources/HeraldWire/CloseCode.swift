@@ -16,11 +16,16 @@ public enum CloseCode: UInt16, Sendable, CaseIterable {
     case internalError = 1011
     /// The server is shutting down or restarting. Reconnect (to another node) soon.
     case serviceRestart = 1012
-    /// The connection could not keep up with its deliveries (its outbound queue hit the limit). Reconnect.
-    case slowConsumer = 1013
+    /// Try again later (RFC 6455): the connection could not keep up with its deliveries (its
+    /// outbound queue hit the limit, "slow consumer"), or the server could not set it up (Redis
+    /// unavailable; the reason starts with "retry in N s"). Reconnect with backoff and jitter.
+    case tryAgainLater = 1013
     /// Authentication failed: token missing, malformed, badly signed or expired (the reason says which).
     /// Do not retry with the same token.
     case unauthorized = 4001
     /// A connection limit was reached (per user, or the server's total). Retry later with backoff.
     case tooManyConnections = 4029
+
+    /// 1013 sent to a connection that could not keep up with its deliveries.
+    public static var slowConsumer: CloseCode { .tryAgainLater }
 }

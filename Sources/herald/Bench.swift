@@ -23,6 +23,13 @@ struct Bench: AsyncParsableCommand {
               slow     rooms, but the first connection stops reading: whether
                        the server cuts it off, everyone else's latency and the
                        server's memory growth.
+              storm    reconnect storm: N connections as N users, messages to
+                       them at --rate for --duration; after --kill-after s the
+                       server process --kill-pid is killed (SIGKILL). Its
+                       clients reconnect with backoff and jitter through the
+                       same port and resume from their offsets; reports how
+                       long until all were back and whether any confirmed
+                       message was lost.
 
             --server-pid PID (repeatable) reads the server's CPU seconds per
             delivery and its memory from /proc. Targets must be loopback
@@ -32,7 +39,7 @@ struct Bench: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "rooms, all, users, idle, connect or slow.")
+    @Option(help: "rooms, all, users, idle, connect, slow or storm.")
     var scenario: String = "rooms"
     @Option(help: "Server host (loopback only).")
     var host = "127.0.0.1"
@@ -66,10 +73,16 @@ struct Bench: AsyncParsableCommand {
     var serverPID: [Int32] = []
     @Option(name: .customLong("jwt-secret"), help: "Connect with tokens signed with the server's secret.")
     var jwtSecret: String?
+    @Option(name: .customLong("connect-timeout"), parsing: .unconditional, help: "Seconds every connection has to open, retries after the server's retry hints (503 Retry-After, close 1013) included.")
+    var connectTimeout: Double = 300
     @Option(name: .customLong("drain-timeout"), parsing: .unconditional, help: "Seconds to wait for outstanding deliveries after publishing.")
     var drainTimeout: Double = 5
     @Option(parsing: .unconditional, help: "Generator processes; 0 uses as many as the open-file limit requires (about 19,700 connections each here).")
     var processes = 0
+    @Option(name: .customLong("kill-pid"), parsing: .unconditional, help: "storm: the server process to kill with SIGKILL (one of the workers of herald serve --workers).")
+    var killPID: Int32?
+    @Option(name: .customLong("kill-after"), parsing: .unconditional, help: "storm: seconds into publishing when --kill-pid is killed.")
+    var killAfter: Double = 5
     @Option(name: .customLong("worker-configuration"), help: .hidden)
     var workerConfiguration: String?
     @Flag(help: "Connect with TLS (wss://, https://) to a server started with --tls-cert/--tls-key; needs --tls-ca or --tls-insecure.")
@@ -105,6 +118,8 @@ struct Bench: AsyncParsableCommand {
         try check(connectConcurrency, "connect-concurrency", 1...100_000)
         try check(threads, "threads", 1...256)
         try check(drainTimeout, "drain-timeout", 0...3600)
+        try check(connectTimeout, "connect-timeout", 1...3600)
+        try check(killAfter, "kill-after", 0...86_400)
         try check(processes, "processes", 0...256)
         for pid in serverPID { try check(pid, "server-pid", 1...Int32.max) }
         if tls {
@@ -148,6 +163,9 @@ struct Bench: AsyncParsableCommand {
         configuration.serverPIDs = serverPID
         configuration.jwtSecret = jwtSecret
         configuration.drainTimeout = drainTimeout
+        configuration.connectTimeout = connectTimeout
+        configuration.killPID = killPID
+        configuration.killAfter = killAfter
         configuration.progress = !noProgress && !json
         configuration.allowRemoteTarget = allowRemoteTarget
         configuration.processes = processes

@@ -118,6 +118,8 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .customLong("max-pending-connections"), parsing: .unconditional, help: "Connections still negotiating (no upgrade, no complete request) at once; past it the oldest is closed. 0 for no limit. (env: HERALD_MAX_PENDING_CONNECTIONS, default 1024)")
     var maxPendingConnections: Int?
+    @Option(name: .customLong("max-connecting"), parsing: .unconditional, help: "WebSocket connections being set up (handshake done, channels not ready) at once; past it new ones get 503 with Retry-After. 0 for no limit. (env: HERALD_MAX_CONNECTING, default 2048)")
+    var maxConnecting: Int?
 
     @Option(name: .customLong("handshake-timeout"), parsing: .unconditional, help: "Seconds a new connection may take to send its first request head or finish its WebSocket handshake. (env: HERALD_HANDSHAKE_TIMEOUT, default 10)")
     var handshakeTimeout: Int?
@@ -272,6 +274,7 @@ struct Serve: AsyncParsableCommand {
         if let seconds = try options.integer(ackTTL, "ack-ttl", in: 1...2_592_000) { configuration.history.ackTTL = .seconds(seconds) }
         if let count = try options.integer(maxConnectionsPerIP, "max-connections-per-ip", in: 0...10_000_000) { configuration.maxConnectionsPerIP = count }
         if let count = try options.integer(maxPendingConnections, "max-pending-connections", in: 0...10_000_000) { configuration.maxPendingConnections = count }
+        if let count = try options.integer(maxConnecting, "max-connecting", in: 0...10_000_000) { configuration.maxConnectingConnections = count }
         if let seconds = try options.integer(handshakeTimeout, "handshake-timeout", in: 1...3600) { configuration.requestHeadTimeout = .seconds(Int64(seconds)) }
         if let seconds = try options.integer(requestTimeout, "request-timeout", in: 1...3600) { configuration.requestTimeout = .seconds(Int64(seconds)) }
         if let rate = try options.integer(minRequestRate, "min-request-rate", in: 0...(1 << 30)) { configuration.minimumRequestBytesPerSecond = rate }

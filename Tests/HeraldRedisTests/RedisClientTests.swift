@@ -83,6 +83,44 @@ struct RedisClientTests {
         try await waitUntil("the client reconnects after SIGCONT") { (try? await client.send(RESPCommand("PING"))) == .simpleString("PONG") }
     }
 
+    /// A Redis busy with a long queue but answering one command after another is alive: the
+    /// watchdog only drops a connection on which Redis was *silent* for the timeout, not one
+    /// whose oldest command waited that long (in a connect storm, the queue is long).
+    @Test func aBusyRedisThatKeepsAnsweringKeepsItsConnection() async throws {
+        let server = try await RedisServerProcess()
+        defer { server.stop() }
+        var configuration = RedisClient.Configuration()
+        configuration.commandTimeout = .milliseconds(400)
+        let client = RedisClient(url: RedisURL(port: server.port), configuration: configuration)
+        try await client.connect()
+        let running = Task { await client.run() }
+        defer { running.cancel() }
+        // A script that keeps Redis busy for about 150 ms, calibrated on this machine.
+        let busy = "local n = 0 for i = 1, tonumber(ARGV[1]) do n = n + i end return 1"
+        let probe = 1_000_000
+        let started = ContinuousClock.now
+        _ = try await client.send(RESPCommand("EVAL", busy, "0", String(probe)))
+        let took = ContinuousClock.now - started
+        let seconds = Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18
+        let iterations = max(1000, Int(Double(probe) * 0.15 / max(seconds, 1e-6)))
+        // Padded past Redis's 16 KB read: it reads, runs and answers them one at a time (a
+        // burst of small commands is read at once, run, and answered together).
+        let padding = String(repeating: "p", count: 20_000)
+        // One sent every 100 ms for 2 s: Redis falls further and further behind (the last waits
+        // far longer than the 400 ms timeout), but answers every 150 ms or so.
+        let replies = try await withThrowingTaskGroup(of: RESPValue.self) { group in
+            for _ in 0..<20 {
+                group.addTask { try await client.send(RESPCommand("EVAL", busy, "0", String(iterations), padding)) }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            var replies: [RESPValue] = []
+            for try await reply in group { replies.append(reply) }
+            return replies
+        }
+        #expect(replies == Array(repeating: .integer(1), count: 20))
+        #expect(client.reconnectCount == 0)
+    }
+
     @Test func scriptsRunBySHAAndSurviveAFlushedScriptCache() async throws {
         let server = try await RedisServerProcess()
         defer { server.stop() }

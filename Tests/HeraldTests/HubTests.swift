@@ -1,3 +1,4 @@
+import Foundation
 import Herald
 import HeraldWire
 import NIOCore
@@ -148,6 +149,31 @@ struct HubTests {
         try await group.shutdownGracefully()
     }
 
+    /// A loop that was behind (here: blocked for 1.5 s) may not have read the pongs that
+    /// arrived meanwhile: the first heartbeat after it closes nobody; the next ones judge again.
+    @Test func aHeartbeatRunningLateJudgesNobody() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var configuration = HubConfiguration()
+        configuration.heartbeat = .milliseconds(100)  // one slice: a tick every 100 ms
+        let (hub, _, _) = Hub.standalone(configuration: configuration, eventLoopGroup: group)
+        let loop = group.any()
+        let connection = RecordingConnection(id: "c", user: "u", eventLoop: loop)
+        try await loop.flatSubmit { try! hub.register(connection) }.get()
+        let heartbeat = Task { try await hub.run() }
+        defer { heartbeat.cancel() }
+        try await waitFor("heartbeats on time") { connection.heartbeats.count >= 3 }
+        let blockEnded = try await loop.submit { () -> ContinuousClock.Instant in
+            usleep(1_500_000)
+            return .now
+        }.get()
+        try await waitFor("two heartbeats after the block") { connection.heartbeats.filter { $0.at >= blockEnded }.count >= 2 }
+        let after = connection.heartbeats.filter { $0.at >= blockEnded }
+        #expect(after[0].judging == false, "the late tick must not judge")
+        #expect(after[1].judging == true, "the next tick on time judges again")
+        #expect(connection.heartbeats.filter { $0.at < blockEnded }.contains { $0.judging })
+        try await group.shutdownGracefully()
+    }
+
     @Test func connectionLimitsRefuse() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var configuration = HubConfiguration()
@@ -179,5 +205,17 @@ struct HubTests {
         #expect(results == [true, false])  // 100 ms at 10/s refills one token
         results = (0..<4).map { _ in bucket.take(now: start + .seconds(10)) }
         #expect(results == [true, true, true, false])  // never more than the burst
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; fails after `seconds`.
+private func waitFor(_ what: String, within seconds: Int64 = 10, _ condition: @escaping @Sendable () -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("timed out waiting for \(what)")
+            throw CancellationError()
+        }
+        try await Task.sleep(for: .milliseconds(10))
     }
 }

@@ -35,12 +35,14 @@ final class RecordingConnection: ClientConnection {
         }
     }
 
-    private let pings = Mutex<[ContinuousClock.Instant]>([])
+    private let pings = Mutex<[(at: ContinuousClock.Instant, judging: Bool)]>([])
     /// When the hub pinged this connection.
-    var pingTimes: [ContinuousClock.Instant] { pings.withLock { $0 } }
+    var pingTimes: [ContinuousClock.Instant] { pings.withLock { $0.map(\.at) } }
+    /// Each heartbeat, and whether it judged (could close a connection that did not answer).
+    var heartbeats: [(at: ContinuousClock.Instant, judging: Bool)] { pings.withLock { $0 } }
 
-    func heartbeat() {
-        pings.withLock { $0.append(.now) }
+    func heartbeat(judging: Bool) {
+        pings.withLock { $0.append((.now, judging)) }
     }
 
     func close(_ code: CloseCode, reason: String) {

@@ -3,6 +3,7 @@ import Herald
 import HeraldWire
 import Hummingbird
 import NIOCore
+import Synchronization
 
 /// The backend's HTTP API (docs/protocol.md, "HTTP API"). Publishing goes through the broker
 /// like everything else; membership changes go to the hub.
@@ -100,6 +101,8 @@ struct HTTPAPI {
                 framesWritten: counters.framesWritten,
                 connectionsOpened: counters.connectionsOpened,
                 connectionsRefused: counters.connectionsRefused,
+                connectionsSettingUp: node.connecting.load(ordering: .relaxed),
+                overloadRefusals: node.overloadRefusals.load(ordering: .relaxed),
                 slowConsumersCut: counters.slowConsumersCut,
                 brokerPublishFailures: broker.publishFailures,
                 brokerReconnects: broker.reconnects,
@@ -218,6 +221,10 @@ struct StatsReply: Encodable {
     var framesWritten: Int
     var connectionsOpened: Int
     var connectionsRefused: Int
+    /// WebSocket connections admitted whose welcome is not sent yet (channels being set up).
+    var connectionsSettingUp: Int
+    /// WebSocket requests answered 503 + Retry-After because too many were being set up.
+    var overloadRefusals: Int
     var slowConsumersCut: Int
     var brokerPublishFailures: Int
     var brokerReconnects: Int

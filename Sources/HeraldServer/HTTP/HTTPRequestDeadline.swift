@@ -106,29 +106,36 @@ final class HTTPRequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     /// After a response: the next request head must arrive within the keep-alive timeout.
     private func awaitNextRequest(context: ChannelHandlerContext) {
         timer?.cancel()
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: limits.keepAliveTimeout) { [self] in
-            guard requestComplete, requestStart == nil else { return }
-            bound.value.close(promise: nil)
+        // The handler and its context live on this loop: the timer fires there.
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: limits.keepAliveTimeout) {
+            let (handler, context) = bound.value
+            guard handler.requestComplete, handler.requestStart == nil else { return }
+            context.close(promise: nil)
         }
     }
 
     /// Checks the request in progress `after` from now, then every second until it ends.
     private func schedule(check after: TimeAmount, context: ChannelHandlerContext) {
         timer?.cancel()
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let delay = min(after, limits.requestTimeout)
-        timer = context.eventLoop.scheduleTask(in: delay) { [self] in
-            let context = bound.value
-            guard !requestComplete, let start = requestStart else { return }
-            let elapsed = NIODeadline.now() - start
-            let seconds = Double(elapsed.nanoseconds) / 1e9
-            let tooSlow = elapsed >= limits.rateGrace && Double(bodyBytes) < Double(limits.minimumBytesPerSecond) * seconds
-            if elapsed >= limits.requestTimeout || tooSlow {
-                expire(context: context)
-            } else {
-                schedule(check: .seconds(1), context: context)
-            }
+        timer = context.eventLoop.scheduleTask(in: delay) {
+            let (handler, context) = bound.value
+            handler.check(context: context)
+        }
+    }
+
+    /// Whether the request in progress is within its deadline and rate; expires it if not.
+    private func check(context: ChannelHandlerContext) {
+        guard !requestComplete, let start = requestStart else { return }
+        let elapsed = NIODeadline.now() - start
+        let seconds = Double(elapsed.nanoseconds) / 1e9
+        let tooSlow = elapsed >= limits.rateGrace && Double(bodyBytes) < Double(limits.minimumBytesPerSecond) * seconds
+        if elapsed >= limits.requestTimeout || tooSlow {
+            expire(context: context)
+        } else {
+            schedule(check: .seconds(1), context: context)
         }
     }
 

@@ -120,7 +120,7 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
                 configuration: pipelineConfiguration
             )
             let upgradeHandler = try channel.pipeline.syncOperations.handler(type: NIOTypedHTTPServerUpgradeHandler<UpgradeResult>.self)
-            let filter = UpgradeRequestFilter()
+            let filter = UpgradeRequestFilter(retryAfter: { node.overloadRetryAfter() })
             try channel.pipeline.syncOperations.addHandler(filter, position: .before(upgradeHandler))
             let boundGuard = NIOLoopBound(firstRequestGuard, eventLoop: channel.eventLoop)
             result.whenComplete { result in

@@ -25,6 +25,14 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// A response has begun and not ended: a 400 cannot be slipped in.
     private var responseInFlight = false
+    /// Seconds a WebSocket client should wait when the node is overloaded, else `nil`.
+    private let retryAfter: @Sendable () -> Int?
+    /// A WebSocket request was refused for overload: the rest of it is dropped.
+    private var refusing = false
+
+    init(retryAfter: @escaping @Sendable () -> Int? = { nil }) {
+        self.retryAfter = retryAfter
+    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
@@ -60,6 +68,7 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refusing else { return }
         guard case .head(var head) = unwrapInboundIn(data) else {
             context.fireChannelRead(data)
             return
@@ -73,6 +82,10 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
             return
         }
         if Self.isWebSocketUpgrade(head) {
+            if let seconds = retryAfter() {
+                refuseForOverload(context: context, retryAfter: seconds)
+                return
+            }
             context.fireChannelRead(data)
             // Out of the way before the upgrade happens (at the request's end): what follows it
             // is WebSocket bytes, not HTTP. (Removed after passing the head on: a removed
@@ -86,6 +99,24 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
         head.headers.remove(name: "upgrade")
         head.headers.replaceOrAdd(name: "Connection", value: "close")
         context.fireChannelRead(wrapInboundOut(.head(head)))
+    }
+
+    /// `503` with `Retry-After`, then close: nothing of the upgrade is done, so a node at its
+    /// limit spends next to nothing on each client it turns away.
+    private func refuseForOverload(context: ChannelHandlerContext, retryAfter seconds: Int) {
+        refusing = true
+        var body = context.channel.allocator.buffer(capacity: 160)
+        body.writeString(#"{"error":"overloaded","message":"the server is setting up too many connections; retry after the Retry-After delay","retry_after":\#(seconds)}"#)
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        headers.add(name: "Retry-After", value: String(seconds))
+        headers.add(name: "Connection", value: "close")
+        responseInFlight = true
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .serviceUnavailable, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// An upgrade ``WebSocketUpgrader`` accepts: `GET /ws` (any query) over HTTP/1.1 asking for

@@ -2,6 +2,7 @@ import Herald
 import HeraldWire
 import Logging
 import NIOCore
+import Synchronization
 
 /// One client WebSocket: a channel handler at the top of the upgraded pipeline, and the
 /// ``ClientConnection`` the hub delivers to.
@@ -36,6 +37,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     /// up to date by `channelWritabilityChanged` so the per-delivery check is a plain load.
     private var isWritable = true
     private var registered = false
+    /// Counted in the node's connections being set up (until its welcome or its end).
+    private var isConnecting = false
     /// A join, leave or presence is waiting for the roster: later frames wait their turn (so a
     /// publish sent right after a join is checked against the new membership), and reading
     /// pauses so they cannot pile up.
@@ -138,6 +141,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             return
         }
         registered = true
+        node.connecting.add(1, ordering: .relaxed)
+        isConnecting = true
         // Frames sent before the welcome wait until the user's channels are live.
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         let broker = node.broker
@@ -148,24 +153,24 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         // What this connection must be sent besides live messages: the user channel's messages
         // it missed (when resuming), and those waiting for an acknowledgement.
         let missed: EventLoopFuture<(HistoryPage?, [HistoryEntry])> = ready.flatMap { [eventLoop] in
-            // The common case needs no task: nothing to replay, and a broker that knows at once.
-            if resumeFrom == nil, !resumeIsInvalid, let unacknowledged = broker.unacknowledgedInMemory(for: user) {
-                return eventLoop.makeSucceededFuture((nil, unacknowledged))
+            // The common case needs no task: nothing to replay, and the broker batches the
+            // unacknowledged reads of every connect under way.
+            if resumeFrom == nil, !resumeIsInvalid {
+                return broker.unacknowledged(for: user, on: eventLoop).map { entries -> (HistoryPage?, [HistoryEntry]) in (nil, entries) }
             }
             return eventLoop.makeFutureWithTask {
                 let page: HistoryPage?
                 if let resumeFrom {
                     page = try await broker.history(of: .user(user), since: resumeFrom.offset, limit: limit)
-                } else if resumeIsInvalid {
+                } else {
                     // Only the channel's position, for the welcome: nothing is replayed.
                     page = try await broker.history(of: .user(user), since: 0, limit: 0)
-                } else {
-                    page = nil
                 }
                 return (page, try await broker.unacknowledged(for: user))
             }
         }
         missed.hop(to: eventLoop).whenComplete { [self] result in
+            finishConnecting()
             if let hold { node.hub.release(hold, for: self) }
             guard state == .starting else { return }
             state = .open
@@ -193,7 +198,10 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
                 resumeReading()
             case .failure(let error):
                 log("connection refused", ["reason": .string("\(error)")])
-                close(.internalError, reason: "\(error)")
+                // Redis unavailable or slow: the client should come back, not hammer a node
+                // that cannot serve it now (1013 with a jittered delay).
+                // The hint first: a close reason is cut at 123 bytes.
+                close(.tryAgainLater, reason: "retry in \(Int.random(in: 1...5)) s: cannot set the connection up: \(error)")
                 resumeReading()  // to read the client's answer to our close frame
             }
         }
@@ -248,7 +256,15 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         resumeReading()
     }
 
+    /// The connection stopped counting against ``HeraldConfiguration/maxConnectingConnections``.
+    private func finishConnecting() {
+        guard isConnecting else { return }
+        isConnecting = false
+        node.connecting.subtract(1, ordering: .relaxed)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        finishConnecting()
         let wasRegistered = registered
         registered = false
         state = .closed
@@ -442,10 +458,10 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         outbox.flush()
     }
 
-    func heartbeat() {
+    func heartbeat(judging: Bool) {
         guard state == .open, context != nil else { return }
         if awaitingPong {
-            close(.heartbeatTimeout, reason: "heartbeat timeout: no answer to the last ping")
+            if judging { close(.heartbeatTimeout, reason: "heartbeat timeout: no answer to the last ping") }
             return
         }
         awaitingPong = true
