@@ -14,6 +14,8 @@ connections=${1:-95000}
 workers=${2:-5}
 messages=${3:-10}
 herald=.build/release/herald
+# SERVER: another herald binary to serve with (a build of an earlier commit, for a before/after), same bench.
+server=${SERVER:-$herald}
 out=${OUT:-/tmp/herald-bench-cluster}
 mkdir -p "$out"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -21,9 +23,10 @@ cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / h
 redis_port=$(free_port)
 port=$(free_port)
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" >"$out/redis.log" 2>&1 &
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" \
+  --latency-monitor-threshold 10 --slowlog-log-slower-than 10000 >"$out/redis.log" 2>&1 &
 redis_pid=$!
-"$herald" serve --port "$port" --workers "$workers" --redis "redis://127.0.0.1:$redis_port" --log-level warning \
+"$server" serve --port "$port" --workers "$workers" --redis "redis://127.0.0.1:$redis_port" --log-level warning \
   --max-connections 100000 --max-connections-per-ip 0 >"$out/herald.log" 2>&1 &
 supervisor=$!
 cleanup() { kill -TERM "$supervisor" 2>/dev/null || true; wait "$supervisor" 2>/dev/null || true; kill "$redis_pid" 2>/dev/null || true; }
@@ -56,3 +59,7 @@ for key in ("connectSeconds", "connectionsPerSecond", "serverCPUMicrosecondsPerC
 PY
 echo "redis CPU seconds over the run (connects included): $(python3 -c "print(round($redis_cpu_after - $redis_cpu_before, 2))")"
 redis-cli -p "$redis_port" info commandstats | grep -E 'cmdstat_(publish|evalsha|eval|subscribe|smembers):' || true
+echo "redis commands slower than 10 ms: $(redis-cli -p "$redis_port" slowlog len); latency events over 10 ms: $(redis-cli -p "$redis_port" latency latest | paste -sd' ' -)"
+echo "from the workers' log (connections closed by the server are in the bench's report above):"
+grep -cE "did not answer within" "$out/herald.log" | sed 's/^/  Redis command timeouts: /' || true
+grep -cE "every channel resubscribed" "$out/herald.log" | sed 's/^/  pub\/sub reconnects: /' || true

@@ -26,8 +26,9 @@ port=$(free_port)
 
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" >"$out/redis.log" 2>&1 &
 redis_pid=$!
-# --max-connections-per-ip 0: the generator spreads its connections over 127.0.0.1-8.
-"$herald" serve --port "$port" --workers "$workers" --redis "redis://127.0.0.1:$redis_port" --log-level warning \
+# --max-connections-per-ip 0: the generator spreads its connections over 127.0.0.1-8. A worker that
+# crashes leaves its backtrace in the log.
+SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=yes,interactive=no} "$herald" serve --port "$port" --workers "$workers" --redis "redis://127.0.0.1:$redis_port" --log-level warning \
   --max-connections 100000 --max-connections-per-ip 0 >"$out/herald.log" 2>&1 &
 supervisor=$!
 cleanup() { kill -TERM "$supervisor" 2>/dev/null || true; wait "$supervisor" 2>/dev/null || true; kill "$redis_pid" 2>/dev/null || true; }

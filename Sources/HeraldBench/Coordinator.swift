@@ -246,6 +246,9 @@ extension Run {
         // `STOP SENT` (or the coordinator went away: nil); SENT is the messages published.
         let stop = try await commands.expect("STOP", timeout: 3600)
         reporter.cancel()
+        for (cause, count) in stormCounters.failures.withLock({ $0 }).sorted(by: { $0.value > $1.value }) {
+            log("\(count) reconnect attempts failed: \(cause)")
+        }
         var collected = try await collect(prepared)
         if configuration.scenario == .storm, let sent = stop.flatMap({ Int($0) }) {
             collected.missing = try await missingMessages(sent: sent)

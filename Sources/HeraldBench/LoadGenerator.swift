@@ -446,8 +446,13 @@ struct Run: Sendable {
         let host = configuration.host
         guard let address = serverAddress else { throw BenchError("cannot resolve \(host):\(configuration.port)") }
         let tls = self.tls
+        // From the TCP connect to the welcome: a server that accepted the socket but never
+        // answers (its descriptors exhausted, the request stuck in its backlog) fails the
+        // attempt instead of holding it forever.
+        let deadline = AttemptDeadline(seconds: Self.welcomeDeadline)
         let upgraded: EventLoopFuture<ReceiverConnection> = try await bootstrap.connect(to: address) { channel in
-            channel.eventLoop.makeCompletedFuture {
+            deadline.arm(channel)
+            return channel.eventLoop.makeCompletedFuture {
                 if let tls { try channel.pipeline.syncOperations.addHandler(try LoadGenerator.tlsHandler(tls, host: host)) }
                 try channel.pipeline.syncOperations.addHandler(UpgradeResponsePeek())
                 let upgrader = NIOTypedWebSocketClientUpgrader<ReceiverConnection>(
@@ -481,15 +486,19 @@ struct Run: Sendable {
                 return result
             }
         }
-        let receiver = try await upgraded.get()
-        let deadline = Self.welcomeDeadline
-        let timer = receiver.channelLoop.scheduleTask(in: .seconds(Int64(deadline))) { receiver.welcomeDeadlinePassed(after: deadline) }
-        defer { timer.cancel() }
-        try await receiver.welcome.get()
-        return receiver
+        do {
+            let receiver = try await upgraded.get()
+            try await receiver.welcome.get()
+            deadline.disarm()
+            return receiver
+        } catch {
+            deadline.disarm()
+            if deadline.expired { throw ConnectFailure(cause: "no welcome within \(Self.welcomeDeadline) s of connecting (the server took the connection but did not answer)") }
+            throw error
+        }
     }
 
-    /// Seconds from the upgrade to the welcome before an attempt counts as failed.
+    /// Seconds from the TCP connect to the welcome before an attempt counts as failed.
     static let welcomeDeadline = 30
 
     static func isIPv4Loopback(_ host: String) -> Bool {
@@ -671,4 +680,25 @@ extension Duration {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
     }
+}
+
+/// Closes a connection attempt's channel when its deadline passes before ``disarm()``.
+final class AttemptDeadline: Sendable {
+    private let seconds: Int
+    private let timer = Mutex<Scheduled<Void>?>(nil)
+    private let fired = Atomic<Bool>(false)
+
+    init(seconds: Int) { self.seconds = seconds }
+
+    var expired: Bool { fired.load(ordering: .relaxed) }
+
+    func arm(_ channel: any Channel) {
+        let task = channel.eventLoop.scheduleTask(in: .seconds(Int64(seconds))) { [self] in
+            fired.store(true, ordering: .relaxed)
+            channel.close(promise: nil)
+        }
+        timer.withLock { $0 = task }
+    }
+
+    func disarm() { timer.withLock { $0?.cancel() } }
 }

@@ -83,14 +83,6 @@ final class ReceiverConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// The welcome did not come in time: the attempt fails (and the connection is closed).
-    func welcomeDeadlinePassed(after seconds: Int) {
-        guard let welcomed else { return }
-        self.welcomed = nil
-        welcomed.fail(ConnectFailure(cause: "no welcome within \(seconds) s of the upgrade"))
-        context?.close(promise: nil)
-    }
-
     func channelInactive(context: ChannelHandlerContext) {
         isActive = false
         if wasWelcomed, !closedByUs, let onLost {

@@ -58,6 +58,12 @@ final class StormCounters: Sendable {
     /// Messages whose publish was not confirmed (refused, or in flight on a connection that
     /// died with its server): not counted as lost if they never arrive.
     let unconfirmed = Mutex<Set<MessageID>>([])
+    /// Why reconnect attempts failed, by cause (at most 32 causes kept).
+    let failures = Mutex<[String: Int]>([:])
+
+    func recordFailure(_ cause: String) {
+        failures.withLock { if $0[cause] != nil || $0.count < 32 { $0[cause, default: 0] += 1 } }
+    }
 }
 
 /// One published message: its stream (the user's index) and sequence number.
@@ -143,8 +149,10 @@ extension Run {
                     counters.reconnected.add(1, ordering: .relaxed)
                     return
                 } catch let failure as ConnectFailure where failure.retryAfter != nil {
+                    counters.recordFailure(failure.cause)
                     try? await Task.sleep(for: .seconds(Double.random(in: 0.5...1.5) * max(failure.retryAfter ?? 1, backoff)))
                 } catch {
+                    counters.recordFailure(String(String(describing: error).prefix(120)))
                     try? await Task.sleep(for: .seconds(Double.random(in: 0.5...1.5) * backoff))
                 }
                 backoff = min(backoff * 2, 8)
@@ -254,6 +262,9 @@ extension Run {
         let publishStart = ContinuousClock.now
         let sent = try await publishThroughStorm(counters: counters)
         var summary = await watcher.value
+        for (cause, count) in counters.failures.withLock({ $0 }).sorted(by: { $0.value > $1.value }) {
+            log("\(count) reconnect attempts failed: \(cause)")
+        }
         let accepted = publishStatistics.accepted.load(ordering: .relaxed)
         try await drain(until: accepted) { self.statistics.deliveries.load(ordering: .relaxed) }
         let elapsed = (ContinuousClock.now - publishStart).seconds

@@ -41,7 +41,22 @@ struct HeraldListener: Service {
         let group = self.eventLoopGroup
         let logger = self.logger
         let usesTLS = childChannel.node.tls != nil
+        // With workers sharing the port: one short of the open-file limit (room kept for Redis,
+        // files and the connections being handed over), a worker leaves the port's group until
+        // it is back under it by a margin, so a reconnect storm after another worker died is
+        // spread over the workers with room instead of queueing at the full ones.
+        let capacity = Self.connectionCapacity
+        let wasFull = Atomic<Bool>(false)
         socket.startAccepting(
+            load: { accepted in
+                // The kernel hands out the lowest free descriptor: an accepted one numbered at the
+                // capacity means every descriptor below it is in use, even while the channels of
+                // a burst of accepts are still being set up (and not yet counted as open).
+                let open = max(connections.count, Int(accepted ?? 0))
+                let full = wasFull.load(ordering: .relaxed) ? open >= capacity - 1024 : open >= capacity
+                wasFull.store(full, ordering: .relaxed)
+                return full ? .full : .room
+            },
             onError: { message in logger.error("\(message)") },
             onAccept: { descriptor, peer in
                 // Refused before NIO sees it: the socket is just closed.
@@ -101,6 +116,15 @@ struct HeraldListener: Service {
             socket.stop()
             connections.quiesce()
         }
+    }
+
+    /// Connections one process can hold: its open-file limit less 512 descriptors kept for
+    /// Redis, files, logs and the event loops.
+    static var connectionCapacity: Int {
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        let files = limit.rlim_cur > UInt64(Int.max) ? Int.max : Int(limit.rlim_cur)
+        return max(64, files - 512)
     }
 
     /// Hummingbird's request handling around a router: the request context, and a 500 for an

@@ -17,6 +17,9 @@ final class OpenConnections: Sendable {
 
     var isQuiescing: Bool { state.withLock { $0.quiescing } }
 
+    /// Connections open now.
+    var count: Int { state.withLock { $0.channels.count } }
+
     func insert(_ channel: any Channel) {
         let key = ObjectIdentifier(channel)
         let quiescing = state.withLock { state in
