@@ -4,8 +4,9 @@ import Synchronization
 
 /// Who may hold a connection, before any byte of it is read: at most
 /// ``HeraldConfiguration/maxConnectionsPerIP`` open connections per client address, and at most
-/// ``HeraldConfiguration/maxPendingConnections`` connections still negotiating (no WebSocket
-/// upgrade yet and no complete first HTTP request).
+/// ``HeraldConfiguration/maxPendingConnections`` connections still negotiating (no complete
+/// WebSocket upgrade request yet and no complete first HTTP request: the server is waiting for
+/// the client; one waiting for the server is not evicted).
 ///
 /// Policies at the bounds, chosen against slowloris (connections that trickle or never finish
 /// their request, to use up the server's descriptors):

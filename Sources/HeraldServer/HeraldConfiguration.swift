@@ -81,8 +81,9 @@ public struct HeraldConfiguration: Sendable {
     /// 127.0.0.1 and ::1 (a local proxy, health checks) are not counted: behind a proxy on
     /// another host, every client shares the proxy's address, so raise it or set 0 there.
     public var maxConnectionsPerIP: Int = 1000
-    /// Connections that may be negotiating at once (no WebSocket upgrade and no complete HTTP
-    /// request yet); past it the oldest of them is closed to admit a new one. 0 for no limit.
+    /// Connections that may be negotiating at once (no complete WebSocket upgrade request and no
+    /// complete HTTP request yet: the server waits for the client); past it the oldest of them
+    /// is closed to admit a new one. 0 for no limit.
     public var maxPendingConnections: Int = 1024
     /// WebSocket connections whose handshake is done and whose channels are still being set
     /// up (waiting for Redis) at once. Past it a new WebSocket request is answered `503` with

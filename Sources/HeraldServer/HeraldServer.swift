@@ -28,6 +28,13 @@ public struct HeraldServer: Sendable {
     /// Builds a node; with a Redis URL, connects to Redis first.
     /// - Throws: ``ConfigurationError`` for a configuration Herald cannot run with, or a Redis
     ///   it cannot reach.
+    /// The event loop of every Redis connection of the process, a thread of its own: a node
+    /// saturated by its clients (a reconnect storm) still reads Redis's replies in time, so
+    /// its command watchdog, its subscription confirmations and its reconnects to Redis are not
+    /// starved by the very load they serve. Shared by every node of the process, never shut down
+    /// (like NIO's singleton group).
+    static let redisEventLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+
     public init(configuration: HeraldConfiguration, logger: Logger = Logger(label: "herald")) async throws(ConfigurationError) {
         var configuration = configuration
         let nodeID = configuration.nodeID ?? HeraldNode.randomNodeID()
@@ -53,7 +60,7 @@ public struct HeraldServer: Sendable {
             var brokerConfiguration = RedisBroker.Configuration(url: url, nodeID: nodeID)
             brokerConfiguration.prefix = configuration.redisPrefix
             brokerConfiguration.history = configuration.history
-            let redisBroker = RedisBroker(configuration: brokerConfiguration, deliveringTo: hub, logger: logger, group: group)
+            let redisBroker = RedisBroker(configuration: brokerConfiguration, deliveringTo: hub, logger: logger, group: Self.redisEventLoop)
             do {
                 try await redisBroker.connect()
             } catch {

@@ -116,7 +116,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-connections-per-ip"), parsing: .unconditional, help: "Open connections one client IP may hold; 0 for no limit. 127.0.0.1 and ::1 are not counted. (env: HERALD_MAX_CONNECTIONS_PER_IP, default 1000)")
     var maxConnectionsPerIP: Int?
 
-    @Option(name: .customLong("max-pending-connections"), parsing: .unconditional, help: "Connections still negotiating (no upgrade, no complete request) at once; past it the oldest is closed. 0 for no limit. (env: HERALD_MAX_PENDING_CONNECTIONS, default 1024)")
+    @Option(name: .customLong("max-pending-connections"), parsing: .unconditional, help: "Connections still negotiating (no complete upgrade or HTTP request yet) at once; past it the oldest is closed. 0 for no limit. (env: HERALD_MAX_PENDING_CONNECTIONS, default 1024)")
     var maxPendingConnections: Int?
     @Option(name: .customLong("max-connecting"), parsing: .unconditional, help: "WebSocket connections being set up (handshake done, channels not ready) at once; past it new ones get 503 with Retry-After. 0 for no limit. (env: HERALD_MAX_CONNECTING, default 2048)")
     var maxConnecting: Int?

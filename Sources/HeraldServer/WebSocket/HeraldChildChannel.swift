@@ -120,7 +120,13 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
                 configuration: pipelineConfiguration
             )
             let upgradeHandler = try channel.pipeline.syncOperations.handler(type: NIOTypedHTTPServerUpgradeHandler<UpgradeResult>.self)
-            let filter = UpgradeRequestFilter(retryAfter: { node.overloadRetryAfter() })
+            // A client that sent its whole upgrade request waits for the server: it is no longer
+            // one of the negotiating connections a flood of new ones may evict (in a reconnect
+            // storm the server is slow, and evicting them reset every client it had not served).
+            let filter = UpgradeRequestFilter(
+                retryAfter: { node.overloadRetryAfter() },
+                onUpgradeRequest: { admission.established(channel) }
+            )
             try channel.pipeline.syncOperations.addHandler(filter, position: .before(upgradeHandler))
             let boundGuard = NIOLoopBound(firstRequestGuard, eventLoop: channel.eventLoop)
             result.whenComplete { result in

@@ -29,9 +29,13 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
     private let retryAfter: @Sendable () -> Int?
     /// A WebSocket request was refused for overload: the rest of it is dropped.
     private var refusing = false
+    /// Called when a complete WebSocket upgrade request has arrived: from then on the server,
+    /// not the client, is the one to wait for.
+    private let onUpgradeRequest: @Sendable () -> Void
 
-    init(retryAfter: @escaping @Sendable () -> Int? = { nil }) {
+    init(retryAfter: @escaping @Sendable () -> Int? = { nil }, onUpgradeRequest: @escaping @Sendable () -> Void = {}) {
         self.retryAfter = retryAfter
+        self.onUpgradeRequest = onUpgradeRequest
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -86,6 +90,7 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
                 refuseForOverload(context: context, retryAfter: seconds)
                 return
             }
+            onUpgradeRequest()
             context.fireChannelRead(data)
             // Out of the way before the upgrade happens (at the request's end): what follows it
             // is WebSocket bytes, not HTTP. (Removed after passing the head on: a removed
