@@ -18,26 +18,9 @@ herald=.build/release/herald
 server=${SERVER:-$herald}
 out=${OUT:-/tmp/herald-bench-cluster}
 mkdir -p "$out"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
-redis_port=$(free_port)
-port=$(free_port)
-
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" \
-  --latency-monitor-threshold 10 --slowlog-log-slower-than 10000 >"$out/redis.log" 2>&1 &
-redis_pid=$!
-"$server" serve --port "$port" --workers "$workers" --redis "redis://127.0.0.1:$redis_port" --log-level warning \
-  --max-connections 100000 --max-connections-per-ip 0 >"$out/herald.log" 2>&1 &
-supervisor=$!
-cleanup() { kill -TERM "$supervisor" 2>/dev/null || true; wait "$supervisor" 2>/dev/null || true; kill "$redis_pid" 2>/dev/null || true; }
-trap cleanup EXIT
-
-for _ in $(seq 1 200); do
-  [ "$(pgrep -P "$supervisor" | wc -l)" -ge "$workers" ] && python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$port" 2>/dev/null && break
-  sleep 0.1
-done
-sleep 1  # every worker binds its own socket: give the last ones a moment after the first answers
-pids=$(pgrep -P "$supervisor")
+. scripts/lib/cluster.sh
+start_cluster "$workers" "$out" "$server"
 pid_args=()
 for pid in $pids; do pid_args+=(--server-pid "$pid"); done
 echo "workers: $(echo $pids | tr '\n' ' ')  redis: $redis_pid  port: $port"

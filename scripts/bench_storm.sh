@@ -20,26 +20,8 @@ kill_after=${5:-15}
 herald=.build/release/herald
 out=${OUT:-/tmp/herald-bench-storm}
 mkdir -p "$out"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-redis_port=$(free_port)
-port=$(free_port)
-
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" >"$out/redis.log" 2>&1 &
-redis_pid=$!
-# --max-connections-per-ip 0: the generator spreads its connections over 127.0.0.1-8. A worker that
-# crashes leaves its backtrace in the log.
-SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=yes,interactive=no} "$herald" serve --port "$port" --workers "$workers" --redis "redis://127.0.0.1:$redis_port" --log-level warning \
-  --max-connections 100000 --max-connections-per-ip 0 >"$out/herald.log" 2>&1 &
-supervisor=$!
-cleanup() { kill -TERM "$supervisor" 2>/dev/null || true; wait "$supervisor" 2>/dev/null || true; kill "$redis_pid" 2>/dev/null || true; }
-trap cleanup EXIT
-
-for _ in $(seq 1 200); do
-  [ "$(pgrep -P "$supervisor" | wc -l)" -ge "$workers" ] && python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$port" 2>/dev/null && break
-  sleep 0.1
-done
-sleep 1  # every worker binds its own socket: give the last ones a moment after the first answers
-pids=$(pgrep -P "$supervisor")
+. scripts/lib/cluster.sh
+start_cluster "$workers" "$out" "$herald"
 victim=$(echo "$pids" | head -1)
 echo "workers: $(echo $pids | tr '\n' ' ')  killing: $victim  redis: $redis_pid  port: $port"
 
