@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "Herald", targets: ["Herald"]),
         .library(name: "HeraldServer", targets: ["HeraldServer"]),
         .library(name: "HeraldRedis", targets: ["HeraldRedis"]),
+        .library(name: "HeraldCluster", targets: ["HeraldCluster"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -52,7 +53,6 @@ let package = Package(
             name: "HeraldServer",
             dependencies: [
                 "Herald",
-                "HeraldRedis",
                 "HeraldWire",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -88,10 +88,23 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The composition root of a clustered node: the Redis backend wired into a HeraldServer.
+        .target(
+            name: "HeraldCluster",
+            dependencies: [
+                "Herald",
+                "HeraldRedis",
+                "HeraldServer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "HeraldBench",
             dependencies: [
-                "HeraldServer",
+                .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -106,12 +119,25 @@ let package = Package(
             name: "herald",
             dependencies: [
                 "Herald",
+                "HeraldCluster",
                 "HeraldServer",
                 "HeraldBench",
                 "HeraldWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // docs/embedding.md's example, compiled and run by EmbeddingExampleTests.
+        .executableTarget(
+            name: "HeraldEmbeddingExample",
+            dependencies: [
+                "Herald",
+                "HeraldServer",
+                "HeraldWire",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/Embedding",
             swiftSettings: swiftSettings
         ),
         // The Autobahn|Testsuite's echo server, made of Herald's WebSocket parts (scripts/autobahn).

@@ -19,20 +19,6 @@ public struct HeraldConfiguration: Sendable {
     public var tls: TLSCertificateFiles?
     /// This node's name in `welcome` frames and connection ids. Random when `nil`.
     public var nodeID: String?
-    /// `redis://[[user]:password@]host[:port][/db]` of the Redis shared by the cluster's
-    /// nodes; `nil` runs one node on its own (no Redis).
-    public var redisURL: String?
-    /// Prefix of Herald's channels and keys in Redis, so several clusters can share one server.
-    public var redisPrefix: String = "herald"
-    /// The Redis Stream backends append events to (`nil`: `{redisPrefix}:ingest`); `""` turns
-    /// the ingest queue off. Only with Redis.
-    public var ingestStream: String?
-    /// How long an ingest entry may stay pending with a silent node before another claims it.
-    public var ingestClaimIdle: Duration = .seconds(30)
-    /// Deliveries after which an ingest entry is moved aside to `{stream}:dead`.
-    public var ingestMaxAttempts = 5
-    /// How long a node that stopped heartbeating (killed, cut off) still counts its users online.
-    public var presenceTTL: Duration = .seconds(10)
     /// Sets `SO_REUSEPORT` on the listening socket, so several processes can share the port
     /// (`herald serve --workers N` sets it in its workers).
     public var reusePort: Bool = false

@@ -61,13 +61,14 @@ public final class HeraldNode: Sendable {
     }
 
     /// Why `id` cannot name a node (it appears in Redis channel names and notices), or `nil`.
-    static func problem(withID id: String) -> String? {
+    public static func problem(withID id: String) -> String? {
         guard !id.isEmpty, id.utf8.count <= 64 else { return "must be 1 to 64 characters" }
         let allowed = id.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_" || $0 == "." }
         return allowed ? nil : "may contain only letters, digits, '-', '_' and '.'"
     }
 
-    static func randomNodeID() -> String {
+    /// A fresh node id: what a node is called when its configuration names none.
+    public static func randomNodeID() -> String {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
         return String((0..<8).map { _ in alphabet.randomElement()! })
     }

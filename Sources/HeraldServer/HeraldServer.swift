@@ -1,5 +1,4 @@
-import Herald
-import HeraldRedis
+public import Herald
 import Hummingbird
 import HummingbirdCore
 public import Logging
@@ -8,94 +7,78 @@ import NIOPosix
 public import ServiceLifecycle
 import UnixSignals
 
-/// A Herald node: the WebSocket endpoint, the HTTP API, the demo page, the hub, the broker and
-/// the roster, run together in one service group.
+/// A Herald node: the WebSocket endpoint, the HTTP API, the demo page and the hub, run with the
+/// broker, the roster and any other services it is given, in one service group.
 ///
-/// Without ``HeraldConfiguration/redisURL`` the node stands alone (``LocalBroker``,
-/// ``LocalRoster``); with it, it joins the cluster of nodes sharing that Redis
-/// (``RedisBroker``, ``RedisRoster``).
+/// The server wires no backend: it takes the ``Hub``, a `Broker`, a `Roster` and the services
+/// that keep them running (the shape of Hummingbird's `Application(…, services:)`). The
+/// in-memory backend (``LocalBroker``, ``LocalRoster``) is one call away:
 ///
 /// ```swift
 /// let server = try await HeraldServer(configuration: configuration, logger: logger)
 /// try await server.run()   // until SIGINT or SIGTERM
 /// ```
+///
+/// A cluster backend is built outside and passed in (the `herald` executable builds the Redis
+/// one, in `HeraldCluster`):
+///
+/// ```swift
+/// let hub = HeraldServer.makeHub(configuration: configuration, logger: logger)
+/// let broker = MyBroker(deliveringTo: hub)
+/// let roster = MyRoster(notifying: hub)
+/// let server = try await HeraldServer(configuration: configuration, hub: hub, broker: broker, roster: roster, services: [broker])
+/// ```
 public struct HeraldServer: Sendable {
     public let node: HeraldNode
     let logger: Logger
-    /// The cluster's services besides the hub (broker, and the roster when it heartbeats).
-    let clusterServices: [any Service]
+    /// Services run beside the hub for the life of the node (the broker, the roster when it
+    /// heartbeats, an ingest consumer…), started in order, stopped in reverse.
+    let services: [any Service]
 
-    /// Builds a node; with a Redis URL, connects to Redis first.
-    /// - Throws: ``ConfigurationError`` for a configuration Herald cannot run with, or a Redis
-    ///   it cannot reach.
-    /// The event loop of every Redis connection of the process, a thread of its own: a node
-    /// saturated by its clients (a reconnect storm) still reads Redis's replies in time, so
-    /// its command watchdog, its subscription confirmations and its reconnects to Redis are not
-    /// starved by the very load they serve. Shared by every node of the process, never shut down
-    /// (like NIO's singleton group).
-    static let redisEventLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    /// A hub for `configuration`, framing its messages as WebSocket text frames, on NIO's
+    /// shared event loop group: what a broker and a roster are built around before the server.
+    public static func makeHub(configuration: HeraldConfiguration, logger: Logger = Logger(label: "herald")) -> Hub {
+        Hub(configuration: configuration.hub, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger, framing: WebSocketFraming.textFrame)
+    }
 
+    /// A node standing alone: the in-memory broker and roster.
+    /// - Throws: ``ConfigurationError`` for a configuration Herald cannot run with.
     public init(configuration: HeraldConfiguration, logger: Logger = Logger(label: "herald")) async throws(ConfigurationError) {
+        var configuration = configuration
+        configuration.nodeID = configuration.nodeID ?? HeraldNode.randomNodeID()
+        let hub = Self.makeHub(configuration: configuration, logger: logger)
+        let broker = LocalBroker(deliveringTo: hub, history: configuration.history)
+        let roster = LocalRoster(limits: configuration.hub, notifying: hub)
+        try await self.init(configuration: configuration, hub: hub, broker: broker, roster: roster, services: [broker], logger: logger)
+    }
+
+    /// A node on the backend it is given. `broker` and `roster` deliver to `hub` (they were
+    /// built around it); `services` run for the life of the node and usually include the
+    /// broker. The hub itself is always run.
+    /// - Throws: ``ConfigurationError`` for a configuration Herald cannot run with (a bad node
+    ///   id, a JWT secret without an API key, an unreadable TLS certificate).
+    public init(
+        configuration: HeraldConfiguration,
+        hub: Hub,
+        broker: any Broker,
+        roster: any Roster,
+        services: [any Service] = [],
+        logger: Logger = Logger(label: "herald")
+    ) async throws(ConfigurationError) {
         var configuration = configuration
         let nodeID = configuration.nodeID ?? HeraldNode.randomNodeID()
         if let problem = HeraldNode.problem(withID: nodeID) { throw ConfigurationError("node id \(nodeID) \(problem)") }
         if let problem = configuration.openAPIProblem { throw ConfigurationError(problem) }
         configuration.nodeID = nodeID
-        // Read before anything connects, so a bad file fails the start-up at once.
+        // Read before anything listens, so a bad file fails the start-up at once.
         var tls: TLSContextStore?
         if let files = configuration.tls { tls = try TLSContextStore(files: files, shutdownTimeout: configuration.closeTimeout) }
-        let group = MultiThreadedEventLoopGroup.singleton
-        let hub = Hub(configuration: configuration.hub, eventLoopGroup: group, logger: logger, framing: WebSocketFraming.textFrame)
         let authenticator: Authenticator =
             if let secret = configuration.jwtSecret { try await .jwt(secret: secret) } else { .development }
-        let broker: any Broker
-        let roster: any Roster
-        if let redis = configuration.redisURL {
-            let url: RedisURL
-            do {
-                url = try RedisURL(parsing: redis)
-            } catch {
-                throw ConfigurationError("--redis \(RedisURL.redacting(redis)): \(error)")
-            }
-            var brokerConfiguration = RedisBroker.Configuration(url: url, nodeID: nodeID)
-            brokerConfiguration.prefix = configuration.redisPrefix
-            brokerConfiguration.history = configuration.history
-            let redisBroker = RedisBroker(configuration: brokerConfiguration, deliveringTo: hub, logger: logger, group: Self.redisEventLoop)
-            do {
-                try await redisBroker.connect()
-            } catch {
-                throw ConfigurationError.unavailable(
-                    "cannot use Redis at \(url.host):\(url.port): \(error). Check that redis-server runs there and accepts connections, or fix --redis / HERALD_REDIS_URL"
-                )
-            }
-            let redisRoster = RedisRoster(
-                broker: redisBroker,
-                limits: configuration.hub,
-                presenceTTL: configuration.presenceTTL,
-                notifying: hub,
-                logger: logger
-            )
-            await redisRoster.heartbeat()
-            broker = redisBroker
-            roster = redisRoster
-            var services: [any Service] = [redisBroker, redisRoster]
-            let stream = configuration.ingestStream ?? configuration.redisPrefix + ":ingest"
-            if !stream.isEmpty {
-                var ingest = IngestConsumer.Configuration(stream: stream)
-                ingest.claimIdle = configuration.ingestClaimIdle
-                ingest.maxAttempts = configuration.ingestMaxAttempts
-                services.append(IngestConsumer(configuration: ingest, broker: redisBroker, logger: logger))
-            }
-            clusterServices = services
-        } else {
-            let localBroker = LocalBroker(deliveringTo: hub, history: configuration.history)
-            broker = localBroker
-            roster = LocalRoster(limits: configuration.hub, notifying: hub)
-            clusterServices = [localBroker]
-        }
         hub.attach(broker: broker, roster: roster)
         self.node = HeraldNode(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, tls: tls, logger: logger)
         self.logger = logger
+        self.services = services
     }
 
     /// The node as one service (listener, hub, broker, roster). `onListening` receives the
@@ -124,13 +107,14 @@ public struct HeraldServer: Sendable {
         // A service group stops its services in reverse order: the listener first (no new
         // connections, every WebSocket closed with 1012), the broker and roster last.
         let reloader: [any Service] = node.tls == nil ? [] : [CertificateReloader(node: node)]
-        return NodeServices(services: [node.hub] + clusterServices + reloader + [listener], logger: logger)
+        return NodeServices(services: [node.hub] + services + reloader + [listener], logger: logger)
     }
 
     /// Runs until SIGINT or SIGTERM; on either, closes every connection with 1012 and returns.
-    public func run() async throws {
+    /// `onListening` receives the bound port.
+    public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let group = ServiceGroup(
-            configuration: .init(services: [makeService()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(services: [makeService(onListening: onListening)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await group.run()
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Herald
+import HeraldCluster
 import HeraldServer
 import Logging
 import NIOCore
@@ -187,7 +188,11 @@ struct Serve: AsyncParsableCommand {
 
         let server: HeraldServer
         do {
-            server = try await HeraldServer(configuration: configuration, logger: logger)
+            if let redis = settings.redis {
+                server = try await RedisBackend.server(configuration: configuration, redis: redis, logger: logger)
+            } else {
+                server = try await HeraldServer(configuration: configuration, logger: logger)
+            }
         } catch where error.isUnavailable {
             // Not a usage error: the command was right, something it needs is not there.
             FileHandle.standardError.write(Data("herald: \(error.description)\n".utf8))
@@ -209,6 +214,8 @@ struct Serve: AsyncParsableCommand {
         var workers = 1
         var eventLoops: Int?
         var logLevel = Logger.Level.info
+        /// The Redis backend (`--redis`); `nil` runs one node on its own.
+        var redis: RedisBackendConfiguration?
     }
 
     private func settings() throws -> Settings {
@@ -254,18 +261,29 @@ struct Serve: AsyncParsableCommand {
         if let burst = try options.integer(rateBurst, "rate-burst", in: 1...1_000_000) { configuration.rateBurst = burst }
         if let bytes = try options.integer(maxOutboundBytes, "max-outbound-bytes", in: 1024...(1 << 30)) { configuration.maxOutboundBytes = bytes }
 
-        configuration.redisURL = options.string(redis, "redis")
-        if let prefix = options.string(redisPrefix, "redis-prefix") {
-            guard !prefix.isEmpty, !prefix.contains(where: \.isWhitespace) else { throw ValidationError("--redis-prefix must be non-empty, without spaces") }
-            configuration.redisPrefix = prefix
+        if let url = options.string(redis, "redis") {
+            var backend = RedisBackendConfiguration(url: url)
+            if let prefix = options.string(redisPrefix, "redis-prefix") {
+                guard !prefix.isEmpty, !prefix.contains(where: \.isWhitespace) else { throw ValidationError("--redis-prefix must be non-empty, without spaces") }
+                backend.prefix = prefix
+            }
+            // At least 3: the presence heartbeat runs every third of it.
+            if let seconds = try options.integer(presenceTTL, "presence-ttl", in: 3...86_400) { backend.presenceTTL = .seconds(seconds) }
+            // An empty value is meaningful here (it turns the queue off): read it as given.
+            if let stream = ingestStream ?? options.environment["HERALD_INGEST_STREAM"] { backend.ingestStream = stream }
+            if let seconds = try options.integer(ingestClaimIdle, "ingest-claim-idle", in: 1...86_400) { backend.ingestClaimIdle = .seconds(seconds) }
+            if let attempts = try options.integer(ingestMaxAttempts, "ingest-max-attempts", in: 1...1000) { backend.ingestMaxAttempts = attempts }
+            settings.redis = backend
+        } else {
+            // Checked even without Redis, so a typo fails where it is made.
+            if let prefix = options.string(redisPrefix, "redis-prefix"), prefix.isEmpty || prefix.contains(where: \.isWhitespace) {
+                throw ValidationError("--redis-prefix must be non-empty, without spaces")
+            }
+            _ = try options.integer(presenceTTL, "presence-ttl", in: 3...86_400)
+            _ = try options.integer(ingestClaimIdle, "ingest-claim-idle", in: 1...86_400)
+            _ = try options.integer(ingestMaxAttempts, "ingest-max-attempts", in: 1...1000)
         }
-        // At least 3: the presence heartbeat runs every third of it.
-        if let seconds = try options.integer(presenceTTL, "presence-ttl", in: 3...86_400) { configuration.presenceTTL = .seconds(seconds) }
         configuration.reusePort = reusePort
-        // An empty value is meaningful here (it turns the queue off): read it as given.
-        if let stream = ingestStream ?? options.environment["HERALD_INGEST_STREAM"] { configuration.ingestStream = stream }
-        if let seconds = try options.integer(ingestClaimIdle, "ingest-claim-idle", in: 1...86_400) { configuration.ingestClaimIdle = .seconds(seconds) }
-        if let attempts = try options.integer(ingestMaxAttempts, "ingest-max-attempts", in: 1...1000) { configuration.ingestMaxAttempts = attempts }
         if let size = try options.integer(historySize, "history-size", in: 0...1_000_000) { configuration.history.size = size }
         if let seconds = try options.integer(historyTTL, "history-ttl", in: 1...2_592_000) { configuration.history.ttl = .seconds(seconds) }
         if let rooms = options.string(noHistoryRooms, "no-history-rooms") {
@@ -305,7 +323,7 @@ struct Serve: AsyncParsableCommand {
         settings.logLevel = parsedLevel
 
         if settings.workers > 1 {
-            guard configuration.redisURL != nil else {
+            guard settings.redis != nil else {
                 throw ValidationError(
                     """
                     --workers \(settings.workers) needs a shared broker: each worker is a separate process with its own \

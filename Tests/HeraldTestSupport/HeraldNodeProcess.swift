@@ -12,26 +12,37 @@ public final class HeraldNodeProcess: @unchecked Sendable {
     public let log: URL
 
     /// The `herald` executable built by `swift build --build-tests`, next to the test bundle.
-    public static var executable: URL {
+    public static var executable: URL { product("herald") }
+
+    /// An executable product of the package, built by `swift build --build-tests` next to the test bundle.
+    public static func product(_ name: String) -> URL {
         var directory = Bundle.main.bundleURL
         while directory.pathComponents.count > 1 {
-            let candidate = directory.appendingPathComponent("herald")
+            let candidate = directory.appendingPathComponent(name)
             if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
             directory.deleteLastPathComponent()
         }
-        return URL(fileURLWithPath: ".build/debug/herald")
+        return URL(fileURLWithPath: ".build/debug/\(name)")
     }
 
     /// Starts `herald serve --port P ARGUMENTS` and waits (bounded) until it accepts connections
     /// (or, with `waitForPort: false`, returns at once: for a process expected to fail).
-    public init(port fixedPort: Int? = nil, arguments: [String], waitForPort: Bool = true) async throws {
+    /// `product` runs another executable of the package instead, with `arguments` as they are
+    /// and `environment` added to the test's (its port in `PORT`).
+    public init(port fixedPort: Int? = nil, arguments: [String], waitForPort: Bool = true, product: String? = nil) async throws {
         port = try fixedPort ?? RedisServerProcess.freePort()
         log = FileManager.default.temporaryDirectory.appendingPathComponent("herald-node-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
         process = Process()
-        process.executableURL = Self.executable
-        process.arguments = ["serve", "--host", "127.0.0.1", "--port", String(port)] + arguments
+        if let product {
+            process.executableURL = Self.product(product)
+            process.arguments = arguments
+            process.environment = ProcessInfo.processInfo.environment.merging(["PORT": String(port)]) { $1 }
+        } else {
+            process.executableURL = Self.executable
+            process.arguments = ["serve", "--host", "127.0.0.1", "--port", String(port)] + arguments
+        }
         process.standardOutput = handle
         process.standardError = handle
         try process.run()
@@ -44,7 +55,7 @@ public final class HeraldNodeProcess: @unchecked Sendable {
         }
         let output = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
         stop()
-        throw RedisTestFailure("herald serve did not start on port \(port): \(output)")
+        throw RedisTestFailure("\(product ?? "herald serve") did not start on port \(port): \(output)")
     }
 
     public var pid: Int32 { process.processIdentifier }

@@ -1,0 +1,81 @@
+import Herald
+import HeraldRedis
+public import HeraldServer
+public import Logging
+import NIOPosix
+import ServiceLifecycle
+
+/// How a node joins the cluster of nodes sharing one Redis: what `herald serve --redis` reads.
+public struct RedisBackendConfiguration: Sendable {
+    /// `redis://[[user]:password@]host[:port][/db]` of the Redis the cluster's nodes share.
+    public var url: String
+    /// Prefix of Herald's channels and keys in Redis, so several clusters can share one server.
+    public var prefix = "herald"
+    /// The Redis Stream backends append events to (`nil`: `{prefix}:ingest`); `""` turns the
+    /// ingest queue off.
+    public var ingestStream: String?
+    /// How long an ingest entry may stay pending with a silent node before another claims it.
+    public var ingestClaimIdle: Duration = .seconds(30)
+    /// Deliveries after which an ingest entry is moved aside to `{stream}:dead`.
+    public var ingestMaxAttempts = 5
+    /// How long a node that stopped heartbeating (killed, cut off) still counts its users online.
+    public var presenceTTL: Duration = .seconds(10)
+
+    public init(url: String) {
+        self.url = url
+    }
+}
+
+/// The composition root of a clustered node: builds the Redis broker, roster and ingest
+/// consumer around a hub and hands them to ``HeraldServer``, which knows none of them.
+public enum RedisBackend {
+    /// The event loop of every Redis connection of the process, a thread of its own: a node
+    /// saturated by its clients (a reconnect storm) still reads Redis's replies in time, so
+    /// its command watchdog, its subscription confirmations and its reconnects to Redis are not
+    /// starved by the very load they serve. Shared by every node of the process, never shut down
+    /// (like NIO's singleton group).
+    public static let eventLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+
+    /// A node of the cluster sharing `redis`: connects to Redis first.
+    /// - Throws: ``ConfigurationError`` for a bad URL or configuration, `unavailable` when Redis
+    ///   cannot be reached.
+    public static func server(
+        configuration: HeraldConfiguration,
+        redis: RedisBackendConfiguration,
+        logger: Logger = Logger(label: "herald")
+    ) async throws(ConfigurationError) -> HeraldServer {
+        var configuration = configuration
+        let nodeID = configuration.nodeID ?? HeraldNode.randomNodeID()
+        if let problem = HeraldNode.problem(withID: nodeID) { throw ConfigurationError("node id \(nodeID) \(problem)") }
+        configuration.nodeID = nodeID
+        let url: RedisURL
+        do {
+            url = try RedisURL(parsing: redis.url)
+        } catch {
+            throw ConfigurationError("--redis \(RedisURL.redacting(redis.url)): \(error)")
+        }
+        let hub = HeraldServer.makeHub(configuration: configuration, logger: logger)
+        var brokerConfiguration = RedisBroker.Configuration(url: url, nodeID: nodeID)
+        brokerConfiguration.prefix = redis.prefix
+        brokerConfiguration.history = configuration.history
+        let broker = RedisBroker(configuration: brokerConfiguration, deliveringTo: hub, logger: logger, group: eventLoop)
+        do {
+            try await broker.connect()
+        } catch {
+            throw ConfigurationError.unavailable(
+                "cannot use Redis at \(url.host):\(url.port): \(error). Check that redis-server runs there and accepts connections, or fix --redis / HERALD_REDIS_URL"
+            )
+        }
+        let roster = RedisRoster(broker: broker, limits: configuration.hub, presenceTTL: redis.presenceTTL, notifying: hub, logger: logger)
+        await roster.heartbeat()
+        var services: [any Service] = [broker, roster]
+        let stream = redis.ingestStream ?? redis.prefix + ":ingest"
+        if !stream.isEmpty {
+            var ingest = IngestConsumer.Configuration(stream: stream)
+            ingest.claimIdle = redis.ingestClaimIdle
+            ingest.maxAttempts = redis.ingestMaxAttempts
+            services.append(IngestConsumer(configuration: ingest, broker: broker, logger: logger))
+        }
+        return try await HeraldServer(configuration: configuration, hub: hub, broker: broker, roster: roster, services: services, logger: logger)
+    }
+}
