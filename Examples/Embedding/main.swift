@@ -17,7 +17,7 @@ let server = try await HeraldServer(configuration: configuration, hub: hub, brok
 let clock = Task {
     while !Task.isCancelled {
         let now = try RawJSON(validating: "{\"now\":\(Date().timeIntervalSince1970)}")
-        try? await broker.publish(.message(to: .room("clock"), from: nil, data: now), on: hub.anyEventLoop)
+        _ = try? await broker.publish(.message(to: .room("clock"), from: nil, data: now), on: hub.anyEventLoop)
         try await Task.sleep(for: .seconds(1))
     }
 }

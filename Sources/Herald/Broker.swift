@@ -1,3 +1,4 @@
+public import HeraldWire
 public import NIOCore
 public import ServiceLifecycle
 
@@ -7,12 +8,22 @@ public import ServiceLifecycle
 /// ``LocalBroker`` is the in-process implementation; a Redis broker spans several nodes. The
 /// hub never knows which one it has. A broker is a `Service`: it runs for the life of the node.
 public protocol Broker: Service {
-    /// Publishes `envelope` to every node, this one included.
+    /// Publishes `envelope` to every node, this one included, and answers the stream position
+    /// it assigned: the channel's next offset and its epoch for a room or a user, `nil` for a
+    /// broadcast and for a publish dropped as a duplicate of its idempotency key.
+    ///
+    /// The broker moves bytes and positions: it stores and forwards `envelope.frame` and
+    /// `envelope.positionIndex` as they are, and hands each node an envelope ``Envelope/at(_:)``
+    /// its position; the node stamps the position into the frame (``Envelope/deliveredFrame``).
+    /// A broker never builds or edits JSON.
     ///
     /// Must not block. Envelopes published from one event loop reach each node in the order
-    /// they were published. The future fails with ``BrokerError`` when the broker cannot take
-    /// the message (for example it is disconnected): it fails fast instead of piling up.
-    func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
+    /// they were published, and a channel's offsets are contiguous. With
+    /// ``Envelope/requiresAck`` the message is also kept in the ``acknowledgements`` store, in
+    /// the same step that assigns its offset (a message delivered is a message kept). The future
+    /// fails with ``BrokerError`` when the broker cannot take the message (for example it is
+    /// disconnected): it fails fast instead of piling up.
+    func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<StreamPosition?>
 
     /// This node's interest changed: it now has local recipients for `change.subscribe` and no
     /// longer any for `change.unsubscribe` (``DeliveryTarget/all`` is always delivered).
@@ -27,30 +38,37 @@ public protocol Broker: Service {
     /// - Throws: ``BrokerError`` when the history cannot be read (Redis unreachable).
     func history(of target: DeliveryTarget, since: Int64, limit: Int) async throws(BrokerError) -> HistoryPage
 
-    /// Messages to `user` sent with `requiresAck` and not acknowledged yet (nor expired), oldest first.
-    func unacknowledged(for user: String) async throws(BrokerError) -> [HistoryEntry]
-
-    /// The same, without a task: called on every connect once the user's channel is live, so a
-    /// broker backed by a store should batch these reads (one round trip for many connects).
-    func unacknowledged(for user: String, on loop: any EventLoop) -> EventLoopFuture<[HistoryEntry]>
-
-    /// A connection of `user` acknowledged the message at `offset` of the user's channel (in
-    /// `epoch`, or the channel's current epoch when `nil`).
-    func acknowledge(user: String, offset: Int64, epoch: String?) async throws(BrokerError)
+    /// Where the messages published with ``Envelope/requiresAck`` wait for their acknowledgement.
+    var acknowledgements: any AcknowledgementStore { get }
 
     /// Counters of the broker's failures, for `/api/stats`.
     var statistics: BrokerStatistics.Snapshot { get }
 }
 
 extension Broker {
-    public func unacknowledged(for user: String, on loop: any EventLoop) -> EventLoopFuture<[HistoryEntry]> {
-        loop.makeFutureWithTask { try await self.unacknowledged(for: user) }
-    }
-
-    /// Publishes `envelope` to every node, this one included.
-    public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) async throws {
+    /// Publishes `envelope` to every node, this one included; answers its stream position.
+    @discardableResult
+    public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) async throws -> StreamPosition? {
         try await publish(envelope, on: eventLoop).get()
     }
+}
+
+/// Messages to a user sent with ``Envelope/requiresAck``, kept until one of the user's
+/// connections acknowledges them (or they expire): sent again to each new connection of the
+/// user until then.
+///
+/// The broker keeps a message here in the step that assigns its offset; the store answers what
+/// is waiting and records acknowledgements.
+public protocol AcknowledgementStore: Sendable {
+    /// Messages to `user` not acknowledged yet (nor expired), oldest first. Called on every
+    /// connect once the user's channel is live, so a store behind a network should batch these
+    /// reads (one round trip for many connects).
+    func unacknowledged(for user: String, on loop: any EventLoop) -> EventLoopFuture<[HistoryEntry]>
+
+    /// A connection of `user` acknowledged the message at `offset` of the user's channel (in
+    /// `epoch`, or the channel's current epoch when `nil`). Acknowledging a message that is not
+    /// waiting (acknowledged already, expired, never sent) does nothing.
+    func acknowledge(user: String, offset: Int64, epoch: String?) async throws(BrokerError)
 }
 
 /// Channels a node starts or stops needing, as the hub computes them from its local connections.

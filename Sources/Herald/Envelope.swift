@@ -21,15 +21,16 @@ public enum DeliveryTarget: Sendable, Hashable, CustomStringConvertible {
 
 /// A message on its way through the broker: the target and the delivery frame, encoded once.
 ///
-/// Handlers build an envelope and publish it; they never write to sockets. Every node's hub
-/// delivers the same `frame` bytes to its local recipients. A message to a room or a user gets
-/// its channel's next offset from the broker, which inserts `"offset"` and `"epoch"` into the
-/// frame at ``positionIndex`` (``positioned(_:)``) before it is delivered; broadcasts carry none.
+/// Handlers build an envelope and publish it; they never write to sockets. A broker moves the
+/// frame as opaque bytes: a message to a room or a user gets its channel's next position from
+/// the broker (``position``), and the node that delivers it stamps `"offset"` and `"epoch"` into
+/// the frame at ``positionIndex`` once per message (``deliveredFrame``), then hands the same
+/// bytes to every local recipient. Broadcasts carry no position.
 public struct Envelope: Sendable {
     public var target: DeliveryTarget
-    /// The complete `message` frame as sent to clients.
+    /// The `message` frame as sent to clients, without its position fields.
     public var frame: ByteBuffer
-    /// Where the position fields go in `frame`; `nil` once positioned, or for a broadcast.
+    /// Where the position fields go in `frame`; `nil` for a frame delivered as it is (a broadcast).
     public var positionIndex: Int?
     /// The message's place in its channel's stream, once the broker assigned it.
     public var position: StreamPosition?
@@ -63,29 +64,30 @@ public struct Envelope: Sendable {
         return envelope
     }
 
-    /// The frame up to where the position fields go (all of it when there is no such place).
-    public var head: ByteBuffer {
-        guard let positionIndex else { return frame }
-        return frame.getSlice(at: frame.readerIndex, length: positionIndex)!
+    /// The envelope at `position` in its channel (the frame is not touched).
+    public func at(_ position: StreamPosition) -> Envelope {
+        var envelope = self
+        envelope.position = position
+        return envelope
     }
 
-    /// The frame from where the position fields go (empty when there is no such place).
-    public var tail: ByteBuffer {
-        guard let positionIndex else { return ByteBuffer() }
-        return frame.getSlice(at: frame.readerIndex + positionIndex, length: frame.readableBytes - positionIndex)!
+    /// The frame as clients receive it: with `"offset"` and `"epoch"` when it has a position.
+    public var deliveredFrame: ByteBuffer {
+        guard let position else { return frame }
+        return Self.stamp(frame, at: positionIndex, with: position)
     }
 
-    /// The envelope with `"offset"` and `"epoch"` in its frame.
-    public func positioned(_ position: StreamPosition) -> Envelope {
-        guard positionIndex != nil else { return Envelope(target: target, frame: frame, position: position) }
-        var head = self.head
+    /// `frame` with `,"offset":O,"epoch":E` inserted at `index` (`frame` itself without an index).
+    public static func stamp(_ frame: ByteBuffer, at index: Int?, with position: StreamPosition) -> ByteBuffer {
+        guard let index, index <= frame.readableBytes else { return frame }
+        var head = frame.getSlice(at: frame.readerIndex, length: index)!
         var fields = ServerFrame.positionFields(position)
-        var tail = self.tail
-        var framed = ByteBuffer()
-        framed.reserveCapacity(head.readableBytes + fields.readableBytes + tail.readableBytes)
-        framed.writeBuffer(&head)
-        framed.writeBuffer(&fields)
-        framed.writeBuffer(&tail)
-        return Envelope(target: target, frame: framed, position: position)
+        var tail = frame.getSlice(at: frame.readerIndex + index, length: frame.readableBytes - index)!
+        var stamped = ByteBuffer()
+        stamped.reserveCapacity(head.readableBytes + fields.readableBytes + tail.readableBytes)
+        stamped.writeBuffer(&head)
+        stamped.writeBuffer(&fields)
+        stamped.writeBuffer(&tail)
+        return stamped
     }
 }

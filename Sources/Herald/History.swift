@@ -43,18 +43,33 @@ public struct HistoryConfiguration: Sendable, Equatable {
     }
 }
 
-/// One message kept in a channel's history: its offset and the frame as it was delivered.
+/// One message kept in a channel's history (or waiting for its acknowledgement), as a broker
+/// stores it: the frame without its position, where the position goes, and the position.
 public struct HistoryEntry: Sendable {
-    public var offset: Int64
-    public var frame: ByteBuffer
+    public var position: StreamPosition
+    /// The message frame without its position fields (a frame stored whole has no index).
+    public var body: ByteBuffer
+    /// Where `"offset"` and `"epoch"` go in ``body``; `nil` when ``body`` is delivered as it is.
+    public var positionIndex: Int?
+
+    public var offset: Int64 { position.offset }
+
+    /// The frame as clients receive it, stamped with its position by the node that sends it.
+    public var frame: ByteBuffer { Envelope.stamp(body, at: positionIndex, with: position) }
+
+    /// The entry as an envelope to `target`, for a node delivering it.
+    public func envelope(to target: DeliveryTarget) -> Envelope {
+        Envelope(target: target, frame: body, positionIndex: positionIndex, position: position)
+    }
 
     /// What the entry costs in memory, for the byte budgets: the frame's storage (which may be
     /// larger than the frame) and a fixed overhead for the entry's bookkeeping.
-    var cost: Int { frame.storageCapacity + 64 }
+    var cost: Int { body.storageCapacity + 64 }
 
-    public init(offset: Int64, frame: ByteBuffer) {
-        self.offset = offset
-        self.frame = frame
+    public init(position: StreamPosition, body: ByteBuffer, positionIndex: Int?) {
+        self.position = position
+        self.body = body
+        self.positionIndex = positionIndex
     }
 }
 

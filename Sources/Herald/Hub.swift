@@ -248,7 +248,9 @@ public final class Hub: DeliverySink, Service, Sendable {
             guard let snapshot = state.withLock({ $0.interest.localMembers[room] }) else { return }
             members = snapshot
         }
-        let frame = framing(envelope.frame)
+        // Stamped with its position once per message on this node, framed once: every recipient
+        // gets the same bytes.
+        let frame = framing(envelope.deliveredFrame)
         let target = envelope.target
         let position = envelope.position
         let statistics = self.statistics

@@ -7,7 +7,7 @@ import Synchronization
 /// The in-process broker: a publish is delivered to this node's hub at once.
 ///
 /// The default when Herald runs as one node. It numbers each room's and user's messages (offset
-/// and epoch, see ``Envelope/positioned(_:)``) and keeps their recent history in memory, bounded
+/// and epoch, stamped by the hub, see ``Envelope/deliveredFrame``) and keeps their recent history in memory, bounded
 /// by ``HistoryConfiguration``. Offsets are assigned and delivered under one lock, so every
 /// connection sees a channel's messages in offset order.
 ///
@@ -20,17 +20,22 @@ import Synchronization
 ///   members has, still gets its offset but is not kept: no client can hold a position in that
 ///   epoch's recent past, so nobody could ever ask for it;
 /// - unacknowledged messages per user by count and bytes (oldest dropped), and over all users
-///   by ``HistoryConfiguration/maxUnacknowledgedBytes``, where a new one is refused instead.
+///   by ``HistoryConfiguration/maxUnacknowledgedBytes``, where a new one is refused instead
+///   (``LocalAcknowledgementStore``).
 ///
-/// Lock order: `channels` → the hub's state (deliveries) and `channels` → `interest`; the hub
+/// Lock order: `channels` → the hub's state (deliveries), `channels` → `interest` and `channels` →
+/// the acknowledgement store's state; the hub
 /// calls ``changeInterest(_:on:)`` under its own lock, which takes `interest` only.
 public final class LocalBroker: Broker {
     let sink: any DeliverySink
     public let historyConfiguration: HistoryConfiguration
     /// This process's part of every epoch: a restart loses the history, so it changes.
     private let epochPrefix: String
-    private let channels = Mutex<Channels>(Channels())
+    private let channels = LockedChannels()
     private let interest = Mutex<Interest>(Interest())
+    /// Messages sent with `requiresAck`, kept under `channels` in the step that numbers them.
+    public let localAcknowledgements: LocalAcknowledgementStore
+    public var acknowledgements: any AcknowledgementStore { localAcknowledgements }
 
     struct Channels {
         var logs: [DeliveryTarget: ChannelLog] = [:]
@@ -38,8 +43,6 @@ public final class LocalBroker: Broker {
         /// Idempotency keys seen within the history TTL, oldest first; bounded by
         /// `maxIdempotencyKeys` (past it the oldest key is forgotten early).
         var keys: Set<IdempotencyKey> = []
-        /// Per user, messages sent with `requiresAck` and not acknowledged, oldest first.
-        var unacknowledged: [String: PendingAcks] = [:]
         var keyOrder = Deque<(key: IdempotencyKey, at: ContinuousClock.Instant)>()
         /// Bytes of every channel's kept history, and where each kept entry was appended, oldest
         /// first, for the node-wide budget. An entry trimmed from its channel stays here until it
@@ -47,8 +50,6 @@ public final class LocalBroker: Broker {
         var historyBytes = 0
         var historyEntries = 0
         var historyOrder = Deque<(target: DeliveryTarget, epoch: String, offset: Int64)>()
-        /// Bytes of every user's unacknowledged messages.
-        var unacknowledgedBytes = 0
 
         /// Records `key`; `false` when it was seen already (a retried publish).
         mutating func admit(_ key: IdempotencyKey, now: ContinuousClock.Instant, ttl: Duration, limit: Int) -> Bool {
@@ -94,40 +95,23 @@ public final class LocalBroker: Broker {
             }
         }
 
-        /// Forgets channels idle past `ttl` and acknowledgements past their deadline.
+        /// Forgets channels idle past `ttl`.
         mutating func expire(now: ContinuousClock.Instant, ttl: Duration) {
             for (target, log) in logs where now - log.lastPublish > ttl {
                 historyBytes -= log.bytes
                 historyEntries -= log.entries.count
                 logs[target] = nil
             }
-            for (user, var pending) in unacknowledged {
-                unacknowledged[user] = nil
-                unacknowledgedBytes -= pending.removeExpired(now: now)
-                if !pending.entries.isEmpty { unacknowledged[user] = pending }
-            }
         }
     }
 
-    /// One user's unacknowledged messages, oldest first, and their bytes.
-    struct PendingAcks {
-        var entries = Deque<(entry: HistoryEntry, epoch: String, expires: ContinuousClock.Instant)>()
-        var bytes = 0
+    /// The channels behind their lock, in a class so the acknowledgement store can read a
+    /// user channel's epoch.
+    final class LockedChannels: Sendable {
+        private let mutex = Mutex<Channels>(Channels())
 
-        /// Removes expired messages; returns the bytes freed.
-        mutating func removeExpired(now: ContinuousClock.Instant) -> Int {
-            remove { $0.expires < now }
-        }
-
-        /// Removes the messages matching `predicate`; returns the bytes freed.
-        mutating func remove(where predicate: ((entry: HistoryEntry, epoch: String, expires: ContinuousClock.Instant)) -> Bool) -> Int {
-            let before = bytes
-            entries.removeAll { item in
-                guard predicate(item) else { return false }
-                bytes -= item.entry.cost
-                return true
-            }
-            return before - bytes
+        func withLock<Result>(_ body: (inout sending Channels) throws -> sending Result) rethrows -> sending Result {
+            try mutex.withLock(body)
         }
     }
 
@@ -204,35 +188,38 @@ public final class LocalBroker: Broker {
         self.sink = sink
         self.historyConfiguration = history
         self.epochPrefix = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let channels = self.channels
+        self.localAcknowledgements = LocalAcknowledgementStore(configuration: history) { user in
+            channels.withLock { $0.logs[.user(user)]?.epoch }
+        }
     }
 
     /// Bytes of history and of unacknowledged messages held now (for tests and statistics).
     public var heldBytes: (history: Int, unacknowledged: Int) {
-        channels.withLock { ($0.historyBytes, $0.unacknowledgedBytes) }
+        (channels.withLock { $0.historyBytes }, localAcknowledgements.heldBytes)
     }
 
-    public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+    public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<StreamPosition?> {
         let now = ContinuousClock.now
         let history = historyConfiguration
         if let key = envelope.idempotencyKey {
             let admitted = channels.withLock {
                 $0.admit(IdempotencyKey(target: envelope.target, key: key), now: now, ttl: history.ttl, limit: Self.maxIdempotencyKeys)
             }
-            guard admitted else { return eventLoop.makeSucceededVoidFuture() }
+            guard admitted else { return eventLoop.makeSucceededFuture(nil) }
         }
         guard envelope.target != .all else {
             sink.deliver(envelope)
-            return eventLoop.makeSucceededVoidFuture()
+            return eventLoop.makeSucceededFuture(nil)
         }
-        let refusal: BrokerError? = channels.withLock { channels in
+        let acknowledgements = localAcknowledgements
+        let result: Result<StreamPosition, BrokerError> = channels.withLock { channels in
             var updated = channels.logs[envelope.target] ?? ChannelLog(epoch: epochPrefix + "-" + String(channels.created + 1, radix: 36), lastPublish: now)
-            let positioned = envelope.positioned(StreamPosition(offset: updated.latest + 1, epoch: updated.epoch))
-            let kept = HistoryEntry(offset: updated.latest + 1, frame: positioned.frame)
-            if envelope.requiresAck, channels.unacknowledgedBytes + kept.cost > history.maxUnacknowledgedBytes {
-                return BrokerError(
-                    "this node holds \(channels.unacknowledgedBytes) bytes of unacknowledged messages, near its limit (--ack-max-bytes): retry once recipients have acknowledged theirs, or raise the limit",
-                    kind: .storageFull
-                )
+            let position = StreamPosition(offset: updated.latest + 1, epoch: updated.epoch)
+            let kept = HistoryEntry(position: position, body: envelope.frame, positionIndex: envelope.positionIndex)
+            if envelope.requiresAck, case .user(let user) = envelope.target {
+                // Kept before the offset is taken: a refused message leaves no gap.
+                do throws(BrokerError) { try acknowledgements.keep(kept, for: user, now: now) } catch { return .failure(error) }
             }
             if channels.logs[envelope.target] == nil { channels.created += 1 }
             channels.logs[envelope.target] = nil  // uniquely referenced while updated
@@ -251,24 +238,11 @@ public final class LocalBroker: Broker {
             channels.historyEntries -= trimmed.count
             channels.logs[envelope.target] = updated
             channels.enforceBudget(history.maxBytes)
-            if envelope.requiresAck, case .user(let user) = envelope.target {
-                var pending = channels.unacknowledged.removeValue(forKey: user) ?? PendingAcks()
-                pending.entries.append((kept, updated.epoch, now + history.ackTTL))
-                pending.bytes += kept.cost
-                channels.unacknowledgedBytes += kept.cost
-                while pending.entries.count > history.maxUnacknowledged || (pending.bytes > history.maxChannelBytes && pending.entries.count > 1),
-                      let oldest = pending.entries.popFirst() {
-                    pending.bytes -= oldest.entry.cost
-                    channels.unacknowledgedBytes -= oldest.entry.cost
-                }
-                channels.unacknowledged[user] = pending
-            }
             // Delivered under the lock: the next offset of this channel cannot overtake it.
-            sink.deliver(positioned)
-            return nil
+            sink.deliver(envelope.at(position))
+            return .success(position)
         }
-        if let refusal { return eventLoop.makeFailedFuture(refusal) }
-        return eventLoop.makeSucceededVoidFuture()
+        return eventLoop.makeCompletedFuture(result.map { Optional($0) }.mapError { $0 as any Error })
     }
 
     public func history(of target: DeliveryTarget, since: Int64, limit: Int) -> HistoryPage {
@@ -290,29 +264,6 @@ public final class LocalBroker: Broker {
         }
     }
 
-    public func unacknowledged(for user: String) -> [HistoryEntry] {
-        let now = ContinuousClock.now
-        return channels.withLock { channels in
-            guard var pending = channels.unacknowledged.removeValue(forKey: user) else { return [] }
-            channels.unacknowledgedBytes -= pending.removeExpired(now: now)
-            if !pending.entries.isEmpty { channels.unacknowledged[user] = pending }
-            return pending.entries.map(\.entry)
-        }
-    }
-
-    public func unacknowledged(for user: String, on loop: any EventLoop) -> EventLoopFuture<[HistoryEntry]> {
-        loop.makeSucceededFuture(unacknowledged(for: user))
-    }
-
-    public func acknowledge(user: String, offset: Int64, epoch: String?) {
-        channels.withLock { channels in
-            guard let epoch = epoch ?? channels.logs[.user(user)]?.epoch else { return }
-            guard var pending = channels.unacknowledged.removeValue(forKey: user) else { return }
-            channels.unacknowledgedBytes -= pending.remove { $0.entry.offset == offset && $0.epoch == epoch }
-            if !pending.entries.isEmpty { channels.unacknowledged[user] = pending }
-        }
-    }
-
     /// One node delivers every channel already: nothing to subscribe. The change only tells
     /// which channels keep history (see the type's documentation).
     public func changeInterest(_ change: InterestChange, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
@@ -331,6 +282,7 @@ public final class LocalBroker: Broker {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: ttl) }
             let now = ContinuousClock.now
             channels.withLock { $0.expire(now: now, ttl: ttl) }
+            localAcknowledgements.expire(now: now)
             interest.withLock { $0.expire(now: now, ttl: ttl) }
         }
     }

@@ -55,26 +55,30 @@ public enum RedisBackend {
             throw ConfigurationError("--redis \(RedisURL.redacting(redis.url)): \(error)")
         }
         let hub = HeraldServer.makeHub(configuration: configuration, logger: logger)
-        var brokerConfiguration = RedisBroker.Configuration(url: url, nodeID: nodeID)
-        brokerConfiguration.prefix = redis.prefix
+        var backplaneConfiguration = RedisBackplane.Configuration(url: url, nodeID: nodeID)
+        backplaneConfiguration.prefix = redis.prefix
+        let backplane = RedisBackplane(configuration: backplaneConfiguration, logger: logger, group: eventLoop)
+        var brokerConfiguration = RedisBroker.Configuration()
         brokerConfiguration.history = configuration.history
-        let broker = RedisBroker(configuration: brokerConfiguration, deliveringTo: hub, logger: logger, group: eventLoop)
+        let broker = RedisBroker(configuration: brokerConfiguration, backplane: backplane, deliveringTo: hub, logger: logger)
+        let roster = RedisRoster(backplane: backplane, limits: configuration.hub, presenceTTL: redis.presenceTTL, notifying: hub, logger: logger)
         do {
-            try await broker.connect()
+            await broker.connect()
+            try await backplane.connect()
         } catch {
             throw ConfigurationError.unavailable(
                 "cannot use Redis at \(url.host):\(url.port): \(error). Check that redis-server runs there and accepts connections, or fix --redis / HERALD_REDIS_URL"
             )
         }
-        let roster = RedisRoster(broker: broker, limits: configuration.hub, presenceTTL: redis.presenceTTL, notifying: hub, logger: logger)
         await roster.heartbeat()
-        var services: [any Service] = [broker, roster]
+        // Stopped in reverse: the ingest consumer first, the backplane's connections last.
+        var services: [any Service] = [backplane, broker, roster]
         let stream = redis.ingestStream ?? redis.prefix + ":ingest"
         if !stream.isEmpty {
             var ingest = IngestConsumer.Configuration(stream: stream)
             ingest.claimIdle = redis.ingestClaimIdle
             ingest.maxAttempts = redis.ingestMaxAttempts
-            services.append(IngestConsumer(configuration: ingest, broker: broker, logger: logger))
+            services.append(IngestConsumer(configuration: ingest, backplane: backplane, broker: broker, logger: logger))
         }
         return try await HeraldServer(configuration: configuration, hub: hub, broker: broker, roster: roster, services: services, logger: logger)
     }

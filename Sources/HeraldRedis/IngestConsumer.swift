@@ -38,20 +38,24 @@ public final class IngestConsumer: Service, Sendable {
     }
 
     public let configuration: Configuration
-    private let broker: RedisBroker
+    private let backplane: RedisBackplane
+    private let broker: any Broker
     private let client: RedisClient
     private let consumer: String
     private let logger: Logger
 
-    public init(configuration: Configuration, broker: RedisBroker, logger: Logger) {
+    /// Reads the queue in `backplane`'s Redis (on a connection of its own) and publishes each
+    /// event through `broker`.
+    public init(configuration: Configuration, backplane: RedisBackplane, broker: any Broker, logger: Logger) {
         self.configuration = configuration
+        self.backplane = backplane
         self.broker = broker
-        self.consumer = broker.configuration.nodeID
+        self.consumer = backplane.configuration.nodeID
         self.logger = logger
         // Its own connection: XREADGROUP BLOCK holds a connection for up to a second.
-        var clientConfiguration = broker.configuration.client
+        var clientConfiguration = backplane.configuration.client
         clientConfiguration.commandTimeout = .seconds(5)
-        self.client = RedisClient(url: broker.configuration.url, configuration: clientConfiguration)
+        self.client = RedisClient(url: backplane.configuration.url, configuration: clientConfiguration)
     }
 
     public func run() async throws {
@@ -76,7 +80,7 @@ public final class IngestConsumer: Service, Sendable {
             // Both connections (the queue's, and the broker's that publishes) connect and
             // reconnect in their own tasks: an entry read before the broker is back would only
             // fail to publish. The broker reports Redis outages; this loop just waits.
-            guard client.isConnected, broker.isConnected else {
+            guard client.isConnected, backplane.isConnected else {
                 try? await Task.sleep(for: .milliseconds(50))
                 continue
             }
@@ -110,7 +114,7 @@ public final class IngestConsumer: Service, Sendable {
             } catch {
                 if Task.isCancelled { return }
                 ownPendingFirst = true
-                if client.isConnected && broker.isConnected { logger.warning("ingest queue: \(error)") }
+                if client.isConnected && backplane.isConnected { logger.warning("ingest queue: \(error)") }
                 try? await Task.sleep(for: backoff.next())
             }
         }

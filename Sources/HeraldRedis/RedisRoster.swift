@@ -10,24 +10,27 @@ public import ServiceLifecycle
 ///
 /// A join or leave is one Lua script that checks the limits, changes the sets and publishes the
 /// change on the user's channel in one atomic step, so every node hears the changes of one
-/// user in the order they were stored. It then waits (bounded by the broker's
-/// `membershipConfirmationTimeout`) until every node holding the user's connections confirmed
-/// it applied the change.
+/// user in the order they were stored. It then waits (bounded by its `confirmationTimeout`)
+/// until every node holding the user's connections confirmed it applied the change. Its
+/// connections are the ``RedisBackplane``'s, shared with ``RedisBroker``; it handles the
+/// membership notices and the confirmations the backplane routes to it.
 ///
 /// Presence: each node counts its connections per user in `{prefix}:presence:{node}`, and
 /// keeps its entry in `{prefix}:nodes` alive with a heartbeat. A node that dies without saying
 /// goodbye stops counting as online after `presenceTTL`. The scripts use keys they are not
 /// passed, so this roster needs a single Redis (or a primary with replicas), not Redis Cluster.
 public final class RedisRoster: Roster, Service {
-    private let broker: RedisBroker
+    private let backplane: RedisBackplane
+    /// Membership changes waiting for the nodes holding the user's connections to confirm them.
+    private let acks: MembershipAcks
     private let sink: any DeliverySink
     private let limits: HubConfiguration
     private let logger: Logger
     /// How long a node's presence outlives its last heartbeat.
     public let presenceTTL: Duration
-    private var layout: RedisLayout { broker.layout }
-    private var client: RedisClient { broker.client }
-    private var nodeID: String { broker.configuration.nodeID }
+    private var layout: RedisLayout { backplane.layout }
+    private var client: RedisClient { backplane.client }
+    private var nodeID: String { backplane.configuration.nodeID }
     /// A presence change did not reach Redis: the next heartbeat rewrites the node's presence.
     private let presenceStale: PresenceFlag
     private let scriptsPreloaded = Atomic<Bool>(false)
@@ -38,15 +41,40 @@ public final class RedisRoster: Roster, Service {
     /// This node's presence changes, sent in batches.
     private let presenceChanges: DeltaBatcher
 
-    public init(broker: RedisBroker, limits: HubConfiguration, presenceTTL: Duration = .seconds(10), notifying sink: any DeliverySink, logger: Logger) {
-        self.broker = broker
+    /// - Parameter confirmationTimeout: how long a membership change waits for the nodes holding
+    ///   the user's connections to confirm they applied it.
+    public init(
+        backplane: RedisBackplane,
+        limits: HubConfiguration,
+        presenceTTL: Duration = .seconds(10),
+        confirmationTimeout: TimeAmount = .seconds(2),
+        notifying sink: any DeliverySink,
+        logger: Logger
+    ) {
+        self.backplane = backplane
         self.limits = limits
         self.presenceTTL = presenceTTL
         self.sink = sink
         self.logger = logger
-        let client = broker.client
-        let layout = broker.layout
-        let presenceKey = layout.presenceKey(broker.configuration.nodeID)
+        let acks = MembershipAcks(timeout: confirmationTimeout)
+        self.acks = acks
+        let client = backplane.client
+        let layout = backplane.layout
+        let presenceKey = layout.presenceKey(backplane.configuration.nodeID)
+        backplane.route(
+            notices: { user, payload in
+                guard let notice = MembershipNotice(user: user, payload: String(buffer: payload)) else {
+                    logger.warning("malformed membership notice ignored", metadata: ["user": "\(user)"])
+                    return
+                }
+                sink.membershipChanged(notice.change).whenComplete { _ in
+                    // Confirm even when the subscription failed: the change is applied here;
+                    // the origin must not wait for a node that cannot do better.
+                    _ = client.submit(RESPCommand("PUBLISH", layout.nodeChannel(notice.origin), notice.token))
+                }
+            },
+            nodeMessages: { payload in acks.confirmed(String(buffer: payload)) }
+        )
         let ttl = ByteBuffer(string: String(presenceTTL.components.seconds))
         let stale = PresenceFlag()
         self.presenceStale = stale
@@ -93,7 +121,7 @@ public final class RedisRoster: Roster, Service {
     }
 
     private func change(_ change: MembershipChange, script: RedisScript, limits extra: [String]) async throws(HubError) -> Bool {
-        let (token, confirmed) = broker.acks.expect(on: MultiThreadedEventLoopGroup.singleton.any())
+        let (token, confirmed) = acks.expect(on: MultiThreadedEventLoopGroup.singleton.any())
         let notice = MembershipNotice(origin: nodeID, token: token, change: change).encoded()
         let reply: RESPValue
         do {
@@ -103,16 +131,16 @@ public final class RedisRoster: Roster, Service {
                 arguments: [change.user, change.room, layout.channel(for: .user(change.user)), notice] + extra
             )
         } catch {
-            broker.acks.cancel(token)
+            acks.cancel(token)
             throw HubError.unavailable("Redis: \(error)")
         }
         guard case .array(let items?) = reply, items.count == 2, case .integer(let code) = items[0], case .integer(let receivers) = items[1] else {
-            broker.acks.cancel(token)
+            acks.cancel(token)
             throw HubError.unavailable("Redis answered the membership script with \(reply)")
         }
         switch code {
         case 1:
-            broker.acks.expectConfirmations(Int(receivers), for: token)
+            acks.expectConfirmations(Int(receivers), for: token)
             if (try? await confirmed.get()) != true {
                 logger.warning(
                     "not every node confirmed a membership change in time; it is stored and will apply there shortly",
@@ -123,20 +151,20 @@ public final class RedisRoster: Roster, Service {
         case 0 where receivers > 0:
             // A leave Redis had nothing to remove for, announced all the same: nodes may still
             // apply the membership (Redis restarted without persistence and forgot it).
-            broker.acks.expectConfirmations(Int(receivers), for: token)
+            acks.expectConfirmations(Int(receivers), for: token)
             _ = try? await confirmed.get()
             return false
         case 0:
-            broker.acks.cancel(token)
+            acks.cancel(token)
             return false
         case -1:
-            broker.acks.cancel(token)
+            acks.cancel(token)
             throw HubError.userRoomLimit(user: change.user, limit: limits.maxRoomsPerUser)
         case -2:
-            broker.acks.cancel(token)
+            acks.cancel(token)
             throw HubError.roomFull(room: change.room, limit: limits.maxMembersPerRoom)
         default:
-            broker.acks.cancel(token)
+            acks.cancel(token)
             throw HubError.roomLimit(limit: limits.maxRooms)
         }
     }
@@ -202,8 +230,8 @@ public final class RedisRoster: Roster, Service {
                     try? await Task.sleep(for: interval)
                 }
             }
-            group.addTask { [broker] in
-                for await _ in broker.commandReconnects { tick.yield() }
+            group.addTask { [backplane] in
+                for await _ in backplane.commandReconnects { tick.yield() }
             }
             await cancelWhenGracefulShutdown {
                 for await _ in ticks { await self.heartbeat() }

@@ -83,9 +83,8 @@ final class StreamTracker: Sendable {
                 if page.oldest > from + 1 { outcome.lost += Int(page.oldest - from - 1) }
                 var delivered = from
                 for entry in page.entries where entry.offset > delivered {
-                    let position = StreamPosition(offset: entry.offset, epoch: page.latest.epoch)
-                    sink.deliver(Envelope(target: target, frame: entry.frame, position: position))
-                    tracked.position = position
+                    sink.deliver(entry.envelope(to: target))
+                    tracked.position = entry.position
                     delivered = entry.offset
                     outcome.delivered += 1
                 }

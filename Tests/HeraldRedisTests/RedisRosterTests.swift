@@ -16,7 +16,7 @@ final class CountingSink: DeliverySink {
     let delivered = Mutex<[String]>([])
 
     func deliver(_ envelope: Envelope) {
-        delivered.withLock { $0.append(String(buffer: envelope.frame)) }
+        delivered.withLock { $0.append(String(buffer: envelope.deliveredFrame)) }
     }
     func membershipChanged(_ change: MembershipChange) -> EventLoopFuture<Void> {
         changes.withLock { $0.append(change) }
@@ -29,22 +29,29 @@ final class CountingSink: DeliverySink {
 @Suite("Redis roster: memberships, limits and presence in a real Redis", .serialized)
 struct RedisRosterTests {
     struct Node {
+        let backplane: RedisBackplane
         let broker: RedisBroker
         let roster: RedisRoster
         let sink: CountingSink
 
         init(_ id: String, port: Int, limits: HubConfiguration = .init()) async throws {
             sink = CountingSink()
-            broker = RedisBroker(configuration: .init(url: RedisURL(port: port), nodeID: id), deliveringTo: sink, logger: Logger(label: "test"))
-            try await broker.connect()
-            roster = RedisRoster(broker: broker, limits: limits, presenceTTL: .seconds(3), notifying: sink, logger: Logger(label: "test"))
+            backplane = RedisBackplane(configuration: .init(url: RedisURL(port: port), nodeID: id), logger: Logger(label: "test"))
+            broker = RedisBroker(backplane: backplane, deliveringTo: sink, logger: Logger(label: "test"))
+            roster = RedisRoster(backplane: backplane, limits: limits, presenceTTL: .seconds(3), notifying: sink, logger: Logger(label: "test"))
+            await broker.connect()
+            try await backplane.connect()
             await roster.heartbeat()
         }
 
-        /// Runs the broker (until the returned task is cancelled) with `user`'s channel
-        /// subscribed, as a node holding a connection of the user.
+        /// Runs the backplane and the broker (until the returned task is cancelled) with `user`'s
+        /// channel subscribed, as a node holding a connection of the user.
         func runHolding(_ user: String) async throws -> Task<Void, any Error> {
-            let running = Task { [broker] in try await broker.run() }
+            let running = Task { [backplane, broker] in
+                async let connections: Void = backplane.run()
+                try await broker.run()
+                try await connections
+            }
             try await broker.changeInterest(InterestChange(subscribe: [.user(user)]), on: MultiThreadedEventLoopGroup.singleton.any()).get()
             return running
         }

@@ -115,13 +115,13 @@ struct HistoryBudgetTests {
         #expect(broker.heldBytes.unacknowledged <= 100_000)
         // Everything accepted is still there.
         for index in 0..<accepted {
-            #expect(broker.unacknowledged(for: "u\(index)").count == 1)
+            #expect(broker.localAcknowledgements.unacknowledged(for: "u\(index)").count == 1)
         }
         // Acknowledging frees room for the next one.
-        let entry = try #require(broker.unacknowledged(for: "u0").first)
-        broker.acknowledge(user: "u0", offset: entry.offset, epoch: nil)
+        let entry = try #require(broker.localAcknowledgements.unacknowledged(for: "u0").first)
+        broker.localAcknowledgements.acknowledge(user: "u0", offset: entry.offset, epoch: nil)
         try await broker.publish(.message(to: .user("late"), from: nil, data: payload(10_000), requiresAck: true), on: loop)
-        #expect(broker.unacknowledged(for: "late").count == 1)
+        #expect(broker.localAcknowledgements.unacknowledged(for: "late").count == 1)
     }
 
     @Test func oneUsersUnacknowledgedMessagesAreBoundedByBytes() async throws {
@@ -129,7 +129,7 @@ struct HistoryBudgetTests {
         for _ in 0..<20 {
             try await broker.publish(.message(to: .user("bob"), from: nil, data: payload(10_000), requiresAck: true), on: loop)
         }
-        let pending = broker.unacknowledged(for: "bob")
+        let pending = broker.localAcknowledgements.unacknowledged(for: "bob")
         #expect(pending.count < 5)
         #expect(pending.last?.offset == 20)
         #expect(broker.heldBytes.unacknowledged <= 50_000)

@@ -69,7 +69,7 @@ extension WebSocketConnection {
     private func acknowledge(offset: Int64, epoch: String?, id: RawJSON?) {
         let broker = node.broker
         let user = self.user
-        eventLoop.makeFutureWithTask { try await broker.acknowledge(user: user, offset: offset, epoch: epoch) }.whenComplete { [self] result in
+        eventLoop.makeFutureWithTask { try await broker.acknowledgements.acknowledge(user: user, offset: offset, epoch: epoch) }.whenComplete { [self] result in
             switch result {
             case .success: send(ServerFrame.ok(id: id), flush: true)
             case .failure(let error): send(ServerFrame.error(.unavailable, message: "\(error)", id: id), flush: true)

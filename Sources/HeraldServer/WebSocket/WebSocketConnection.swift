@@ -156,9 +156,9 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             // The common case needs no task: nothing to replay, and the broker batches the
             // unacknowledged reads of every connect under way.
             if resumeFrom == nil, !resumeIsInvalid {
-                return broker.unacknowledged(for: user, on: eventLoop).map { entries -> (HistoryPage?, [HistoryEntry]) in (nil, entries) }
+                return broker.acknowledgements.unacknowledged(for: user, on: eventLoop).map { entries -> (HistoryPage?, [HistoryEntry]) in (nil, entries) }
             }
-            return eventLoop.makeFutureWithTask {
+            return eventLoop.makeFutureWithTask { [eventLoop] in
                 let page: HistoryPage?
                 if let resumeFrom {
                     page = try await broker.history(of: .user(user), since: resumeFrom.offset, limit: limit)
@@ -166,7 +166,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
                     // Only the channel's position, for the welcome: nothing is replayed.
                     page = try await broker.history(of: .user(user), since: 0, limit: 0)
                 }
-                return (page, try await broker.unacknowledged(for: user))
+                return (page, try await broker.acknowledgements.unacknowledged(for: user, on: eventLoop).get())
             }
         }
         missed.hop(to: eventLoop).whenComplete { [self] result in
