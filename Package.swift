@@ -180,6 +180,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The Broker and Roster contracts, run against every backend (in memory, Redis).
+        .testTarget(
+            name: "HeraldConformanceTests",
+            dependencies: [
+                "Herald",
+                "HeraldRedis",
+                "HeraldTestSupport",
+                "HeraldWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "HeraldBenchTests",
             dependencies: [

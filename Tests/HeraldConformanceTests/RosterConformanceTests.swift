@@ -1,0 +1,137 @@
+import Herald
+import NIOCore
+import Synchronization
+import Testing
+
+/// The ``Roster`` contract, stated once and run against every backend: memberships belong to
+/// users and are announced to the nodes holding them before a change returns, limits hold,
+/// presence counts connections across nodes and forgets a node that died, and an unavailable
+/// store is reported as such (never as a limit).
+@Suite("Roster conformance", .serialized, .timeLimit(.minutes(1)))
+struct RosterConformanceTests {
+    @Test(arguments: BackendKind.allCases)
+    func membershipsAreStoredPerUserAndReportedOnce(_ kind: BackendKind) async throws {
+        try await TestBackend.with(kind) { (backend: TestBackend) async throws -> Void in
+            let roster = backend.node.roster
+            #expect(try await roster.join(user: "ada", room: "a") == true)
+            #expect(try await roster.join(user: "ada", room: "a") == false, "a second join changes nothing")
+            #expect(try await roster.join(user: "bob", room: "a") == true)
+            #expect(try await roster.join(user: "ada", room: "b") == true)
+            #expect(try await roster.members(of: "a") == ["ada", "bob"])
+            #expect(try await roster.members(of: "nowhere") == [])
+            #expect(try await roster.rooms(of: "ada") == ["a", "b"])
+            #expect(try await roster.rooms(of: "ada", on: TestNode.loop).get() == ["a", "b"], "the batched read answers the same")
+            #expect(try await roster.rooms(of: "nobody", on: TestNode.loop).get() == [])
+            #expect(try await roster.roomCount() == 2)
+            #expect(try await roster.leave(user: "ada", room: "b") == true)
+            #expect(try await roster.leave(user: "ada", room: "b") == false, "a second leave changes nothing")
+            #expect(try await roster.rooms(of: "ada") == ["a"])
+            #expect(try await roster.roomCount() == 1, "a room without members no longer exists")
+            let (members, online) = try await roster.presence(of: "a")
+            #expect(members == ["ada", "bob"] && online == [])
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func limitsAreEnforcedAndReportedAsLimits(_ kind: BackendKind) async throws {
+        let limited: (inout BackendSettings) -> Void = {
+            $0.limits.maxRoomsPerUser = 2
+            $0.limits.maxMembersPerRoom = 2
+            $0.limits.maxRooms = 3
+        }
+        try await TestBackend.with(kind, configure: limited) { (backend: TestBackend) async throws -> Void in
+            let roster = backend.node.roster
+            #expect(try await roster.join(user: "ada", room: "a") == true)
+            #expect(try await roster.join(user: "bob", room: "a") == true)
+            await #expect { _ = try await roster.join(user: "carol", room: "a") } throws: { ($0 as? HubError)?.isMembershipLimit == true }
+            #expect(try await roster.join(user: "ada", room: "b") == true)
+            await #expect { _ = try await roster.join(user: "ada", room: "c") } throws: { ($0 as? HubError)?.isMembershipLimit == true }
+            #expect(try await roster.join(user: "bob", room: "c") == true)
+            await #expect { _ = try await roster.join(user: "dave", room: "d") } throws: { ($0 as? HubError)?.isMembershipLimit == true }
+            #expect(try await roster.members(of: "a") == ["ada", "bob"], "a refused join stores nothing")
+            #expect(try await roster.roomCount() == 3)
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func aChangeReachesTheNodeHoldingTheUserBeforeItReturnsInStoreOrder(_ kind: BackendKind) async throws {
+        try await TestBackend.with(kind, nodes: kind.maxNodes) { backend in
+            let holder = backend.nodes[backend.nodes.count - 1]
+            let changer = backend.nodes[0]
+            // The holder has a connection of ada's: it declared interest in her channel.
+            try await holder.holds(.user("ada"))
+            #expect(try await changer.roster.join(user: "ada", room: "a") == true)
+            #expect(holder.sink.changes.withLock { $0 } == [MembershipChange(user: "ada", room: "a", isMember: true)], "applied before join returned")
+            #expect(try await changer.roster.join(user: "ada", room: "b") == true)
+            #expect(try await changer.roster.leave(user: "ada", room: "a"))
+            #expect(try await changer.roster.join(user: "ada", room: "b") == false)
+            #expect(
+                holder.sink.changes.withLock { $0 }.filter { $0.user == "ada" } == [
+                    MembershipChange(user: "ada", room: "a", isMember: true),
+                    MembershipChange(user: "ada", room: "b", isMember: true),
+                    MembershipChange(user: "ada", room: "a", isMember: false),
+                ],
+                "every change that took effect, in the order it was stored; a join that changed nothing is not announced"
+            )
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func presenceCountsConnectionsOnEveryNode(_ kind: BackendKind) async throws {
+        try await TestBackend.with(kind, nodes: kind.maxNodes) { backend in
+            for node in backend.nodes {
+                node.roster.presenceChanged(user: "ada", delta: 1)
+            }
+            backend.nodes[0].roster.presenceChanged(user: "bob", delta: 2)
+            let reader = backend.nodes[backend.nodes.count - 1].roster
+            let nodes = backend.nodes.count
+            try await eventually("every node's presence counted") {
+                try await reader.connectionCounts(of: ["ada", "bob", "carol"]) == ["ada": nodes, "bob": 2, "carol": 0]
+            }
+            _ = try await reader.join(user: "ada", room: "r")
+            _ = try await reader.join(user: "carol", room: "r")
+            #expect(try await reader.presence(of: "r").online == ["ada"])
+            backend.nodes[0].roster.presenceChanged(user: "bob", delta: -2)
+            try await eventually("bob's last connection gone") { try await reader.connectionCounts(of: ["bob"]) == ["bob": 0] }
+            if let totals = try await reader.clusterTotals() {
+                #expect(totals.nodes == nodes, "a roster shared by nodes knows the live ones")
+            }
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases.filter(\.outlivesNodes))
+    func aNodeThatStopsHeartbeatingStopsCountingAfterThePresenceTTL(_ kind: BackendKind) async throws {
+        let secondNodeDies: (inout BackendSettings) -> Void = {
+            $0.presenceTTL = .seconds(3)
+            $0.silentNodes = [1]
+        }
+        try await TestBackend.with(kind, nodes: 2, configure: secondNodeDies) { backend in
+            let (survivor, dying) = (backend.nodes[0], backend.nodes[1])
+            survivor.roster.presenceChanged(user: "ada", delta: 1)
+            dying.roster.presenceChanged(user: "ada", delta: 1)
+            try await eventually("both counted") { try await survivor.roster.connectionCounts(of: ["ada"]) == ["ada": 2] }
+            // The second node never heartbeats after its start, as if it was killed then: no
+            // goodbye reaches the store.
+            try await eventually("the dead node's connections expire", within: 10) {
+                try await survivor.roster.connectionCounts(of: ["ada"]) == ["ada": 1]
+            }
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases.filter(\.canBeUnavailable))
+    func anUnavailableStoreIsReportedAsUnavailableNotAsALimit(_ kind: BackendKind) async throws {
+        try await TestBackend.with(kind) { (backend: TestBackend) async throws -> Void in
+            let roster = backend.node.roster
+            #expect(try await roster.join(user: "ada", room: "a") == true)
+            backend.makeUnavailable()
+            let started = ContinuousClock.now
+            await #expect { _ = try await roster.join(user: "ada", room: "b") } throws: { error in
+                guard let error = error as? HubError else { return false }
+                return !error.isMembershipLimit && !error.isConnectionLimit
+            }
+            await #expect(throws: HubError.self) { _ = try await roster.members(of: "a") }
+            await #expect(throws: HubError.self) { _ = try await roster.rooms(of: "ada", on: TestNode.loop).get() }
+            #expect(ContinuousClock.now - started < .seconds(5))
+        }
+    }
+}
