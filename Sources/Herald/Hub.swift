@@ -101,6 +101,7 @@ public final class Hub: DeliverySink, Service, Sendable {
     /// with ``HubError`` when the roster could not be read: close the connection.
     /// - Throws: ``HubError`` when the node or the user is at its connection limit (close with 4029).
     public func register(_ connection: any ClientConnection) throws(HubError) -> EventLoopFuture<Void> {
+        connection.eventLoop.assertInEventLoop()
         let shard = shard(for: connection.eventLoop)
         let limits = configuration
         let cluster = wiring
@@ -164,6 +165,7 @@ public final class Hub: DeliverySink, Service, Sendable {
 
     /// Removes a connection from every index. Call on the connection's event loop, once.
     public func unregister(_ connection: any ClientConnection) {
+        connection.eventLoop.assertInEventLoop()
         let cluster = wiring
         let user = connection.user
         shard(for: connection.eventLoop).remove(connection)

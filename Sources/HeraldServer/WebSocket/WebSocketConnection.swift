@@ -28,8 +28,9 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     /// Rooms this client may join by itself.
     let permissions: RoomPermissions
 
-    private enum State { case starting, open, closing, closed }
-    private var state = State.starting
+    /// Where the connection is in its life, and what closing it takes (the decisions; this
+    /// handler carries them out).
+    private var machine = ConnectionStateMachine()
     private var context: ChannelHandlerContext?
     private let outbox: SocketOutbox
     private var parser: WebSocketFrameParser
@@ -48,12 +49,6 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private var bucket: TokenBucket
     private var refusedFrames = 0
     private var refusalWindowStart = NIODeadline.now()
-    private var closeCode: CloseCode?
-    /// The client half-closed (FIN): nothing more will be read.
-    private var inputEnded = false
-    /// The client broke the protocol: what it sends is dropped until it closes.
-    private var discardingInput = false
-    private var closeReason = ""
 
     /// Whether the client asked to resume its user's channel (`?since_offset=&since_epoch=`).
     private let resume: ResumeRequest
@@ -121,9 +116,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     }
 
     private func start() {
-        guard state == .starting, let context else { return }
+        guard machine.state == .starting, context != nil else { return }
         if let rejection {
-            state = .open
             log("connection refused", ["reason": .string(rejection)])
             close(.unauthorized, reason: rejection)
             return
@@ -135,7 +129,6 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             ready = try node.hub.register(self)
         } catch {
             if let hold { node.hub.release(hold, for: self) }
-            state = .open
             log("connection refused", ["reason": .string(error.description)])
             close(.tooManyConnections, reason: error.description)
             return
@@ -144,7 +137,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         node.connecting.add(1, ordering: .relaxed)
         isConnecting = true
         // Frames sent before the welcome wait until the user's channels are live.
-        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        context?.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         let broker = node.broker
         let user = self.user
         let resumeFrom = self.resumeFrom
@@ -172,10 +165,10 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         missed.hop(to: eventLoop).whenComplete { [self] result in
             finishConnecting()
             if let hold { node.hub.release(hold, for: self) }
-            guard state == .starting else { return }
-            state = .open
+            guard machine.state == .starting else { return }
             switch result {
             case .success(let (page, unacknowledged)):
+                _ = machine.setUp()
                 log("connection open")
                 let recovery = page.flatMap { page in
                     resumeIsInvalid ? (Recovery.invalidPosition, page.latest) : resumeFrom.map { (page.recovery(from: $0), page.latest) }
@@ -267,11 +260,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         finishConnecting()
         let wasRegistered = registered
         registered = false
-        state = .closed
+        machine.closed()
         if wasRegistered {
             node.hub.unregister(self)
-            let code = closeCode.map { String($0.rawValue) } ?? "none"
-            log("connection closed", ["code": .string(code), "reason": .string(closeReason.isEmpty ? "connection lost" : closeReason)])
+            let code = machine.closeCode.map { String($0.rawValue) } ?? "none"
+            log("connection closed", ["code": .string(code), "reason": .string(machine.closeReason.isEmpty ? "connection lost" : machine.closeReason)])
         }
         self.context = nil
         outbox.detach()
@@ -293,9 +286,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             // presence and subscriptions are let go of once the frames it sent before are
             // handled (a join waiting for the roster, frames read before the welcome), not
             // when a write fails much later.
-            inputEnded = true
-            if closeReason.isEmpty { closeReason = "the client closed its side of the connection" }
-            if state == .closing { context.close(promise: nil) } else { closeIfInputEnded() }
+            perform(machine.inputClosed(commandInFlight: commandInFlight))
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -303,26 +294,25 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // Only I/O errors reach here (protocol errors are the parser's): the connection is gone.
-        closeReason = closeReason.isEmpty ? "error: \(error)" : closeReason
-        context.close(promise: nil)
+        perform(machine.failed(error))
     }
 
     // MARK: - Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard state != .closed, !discardingInput else { return }
+        guard machine.parsesInput else { return }
         parser.append(unwrapInboundIn(data))
         parseBuffered()
     }
 
     private func parseBuffered() {
         do {
-            while (state == .open && !commandInFlight) || state == .closing, let frame = try parser.next() {
+            while machine.readsFrames(commandInFlight: commandInFlight), let frame = try parser.next() {
                 awaitingPong = false  // any frame proves the peer is alive
                 handle(frame)
             }
         } catch {
-            fail(error)
+            perform(machine.violated(error))
             return
         }
         closeIfInputEnded()
@@ -330,62 +320,79 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
 
     /// After the client's FIN, once everything it sent was handled: replies written, then close.
     private func closeIfInputEnded() {
-        guard inputEnded, !commandInFlight, state == .open, let context else { return }
-        state = .closing
-        flush()
-        let channel = context.channel
-        if let written = outbox.writeThroughNIO(ByteBuffer()) {
-            written.whenComplete { _ in channel.close(promise: nil) }
-        } else {
-            channel.close(promise: nil)
-        }
+        perform(machine.closeIfInputEnded(commandInFlight: commandInFlight))
     }
 
-    /// The client broke the protocol (RFC 6455, 7.1.7, "Fail the WebSocket Connection"): the
-    /// close frame says why, then our side of TCP is shut as soon as it is written. Nothing the
-    /// client sends after a violation can be parsed, so it is read and dropped until the client
-    /// closes too (or the close timeout): closing at once while the client still sends would
-    /// make the kernel answer with a reset, which can destroy the close frame in the client's
-    /// receive buffer (a lingering close).
-    private func fail(_ violation: WebSocketViolation) {
-        guard let context, state != .closed, !discardingInput else { return }
-        discardingInput = true
-        guard state != .closing else {
-            context.close(promise: nil)
-            return
-        }
-        state = .closing
-        closeCode = violation.code
-        closeReason = violation.reason
+    /// Carries out what the state machine decided about closing.
+    private func perform(_ action: ConnectionStateMachine.CloseAction) {
+        eventLoop.assertInEventLoop()
+        guard let context else { return }
         let channel = context.channel
-        let written = outbox.writeThroughNIO(WebSocketFraming.closeFrame(code: violation.code.rawValue, reason: violation.reason))
-        written?.whenComplete { _ in
-            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+        switch action {
+        case .none:
+            break
+        case .sendClose(let code, let reason):
+            // RFC 6455 closing handshake: wait for the client's close frame before dropping TCP.
+            // Closing at once would make the client's reply hit a closed socket, and the reset can
+            // destroy our close frame (and its reason) in the client's receive buffer.
+            write(WebSocketFraming.closeFrame(code: code.rawValue, reason: reason))
+            flush()
+            scheduleHardClose()
+        case .echoClose(let code):
+            // Echo the client's code, as RFC 6455 asks, then drop the socket once it is written.
+            var payload = ByteBuffer()
+            if let code { payload.writeInteger(code) }
+            let echoed = outbox.writeThroughNIO(WebSocketFraming.frame(opcode: WebSocketFraming.close, payload: payload))
+            echoed?.whenComplete { [weak self] _ in self?.context?.close(promise: nil) }
+            scheduleHardClose()
+        case .failConnection(let code, let reason):
+            // Nothing the client sends after a violation can be parsed, so it is read and
+            // dropped until the client closes too (or the close timeout): closing at once while
+            // the client still sends would make the kernel answer with a reset, which can
+            // destroy the close frame in the client's receive buffer (a lingering close).
+            let written = outbox.writeThroughNIO(WebSocketFraming.closeFrame(code: code.rawValue, reason: reason))
+            written?.whenComplete { _ in
+                channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+            }
+            scheduleHardClose()
+        case .closeChannel:
+            context.close(promise: nil)
+        case .flushThenCloseChannel:
+            flush()
+            if let written = outbox.writeThroughNIO(ByteBuffer()) {
+                written.whenComplete { _ in channel.close(promise: nil) }
+            } else {
+                channel.close(promise: nil)
+            }
         }
-        scheduleHardClose()
     }
 
     private func handle(_ frame: WebSocketFrameParser.Frame) {
+        switch machine.received(frame) {
+        case .ignore:
+            return  // a pong (liveness noted by the caller), or a frame to a connection not open
+        case .close(let action):
+            perform(action)
+            return
+        case .handle:
+            break
+        }
+        guard admit() else { return }
         switch frame {
         case .text(let text):
-            guard state == .open, admit() else { return }
             handle(text: text)
         case .binary:
-            guard state == .open, admit() else { return }
             send(ServerFrame.error(.badRequest, message: "binary frames are not supported: send JSON text frames", id: nil))
         case .ping(let payload):
             // Pings count against the rate limit too, and their pongs against the outbound
             // bound: a client flooding pings without reading cannot grow our memory.
-            guard state == .open, admit() else { return }
             guard isWritable else {
                 cutSlowConsumer()
                 return
             }
             write(WebSocketFraming.frame(opcode: WebSocketFraming.pong, payload: payload))
-        case .pong:
-            break  // liveness noted by the caller
-        case .close(let code):
-            receivedClose(code: code)
+        case .pong, .close:
+            break
         }
     }
 
@@ -423,25 +430,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         perform(frame)
     }
 
-    private func receivedClose(code: UInt16?) {
-        if state == .open {
-            closeReason = "closed by client" + (code.map { " (\($0))" } ?? "")
-            // Echo the client's code, as RFC 6455 asks, then drop the socket once it is written.
-            state = .closing
-            var payload = ByteBuffer()
-            if let code { payload.writeInteger(code) }
-            let echoed = outbox.writeThroughNIO(WebSocketFraming.frame(opcode: WebSocketFraming.close, payload: payload))
-            echoed?.whenComplete { [weak self] _ in self?.context?.close(promise: nil) }
-            scheduleHardClose()
-        } else if state == .closing {
-            context?.close(promise: nil)  // the client answered our close frame
-        }
-    }
-
     // MARK: - Outbound (ClientConnection)
 
     func enqueue(_ frame: ByteBuffer) -> Bool {
-        guard state == .open, context != nil else { return false }
+        eventLoop.assertInEventLoop()
+        guard machine.isOpen, context != nil else { return false }
         guard isWritable else {
             cutSlowConsumer()
             return false
@@ -459,7 +452,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     }
 
     func heartbeat(judging: Bool) {
-        guard state == .open, context != nil else { return }
+        eventLoop.assertInEventLoop()
+        guard machine.isOpen, context != nil else { return }
         if awaitingPong {
             if judging { close(.heartbeatTimeout, reason: "heartbeat timeout: no answer to the last ping") }
             return
@@ -470,21 +464,15 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     }
 
     func close(_ code: CloseCode, reason: String) {
-        guard state == .open || state == .starting, context != nil else { return }
-        state = .closing
-        closeCode = code
-        closeReason = reason
-        // RFC 6455 closing handshake: wait for the client's close frame before dropping TCP.
-        // Closing at once would make the client's reply hit a closed socket, and the reset can
-        // destroy our close frame (and its reason) in the client's receive buffer.
-        write(WebSocketFraming.closeFrame(code: code.rawValue, reason: reason))
-        flush()
-        scheduleHardClose()
+        eventLoop.assertInEventLoop()
+        guard context != nil else { return }
+        perform(machine.close(code, reason: reason))
     }
 
     /// Writes a delivery that is already framed (history replayed to this connection).
     func deliver(_ framed: ByteBuffer) {
-        guard state == .open else { return }
+        eventLoop.assertInEventLoop()
+        guard machine.isOpen else { return }
         guard isWritable else {
             cutSlowConsumer()
             return
@@ -494,7 +482,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
 
     /// Sends a reply frame; flushed at the end of the read batch unless `flush` is set.
     func send(_ frame: ByteBuffer, flush: Bool = false) {
-        guard state == .open else { return }
+        eventLoop.assertInEventLoop()
+        guard machine.isOpen else { return }
         guard isWritable else {
             cutSlowConsumer()
             return
@@ -517,8 +506,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     /// A peer that never reads will never take our close frame: drop it after the close timeout.
     private func scheduleHardClose() {
         eventLoop.scheduleTask(in: node.configuration.closeTimeout) { [weak self] in
-            guard let self, self.state != .closed else { return }
-            self.context?.close(promise: nil)
+            guard let self else { return }
+            self.perform(self.machine.closeTimeoutPassed())
         }
     }
 
