@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "HeraldWire", targets: ["HeraldWire"]),
         .library(name: "Herald", targets: ["Herald"]),
         .library(name: "HeraldServer", targets: ["HeraldServer"]),
+        .library(name: "HeraldRedisClient", targets: ["HeraldRedisClient"]),
         .library(name: "HeraldRedis", targets: ["HeraldRedis"]),
         .library(name: "HeraldCluster", targets: ["HeraldCluster"]),
     ],
@@ -72,16 +73,29 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
+            resources: [.embedInCode("Demo/demo.html")],
             swiftSettings: swiftSettings
         ),
+        // A RESP3 client for Redis (commands, scripts, pub/sub, reconnects), usable without Herald.
+        .target(
+            name: "HeraldRedisClient",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Herald's Redis backend: broker, roster, acknowledgement store and ingest queue.
         .target(
             name: "HeraldRedis",
             dependencies: [
                 "Herald",
+                "HeraldRedisClient",
                 "HeraldWire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -94,6 +108,7 @@ let package = Package(
             dependencies: [
                 "Herald",
                 "HeraldRedis",
+                "HeraldRedisClient",
                 "HeraldServer",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -170,13 +185,24 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
-            name: "HeraldRedisTests",
+            name: "HeraldRedisClientTests",
             dependencies: [
-                "HeraldRedis",
+                "HeraldRedisClient",
                 "HeraldTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HeraldRedisTests",
+            dependencies: [
+                "HeraldRedis",
+                "HeraldRedisClient",
+                "HeraldTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -186,6 +212,7 @@ let package = Package(
             dependencies: [
                 "Herald",
                 "HeraldRedis",
+                "HeraldRedisClient",
                 "HeraldTestSupport",
                 "HeraldWire",
                 .product(name: "Logging", package: "swift-log"),
@@ -211,7 +238,7 @@ let package = Package(
             dependencies: [
                 "Herald",
                 "HeraldServer",
-                "HeraldRedis",
+                "HeraldRedisClient",
                 "HeraldTestSupport",
                 "HeraldWire",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),

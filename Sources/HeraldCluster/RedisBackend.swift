@@ -1,5 +1,6 @@
 import Herald
 import HeraldRedis
+import HeraldRedisClient
 public import HeraldServer
 public import Logging
 import NIOPosix

@@ -1,3 +1,4 @@
+import HeraldRedisClient
 import DequeModule
 public import NIOCore
 import Synchronization
@@ -70,7 +71,7 @@ public final class BatchedReader<Value: Sendable>: Sendable {
                     for promise in entry.promises { promise.succeed(value) }
                 }
             case .success(let values):
-                let error = RedisError("a batched read of \(batch.count) keys was answered with \(values.count) values")
+                let error = RedisError.unexpectedReply("a batched read of \(batch.count) keys was answered with \(values.count) values")
                 for entry in batch { for promise in entry.promises { promise.fail(error) } }
             case .failure(let error):
                 for entry in batch { for promise in entry.promises { promise.fail(error) } }

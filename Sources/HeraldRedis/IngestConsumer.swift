@@ -1,3 +1,4 @@
+import HeraldRedisClient
 import Herald
 import HeraldWire
 public import Logging
@@ -105,7 +106,7 @@ public final class IngestConsumer: Service, Sendable {
                 // the group destroyed): create it again, at once, or the queue stalls for good.
                 ownPendingFirst = true
                 if groupReady {
-                    logger.notice("ingest queue: the consumer group \(configuration.group) of \(configuration.stream) is gone (\(error.code)); creating it again")
+                    logger.notice("ingest queue: the consumer group \(configuration.group) of \(configuration.stream) is gone (\(error.serverCode ?? "")); creating it again")
                     groupReady = false
                 } else {
                     // Gone again right after it was created: do not spin.
@@ -123,7 +124,7 @@ public final class IngestConsumer: Service, Sendable {
     /// The errors that mean the consumer group (or its stream) no longer exists in Redis.
     static func groupIsGone(_ error: RedisError) -> Bool {
         // NOGROUP: no such key or group. UNBLOCKED: the stream was deleted while XREADGROUP waited.
-        error.code == "NOGROUP" || error.code == "UNBLOCKED"
+        error.serverCode == "NOGROUP" || error.serverCode == "UNBLOCKED"
     }
 
     private func createGroup() async throws {
@@ -134,7 +135,7 @@ public final class IngestConsumer: Service, Sendable {
             // read again are published with the same idempotency key, so none is delivered twice
             // within the history TTL.
             try await client.send(RESPCommand("XGROUP", "CREATE", configuration.stream, configuration.group, "0", "MKSTREAM"))
-        } catch let error as RedisError where error.code == "BUSYGROUP" {
+        } catch let error as RedisError where error.serverCode == "BUSYGROUP" {
             // Another node (or an earlier run) created it.
         }
     }

@@ -1,3 +1,4 @@
+import HeraldRedisClient
 public import Herald
 import HeraldWire
 public import NIOCore
@@ -21,10 +22,10 @@ public final class RedisAcknowledgementStore: AcknowledgementStore {
             client.evaluate(Self.unacknowledgedOfUsersScript, keys: [], arguments: prefixes + users.map { ByteBuffer(string: $0) })
                 .flatMapThrowing { reply in
                     guard case .array(let lists?) = reply, lists.count == users.count else {
-                        throw RedisError("Redis answered the unacknowledged script with \(reply)")
+                        throw RedisError.unexpectedReply("Redis answered the unacknowledged script with \(reply)")
                     }
                     return try lists.map { list in
-                        guard case .array(let items?) = list else { throw RedisError("Redis answered the unacknowledged script with \(list)") }
+                        guard case .array(let items?) = list else { throw RedisError.unexpectedReply("Redis answered the unacknowledged script with \(list)") }
                         return Self.entries(items)
                     }
                 }

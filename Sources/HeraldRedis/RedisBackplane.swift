@@ -1,3 +1,4 @@
+import HeraldRedisClient
 import Herald
 public import Logging
 public import NIOCore

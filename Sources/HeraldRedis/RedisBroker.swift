@@ -1,3 +1,4 @@
+import HeraldRedisClient
 public import Herald
 import HeraldWire
 public import Logging
@@ -125,7 +126,7 @@ public final class RedisBroker: Broker {
             reply = client.evaluate(Self.publishScript, keys: keys, arguments: arguments).flatMapThrowing { reply in
                 guard case .array(let parts?) = reply else { return nil }  // a duplicate: `0`
                 guard parts.count == 2, case .integer(let offset) = parts[0], let epoch = parts[1].string else {
-                    throw RedisError("Redis answered the publish script with \(reply)")
+                    throw RedisError.unexpectedReply("Redis answered the publish script with \(reply)")
                 }
                 return StreamPosition(offset: offset, epoch: epoch)
             }

@@ -1,3 +1,4 @@
+import HeraldRedisClient
 public import Herald
 public import Logging
 import NIOCore
@@ -81,11 +82,11 @@ public final class RedisRoster: Roster, Service {
         self.roomReads = BatchedReader { users in
             client.evaluate(Self.roomsOfScript, keys: [], arguments: [ByteBuffer(string: layout.roomsOfKey(""))] + users.map { ByteBuffer(string: $0) })
                 .flatMapThrowing { reply in
-                    guard case .array(let lists?) = reply else { throw RedisError("Redis answered the rooms script with \(reply)") }
+                    guard case .array(let lists?) = reply else { throw RedisError.unexpectedReply("Redis answered the rooms script with \(reply)") }
                     return try lists.map { list in
                         switch list {
                         case .array(let rooms?), .set(let rooms): return Set(rooms.compactMap(\.string))
-                        default: throw RedisError("Redis answered the rooms script with \(list)")
+                        default: throw RedisError.unexpectedReply("Redis answered the rooms script with \(list)")
                         }
                     }
                 }
@@ -261,7 +262,7 @@ public final class RedisRoster: Roster, Service {
             )
             let stale = presenceStale.value.exchange(false, ordering: .relaxed)
             guard case .array(let parts?) = reply, parts.count == 3, let instance = parts[2].string else {
-                throw RedisError("Redis answered the heartbeat script with \(reply)")
+                throw RedisError.unexpectedReply("Redis answered the heartbeat script with \(reply)")
             }
             // The node was missing from the registry: Redis lost it (restarted without
             // persistence) or it expired, and its presence hash with it, even if connections

@@ -1,6 +1,7 @@
 import Foundation
 import Herald
 import HeraldRedis
+import HeraldRedisClient
 import HeraldTestSupport
 import HeraldWire
 import Logging

@@ -1,4 +1,5 @@
 import HeraldRedis
+import HeraldRedisClient
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -59,7 +60,7 @@ struct BatchedReaderTests {
         let calls = Atomic<Int>(0)
         let reader = BatchedReader<Int>(maxInFlight: 1) { keys in
             calls.add(1, ordering: .relaxed).newValue == 1
-                ? loop.makeFailedFuture(RedisError("Redis did not answer"))
+                ? loop.makeFailedFuture(RedisError.transport("Redis did not answer"))
                 : loop.makeSucceededFuture(keys.map(\.count))
         }
         await #expect(throws: RedisError.self) { _ = try await reader.value(of: "x", on: loop).get() }

@@ -1,5 +1,6 @@
 import Herald
 import HeraldRedis
+import HeraldRedisClient
 import HeraldTestSupport
 import Logging
 import NIOCore

@@ -1,5 +1,5 @@
 import Foundation
-import HeraldRedis
+import HeraldRedisClient
 import HeraldTestSupport
 import NIOCore
 import Testing

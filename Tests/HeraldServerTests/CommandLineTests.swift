@@ -1,5 +1,5 @@
 import Foundation
-import HeraldRedis
+import HeraldRedisClient
 import HeraldServer
 import HeraldTestSupport
 import Testing

@@ -1,4 +1,4 @@
-import HeraldRedis
+import HeraldRedisClient
 import NIOCore
 import NIOTestUtils
 import Testing

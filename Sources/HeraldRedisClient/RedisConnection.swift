@@ -46,7 +46,7 @@ public final class RedisConnection: Sendable {
                 }
                 .connect(host: url.host, port: url.port).get()
         } catch {
-            throw RedisError("cannot connect to Redis at \(url.host):\(url.port): \(error)")
+            throw RedisError.transport("cannot connect to Redis at \(url.host):\(url.port): \(error)")
         }
         var hello = ["HELLO", "3"]
         if let password = url.password { hello += ["AUTH", url.user ?? "default", password] }
@@ -54,7 +54,7 @@ public final class RedisConnection: Sendable {
         var version = 3
         do {
             _ = try await probe.send(RESPCommand(arguments: hello.map { ByteBuffer(string: $0) }))
-        } catch let error as RedisError where error.message.contains("unknown command") || error.message.contains("NOPROTO") {
+        } catch RedisError.server(let code, let message) where code == "NOPROTO" || message.contains("unknown command") {
             // A server before Redis 6: stay on RESP2 and log in the old way.
             version = 2
             if let password = url.password {
@@ -76,7 +76,7 @@ public final class RedisConnection: Sendable {
                 _ = try await connection.send(RESPCommand("SELECT", String(url.database)))
             } catch {
                 try? await channel.close()
-                throw RedisError("cannot select database \(url.database): \(error)")
+                throw RedisError.invalidConfiguration("cannot select database \(url.database): \(error)")
             }
         }
         return connection
@@ -96,7 +96,7 @@ public final class RedisConnection: Sendable {
         let written = channel.eventLoop.makePromise(of: Void.self)
         channel.writeAndFlush(RedisCommandHandler.Request(command: command, reply: reply), promise: written)
         // A closed channel never reaches the handler: the failed write is then the only answer.
-        written.futureResult.whenFailure { _ in reply.fail(RedisError("the connection to Redis is closed")) }
+        written.futureResult.whenFailure { _ in reply.fail(RedisError.transport("the connection to Redis is closed")) }
         return reply.future
     }
 
@@ -170,7 +170,7 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
                 return
             }
             guard !behind, now - max(lastProgress, oldest.sent) > timeout else { return }
-            closeReason = RedisError("Redis did not answer within \(timeout.nanoseconds / 1_000_000) ms; the connection was dropped (a command already sent may still be applied when Redis recovers)")
+            closeReason = RedisError.transport("Redis did not answer within \(timeout.nanoseconds / 1_000_000) ms; the connection was dropped (a command already sent may still be applied when Redis recovers)")
             loopBound.value.close(promise: nil)
         }
     }
@@ -182,8 +182,8 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let request = unwrapOutboundIn(data)
         guard !isClosed else {
-            request.reply?.fail(RedisError("the connection to Redis is closed"))
-            promise?.fail(RedisError("the connection to Redis is closed"))
+            request.reply?.fail(RedisError.transport("the connection to Redis is closed"))
+            promise?.fail(RedisError.transport("the connection to Redis is closed"))
             return
         }
         var buffer = context.channel.allocator.buffer(capacity: 64)
@@ -205,8 +205,8 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
             return
         }
         switch value {
-        case .simpleError(let message): promise.fail(RedisError(message))
-        case .bulkError(let message): promise.fail(RedisError(String(buffer: message)))
+        case .simpleError(let message): promise.fail(RedisError.reply(message))
+        case .bulkError(let message): promise.fail(RedisError.reply(String(buffer: message)))
         default: promise.succeed(value)
         }
     }
@@ -214,7 +214,7 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         isClosed = true
         watchdog?.cancel()
-        let error = closeReason ?? RedisError("the connection to Redis was lost before the reply")
+        let error = closeReason ?? RedisError.transport("the connection to Redis was lost before the reply")
         while let pending = waiting.popFirst() { pending.reply.fail(error) }
         context.fireChannelInactive()
     }

@@ -148,7 +148,7 @@ public final class RedisSubscriber: Sendable {
         }
         guard connection.protocolVersion == 3 else {
             await connection.close()
-            throw RedisError("the subscriber needs RESP3 (Redis 6 or later): this server answered HELLO 3 with an error")
+            throw RedisError.unexpectedReply("the subscriber needs RESP3 (Redis 6 or later): this server answered HELLO 3 with an error")
         }
         return connection
     }
@@ -230,7 +230,7 @@ final class Confirmations: Sendable {
                     if state[key]?.isEmpty == true { state[key] = nil }
                 }
             }
-            batch.answer(RedisError("Redis did not confirm \(kind) of \(names.count) channels within 10 s"))
+            batch.answer(RedisError.transport("Redis did not confirm \(kind) of \(names.count) channels within 10 s"))
         }
         batch.promise.futureResult.whenComplete { _ in timeout.cancel() }
         return batch.promise.futureResult
@@ -253,6 +253,6 @@ final class Confirmations: Sendable {
             defer { state.removeAll() }
             return state.values.flatMap { $0 }
         }
-        for batch in all { batch.answer(RedisError("the subscriber connection closed")) }
+        for batch in all { batch.answer(RedisError.transport("the subscriber connection closed")) }
     }
 }

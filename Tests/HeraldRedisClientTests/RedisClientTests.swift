@@ -1,4 +1,4 @@
-import HeraldRedis
+import HeraldRedisClient
 import HeraldTestSupport
 import NIOCore
 import Synchronization
@@ -7,16 +7,6 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Polls `condition` (state in another process, no event to await), bounded by `seconds`.
-func waitUntil(_ what: String, within seconds: Double = 10, _ condition: () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(seconds)
-    while ContinuousClock.now < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    throw RedisTestFailure("never happened within \(seconds) s: \(what)")
-}
 
 @Suite("Redis client: reconnection, fail-fast, command timeout, scripts", .serialized)
 struct RedisClientTests {
@@ -47,7 +37,8 @@ struct RedisClientTests {
         do {
             try await client.send(RESPCommand("PING"))
         } catch let error as RedisError {
-            #expect(error.message.contains("not connected to Redis at 127.0.0.1:\(port)"))
+            guard case .transport(let message) = error else { throw error }
+            #expect(message.contains("not connected to Redis at 127.0.0.1:\(port)"))
         }
 
         server = try await RedisServerProcess(port: port)
@@ -73,7 +64,8 @@ struct RedisClientTests {
             try await client.send(RESPCommand("PING"))
             Issue.record("a paused Redis answered")
         } catch let error as RedisError {
-            #expect(error.message.contains("did not answer within 300 ms"))
+            guard case .transport(let message) = error else { throw error }
+            #expect(message.contains("did not answer within 300 ms"))
         }
         #expect(ContinuousClock.now - started < .seconds(20))  // paused for good: only the timeout ends the wait
         // The stalled connection was dropped: the next commands fail without waiting again.

@@ -85,7 +85,7 @@ public final class RedisClient: Sendable {
     public func submit(_ command: RESPCommand) -> EventLoopFuture<RESPValue> {
         guard let connection = state.withLock({ $0.connection }), connection.isActive else {
             return group.any().makeFailedFuture(
-                RedisError("not connected to Redis at \(url.host):\(url.port) (reconnecting); the command was not sent")
+                RedisError.transport("not connected to Redis at \(url.host):\(url.port) (reconnecting); the command was not sent")
             )
         }
         return connection.submit(command)
@@ -110,7 +110,7 @@ public final class RedisClient: Sendable {
         let tail = [ByteBuffer(string: String(keys.count))] + keys.map { ByteBuffer(string: $0) } + arguments
         return submit(RESPCommand(arguments: [ByteBuffer(string: "EVALSHA"), ByteBuffer(string: script.sha1)] + tail))
             .flatMapError { error in
-                guard let redisError = error as? RedisError, redisError.message.hasPrefix("NOSCRIPT") else {
+                guard let redisError = error as? RedisError, redisError.serverCode == "NOSCRIPT" else {
                     return self.group.any().makeFailedFuture(error)
                 }
                 return self.submit(RESPCommand(arguments: [ByteBuffer(string: "EVAL"), ByteBuffer(string: script.source)] + tail))

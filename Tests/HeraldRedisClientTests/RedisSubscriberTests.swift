@@ -1,4 +1,4 @@
-import HeraldRedis
+import HeraldRedisClient
 import HeraldTestSupport
 import NIOCore
 import Synchronization

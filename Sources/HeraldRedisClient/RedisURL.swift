@@ -24,9 +24,9 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     /// Parses `redis://…`. `rediss://` (TLS) is refused: this client speaks plain TCP.
     public init(parsing text: String) throws(RedisError) {
         if text.hasPrefix("rediss://") {
-            throw RedisError("rediss:// (TLS) is not supported by Herald's Redis client; use redis:// on a trusted network or a TLS tunnel")
+            throw RedisError.invalidConfiguration("rediss:// (TLS) is not supported by Herald's Redis client; use redis:// on a trusted network or a TLS tunnel")
         }
-        guard text.hasPrefix("redis://") else { throw RedisError("a Redis URL starts with redis://, got \(Self.redacting(text))") }
+        guard text.hasPrefix("redis://") else { throw RedisError.invalidConfiguration("a Redis URL starts with redis://, got \(Self.redacting(text))") }
         var rest = Substring(text.dropFirst("redis://".count))
         self.init()
         if let at = rest.lastIndex(of: "@") {
@@ -44,13 +44,13 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
             let db = rest[rest.index(after: slash)...]
             rest = rest[..<slash]
             if !db.isEmpty {
-                guard let number = Int(db), number >= 0 else { throw RedisError("the database in a Redis URL is a number, got \(db)") }
+                guard let number = Int(db), number >= 0 else { throw RedisError.invalidConfiguration("the database in a Redis URL is a number, got \(db)") }
                 database = number
             }
         }
         if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
             guard let number = Int(rest[rest.index(after: colon)...]), (1...65535).contains(number) else {
-                throw RedisError("invalid port in Redis URL \(Self.redacting(text))")
+                throw RedisError.invalidConfiguration("invalid port in Redis URL \(Self.redacting(text))")
             }
             port = number
             rest = rest[..<colon]
@@ -82,16 +82,4 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         }
         return String(decoding: bytes, as: UTF8.self)
     }
-}
-
-/// A Redis operation failed: an error reply, a lost connection, or a bad configuration.
-/// The message says what happened and, where it can, what to do.
-public struct RedisError: Error, Sendable, Equatable, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-
-    /// The error's code: the first word of a Redis error reply (`NOGROUP`, `NOSCRIPT`,
-    /// `BUSYGROUP`, `WRONGTYPE`, …), or of the message for a transport failure.
-    public var code: Substring { message.prefix { $0 != " " } }
 }
