@@ -21,5 +21,5 @@ let clock = Task {
         try await Task.sleep(for: .seconds(1))
     }
 }
-try await server.run { port in logger.info("listening on \(port)") }   // until SIGTERM or SIGINT
+try await server.run { port in logger.info("listening on \(port)") }  // until SIGTERM or SIGINT
 clock.cancel()

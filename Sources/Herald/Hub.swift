@@ -1,5 +1,5 @@
-public import Logging
 public import HeraldWire
+public import Logging
 public import NIOCore
 public import ServiceLifecycle
 import Synchronization
@@ -7,9 +7,9 @@ import Synchronization
 /// The node's registry of local connections, its copy of their users' rooms, and the fan-out
 /// from the broker to local sockets.
 ///
-/// - Connections are kept per event loop (``LoopShard``), indexed by user.
+/// - Connections are kept per event loop (`LoopShard`), indexed by user.
 /// - Room membership lives in the ``Roster`` (shared by the cluster); the hub keeps the rooms
-///   of the users connected here (``LocalInterest``), updated by the roster's change
+///   of the users connected here (`LocalInterest`), updated by the roster's change
 ///   notifications, and tells the ``Broker`` which channels this node needs.
 /// - ``deliver(_:)`` (called by the broker) hands the encoded frame to each event loop that
 ///   has connections with one `execute`: the cost of a delivery to 10,000 connections is one
@@ -41,9 +41,11 @@ public final class Hub: DeliverySink, Service, Sendable {
     }
 
     /// - Parameters:
+    ///   - configuration: limits and heartbeat.
     ///   - eventLoopGroup: the loops the transport accepts connections on.
     ///   - framing: wraps a delivery frame for the transport (for WebSocket: the frame header),
     ///     applied once per message before fan-out, so every recipient gets the same bytes.
+    ///   - logger: where the hub logs.
     public init(
         configuration: HubConfiguration = .init(),
         eventLoopGroup: any EventLoopGroup,

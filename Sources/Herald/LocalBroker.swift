@@ -76,7 +76,7 @@ public final class LocalBroker: Broker {
         mutating func enforceBudget(_ maxBytes: Int) {
             while historyBytes > maxBytes, let oldest = historyOrder.popFirst() {
                 guard var log = logs[oldest.target], log.epoch == oldest.epoch,
-                      let first = log.entries.first, first.entry.offset == oldest.offset
+                    let first = log.entries.first, first.entry.offset == oldest.offset
                 else { continue }  // trimmed from its channel already
                 logs[oldest.target] = nil
                 log.entries.removeFirst()
@@ -88,10 +88,11 @@ public final class LocalBroker: Broker {
             // Entries trimmed by their channel's own limits leave stale records behind; keep the
             // deque within a small multiple of the entries it indexes.
             if historyOrder.count > 2 * historyEntries + 1024 {
-                historyOrder = Deque(historyOrder.filter { record in
-                    guard let log = logs[record.target], log.epoch == record.epoch, let first = log.entries.first?.entry.offset else { return false }
-                    return record.offset >= first && record.offset <= log.latest
-                })
+                historyOrder = Deque(
+                    historyOrder.filter { record in
+                        guard let log = logs[record.target], log.epoch == record.epoch, let first = log.entries.first?.entry.offset else { return false }
+                        return record.offset >= first && record.offset <= log.latest
+                    })
             }
         }
 

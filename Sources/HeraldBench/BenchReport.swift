@@ -140,9 +140,12 @@ public struct BenchReport: Sendable, Codable {
             ("scenario", scenario + (rooms.map { ", \($0) rooms" } ?? "") + (rate.map { ", \(Int($0)) msg/s offered" } ?? "")),
             ("target", target),
             ("connections", "\(connectionsOK) ok, \(connectionsFailed) failed" + (processes > 1 ? ", over \(processes) generator processes" : "")),
-            ("connect", String(format: "%.2f s, %.0f connections/s", connectSeconds, connectionsPerSecond)
-                + (serverCPUMicrosecondsPerConnect.map { String(format: ", server CPU %.0f µs per connect", $0) } ?? "")
-                + (connectRetries > 0 ? ", \(connectRetries) retried after a retry hint" : "")),
+            (
+                "connect",
+                String(format: "%.2f s, %.0f connections/s", connectSeconds, connectionsPerSecond)
+                    + (serverCPUMicrosecondsPerConnect.map { String(format: ", server CPU %.0f µs per connect", $0) } ?? "")
+                    + (connectRetries > 0 ? ", \(connectRetries) retried after a retry hint" : "")
+            ),
         ]
         for (reason, count) in connectFailures.sorted(by: { $0.value > $1.value }) {
             rows.append(("connect failed", "\(count)× \(reason)"))
@@ -150,18 +153,23 @@ public struct BenchReport: Sendable, Codable {
         if expectedDeliveries > 0 || published > 0 {
             rows += [
                 ("published", "\(published) (\(publishFailed) refused)"),
-                ("deliveries", "\(deliveries.unique) of \(expectedDeliveries) expected: lost \(lost), duplicates \(deliveries.duplicates), reordered \(deliveries.reordered)"),
+                (
+                    "deliveries",
+                    "\(deliveries.unique) of \(expectedDeliveries) expected: lost \(lost), duplicates \(deliveries.duplicates), reordered \(deliveries.reordered)"
+                ),
                 ("throughput", String(format: "%.0f deliveries/s over %.2f s", deliveriesPerSecond, seconds)),
             ]
         }
         if let latency {
-            rows.append((
-                "latency ms",
-                String(format: "p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f", latency.p50, latency.p90, latency.p99, latency.p999, latency.max)
-            ))
+            rows.append(
+                (
+                    "latency ms",
+                    String(format: "p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f", latency.p50, latency.p90, latency.p99, latency.p999, latency.max)
+                ))
         }
         if let cpu = serverCPUSeconds {
-            rows.append(("server CPU", String(format: "%.2f s", cpu) + (serverCPUMicrosecondsPerDelivery.map { String(format: ", %.2f µs per delivery", $0) } ?? "")))
+            rows.append(
+                ("server CPU", String(format: "%.2f s", cpu) + (serverCPUMicrosecondsPerDelivery.map { String(format: ", %.2f µs per delivery", $0) } ?? "")))
         }
         if let rss = serverRSSBytes {
             var text = String(format: "%.1f MB", Double(rss) / 1_048_576)
@@ -177,7 +185,11 @@ public struct BenchReport: Sendable, Codable {
             }
             if storm.abandoned > 0 { back += ", \(storm.abandoned) gave up" }
             rows.append(("reconnected", back))
-            rows.append(("storm losses", "\(storm.lost) confirmed messages never delivered (\(storm.publishesUnconfirmed) publishes unconfirmed: in flight to the killed process, not counted)"))
+            rows.append(
+                (
+                    "storm losses",
+                    "\(storm.lost) confirmed messages never delivered (\(storm.publishesUnconfirmed) publishes unconfirmed: in flight to the killed process, not counted)"
+                ))
         }
         if let stalled = stalledConnectionClosedByServer {
             rows.append(("stalled client", stalled ? "cut off by the server" : "still connected"))

@@ -63,10 +63,14 @@ struct Coordinator: Sendable {
         var storm: StormSummary?
         if configuration.scenario == .storm {
             let watcher = Task { [configuration, log] in
-                await Run.killAndWatch(configuration: configuration, counts: { running.reduce((0, 0, 0)) { sum, worker in
-                    let storm = worker.stormCounts
-                    return (sum.0 + storm.dropped, sum.1 + storm.reconnected, sum.2 + storm.abandoned)
-                } }, log: log)
+                await Run.killAndWatch(
+                    configuration: configuration,
+                    counts: {
+                        running.reduce((0, 0, 0)) { sum, worker in
+                            let storm = worker.stormCounts
+                            return (sum.0 + storm.dropped, sum.1 + storm.reconnected, sum.2 + storm.abandoned)
+                        }
+                    }, log: log)
             }
             sent = try await publisher.publishThroughStorm(counters: publisher.stormCounters)
             storm = await watcher.value
@@ -218,7 +222,9 @@ final class WorkerProcess: Sendable {
         guard let line else {
             // Its output closed: it exited (or closed stdout); give the exit status a moment.
             for _ in 0..<50 where process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
-            let status = process.isRunning ? "closed its output" : "exited with status \(process.terminationStatus) (\(process.terminationReason == .uncaughtSignal ? "signal" : "exit"))"
+            let status =
+                process.isRunning
+                ? "closed its output" : "exited with status \(process.terminationStatus) (\(process.terminationReason == .uncaughtSignal ? "signal" : "exit"))"
             throw BenchError("\(name) \(status) before sending \(keyword); its stderr above says why")
         }
         return line
@@ -263,4 +269,3 @@ extension Run {
         FileHandle.standardOutput.write(Data((line + "\n").utf8))
     }
 }
-

@@ -397,7 +397,8 @@ struct Run: Sendable {
         while true {
             do {
                 let onLost: (@Sendable (ReceiverConnection) -> Void)? =
-                    configuration.scenario == .storm ? { @Sendable [stormCounters, stormRegistry] lost in self.reconnect(lost, counters: stormCounters, registry: stormRegistry) } : nil
+                    configuration.scenario == .storm
+                    ? { @Sendable [stormCounters, stormRegistry] lost in self.reconnect(lost, counters: stormCounters, registry: stormRegistry) } : nil
                 let receiver = try await connect(index: index, query: query, onLost: onLost)
                 if configuration.scenario == .storm { stormRegistry.set(receiver) }
                 return ConnectOutcome(index: index, receiver: receiver, retries: retries)
@@ -493,7 +494,9 @@ struct Run: Sendable {
             return receiver
         } catch {
             deadline.disarm()
-            if deadline.expired { throw ConnectFailure(cause: "no welcome within \(Self.welcomeDeadline) s of connecting (the server took the connection but did not answer)") }
+            if deadline.expired {
+                throw ConnectFailure(cause: "no welcome within \(Self.welcomeDeadline) s of connecting (the server took the connection but did not answer)")
+            }
             throw error
         }
     }

@@ -1,7 +1,7 @@
 import Foundation
 import NIOCore
-import Synchronization
 import NIOWebSocket
+import Synchronization
 
 /// The generator's end of one WebSocket: counts welcomes and replies, checks every delivery
 /// (exactly once, in order per stream) and records its latency. Confined to its event loop.
@@ -31,7 +31,10 @@ final class ReceiverConnection: ChannelInboundHandler, @unchecked Sendable {
     /// - Parameters:
     ///   - ledger: what earlier connections of this receiver got (a reconnect carries it on).
     ///   - position: where earlier connections got to, kept until a delivery moves it.
-    init(index: Int, statistics: ReceiverStatistics, welcomed: EventLoopPromise<Void>, ledger: DeliveryLedger = DeliveryLedger(), position: ChannelPosition? = nil) {
+    init(
+        index: Int, statistics: ReceiverStatistics, welcomed: EventLoopPromise<Void>, ledger: DeliveryLedger = DeliveryLedger(),
+        position: ChannelPosition? = nil
+    ) {
         self.index = index
         self.statistics = statistics
         self.welcomed = welcomed

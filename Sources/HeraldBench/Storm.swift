@@ -255,7 +255,9 @@ extension Run {
         let watcher = Task {
             await Self.killAndWatch(
                 configuration: configuration,
-                counts: { (counters.dropped.load(ordering: .relaxed), counters.reconnected.load(ordering: .relaxed), counters.abandoned.load(ordering: .relaxed)) },
+                counts: {
+                    (counters.dropped.load(ordering: .relaxed), counters.reconnected.load(ordering: .relaxed), counters.abandoned.load(ordering: .relaxed))
+                },
                 log: log
             )
         }

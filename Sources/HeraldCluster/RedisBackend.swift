@@ -28,7 +28,7 @@ public struct RedisBackendConfiguration: Sendable {
 }
 
 /// The composition root of a clustered node: builds the Redis broker, roster and ingest
-/// consumer around a hub and hands them to ``HeraldServer``, which knows none of them.
+/// consumer around a hub and hands them to `HeraldServer`, which knows none of them.
 public enum RedisBackend {
     /// The event loop of every Redis connection of the process, a thread of its own: a node
     /// saturated by its clients (a reconnect storm) still reads Redis's replies in time, so
@@ -38,7 +38,7 @@ public enum RedisBackend {
     public static let eventLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
     /// A node of the cluster sharing `redis`: connects to Redis first.
-    /// - Throws: ``ConfigurationError`` for a bad URL or configuration, `unavailable` when Redis
+    /// - Throws: `ConfigurationError` for a bad URL or configuration, `unavailable` when Redis
     ///   cannot be reached.
     public static func server(
         configuration: HeraldConfiguration,

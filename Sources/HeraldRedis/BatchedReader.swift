@@ -1,5 +1,5 @@
-import HeraldRedisClient
 import DequeModule
+import HeraldRedisClient
 public import NIOCore
 import Synchronization
 

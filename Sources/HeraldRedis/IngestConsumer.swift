@@ -1,5 +1,5 @@
-import HeraldRedisClient
 import Herald
+import HeraldRedisClient
 import HeraldWire
 public import Logging
 import NIOCore
@@ -106,7 +106,9 @@ public final class IngestConsumer: Service, Sendable {
                 // the group destroyed): create it again, at once, or the queue stalls for good.
                 ownPendingFirst = true
                 if groupReady {
-                    logger.notice("ingest queue: the consumer group \(configuration.group) of \(configuration.stream) is gone (\(error.serverCode ?? "")); creating it again")
+                    logger.notice(
+                        "ingest queue: the consumer group \(configuration.group) of \(configuration.stream) is gone (\(error.serverCode ?? "")); creating it again"
+                    )
                     groupReady = false
                 } else {
                     // Gone again right after it was created: do not spin.

@@ -1,9 +1,9 @@
-import HeraldRedisClient
 public import Herald
+import HeraldRedisClient
 import HeraldWire
 public import NIOCore
 
-/// The ``AcknowledgementStore`` of ``RedisBroker``: per user, a sorted set of the waiting
+/// The `AcknowledgementStore` of ``RedisBroker``: per user, a sorted set of the waiting
 /// messages' `EPOCH:OFFSET` by deadline, and a hash of their frames (`INDEX\nFRAME`: where the
 /// position goes, then the frame without it). The broker's publish script adds to both in the
 /// step that assigns the offset; this store reads them (in batches, for connects) and removes

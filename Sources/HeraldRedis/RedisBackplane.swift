@@ -1,5 +1,5 @@
-import HeraldRedisClient
 import Herald
+import HeraldRedisClient
 public import Logging
 public import NIOCore
 import NIOPosix
@@ -10,7 +10,7 @@ import Synchronization
 /// the pub/sub connection, the key layout and the node's name.
 ///
 /// Neither the broker nor the roster reaches into the other: each registers what it handles of
-/// what arrives on the subscribed channels (``route(messages:)``, ``route(notices:nodeMessages:)``),
+/// what arrives on the subscribed channels (`route(messages:lost:back:)`, `route(notices:nodeMessages:)`),
 /// and the backplane dispatches by channel and by the payload's first byte: a membership notice
 /// starts with `!` (the roster's), anything else on a room, user or broadcast channel is a
 /// message (the broker's), and the node's own channel carries confirmations (the roster's).
@@ -112,7 +112,7 @@ public final class RedisBackplane: Service, Sendable {
     }
 
     /// Connects both connections and subscribes the broadcast channel and this node's channel.
-    /// - Throws: ``RedisError`` when Redis cannot be reached, with where it was looked for.
+    /// - Throws: `RedisError` when Redis cannot be reached, with where it was looked for.
     public func connect() async throws {
         try await client.connect()
         try await subscriber.connect()

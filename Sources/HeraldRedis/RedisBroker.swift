@@ -1,5 +1,5 @@
-import HeraldRedisClient
 public import Herald
+import HeraldRedisClient
 import HeraldWire
 public import Logging
 public import NIOCore
@@ -7,7 +7,7 @@ import NIOPosix
 import ServiceLifecycle
 import Synchronization
 
-/// The ``Broker`` for a cluster of Herald nodes sharing one Redis: the seed's design.
+/// The `Broker` for a cluster of Herald nodes sharing one Redis: the seed's design.
 ///
 /// A publish is one script call: it assigns the channel's next offset, appends the frame to the
 /// channel's history and `PUBLISH`es it to the target's channel (``RedisLayout``) with a

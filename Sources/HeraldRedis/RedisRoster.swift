@@ -1,12 +1,12 @@
-import HeraldRedisClient
 public import Herald
+import HeraldRedisClient
 public import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
 public import ServiceLifecycle
+import Synchronization
 
-/// The ``Roster`` of a cluster sharing one Redis: memberships in Redis sets, presence in one
+/// The `Roster` of a cluster sharing one Redis: memberships in Redis sets, presence in one
 /// expiring hash per node, changes announced on the user's channel.
 ///
 /// A join or leave is one Lua script that checks the limits, changes the sets and publishes the
@@ -42,8 +42,14 @@ public final class RedisRoster: Roster, Service {
     /// This node's presence changes, sent in batches.
     private let presenceChanges: DeltaBatcher
 
-    /// - Parameter confirmationTimeout: how long a membership change waits for the nodes holding
-    ///   the user's connections to confirm they applied it.
+    /// - Parameters:
+    ///   - backplane: the node's Redis connections and key layout, shared with the broker.
+    ///   - limits: rooms per user, members per room and rooms, checked in the membership scripts.
+    ///   - presenceTTL: how long a node that stopped heartbeating still counts its users online.
+    ///   - confirmationTimeout: how long a membership change waits for the nodes holding the
+    ///     user's connections to confirm they applied it.
+    ///   - sink: this node's hub, told of every membership change of its users.
+    ///   - logger: where the roster logs.
     public init(
         backplane: RedisBackplane,
         limits: HubConfiguration,
@@ -327,7 +333,9 @@ public final class RedisRoster: Roster, Service {
                 arguments += [user, String(rooms.count)]
                 for room in rooms {
                     // No confirmation is awaited: the token matches no waiting change.
-                    arguments += [room, MembershipNotice(origin: nodeID, token: "restore", change: MembershipChange(user: user, room: room, isMember: true)).encoded()]
+                    arguments += [
+                        room, MembershipNotice(origin: nodeID, token: "restore", change: MembershipChange(user: user, room: room, isMember: true)).encoded(),
+                    ]
                 }
                 if arguments.count >= 2000 { try await flush() }
             }

@@ -32,7 +32,11 @@ public final class RedisClient: Sendable {
         var reconnects = 0
     }
 
-    /// - Parameter onReconnect: called each time the connection is re-established after a loss.
+    /// - Parameters:
+    ///   - url: where Redis is, with credentials and database.
+    ///   - configuration: timeouts and reconnect backoff.
+    ///   - group: the event loops the connection runs on.
+    ///   - onReconnect: called each time the connection is re-established after a loss.
     public init(
         url: RedisURL,
         configuration: Configuration = .init(),

@@ -22,6 +22,9 @@ public final class RedisConnection: Sendable {
 
     /// Connects, negotiates the protocol, logs in and selects the database.
     /// - Parameters:
+    ///   - url: where Redis is, with credentials and database.
+    ///   - group: the event loops the connection runs on.
+    ///   - connectTimeout: how long the TCP connect may take.
     ///   - commandTimeout: a reply slower than this closes the connection and fails every
     ///     command in flight (a paused or overloaded server must not hold callers, or their
     ///     memory, forever). `nil` waits without bound (for blocking commands).
@@ -170,7 +173,9 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
                 return
             }
             guard !behind, now - max(lastProgress, oldest.sent) > timeout else { return }
-            closeReason = RedisError.transport("Redis did not answer within \(timeout.nanoseconds / 1_000_000) ms; the connection was dropped (a command already sent may still be applied when Redis recovers)")
+            closeReason = RedisError.transport(
+                "Redis did not answer within \(timeout.nanoseconds / 1_000_000) ms; the connection was dropped (a command already sent may still be applied when Redis recovers)"
+            )
             loopBound.value.close(promise: nil)
         }
     }

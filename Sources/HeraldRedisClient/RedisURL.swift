@@ -24,7 +24,8 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     /// Parses `redis://…`. `rediss://` (TLS) is refused: this client speaks plain TCP.
     public init(parsing text: String) throws(RedisError) {
         if text.hasPrefix("rediss://") {
-            throw RedisError.invalidConfiguration("rediss:// (TLS) is not supported by Herald's Redis client; use redis:// on a trusted network or a TLS tunnel")
+            throw RedisError.invalidConfiguration(
+                "rediss:// (TLS) is not supported by Herald's Redis client; use redis:// on a trusted network or a TLS tunnel")
         }
         guard text.hasPrefix("redis://") else { throw RedisError.invalidConfiguration("a Redis URL starts with redis://, got \(Self.redacting(text))") }
         var rest = Substring(text.dropFirst("redis://".count))

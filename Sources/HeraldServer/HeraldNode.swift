@@ -20,11 +20,15 @@ public final class HeraldNode: Sendable {
     /// WebSocket requests answered 503 because too many connections were being set up.
     let overloadRefusals = Atomic<Int>(0)
 
-    public convenience init(configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, logger: Logger) {
+    public convenience init(configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, logger: Logger)
+    {
         self.init(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, tls: nil, logger: logger)
     }
 
-    init(configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, tls: TLSContextStore?, logger: Logger) {
+    init(
+        configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, tls: TLSContextStore?,
+        logger: Logger
+    ) {
         self.tls = tls
         self.configuration = configuration
         self.hub = hub
@@ -63,7 +67,9 @@ public final class HeraldNode: Sendable {
     /// Why `id` cannot name a node (it appears in Redis channel names and notices), or `nil`.
     public static func problem(withID id: String) -> String? {
         guard !id.isEmpty, id.utf8.count <= 64 else { return "must be 1 to 64 characters" }
-        let allowed = id.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_" || $0 == "." }
+        let allowed = id.unicodeScalars.allSatisfy {
+            ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_" || $0 == "."
+        }
         return allowed ? nil : "may contain only letters, digits, '-', '_' and '.'"
     }
 

@@ -10,9 +10,9 @@ import UnixSignals
 /// A Herald node: the WebSocket endpoint, the HTTP API, the demo page and the hub, run with the
 /// broker, the roster and any other services it is given, in one service group.
 ///
-/// The server wires no backend: it takes the ``Hub``, a `Broker`, a `Roster` and the services
+/// The server wires no backend: it takes the `Hub`, a `Broker`, a `Roster` and the services
 /// that keep them running (the shape of Hummingbird's `Application(…, services:)`). The
-/// in-memory backend (``LocalBroker``, ``LocalRoster``) is one call away:
+/// in-memory backend (`LocalBroker`, `LocalRoster`) is one call away:
 ///
 /// ```swift
 /// let server = try await HeraldServer(configuration: configuration, logger: logger)

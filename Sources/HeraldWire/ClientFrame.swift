@@ -98,4 +98,3 @@ public struct ClientFrameError: Error, Sendable, Equatable, CustomStringConverti
         self.message = message
     }
 }
-

@@ -57,11 +57,13 @@ public enum Name {
         let next = index + 1 < scalars.count ? scalars[index + 1] : nil
         switch scalar.value {
         case 0x200D:  // ZERO WIDTH JOINER: inside an emoji sequence only
-            let joinsEmoji = previous.map { $0.properties.isEmoji || $0.value == 0xFE0F || $0.properties.isEmojiModifier } == true
+            let joinsEmoji =
+                previous.map { $0.properties.isEmoji || $0.value == 0xFE0F || $0.properties.isEmojiModifier } == true
                 && next?.properties.isEmoji == true
             return joinsEmoji ? nil : invisible
         case 0x200C:  // ZERO WIDTH NON-JOINER: between two letters only
-            let betweenLetters = previous.map { !$0.isASCII && $0.properties.isAlphabetic } == true
+            let betweenLetters =
+                previous.map { !$0.isASCII && $0.properties.isAlphabetic } == true
                 && next.map { !$0.isASCII && $0.properties.isAlphabetic } == true
             return betweenLetters ? nil : invisible
         case 0xE0020...0xE007F:  // tags: in a flag's tag sequence only

@@ -73,13 +73,17 @@ struct Bench: AsyncParsableCommand {
     var serverPID: [Int32] = []
     @Option(name: .customLong("jwt-secret"), help: "Connect with tokens signed with the server's secret.")
     var jwtSecret: String?
-    @Option(name: .customLong("connect-timeout"), parsing: .unconditional, help: "Seconds every connection has to open, retries after the server's retry hints (503 Retry-After, close 1013) included.")
+    @Option(
+        name: .customLong("connect-timeout"), parsing: .unconditional,
+        help: "Seconds every connection has to open, retries after the server's retry hints (503 Retry-After, close 1013) included.")
     var connectTimeout: Double = 300
     @Option(name: .customLong("drain-timeout"), parsing: .unconditional, help: "Seconds to wait for outstanding deliveries after publishing.")
     var drainTimeout: Double = 5
     @Option(parsing: .unconditional, help: "Generator processes; 0 uses as many as the open-file limit requires (about 19,700 connections each here).")
     var processes = 0
-    @Option(name: .customLong("kill-pid"), parsing: .unconditional, help: "storm: the server process to kill with SIGKILL (one of the workers of herald serve --workers).")
+    @Option(
+        name: .customLong("kill-pid"), parsing: .unconditional,
+        help: "storm: the server process to kill with SIGKILL (one of the workers of herald serve --workers).")
     var killPID: Int32?
     @Option(name: .customLong("kill-after"), parsing: .unconditional, help: "storm: seconds into publishing when --kill-pid is killed.")
     var killAfter: Double = 5

@@ -27,7 +27,9 @@ struct Serve: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Listen backlog for connection storms, capped by net.core.somaxconn. (env: HERALD_BACKLOG, default 4096)")
     var backlog: Int?
 
-    @Option(name: .customLong("event-loops"), parsing: .unconditional, help: "Event-loop threads; each connection lives on one. (env: HERALD_EVENT_LOOPS, default one per core)")
+    @Option(
+        name: .customLong("event-loops"), parsing: .unconditional,
+        help: "Event-loop threads; each connection lives on one. (env: HERALD_EVENT_LOOPS, default one per core)")
     var eventLoops: Int?
 
     @Option(name: .customLong("node-id"), help: "This node's name in welcome frames and connection ids. (env: HERALD_NODE_ID, default random)")
@@ -36,31 +38,46 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("jwt-secret"), help: "HS256 secret for client tokens, at least 32 bytes; unset means development mode. (env: HERALD_JWT_SECRET)")
     var jwtSecret: String?
 
-    @Option(name: .customLong("api-key"), help: "Bearer key required by every /api call; required with --jwt-secret, unset leaves the API open in development mode. (env: HERALD_API_KEY)")
+    @Option(
+        name: .customLong("api-key"),
+        help: "Bearer key required by every /api call; required with --jwt-secret, unset leaves the API open in development mode. (env: HERALD_API_KEY)")
     var apiKey: String?
 
     @Flag(name: .customLong("allow-client-broadcast"), help: "Let clients send broadcast frames to everyone. (env: HERALD_ALLOW_CLIENT_BROADCAST=true)")
     var allowClientBroadcast = false
 
-    @Option(name: .customLong("publish-policy"), help: "Who may publish to a room over WebSocket: members or anyone. (env: HERALD_PUBLISH_POLICY, default members with a JWT secret, anyone in development mode)")
+    @Option(
+        name: .customLong("publish-policy"),
+        help:
+            "Who may publish to a room over WebSocket: members or anyone. (env: HERALD_PUBLISH_POLICY, default members with a JWT secret, anyone in development mode)"
+    )
     var publishPolicy: String?
 
-    @Option(parsing: .unconditional, help: "Seconds between server pings; a connection silent until the next ping is closed. (env: HERALD_HEARTBEAT, default 25)")
+    @Option(
+        parsing: .unconditional, help: "Seconds between server pings; a connection silent until the next ping is closed. (env: HERALD_HEARTBEAT, default 25)")
     var heartbeat: Int?
 
-    @Option(name: .customLong("max-frame-size"), parsing: .unconditional, help: "Largest client frame or message in bytes; larger closes with 1009. (env: HERALD_MAX_FRAME_SIZE, default 65536)")
+    @Option(
+        name: .customLong("max-frame-size"), parsing: .unconditional,
+        help: "Largest client frame or message in bytes; larger closes with 1009. (env: HERALD_MAX_FRAME_SIZE, default 65536)")
     var maxFrameSize: Int?
 
     @Option(name: .customLong("max-body-size"), parsing: .unconditional, help: "Largest HTTP API body in bytes. (env: HERALD_MAX_BODY_SIZE, default 1048576)")
     var maxBodySize: Int?
 
-    @Option(name: .customLong("max-connections"), parsing: .unconditional, help: "Connections this node accepts; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS, default 100000)")
+    @Option(
+        name: .customLong("max-connections"), parsing: .unconditional,
+        help: "Connections this node accepts; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS, default 100000)")
     var maxConnections: Int?
 
-    @Option(name: .customLong("max-connections-per-user"), parsing: .unconditional, help: "Connections per user on this node; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS_PER_USER, default 32)")
+    @Option(
+        name: .customLong("max-connections-per-user"), parsing: .unconditional,
+        help: "Connections per user on this node; more are closed with 4029. (env: HERALD_MAX_CONNECTIONS_PER_USER, default 32)")
     var maxConnectionsPerUser: Int?
 
-    @Option(name: .customLong("max-rooms-per-user"), parsing: .unconditional, help: "Rooms a user may be a member of. (env: HERALD_MAX_ROOMS_PER_USER, default 256)")
+    @Option(
+        name: .customLong("max-rooms-per-user"), parsing: .unconditional, help: "Rooms a user may be a member of. (env: HERALD_MAX_ROOMS_PER_USER, default 256)"
+    )
     var maxRoomsPerUser: Int?
 
     @Option(name: .customLong("max-rooms"), parsing: .unconditional, help: "Rooms that may exist at once. (env: HERALD_MAX_ROOMS, default 1000000)")
@@ -69,69 +86,124 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("rate-limit"), parsing: .unconditional, help: "Client frames per second per connection. (env: HERALD_RATE_LIMIT, default 100)")
     var rateLimit: Double?
 
-    @Option(name: .customLong("rate-burst"), parsing: .unconditional, help: "Frames a connection may send in a burst above the rate. (env: HERALD_RATE_BURST, default 200)")
+    @Option(
+        name: .customLong("rate-burst"), parsing: .unconditional,
+        help: "Frames a connection may send in a burst above the rate. (env: HERALD_RATE_BURST, default 200)")
     var rateBurst: Int?
 
-    @Option(name: .customLong("max-outbound-bytes"), parsing: .unconditional, help: "Bytes queued for one connection before it is cut off as a slow consumer (1013). (env: HERALD_MAX_OUTBOUND_BYTES, default 1048576)")
+    @Option(
+        name: .customLong("max-outbound-bytes"), parsing: .unconditional,
+        help: "Bytes queued for one connection before it is cut off as a slow consumer (1013). (env: HERALD_MAX_OUTBOUND_BYTES, default 1048576)")
     var maxOutboundBytes: Int?
 
     @Option(help: "Redis shared by the cluster's nodes, redis://[[user]:password@]host[:port][/db]; unset runs one node on its own. (env: HERALD_REDIS_URL)")
     var redis: String?
 
-    @Option(name: .customLong("redis-prefix"), help: "Prefix of Herald's channels and keys in Redis, so several clusters can share it. (env: HERALD_REDIS_PREFIX, default herald)")
+    @Option(
+        name: .customLong("redis-prefix"),
+        help: "Prefix of Herald's channels and keys in Redis, so several clusters can share it. (env: HERALD_REDIS_PREFIX, default herald)")
     var redisPrefix: String?
 
-    @Option(name: .customLong("presence-ttl"), parsing: .unconditional, help: "Seconds a node that stopped heartbeating (killed, cut off from Redis) still counts its users online. (env: HERALD_PRESENCE_TTL, default 10)")
+    @Option(
+        name: .customLong("presence-ttl"), parsing: .unconditional,
+        help: "Seconds a node that stopped heartbeating (killed, cut off from Redis) still counts its users online. (env: HERALD_PRESENCE_TTL, default 10)")
     var presenceTTL: Int?
 
-    @Option(name: .customLong("ingest-stream"), help: "With --redis: the Redis Stream backends append events to (XADD STREAM * target room:NAME data JSON [id KEY]); empty turns it off. (env: HERALD_INGEST_STREAM, default PREFIX:ingest)")
+    @Option(
+        name: .customLong("ingest-stream"),
+        help:
+            "With --redis: the Redis Stream backends append events to (XADD STREAM * target room:NAME data JSON [id KEY]); empty turns it off. (env: HERALD_INGEST_STREAM, default PREFIX:ingest)"
+    )
     var ingestStream: String?
 
-    @Option(name: .customLong("ingest-claim-idle"), parsing: .unconditional, help: "Seconds an ingest entry may stay pending with a silent node before another node claims it. (env: HERALD_INGEST_CLAIM_IDLE, default 30)")
+    @Option(
+        name: .customLong("ingest-claim-idle"), parsing: .unconditional,
+        help: "Seconds an ingest entry may stay pending with a silent node before another node claims it. (env: HERALD_INGEST_CLAIM_IDLE, default 30)")
     var ingestClaimIdle: Int?
 
-    @Option(name: .customLong("ingest-max-attempts"), parsing: .unconditional, help: "Deliveries after which an ingest entry is moved aside to STREAM:dead. (env: HERALD_INGEST_MAX_ATTEMPTS, default 5)")
+    @Option(
+        name: .customLong("ingest-max-attempts"), parsing: .unconditional,
+        help: "Deliveries after which an ingest entry is moved aside to STREAM:dead. (env: HERALD_INGEST_MAX_ATTEMPTS, default 5)")
     var ingestMaxAttempts: Int?
 
-    @Option(name: .customLong("history-size"), parsing: .unconditional, help: "Messages kept per room and user for recovery; 0 keeps none. (env: HERALD_HISTORY_SIZE, default 100)")
+    @Option(
+        name: .customLong("history-size"), parsing: .unconditional,
+        help: "Messages kept per room and user for recovery; 0 keeps none. (env: HERALD_HISTORY_SIZE, default 100)")
     var historySize: Int?
 
-    @Option(name: .customLong("history-ttl"), parsing: .unconditional, help: "Seconds a message is kept for recovery; a channel idle longer starts a new epoch. (env: HERALD_HISTORY_TTL, default 300)")
+    @Option(
+        name: .customLong("history-ttl"), parsing: .unconditional,
+        help: "Seconds a message is kept for recovery; a channel idle longer starts a new epoch. (env: HERALD_HISTORY_TTL, default 300)")
     var historyTTL: Int?
 
-    @Option(name: .customLong("no-history-rooms"), help: "Comma-separated rooms that keep no history (exact names or prefix*); their messages still get offsets. (env: HERALD_NO_HISTORY_ROOMS)")
+    @Option(
+        name: .customLong("no-history-rooms"),
+        help: "Comma-separated rooms that keep no history (exact names or prefix*); their messages still get offsets. (env: HERALD_NO_HISTORY_ROOMS)")
     var noHistoryRooms: String?
 
-    @Option(name: .customLong("ack-ttl"), parsing: .unconditional, help: "Seconds a message sent with ack waits for its acknowledgement. (env: HERALD_ACK_TTL, default 3600)")
+    @Option(
+        name: .customLong("ack-ttl"), parsing: .unconditional,
+        help: "Seconds a message sent with ack waits for its acknowledgement. (env: HERALD_ACK_TTL, default 3600)")
     var ackTTL: Int?
 
-    @Option(name: .customLong("history-max-bytes"), parsing: .unconditional, help: "Bytes of history one node keeps in memory over all channels (without --redis); past it the oldest entries of any channel are dropped. (env: HERALD_HISTORY_MAX_BYTES, default 67108864)")
+    @Option(
+        name: .customLong("history-max-bytes"), parsing: .unconditional,
+        help:
+            "Bytes of history one node keeps in memory over all channels (without --redis); past it the oldest entries of any channel are dropped. (env: HERALD_HISTORY_MAX_BYTES, default 67108864)"
+    )
     var historyMaxBytes: Int?
 
-    @Option(name: .customLong("history-channel-max-bytes"), parsing: .unconditional, help: "Bytes of history one room or user channel keeps in memory (and of one user's unacknowledged messages), without --redis; past it its oldest are dropped. (env: HERALD_HISTORY_CHANNEL_MAX_BYTES, default 4194304)")
+    @Option(
+        name: .customLong("history-channel-max-bytes"), parsing: .unconditional,
+        help:
+            "Bytes of history one room or user channel keeps in memory (and of one user's unacknowledged messages), without --redis; past it its oldest are dropped. (env: HERALD_HISTORY_CHANNEL_MAX_BYTES, default 4194304)"
+    )
     var historyChannelMaxBytes: Int?
 
-    @Option(name: .customLong("ack-max-bytes"), parsing: .unconditional, help: "Bytes of unacknowledged messages one node keeps in memory (without --redis); past it new ones are refused with 507. (env: HERALD_ACK_MAX_BYTES, default 67108864)")
+    @Option(
+        name: .customLong("ack-max-bytes"), parsing: .unconditional,
+        help:
+            "Bytes of unacknowledged messages one node keeps in memory (without --redis); past it new ones are refused with 507. (env: HERALD_ACK_MAX_BYTES, default 67108864)"
+    )
     var ackMaxBytes: Int?
 
-    @Option(name: .customLong("max-connections-per-ip"), parsing: .unconditional, help: "Open connections one client IP may hold; 0 for no limit. 127.0.0.1 and ::1 are not counted. (env: HERALD_MAX_CONNECTIONS_PER_IP, default 1000)")
+    @Option(
+        name: .customLong("max-connections-per-ip"), parsing: .unconditional,
+        help: "Open connections one client IP may hold; 0 for no limit. 127.0.0.1 and ::1 are not counted. (env: HERALD_MAX_CONNECTIONS_PER_IP, default 1000)")
     var maxConnectionsPerIP: Int?
 
-    @Option(name: .customLong("max-pending-connections"), parsing: .unconditional, help: "Connections still negotiating (no complete upgrade or HTTP request yet) at once; past it the oldest is closed. 0 for no limit. (env: HERALD_MAX_PENDING_CONNECTIONS, default 1024)")
+    @Option(
+        name: .customLong("max-pending-connections"), parsing: .unconditional,
+        help:
+            "Connections still negotiating (no complete upgrade or HTTP request yet) at once; past it the oldest is closed. 0 for no limit. (env: HERALD_MAX_PENDING_CONNECTIONS, default 1024)"
+    )
     var maxPendingConnections: Int?
-    @Option(name: .customLong("max-connecting"), parsing: .unconditional, help: "WebSocket connections being set up (handshake done, channels not ready) at once; past it new ones get 503 with Retry-After. 0 for no limit. (env: HERALD_MAX_CONNECTING, default 2048)")
+    @Option(
+        name: .customLong("max-connecting"), parsing: .unconditional,
+        help:
+            "WebSocket connections being set up (handshake done, channels not ready) at once; past it new ones get 503 with Retry-After. 0 for no limit. (env: HERALD_MAX_CONNECTING, default 2048)"
+    )
     var maxConnecting: Int?
 
-    @Option(name: .customLong("handshake-timeout"), parsing: .unconditional, help: "Seconds a new connection may take to send its first request head or finish its WebSocket handshake. (env: HERALD_HANDSHAKE_TIMEOUT, default 10)")
+    @Option(
+        name: .customLong("handshake-timeout"), parsing: .unconditional,
+        help: "Seconds a new connection may take to send its first request head or finish its WebSocket handshake. (env: HERALD_HANDSHAKE_TIMEOUT, default 10)")
     var handshakeTimeout: Int?
 
-    @Option(name: .customLong("request-timeout"), parsing: .unconditional, help: "Seconds an HTTP request body may take to arrive once its head has; past it 408. (env: HERALD_REQUEST_TIMEOUT, default 30)")
+    @Option(
+        name: .customLong("request-timeout"), parsing: .unconditional,
+        help: "Seconds an HTTP request body may take to arrive once its head has; past it 408. (env: HERALD_REQUEST_TIMEOUT, default 30)")
     var requestTimeout: Int?
 
-    @Option(name: .customLong("min-request-rate"), parsing: .unconditional, help: "Slowest average HTTP body rate in bytes/s, from its head, after 5 s; slower is 408; 0 turns it off. (env: HERALD_MIN_REQUEST_RATE, default 1024)")
+    @Option(
+        name: .customLong("min-request-rate"), parsing: .unconditional,
+        help: "Slowest average HTTP body rate in bytes/s, from its head, after 5 s; slower is 408; 0 turns it off. (env: HERALD_MIN_REQUEST_RATE, default 1024)"
+    )
     var minRequestRate: Int?
 
-    @Option(name: .customLong("keep-alive-timeout"), parsing: .unconditional, help: "Seconds an HTTP connection may wait for its next request. (env: HERALD_KEEP_ALIVE_TIMEOUT, default 30)")
+    @Option(
+        name: .customLong("keep-alive-timeout"), parsing: .unconditional,
+        help: "Seconds an HTTP connection may wait for its next request. (env: HERALD_KEEP_ALIVE_TIMEOUT, default 30)")
     var keepAliveTimeout: Int?
 
     @Option(parsing: .unconditional, help: "Worker processes sharing the port (SO_REUSEPORT); more than 1 needs --redis. (env: HERALD_WORKERS, default 1)")
@@ -140,10 +212,17 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .customLong("reuse-port"), help: "Set SO_REUSEPORT on the listening socket (what each --workers process does).")
     var reusePort = false
 
-    @Option(name: .customLong("allowed-origins"), help: "Comma-separated browser origins (https://app.example.com) allowed to call /api from a page (CORS), or *; unset sends no CORS headers. (env: HERALD_ALLOWED_ORIGINS)")
+    @Option(
+        name: .customLong("allowed-origins"),
+        help:
+            "Comma-separated browser origins (https://app.example.com) allowed to call /api from a page (CORS), or *; unset sends no CORS headers. (env: HERALD_ALLOWED_ORIGINS)"
+    )
     var allowedOrigins: String?
 
-    @Option(name: .customLong("tls-cert"), help: "PEM certificate (the full chain, leaf first) to serve https:// and wss:// on --port; needs --tls-key. Reloaded on SIGHUP. (env: HERALD_TLS_CERT)")
+    @Option(
+        name: .customLong("tls-cert"),
+        help: "PEM certificate (the full chain, leaf first) to serve https:// and wss:// on --port; needs --tls-key. Reloaded on SIGHUP. (env: HERALD_TLS_CERT)"
+    )
     var tlsCert: String?
 
     @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert. Reloaded on SIGHUP. (env: HERALD_TLS_KEY)")
@@ -193,7 +272,7 @@ struct Serve: AsyncParsableCommand {
             } else {
                 server = try await HeraldServer(configuration: configuration, logger: logger)
             }
-        } catch where error.isUnavailable {
+        } catch  where error.isUnavailable {
             // Not a usage error: the command was right, something it needs is not there.
             FileHandle.standardError.write(Data("herald: \(error.description)\n".utf8))
             throw ExitCode(Self.unavailableExitCode)
@@ -264,7 +343,9 @@ struct Serve: AsyncParsableCommand {
         if let url = options.string(redis, "redis") {
             var backend = RedisBackendConfiguration(url: url)
             if let prefix = options.string(redisPrefix, "redis-prefix") {
-                guard !prefix.isEmpty, !prefix.contains(where: \.isWhitespace) else { throw ValidationError("--redis-prefix must be non-empty, without spaces") }
+                guard !prefix.isEmpty, !prefix.contains(where: \.isWhitespace) else {
+                    throw ValidationError("--redis-prefix must be non-empty, without spaces")
+                }
                 backend.prefix = prefix
             }
             // At least 3: the presence heartbeat runs every third of it.
@@ -293,12 +374,18 @@ struct Serve: AsyncParsableCommand {
         if let count = try options.integer(maxConnectionsPerIP, "max-connections-per-ip", in: 0...10_000_000) { configuration.maxConnectionsPerIP = count }
         if let count = try options.integer(maxPendingConnections, "max-pending-connections", in: 0...10_000_000) { configuration.maxPendingConnections = count }
         if let count = try options.integer(maxConnecting, "max-connecting", in: 0...10_000_000) { configuration.maxConnectingConnections = count }
-        if let seconds = try options.integer(handshakeTimeout, "handshake-timeout", in: 1...3600) { configuration.requestHeadTimeout = .seconds(Int64(seconds)) }
+        if let seconds = try options.integer(handshakeTimeout, "handshake-timeout", in: 1...3600) {
+            configuration.requestHeadTimeout = .seconds(Int64(seconds))
+        }
         if let seconds = try options.integer(requestTimeout, "request-timeout", in: 1...3600) { configuration.requestTimeout = .seconds(Int64(seconds)) }
         if let rate = try options.integer(minRequestRate, "min-request-rate", in: 0...(1 << 30)) { configuration.minimumRequestBytesPerSecond = rate }
-        if let seconds = try options.integer(keepAliveTimeout, "keep-alive-timeout", in: 1...86_400) { configuration.keepAliveTimeout = .seconds(Int64(seconds)) }
+        if let seconds = try options.integer(keepAliveTimeout, "keep-alive-timeout", in: 1...86_400) {
+            configuration.keepAliveTimeout = .seconds(Int64(seconds))
+        }
         if let bytes = try options.integer(historyMaxBytes, "history-max-bytes", in: 0...(1 << 40)) { configuration.history.maxBytes = bytes }
-        if let bytes = try options.integer(historyChannelMaxBytes, "history-channel-max-bytes", in: 0...(1 << 40)) { configuration.history.maxChannelBytes = bytes }
+        if let bytes = try options.integer(historyChannelMaxBytes, "history-channel-max-bytes", in: 0...(1 << 40)) {
+            configuration.history.maxChannelBytes = bytes
+        }
         if let bytes = try options.integer(ackMaxBytes, "ack-max-bytes", in: 0...(1 << 40)) { configuration.history.maxUnacknowledgedBytes = bytes }
         if let origins = options.string(allowedOrigins, "allowed-origins") {
             configuration.allowedOrigins = try Self.origins(origins)

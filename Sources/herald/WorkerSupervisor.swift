@@ -82,7 +82,10 @@ struct WorkerSupervisor {
             process.arguments = arguments
             process.environment = environment
             let (exits, exited) = AsyncStream<Int32>.makeStream()
-            process.terminationHandler = { exited.yield($0.terminationStatus); exited.finish() }
+            process.terminationHandler = {
+                exited.yield($0.terminationStatus)
+                exited.finish()
+            }
             try process.run()
             state.add(process)
             var iterator = exits.makeAsyncIterator()

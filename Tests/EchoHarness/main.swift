@@ -6,11 +6,12 @@
 //
 //   swift run HeraldEchoHarness [PORT]   (prints "listening on PORT" once ready)
 
-@testable import HeraldServer
 import HeraldWire
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+
+@testable import HeraldServer
 
 /// Echoes every message, answers pings, and closes as RFC 6455 says: the parser's violations
 /// close with their code (1002, 1007, 1009), a client's close is answered with its code.
@@ -69,9 +70,11 @@ let bootstrap = ServerBootstrap(group: group)
         )
         return channel.eventLoop.makeCompletedFuture {
             let configuration = NIOUpgradableHTTPServerPipelineConfiguration<Void>(
-                upgradeConfiguration: .init(upgraders: [upgrader], notUpgradingCompletionHandler: { channel in
-                    channel.close().map { _ in }
-                })
+                upgradeConfiguration: .init(
+                    upgraders: [upgrader],
+                    notUpgradingCompletionHandler: { channel in
+                        channel.close().map { _ in }
+                    })
             )
             _ = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
         }

@@ -79,7 +79,9 @@ struct BrokerConformanceTests {
             #expect(page.entries.map(\.offset) == [6, 7, 8], "after `since`, oldest first")
             let entry = try #require(page.entries.first)
             let frame = try json(String(buffer: entry.frame))
-            #expect(frame["offset"] as? Int == 6 && frame["epoch"] as? String == latest.epoch && frame["data"] as? Int == 6, "entries are stamped like live messages")
+            #expect(
+                frame["offset"] as? Int == 6 && frame["epoch"] as? String == latest.epoch && frame["data"] as? Int == 6,
+                "entries are stamped like live messages")
             #expect(try await node.broker.history(of: .room("r"), since: 5, limit: 2).entries.map(\.offset) == [6, 7], "at most `limit`")
             #expect(try await node.broker.history(of: .room("r"), since: 0, limit: 0).entries.isEmpty, "limit 0 reads the position only")
 

@@ -25,7 +25,10 @@ struct RESPDecoderTests {
         ("(3492890328409238509324850943850943825024385\r\n", .bigNumber("3492890328409238509324850943850943825024385")),
         ("%2\r\n+a\r\n:1\r\n+b\r\n*1\r\n#t\r\n", .map([(.simpleString("a"), .integer(1)), (.simpleString("b"), .array([.boolean(true)]))])),
         ("~2\r\n+x\r\n+y\r\n", .set([.simpleString("x"), .simpleString("y")])),
-        (">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n", .push([.bulkString(ByteBuffer(string: "message")), .bulkString(ByteBuffer(string: "ch")), .bulkString(ByteBuffer(string: "hi"))])),
+        (
+            ">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
+            .push([.bulkString(ByteBuffer(string: "message")), .bulkString(ByteBuffer(string: "ch")), .bulkString(ByteBuffer(string: "hi"))])
+        ),
         ("|1\r\n+ttl\r\n:3\r\n+OK\r\n", .attribute([(.simpleString("ttl"), .integer(3))], .simpleString("OK"))),
     ]
 
@@ -65,7 +68,9 @@ struct RESPDecoderTests {
     }
 
     @Test func malformedAndHostileInputIsRefused() {
-        for wire in ["?x\r\n", ":12a\r\n", "$-2\r\n", "$3\r\nabcde", "#x\r\n", ",abc\r\n", "*-5\r\n", "_x\r\n", "+OK\rX", "(-\r\n", "(+-1\r\n", "(½\r\n", "(١٢\r\n"] {
+        for wire in [
+            "?x\r\n", ":12a\r\n", "$-2\r\n", "$3\r\nabcde", "#x\r\n", ",abc\r\n", "*-5\r\n", "_x\r\n", "+OK\rX", "(-\r\n", "(+-1\r\n", "(½\r\n", "(١٢\r\n",
+        ] {
             var buffer = ByteBuffer(string: wire)
             var decoder = RESPDecoder()
             #expect(throws: RESPError.self, "accepted \(wire.debugDescription)") { _ = try decoder.decode(buffer: &buffer) }

@@ -44,11 +44,12 @@ struct RedisSubscriberTests {
         #expect(try await publisher.send(RESPCommand("SPUBLISH", "herald.shard.x", "three")) == .integer(1))
         #expect(try await publisher.send(RESPCommand("PUBLISH", "herald.room.zzz", "nobody")) == .integer(0))
         try await log.waitForCount(3)
-        #expect(log.all == [
-            RedisMessage(kind: .channel, pattern: nil, channel: "herald.room.a", payload: ByteBuffer(string: "one")),
-            RedisMessage(kind: .pattern, pattern: "herald.user.*", channel: "herald.user.alice", payload: ByteBuffer(string: "two")),
-            RedisMessage(kind: .shard, pattern: nil, channel: "herald.shard.x", payload: ByteBuffer(string: "three")),
-        ])
+        #expect(
+            log.all == [
+                RedisMessage(kind: .channel, pattern: nil, channel: "herald.room.a", payload: ByteBuffer(string: "one")),
+                RedisMessage(kind: .pattern, pattern: "herald.user.*", channel: "herald.user.alice", payload: ByteBuffer(string: "two")),
+                RedisMessage(kind: .shard, pattern: nil, channel: "herald.shard.x", payload: ByteBuffer(string: "three")),
+            ])
 
         try await subscriber.unsubscribe(["herald.room.a"])
         #expect(try await publisher.send(RESPCommand("PUBLISH", "herald.room.a", "gone")) == .integer(0))

@@ -133,7 +133,9 @@ struct RedisRosterTests {
         // Announced on alice's channel: her connections on other nodes, which may have loaded
         // no rooms meanwhile, apply them too.
         try await waitUntil("the written-back memberships announced") {
-            Set(node.sink.changes.withLock { $0 }) == [MembershipChange(user: "alice", room: "a", isMember: true), MembershipChange(user: "alice", room: "b", isMember: true)]
+            Set(node.sink.changes.withLock { $0 }) == [
+                MembershipChange(user: "alice", room: "a", isMember: true), MembershipChange(user: "alice", room: "b", isMember: true),
+            ]
         }
         await probe.close()
     }

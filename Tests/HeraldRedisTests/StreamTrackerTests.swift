@@ -17,7 +17,9 @@ struct StreamTrackerTests {
     private func page(_ offsets: ClosedRange<Int64>, epoch: String, latest: Int64) -> HistoryPage {
         HistoryPage(
             latest: StreamPosition(offset: latest, epoch: epoch),
-            entries: offsets.map { HistoryEntry(position: StreamPosition(offset: $0, epoch: epoch), body: ByteBuffer(string: "\($0)@\(epoch)"), positionIndex: nil) },
+            entries: offsets.map {
+                HistoryEntry(position: StreamPosition(offset: $0, epoch: epoch), body: ByteBuffer(string: "\($0)@\(epoch)"), positionIndex: nil)
+            },
             oldest: offsets.lowerBound
         )
     }

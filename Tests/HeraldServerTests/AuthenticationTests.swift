@@ -1,6 +1,6 @@
-import Herald
 import Foundation
 import HTTPTypes
+import Herald
 import HeraldServer
 import Testing
 
@@ -9,7 +9,9 @@ struct AuthenticationTests {
     static let secret = "test-secret-which-is-long-enough"
     static let apiKey = "test-api-key"
 
-    func token(_ user: String, rooms: [String]? = ["lobby", "team-*"], expires: Date = Date().addingTimeInterval(600), secret: String = secret) async throws -> String {
+    func token(_ user: String, rooms: [String]? = ["lobby", "team-*"], expires: Date = Date().addingTimeInterval(600), secret: String = secret) async throws
+        -> String
+    {
         try await Authenticator.jwt(secret: secret).mint(HeraldClaims(sub: user, exp: expires, rooms: rooms))
     }
 
@@ -22,7 +24,10 @@ struct AuthenticationTests {
     }
 
     @Test func missingMalformedBadlySignedAndExpiredTokensGet4001() async throws {
-        try await TestServer.with({ $0.jwtSecret = Self.secret; $0.apiKey = Self.apiKey }) { server in
+        try await TestServer.with({
+            $0.jwtSecret = Self.secret
+            $0.apiKey = Self.apiKey
+        }) { server in
             try await expectRefused(server, query: "user=alice", reason: "token missing: pass a JWT as ?token= or Authorization: Bearer")
             try await expectRefused(server, query: "token=not.a.jwt", reason: "token malformed")
             let forged = try await token("alice", secret: "some-other-secret-entirely-32-bytes-long")
@@ -55,7 +60,10 @@ struct AuthenticationTests {
             #expect(try await kate.nextJSON()["type"] as? String == "joined")
             await kate.close()
         }
-        try await TestServer.with({ $0.jwtSecret = Self.secret; $0.apiKey = "k" }) { server in
+        try await TestServer.with({
+            $0.jwtSecret = Self.secret
+            $0.apiKey = "k"
+        }) { server in
             try await expectRefused(
                 server, query: "token=\(try await token("\u{212A}ate"))",
                 reason: "token malformed: sub must be in Unicode Normalization Form C (NFC): normalize it before use"
@@ -74,7 +82,10 @@ struct AuthenticationTests {
         } throws: { error in
             (error as? ConfigurationError)?.message.contains("no API key") == true
         }
-        try await TestServer.with({ $0.jwtSecret = Self.secret; $0.apiKey = Self.apiKey }) { server in
+        try await TestServer.with({
+            $0.jwtSecret = Self.secret
+            $0.apiKey = Self.apiKey
+        }) { server in
             let eve = try await TestClient.connect(port: server.port, query: "token=\(try await token("eve", rooms: []))")
             _ = try await eve.next(type: "welcome")
             try await eve.send(#"{"type":"join","room":"R","id":1}"#)
@@ -93,7 +104,10 @@ struct AuthenticationTests {
     }
 
     @Test func validTokenFromQueryOrHeaderAndRoomsClaim() async throws {
-        try await TestServer.with({ $0.jwtSecret = Self.secret; $0.apiKey = Self.apiKey }) { server in
+        try await TestServer.with({
+            $0.jwtSecret = Self.secret
+            $0.apiKey = Self.apiKey
+        }) { server in
             let viaQuery = try await TestClient.connect(port: server.port, query: "token=\(try await token("alice"))&user=mallory")
             let welcome = try await viaQuery.nextJSON()
             #expect(welcome["type"] as? String == "welcome")

@@ -20,7 +20,8 @@ struct ClusterTests {
             var nodes: [HeraldNodeProcess] = []
             for index in 1...count {
                 nodes.append(
-                    try await HeraldNodeProcess(arguments: ["--redis", redis.url, "--node-id", "n\(index)", "--presence-ttl", String(presenceTTL), "--log-level", "warning"] + extra)
+                    try await HeraldNodeProcess(
+                        arguments: ["--redis", redis.url, "--node-id", "n\(index)", "--presence-ttl", String(presenceTTL), "--log-level", "warning"] + extra)
                 )
             }
             return Cluster(redis: redis, nodes: nodes)

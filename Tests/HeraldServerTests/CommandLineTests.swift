@@ -44,7 +44,10 @@ struct CommandLineTests {
     }
 
     @Test func aRedisPasswordIsNeverPrinted() async throws {
-        for url in ["redis://:hunter2-secret@127.0.0.1:99999", "redis://app:hunter2-secret@127.0.0.1:\(try RedisServerProcess.freePort())", "http://app:hunter2-secret@x"] {
+        for url in [
+            "redis://:hunter2-secret@127.0.0.1:99999", "redis://app:hunter2-secret@127.0.0.1:\(try RedisServerProcess.freePort())",
+            "http://app:hunter2-secret@x",
+        ] {
             let run = try await runHerald(["serve", "--port", "0", "--redis", url])
             #expect(run.status != 0, "\(url)")
             #expect(!run.output.contains("hunter2-secret"), "\(run.output)")
@@ -66,7 +69,9 @@ struct CommandLineTests {
         #expect(run.output.split(separator: "\n").count == 1, "one line: \(run.output)")
 
         // With workers, the group gives up after its restarts and exits with the workers' reason.
-        let workers = try await runHerald(["serve", "--workers", "2", "--port", String(try RedisServerProcess.freePort()), "--redis", "redis://127.0.0.1:\(port)"])
+        let workers = try await runHerald([
+            "serve", "--workers", "2", "--port", String(try RedisServerProcess.freePort()), "--redis", "redis://127.0.0.1:\(port)",
+        ])
         #expect(workers.status == 69, "\(workers.output)")
         #expect(workers.output.contains("stopping all workers"))
     }

@@ -196,7 +196,8 @@ struct ConnectionManagerTests {
     /// RFC 6455 7.1.7: after a violation the server sends its close frame and closes TCP at once,
     /// without waiting for a close frame it could not parse anyway.
     @Test func aProtocolViolationClosesTheConnectionAtOnceWithItsCode() async throws {
-        try await TestServer.with { server in
+        // A close timeout far longer than "at once" may take on a loaded machine.
+        try await TestServer.with({ $0.closeTimeout = .seconds(30) }) { server in
             let port = server.port
             let (code, closedWithin) = try await RawWebSocket.run { () throws -> (UInt16, Duration) in
                 let client = try RawWebSocket(port: port, query: "user=mallory")
@@ -209,7 +210,7 @@ struct ConnectionManagerTests {
                 return (UInt16(close.payload[0]) << 8 | UInt16(close.payload[1]), ContinuousClock.now - started)
             }
             #expect(code == 1007)
-            #expect(closedWithin < .seconds(1), "TCP closed right after the close frame, not after the close timeout: \(closedWithin)")
+            #expect(closedWithin < .seconds(15), "TCP closed right after the close frame, not after the 30 s close timeout: \(closedWithin)")
         }
     }
 

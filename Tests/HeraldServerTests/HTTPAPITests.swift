@@ -38,16 +38,25 @@ struct HTTPAPITests {
             var expected: [Int] = []
             for n in 0..<30 {
                 switch n % 5 {
-                case 0: requests.append(rawRequest("GET", "/api/stats")); expected.append(200)
-                case 1: requests.append(rawRequest("POST", "/api/broadcast", body: #"{"data":"x"#)); expected.append(400)
-                case 2: requests.append(rawRequest("PUT", "/api/rooms/other/members/u\(n)")); expected.append(200)
-                default: requests.append(rawRequest("POST", "/api/rooms/pipe/publish", body: #"{"data":\#(n)}"#)); expected.append(202)
+                case 0:
+                    requests.append(rawRequest("GET", "/api/stats"))
+                    expected.append(200)
+                case 1:
+                    requests.append(rawRequest("POST", "/api/broadcast", body: #"{"data":"x"#))
+                    expected.append(400)
+                case 2:
+                    requests.append(rawRequest("PUT", "/api/rooms/other/members/u\(n)"))
+                    expected.append(200)
+                default:
+                    requests.append(rawRequest("POST", "/api/rooms/pipe/publish", body: #"{"data":\#(n)}"#))
+                    expected.append(202)
                 }
             }
             // Over the body limit: refused without reading the body, and the connection closed
             // after the answer (a refused body is not drained); the requests before it are answered.
             let data = String(repeating: "x", count: 1_000)
-            requests.append(rawRequest("POST", "/api/broadcast", body: #"{"data":"\#(data)"}"#)); expected.append(413)
+            requests.append(rawRequest("POST", "/api/broadcast", body: #"{"data":"\#(data)"}"#))
+            expected.append(413)
             let statuses = try await pipelined(port: server.port, requests)
             #expect(statuses == expected)
             var received: [Int] = []
@@ -94,7 +103,9 @@ struct HTTPAPITests {
             #expect(room["members"] as? [String] == ["al/ice"])
             #expect(try await server.http("PUT", "/api/rooms/a%0Ab/members/x").status == 400)
             // Not valid percent-encoded UTF-8, a look-alike, another normal form, an invisible character.
-            for path in ["/api/rooms/a%FFb/members/x", "/api/rooms/lobby/members/%E2%84%AAate", "/api/rooms/Cafe%CC%81/members/x", "/api/users/al%E2%80%8Bice/send"] {
+            for path in [
+                "/api/rooms/a%FFb/members/x", "/api/rooms/lobby/members/%E2%84%AAate", "/api/rooms/Cafe%CC%81/members/x", "/api/users/al%E2%80%8Bice/send",
+            ] {
                 let refused = try await server.http(path.hasSuffix("/send") ? "POST" : "PUT", path, body: path.hasSuffix("/send") ? #"{"data":1}"# : nil)
                 #expect(refused.status == 400, "\(path)")
                 #expect(try json(refused.body)["error"] as? String == "bad_request", "\(path)")
@@ -146,7 +157,8 @@ private func pipelinedBlocking(port: Int, _ requests: [String]) throws -> [Int] 
             // Parse every complete response buffered so far (status line, headers, Content-Length body).
             while let headEnd = received.firstRange(of: Array("\r\n\r\n".utf8)) {
                 let head = String(decoding: received[..<headEnd.lowerBound], as: UTF8.self)
-                let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                let length =
+                    head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
                     .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
                 guard received.count >= headEnd.upperBound + length else { break }
                 statuses.append(Int(head.split(separator: " ")[1]) ?? 0)

@@ -150,7 +150,8 @@ struct HTTPConventionsTests {
             // Every answer varies by Origin, refused ones too: a cache must not hand the answer
             // kept for one origin to another.
             #expect(evil.header("Vary") == "Origin")
-            let evilPublish = try await exchange(server.port, "POST", "/api/broadcast", body: #"{"data":1}"#, headers: ["Origin": "https://evil.example"], apiKey: "k3y")
+            let evilPublish = try await exchange(
+                server.port, "POST", "/api/broadcast", body: #"{"data":1}"#, headers: ["Origin": "https://evil.example"], apiKey: "k3y")
             #expect(evilPublish.header("Access-Control-Allow-Origin") == nil)
             #expect(evilPublish.header("Vary") == "Origin")
         }
@@ -161,7 +162,9 @@ struct HTTPConventionsTests {
         #expect(try CORSPolicy.normalize("http://localhost:80").get() == "http://localhost")
         #expect(try CORSPolicy.normalize("http://localhost:3000").get() == "http://localhost:3000")
         #expect(try CORSPolicy.normalize("http://[::1]:8080").get() == "http://[::1]:8080")
-        for bad in ["example.com", "https://a.com/", "https://a b.com", "https://a.com:99999", "https://a.com/path", "https://user@a.com", "ftp://a.com", "https://"] {
+        for bad in [
+            "example.com", "https://a.com/", "https://a b.com", "https://a.com:99999", "https://a.com/path", "https://user@a.com", "ftp://a.com", "https://",
+        ] {
             #expect(throws: CORSPolicy.OriginProblem.self, "\(bad)") { try CORSPolicy.normalize(bad).get() }
         }
         let policy = CORSPolicy(["https://app.example.com"])
@@ -226,7 +229,10 @@ func afterAnswer(port: Int, _ raw: String) async throws -> (statuses: [Int], clo
         var closed = false
         while true {
             let count = recv(fd, &chunk, chunk.count, 0)
-            if count == 0 { closed = true; break }
+            if count == 0 {
+                closed = true
+                break
+            }
             if count < 0 { break }  // timed out: still open
             received += chunk[..<count]
         }

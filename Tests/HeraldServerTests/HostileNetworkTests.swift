@@ -77,7 +77,8 @@ struct HostileNetworkTests {
         var request: String {
             switch self {
             case .duplicateContentLength: "POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
-            case .contentLengthWithTransferEncoding: "POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            case .contentLengthWithTransferEncoding:
+                "POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
             case .headersOver80KB: "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + String(repeating: "a", count: 90_000) + "\r\n\r\n"
             case .notHTTP: "\u{16}\u{03}\u{01}\u{02}\u{00}\u{01}\u{00}\u{01}\u{fc}\u{03}\u{03}garbage\r\n\r\n"
             }
@@ -218,7 +219,9 @@ struct SlowlorisTests {
                     _ = try await client.next(type: "welcome", timeout: 1)
                     try await client.send(#"{"type":"join","room":"during-attack"}"#)
                     _ = try await client.next(type: "joined", timeout: 1)
-                    #expect(try await httpRequest(port: server.port, "POST", "/api/rooms/during-attack/publish", body: #"{"data":\#(round)}"#, timeout: 1).status == 202)
+                    #expect(
+                        try await httpRequest(port: server.port, "POST", "/api/rooms/during-attack/publish", body: #"{"data":\#(round)}"#, timeout: 1).status
+                            == 202)
                     #expect(try await client.nextJSON(timeout: 1)["data"] as? Int == round)
                     await client.close()
                 }

@@ -1,7 +1,8 @@
 import Foundation
-@testable import HeraldServer
 import Synchronization
 import Testing
+
+@testable import HeraldServer
 
 #if canImport(Glibc)
 import Glibc
@@ -19,7 +20,8 @@ struct OverloadTests {
             let refused = try await RawWebSocket.run { () -> String in
                 let socket = try connectLoopback(port: server.port)
                 defer { close(socket) }
-                let request = "GET /ws?user=second HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                let request =
+                    "GET /ws?user=second HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
                 _ = Array(request.utf8).withUnsafeBytes { send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                 return readUntilClosed(socket).answer
             }

@@ -1,5 +1,5 @@
-import Herald
 import Foundation
+import Herald
 import HeraldServer
 import Testing
 
@@ -151,7 +151,10 @@ struct RecoveryTests {
 
             // A malformed position is a bad request, not an authentication failure: the connection
             // is served, and its welcome says recovery failed and where the channel stands.
-            let queries = ["since_offset=x&since_epoch=e", "since_offset=-1&since_epoch=e", "since_offset=3", "since_epoch=e", "since_offset=1&since_epoch=" + String(repeating: "e", count: 201)]
+            let queries = [
+                "since_offset=x&since_epoch=e", "since_offset=-1&since_epoch=e", "since_offset=3", "since_epoch=e",
+                "since_offset=1&since_epoch=" + String(repeating: "e", count: 201),
+            ]
             // A channel with no message yet: its position (offset 0 and its epoch, empty with
             // Redis) is one a client may resume from.
             for query in ["since_offset=0&since_epoch=", "since_offset=0&since_epoch=whatever"] {

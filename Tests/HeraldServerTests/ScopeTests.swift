@@ -1,5 +1,5 @@
-import Herald
 import Foundation
+import Herald
 import HeraldServer
 import Testing
 

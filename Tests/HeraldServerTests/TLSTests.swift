@@ -1,8 +1,9 @@
 import Foundation
 import Herald
-@testable import HeraldServer
 import NIOSSL
 import Testing
+
+@testable import HeraldServer
 
 #if canImport(Glibc)
 import Glibc
@@ -57,7 +58,9 @@ struct TLSTests {
             _ = try await client.next(type: "welcome")
             try await client.send(#"{"type":"join","room":"r","id":1}"#)
             _ = try await client.next(type: "joined")
-            let published = try await pki.curl(["-X", "POST", "-H", "Content-Type: application/json", "--data", #"{"data":"hello"}"#], port: server.port, path: "/api/rooms/r/publish", trusting: "one")
+            let published = try await pki.curl(
+                ["-X", "POST", "-H", "Content-Type: application/json", "--data", #"{"data":"hello"}"#], port: server.port, path: "/api/rooms/r/publish",
+                trusting: "one")
             #expect(published.output.hasSuffix("202"), "\(published.output)")
             let message = try await client.next(type: "message")
             #expect(message["data"] as? String == "hello")
@@ -143,7 +146,8 @@ struct TLSTests {
             try pki.replace(files, with: renewed)
             #expect(server.node.reloadCertificates())
 
-            let published = try await pki.curl(["-X", "POST", "--data", #"{"data":"after reload"}"#], port: server.port, path: "/api/rooms/r/publish", trusting: "two")
+            let published = try await pki.curl(
+                ["-X", "POST", "--data", #"{"data":"after reload"}"#], port: server.port, path: "/api/rooms/r/publish", trusting: "two")
             #expect(published.status == 0 && published.output.hasSuffix("202"), "new connections present the new certificate: \(published.output)")
             let message = try await before.next(type: "message")
             #expect(message["data"] as? String == "after reload", "the connection opened before the reload still receives")
@@ -265,7 +269,8 @@ struct TestPKI {
     /// the output ends with the HTTP status. curl's exit status 60 is a certificate it could not verify.
     func curl(_ arguments: [String], port: Int, path: String, trusting name: String?) async throws -> (status: Int32, output: String) {
         let trust = name.map { ["--cacert", caPath($0)] } ?? []
-        return try await runTool("/usr/bin/curl", ["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"] + trust + arguments + ["https://127.0.0.1:\(port)\(path)"])
+        return try await runTool(
+            "/usr/bin/curl", ["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"] + trust + arguments + ["https://127.0.0.1:\(port)\(path)"])
     }
 
     private func openssl(_ arguments: [String]) throws {

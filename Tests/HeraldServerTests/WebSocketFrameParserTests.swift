@@ -1,12 +1,15 @@
-@testable import HeraldServer
 import HeraldWire
 import NIOCore
 import Testing
 
+@testable import HeraldServer
+
 @Suite("WebSocket frame parser")
 struct WebSocketFrameParserTests {
     /// A client frame as a browser sends it: masked with `mask`.
-    func clientFrame(opcode: UInt8, fin: Bool = true, payload: [UInt8], mask: [UInt8] = [0x12, 0x34, 0x56, 0x78], rsv: UInt8 = 0, masked: Bool = true) -> [UInt8] {
+    func clientFrame(opcode: UInt8, fin: Bool = true, payload: [UInt8], mask: [UInt8] = [0x12, 0x34, 0x56, 0x78], rsv: UInt8 = 0, masked: Bool = true)
+        -> [UInt8]
+    {
         var bytes: [UInt8] = [(fin ? 0x80 : 0) | rsv | opcode]
         let maskBit: UInt8 = masked ? 0x80 : 0
         if payload.count < 126 {
@@ -39,7 +42,8 @@ struct WebSocketFrameParserTests {
     @Test func everySplitOfAStreamYieldsTheSameFrames() throws {
         let text = Array(#"{"type":"join","room":"r"}"#.utf8)
         let long = Array(String(repeating: "é", count: 200).utf8)  // 400 bytes: 16-bit length
-        let stream = clientFrame(opcode: 0x1, payload: text)
+        let stream =
+            clientFrame(opcode: 0x1, payload: text)
             + clientFrame(opcode: 0x9, payload: [1, 2, 3])
             + clientFrame(opcode: 0x1, fin: false, payload: Array(long[0..<150]))
             + clientFrame(opcode: 0xA, payload: [])  // control frames may interleave with fragments
@@ -80,7 +84,8 @@ struct WebSocketFrameParserTests {
         #expect(violation(clientFrame(opcode: 0x1, fin: false, payload: [1]) + clientFrame(opcode: 0x1, payload: [1]))?.code == .protocolError)
         #expect(violation(clientFrame(opcode: 0x8, payload: [3]))?.code == .protocolError)
         #expect(violation(clientFrame(opcode: 0x1, payload: [UInt8](repeating: 0, count: 2000)), maxMessageSize: 1024)?.code == .frameTooLarge)
-        let fragmented = clientFrame(opcode: 0x1, fin: false, payload: [UInt8](repeating: 0, count: 600))
+        let fragmented =
+            clientFrame(opcode: 0x1, fin: false, payload: [UInt8](repeating: 0, count: 600))
             + clientFrame(opcode: 0x0, payload: [UInt8](repeating: 0, count: 600))
         #expect(violation(fragmented, maxMessageSize: 1024)?.code == .frameTooLarge)
     }
@@ -88,7 +93,10 @@ struct WebSocketFrameParserTests {
     /// Autobahn 6.x: text that is not valid UTF-8 fails the connection with 1007, whole or
     /// fragmented (checked when the message is complete: NON-STRICT in Autobahn's terms).
     @Test func invalidUTF8TextClosesWith1007() throws {
-        for bytes: [UInt8] in [[0xFF], [0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xCF, 0x83, 0xCE, 0xBC, 0xCE, 0xB5, 0xED, 0xA0, 0x80, 0x65, 0x64, 0x69, 0x74, 0x65, 0x64], [0xC0, 0xAF], [0xF4, 0x90, 0x80, 0x80], [0xE0, 0x80]] {
+        for bytes: [UInt8] in [
+            [0xFF], [0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xCF, 0x83, 0xCE, 0xBC, 0xCE, 0xB5, 0xED, 0xA0, 0x80, 0x65, 0x64, 0x69, 0x74, 0x65, 0x64], [0xC0, 0xAF],
+            [0xF4, 0x90, 0x80, 0x80], [0xE0, 0x80],
+        ] {
             #expect(violation(clientFrame(opcode: 0x1, payload: bytes))?.code == .invalidPayload, "\(bytes)")
             let split = bytes.count / 2
             let fragmented = clientFrame(opcode: 0x1, fin: false, payload: Array(bytes[..<split])) + clientFrame(opcode: 0x0, payload: Array(bytes[split...]))

@@ -85,7 +85,8 @@ struct HistoryBudgetTests {
         try await interested(broker, in: rooms)
         for round in 0..<5 {
             for room in rooms {
-                try await broker.publish(.message(to: room, from: nil, data: try RawJSON(validating: "\"\(round)" + String(repeating: "y", count: 5_000) + "\"")), on: loop)
+                try await broker.publish(
+                    .message(to: room, from: nil, data: try RawJSON(validating: "\"\(round)" + String(repeating: "y", count: 5_000) + "\"")), on: loop)
             }
             #expect(broker.heldBytes.history <= 200_000)
         }
@@ -135,4 +136,3 @@ struct HistoryBudgetTests {
         #expect(broker.heldBytes.unacknowledged <= 50_000)
     }
 }
-

@@ -1,7 +1,8 @@
-@testable import Herald
 import NIOCore
 import NIOPosix
 import Testing
+
+@testable import Herald
 
 @Suite("LocalInterest: which channels a node needs")
 struct LocalInterestTests {

@@ -92,7 +92,8 @@ struct ClientFrameTests {
     /// RFC 8259's grammar allows an escaped lone surrogate; JavaScript parses it. Data passes
     /// through untouched, but a name (which Herald decodes) must be real Unicode.
     @Test func loneSurrogateEscapesPassInDataButNotInNames() throws {
-        #expect(try decode(#"{"type":"send","user":"u","data":"\ud800"}"#) == ClientFrame(command: .send(user: "u", data: try RawJSON(validating: #""\ud800""#))))
+        #expect(
+            try decode(#"{"type":"send","user":"u","data":"\ud800"}"#) == ClientFrame(command: .send(user: "u", data: try RawJSON(validating: #""\ud800""#))))
         #expect(decodeError(#"{"type":"send","user":"\udc00","data":1}"#)?.message.contains("surrogate") == true)
     }
 

@@ -36,7 +36,10 @@ struct NameTests {
 
     /// Blank and invisible look-alikes that are in NFC are refused too.
     @Test func blanksAndUnassignedCodePointsAreRefused() {
-        for name in [" alice", "alice ", "alice\u{A0}", "\u{2800}", "\u{3000}", "a\u{2028}b", "\u{E000}x", "a\u{FFFD}b", "a\u{378}b", "\u{200D}x", "x\u{200C}", "\u{E0067}x", "\u{3164}"] {
+        for name in [
+            " alice", "alice ", "alice\u{A0}", "\u{2800}", "\u{3000}", "a\u{2028}b", "\u{E000}x", "a\u{FFFD}b", "a\u{378}b", "\u{200D}x", "x\u{200C}",
+            "\u{E0067}x", "\u{3164}",
+        ] {
             #expect(Name.problem(name) != nil, "\(name.unicodeScalars.map { String($0.value, radix: 16) })")
         }
     }

@@ -88,7 +88,8 @@ func encode(_ frame: ClientFrame) -> [UInt8] {
     switch frame.command {
     case .join(let room, let since):
         buffer.writeJSONString("join")
-        field("room"); buffer.writeJSONString(room)
+        field("room")
+        buffer.writeJSONString(room)
         if let since {
             field("since")
             buffer.writeString(#"{"offset":\#(since.offset),"epoch":"#)
@@ -97,27 +98,41 @@ func encode(_ frame: ClientFrame) -> [UInt8] {
         }
     case .leave(let room):
         buffer.writeJSONString("leave")
-        field("room"); buffer.writeJSONString(room)
+        field("room")
+        buffer.writeJSONString(room)
     case .presence(let room):
         buffer.writeJSONString("presence")
-        field("room"); buffer.writeJSONString(room)
+        field("room")
+        buffer.writeJSONString(room)
     case .publish(let room, let data):
         buffer.writeJSONString("publish")
-        field("room"); buffer.writeJSONString(room)
-        field("data"); raw(data)
+        field("room")
+        buffer.writeJSONString(room)
+        field("data")
+        raw(data)
     case .send(let user, let data):
         buffer.writeJSONString("send")
-        field("user"); buffer.writeJSONString(user)
-        field("data"); raw(data)
+        field("user")
+        buffer.writeJSONString(user)
+        field("data")
+        raw(data)
     case .broadcast(let data):
         buffer.writeJSONString("broadcast")
-        field("data"); raw(data)
+        field("data")
+        raw(data)
     case .ack(let offset, let epoch):
         buffer.writeJSONString("ack")
-        field("offset"); buffer.writeString(String(offset))
-        if let epoch { field("epoch"); buffer.writeJSONString(epoch) }
+        field("offset")
+        buffer.writeString(String(offset))
+        if let epoch {
+            field("epoch")
+            buffer.writeJSONString(epoch)
+        }
     }
-    if let id = frame.id { field("id"); raw(id) }
+    if let id = frame.id {
+        field("id")
+        raw(id)
+    }
     buffer.writeStaticString("}")
     return Array(buffer.readableBytesView)
 }
@@ -136,8 +151,9 @@ func checkName(_ name: String) {
     invariant(utf8.first != 0x20 && utf8.last != 0x20, "accepted a name with a leading or trailing space")
     invariant(!name.unicodeScalars.contains { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }, "accepted a control character in \(name.debugDescription)")
     invariant(!name.unicodeScalars.contains("\u{FFFD}"), "accepted U+FFFD in \(name.debugDescription)")
-    invariant(!name.unicodeScalars.contains { [0x200B, 0x2060, 0xFEFF, 0x202E, 0x00A0, 0x3000, 0x2028].contains($0.value) },
-              "accepted an invisible or blank character in \(name.debugDescription)")
+    invariant(
+        !name.unicodeScalars.contains { [0x200B, 0x2060, 0xFEFF, 0x202E, 0x00A0, 0x3000, 0x2028].contains($0.value) },
+        "accepted an invisible or blank character in \(name.debugDescription)")
     invariant(utf8.elementsEqual(name._nfcCodeUnits), "accepted a name not in NFC: \(hex(utf8))")
     // One spelling per canonical equivalence class: an accepted name's NFD, when its bytes
     // differ, is `==` to it and must be refused.

@@ -12,8 +12,9 @@
 // and Foundation's `JSONSerialization` accepts what the scanner accepts (differential).
 import Foundation
 import FuzzSupport
-@testable import HeraldWire
 import NIOCore
+
+@testable import HeraldWire
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzJSON(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
@@ -95,8 +96,9 @@ func isJSONWhitespace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || b
 func checkFields(_ fields: [JSONScanner.Field], of input: [UInt8]) {
     var previousEnd = 0
     for field in fields {
-        invariant(previousEnd < field.valueStart && field.valueStart < field.valueEnd && field.valueEnd <= input.count,
-                  "field \(field.key): range \(field.valueStart)..<\(field.valueEnd) after \(previousEnd) in \(input.count) bytes")
+        invariant(
+            previousEnd < field.valueStart && field.valueStart < field.valueEnd && field.valueEnd <= input.count,
+            "field \(field.key): range \(field.valueStart)..<\(field.valueEnd) after \(previousEnd) in \(input.count) bytes")
         previousEnd = field.valueEnd
         let value = Array(input[field.valueStart..<field.valueEnd])
         invariant(scanSingle(value) == .success(field.kind), "field \(field.key)'s value \(hex(value)) does not re-scan as a \(field.kind)")

@@ -15,9 +15,10 @@
 // broker inserts the position fields.
 import FuzzSupport
 import Herald
-@testable import HeraldServer
 import HeraldWire
 import NIOCore
+
+@testable import HeraldServer
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzPublishRequest(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
@@ -43,7 +44,8 @@ func route(_ path: String) -> Route {
     case nil: return .none
     case .success(let target)?: return .target(target)
     case .failure(let error)?:
-        invariant(error.status == .badRequest && error.code == .badRequest && !error.message.isEmpty, "a refused route answers \(error.status) \(error.message)")
+        invariant(
+            error.status == .badRequest && error.code == .badRequest && !error.message.isEmpty, "a refused route answers \(error.status) \(error.message)")
         return .badName
     }
 }

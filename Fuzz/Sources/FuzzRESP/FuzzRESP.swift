@@ -68,8 +68,9 @@ func decodeAll(_ input: [UInt8], sizes: [Int], decoder: RESPDecoder) -> Decoded 
                     break
                 }
                 let used = buffer.readerIndex - before.readerIndex
-                invariant(used > 0 && used <= before.readableBytes && buffer.writerIndex == before.writerIndex,
-                          "decode consumed \(used) of \(before.readableBytes) bytes")
+                invariant(
+                    used > 0 && used <= before.readableBytes && buffer.writerIndex == before.writerIndex,
+                    "decode consumed \(used) of \(before.readableBytes) bytes")
                 decoded.values.append(value)
             } catch let error as RESPError {
                 invariant(buffer == before && buffer.readerIndex == before.readerIndex, "decode threw but moved the buffer")
@@ -111,10 +112,16 @@ func checkLimits(_ value: RESPValue, _ decoder: RESPDecoder) {
             elements.forEach(visit)
         case .map(let pairs):
             invariant(pairs.count <= decoder.maxAggregateCount, "map of \(pairs.count)")
-            pairs.forEach { visit($0.key); visit($0.value) }
+            pairs.forEach {
+                visit($0.key)
+                visit($0.value)
+            }
         case .attribute(let pairs, let reply):
             invariant(pairs.count <= decoder.maxAggregateCount, "attribute of \(pairs.count)")
-            pairs.forEach { visit($0.key); visit($0.value) }
+            pairs.forEach {
+                visit($0.key)
+                visit($0.value)
+            }
             visit(reply)
         default:
             break
@@ -176,8 +183,10 @@ func checkRoundTrip(_ value: RESPValue) {
     guard encode(value, into: &encoded) else { return }
     let bytes = Array(encoded.readableBytesView)
     let again = decodeAll(bytes, sizes: [bytes.count], decoder: RESPDecoder())
-    invariant(again.error == nil && again.values == [value] && again.leftover == 0,
-              "\(value) encoded as \(String(decoding: bytes.prefix(200), as: UTF8.self).debugDescription) decodes as \(again.values), \(String(describing: again.error))")
+    invariant(
+        again.error == nil && again.values == [value] && again.leftover == 0,
+        "\(value) encoded as \(String(decoding: bytes.prefix(200), as: UTF8.self).debugDescription) decodes as \(again.values), \(String(describing: again.error))"
+    )
 }
 
 /// The input split at NUL bytes as a command's arguments: its encoding decodes to those bulk strings.
@@ -187,6 +196,7 @@ func checkCommand(_ input: [UInt8]) {
     RESPCommand(arguments: arguments).encode(into: &encoded)
     let bytes = Array(encoded.readableBytesView)
     let decoded = decodeAll(bytes, sizes: [bytes.count], decoder: RESPDecoder())
-    invariant(decoded.error == nil && decoded.values == [.array(arguments.map { .bulkString($0) })] && decoded.leftover == 0,
-              "command \(arguments.count) arguments does not decode back")
+    invariant(
+        decoded.error == nil && decoded.values == [.array(arguments.map { .bulkString($0) })] && decoded.leftover == 0,
+        "command \(arguments.count) arguments does not decode back")
 }

@@ -12,9 +12,10 @@
 // Program mode checks that valid frames (any masks, length encodings, fragmentation and
 // interleaved control frames) give back exactly the messages encoded, or 1009 when over the limit.
 import FuzzSupport
-@testable import HeraldServer
 import HeraldWire
 import NIOCore
+
+@testable import HeraldServer
 
 typealias Frame = WebSocketFrameParser.Frame
 
@@ -127,7 +128,9 @@ func fuzzRawStream(_ stream: [UInt8], limit: Int, generator: inout SplitMix) {
     let whole = parse(stream, limit: limit, sizes: stream.isEmpty ? [] : [stream.count])
     let split = parse(stream, limit: limit, sizes: readSizes(total: stream.count, using: &generator))
     invariant(whole.frames == split.frames, "frames differ when the stream is split: \(whole.frames) vs \(split.frames)")
-    invariant(whole.violation == split.violation, "violation differs when the stream is split: \(String(describing: whole.violation)) vs \(String(describing: split.violation))")
+    invariant(
+        whole.violation == split.violation,
+        "violation differs when the stream is split: \(String(describing: whole.violation)) vs \(String(describing: split.violation))")
     if whole.violation == nil {
         invariant(whole.leftover == split.leftover, "leftover differs when split: \(whole.leftover) vs \(split.leftover)")
     }
@@ -143,8 +146,9 @@ func fuzzRawStream(_ stream: [UInt8], limit: Int, generator: inout SplitMix) {
         case .close(nil): encoded = encode(opcode: 0x8, payload: [], generator: &generator)
         }
         let again = parse(encoded, limit: limit, sizes: readSizes(total: encoded.count, using: &generator))
-        invariant(again.violation == nil && again.frames == [frame] && again.leftover == 0,
-                  "\(frame) encoded as \(hex(encoded)) parses as \(again)")
+        invariant(
+            again.violation == nil && again.frames == [frame] && again.leftover == 0,
+            "\(frame) encoded as \(hex(encoded)) parses as \(again)")
     }
 }
 
@@ -233,7 +237,9 @@ func fuzzProgram(_ program: [UInt8], limit: Int, generator: inout SplitMix) {
 
     let outcome = parse(wire, limit: limit, sizes: readSizes(total: wire.count, using: &generator))
     invariant(outcome.frames == expected, "program frames: expected \(expected), got \(outcome.frames) (limit \(limit))")
-    invariant(outcome.violation?.code == expectedViolation, "expected violation \(String(describing: expectedViolation)), got \(String(describing: outcome.violation))")
+    invariant(
+        outcome.violation?.code == expectedViolation,
+        "expected violation \(String(describing: expectedViolation)), got \(String(describing: outcome.violation))")
     if expectedViolation == nil {
         invariant(outcome.leftover == 0, "\(outcome.leftover) bytes left over after complete frames")
     }
@@ -245,7 +251,8 @@ func bytes(_ count: Int, generator: inout SplitMix) -> [UInt8] {
 
 /// About `count` bytes of valid UTF-8 (never more than `count`).
 func text(_ count: Int, nonASCII: Bool, generator: inout SplitMix) -> [UInt8] {
-    let pieces: [[UInt8]] = nonASCII
+    let pieces: [[UInt8]] =
+        nonASCII
         ? [[0x61], [0x7B], Array("é".utf8), Array("€".utf8), Array("𝄞".utf8), Array("\u{0}".utf8)]
         : [[0x61], [0x7B], [0x22], [0x20], [0x7D], [0x3A]]
     var out: [UInt8] = []

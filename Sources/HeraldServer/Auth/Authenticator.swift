@@ -1,5 +1,5 @@
-import HeraldWire
 public import Foundation
+import HeraldWire
 public import JWTKit
 
 /// Turns the credentials of a WebSocket upgrade into an ``Identity``.

@@ -147,7 +147,7 @@ struct HTTPAPI {
     private func roster<T>(_ body: () async throws(HubError) -> T) async throws -> T {
         do {
             return try await body()
-        } catch where error.isMembershipLimit {
+        } catch  where error.isMembershipLimit {
             throw APIError(.conflict, code: .limitExceeded, message: error.description)
         } catch {
             throw APIError(.serviceUnavailable, code: .unavailable, message: error.description)

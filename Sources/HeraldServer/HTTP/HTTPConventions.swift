@@ -64,7 +64,11 @@ public struct CORSPolicy: Sendable {
     public static func normalize(_ text: String) -> Result<String, OriginProblem> {
         let lowered = text.lowercased()
         let scheme: String
-        if lowered.hasPrefix("https://") { scheme = "https" } else if lowered.hasPrefix("http://") { scheme = "http" } else {
+        if lowered.hasPrefix("https://") {
+            scheme = "https"
+        } else if lowered.hasPrefix("http://") {
+            scheme = "http"
+        } else {
             return .failure(OriginProblem("must start with http:// or https://"))
         }
         let rest = lowered.dropFirst(scheme.count + 3)

@@ -149,7 +149,8 @@ final class HTTPRequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
         responseStarted = true
         let body = JSONBody.errorBody(
             code: "request_timeout",
-            message: "the request did not arrive in time: send its head and body within \(limits.requestTimeout.nanoseconds / 1_000_000_000) s, at \(limits.minimumBytesPerSecond) bytes/s or faster"
+            message:
+                "the request did not arrive in time: send its head and body within \(limits.requestTimeout.nanoseconds / 1_000_000_000) s, at \(limits.minimumBytesPerSecond) bytes/s or faster"
         )
         var fields = HTTPFields()
         fields[.contentType] = "application/json"

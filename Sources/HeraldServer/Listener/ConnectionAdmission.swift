@@ -43,8 +43,8 @@ final class ConnectionAdmission: Sendable {
         /// negotiating since `before` or longer.
         mutating func evictOne(negotiatingSince before: NIODeadline) -> (any Channel)? {
             guard let crowded = pendingOfAddress.max(by: { $0.value.count < $1.value.count })?.key,
-                  let oldest = pendingOfAddress[crowded]?.first,
-                  let since = pending[oldest]?.since, since <= before
+                let oldest = pendingOfAddress[crowded]?.first,
+                let since = pending[oldest]?.since, since <= before
             else { return nil }
             return removePending(oldest)
         }
@@ -116,7 +116,8 @@ final class ConnectionAdmission: Sendable {
         let address = reservation.address ?? ""
         let now = NIODeadline.now()
         let evicted: (any Channel)? = state.withLock { state in
-            let evicted = maxPending > 0 && state.pending.count >= maxPending
+            let evicted =
+                maxPending > 0 && state.pending.count >= maxPending
                 ? state.evictOne(negotiatingSince: now - Self.minimumAgeToEvict) : nil
             state.pending[key] = (channel, address, now)
             state.pendingOfAddress[address, default: []].append(key)

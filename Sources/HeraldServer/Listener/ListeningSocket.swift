@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import NIOCore
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Herald's listening TCP socket, accepted from on a thread of its own.
 ///
@@ -126,7 +127,9 @@ final class ListeningSocket: @unchecked Sendable {
                 // at most once a minute, and retried after a pause rather than in a busy loop.
                 if ContinuousClock.now - reportedAt > .seconds(60) {
                     reportedAt = .now
-                    onError("cannot accept connections: \(String(cString: strerror(code))); new connections wait in the listen backlog (raise the open-file limit, or run more --workers)")
+                    onError(
+                        "cannot accept connections: \(String(cString: strerror(code))); new connections wait in the listen backlog (raise the open-file limit, or run more --workers)"
+                    )
                 }
                 usleep(50_000)
             default:
@@ -142,7 +145,9 @@ final class ListeningSocket: @unchecked Sendable {
     private func leaveGroupUntilRoom(load: @Sendable (CInt?) -> ListenerLoad, onError: @Sendable (String) -> Void) -> Bool {
         let old = current.exchange(-1, ordering: .acquiringAndReleasing)
         if old >= 0 { close(old) }
-        onError("this worker is full (its open-file limit): it stopped taking connections on port \(port) until it has room; the other workers sharing the port take them")
+        onError(
+            "this worker is full (its open-file limit): it stopped taking connections on port \(port) until it has room; the other workers sharing the port take them"
+        )
         var failures = 0
         while !stopped.load(ordering: .acquiring) {
             usleep(100_000)

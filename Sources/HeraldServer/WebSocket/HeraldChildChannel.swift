@@ -14,7 +14,7 @@ import NIOSSL
 ///
 /// Hummingbird's stock WebSocket handler runs one task per connection behind an async channel
 /// (about 31 KB per idle connection measured here). Herald's upgraded pipeline is one plain
-/// channel handler, ``WebSocketConnection``: no task, no async sequence buffers, no NIO frame
+/// channel handler, `WebSocketConnection`: no task, no async sequence buffers, no NIO frame
 /// decoder or encoder, and deliveries written straight into the channel by the hub.
 public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
     public enum UpgradeResult: Sendable {
@@ -150,7 +150,7 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
         }
     }
 
-    /// Authenticates the upgrade request and puts a ``WebSocketConnection`` at the top of the pipeline.
+    /// Authenticates the upgrade request and puts a `WebSocketConnection` at the top of the pipeline.
     static func installConnection(channel: any Channel, head: HTTPRequestHead, node: HeraldNode, descriptor: CInt?) -> EventLoopFuture<UpgradeResult> {
         let query = URI(head.uri).queryParameters
         let bearer = head.headers.first(name: "authorization").flatMap { value in

@@ -1,7 +1,8 @@
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import NIOCore
 
 /// What a WebSocket has to send, and how it reaches the socket.
 ///

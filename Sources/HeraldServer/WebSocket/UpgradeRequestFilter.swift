@@ -111,7 +111,8 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
     private func refuseForOverload(context: ChannelHandlerContext, retryAfter seconds: Int) {
         refusing = true
         var body = context.channel.allocator.buffer(capacity: 160)
-        body.writeString(#"{"error":"overloaded","message":"the server is setting up too many connections; retry after the Retry-After delay","retry_after":\#(seconds)}"#)
+        body.writeString(
+            #"{"error":"overloaded","message":"the server is setting up too many connections; retry after the Retry-After delay","retry_after":\#(seconds)}"#)
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Content-Length", value: String(body.readableBytes))

@@ -14,9 +14,11 @@ final class RawWebSocket: @unchecked Sendable {
     /// Connects and completes the upgrade for `/ws?QUERY`.
     init(port: Int, query: String) throws {
         fd = try connectLoopback(port: port)
-        try send(Array(
-            "GET /ws?\(query) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8
-        ))
+        try send(
+            Array(
+                "GET /ws?\(query) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                    .utf8
+            ))
         while received.firstRange(of: Array("\r\n\r\n".utf8)) == nil { try receive() }
         let end = received.firstRange(of: Array("\r\n\r\n".utf8))!.upperBound
         guard String(decoding: received[..<end], as: UTF8.self).hasPrefix("HTTP/1.1 101") else { throw TestFailure("upgrade refused") }

@@ -72,7 +72,9 @@ struct TestServer: Sendable {
 }
 
 /// One HTTP request to a Herald node on 127.0.0.1:`port`; returns the status and the body text.
-func httpRequest(port: Int, _ method: String, _ path: String, body: String? = nil, apiKey: String? = nil, timeout: Double = 10) async throws -> (status: Int, body: String) {
+func httpRequest(port: Int, _ method: String, _ path: String, body: String? = nil, apiKey: String? = nil, timeout: Double = 10) async throws -> (
+    status: Int, body: String
+) {
     var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
     request.httpMethod = method
     request.timeoutInterval = timeout
