@@ -7,6 +7,8 @@
 Everything after `--` goes to `herald bench` (host, port and --server-pid are filled in).
 Each server is started fresh for every repetition and stopped after it:
   herald  .build/release/herald serve (build it first: swift build -c release --product herald)
+  before  another herald binary (--herald-before PATH, e.g. a build of an earlier commit), to measure a change
+          side by side: --servers before,herald,floor
   floor   ../shared/baselines/floor, built with make into a scratch copy
   seed    ../shared/baselines/seed/run.sh PORT 2 (FastAPI + Redis; needs redis-server, creates its venv)
 Results (one JSON per run) go to --out (default /tmp/herald-bench/<timestamp>).
@@ -58,17 +60,20 @@ def descendants(pid: int) -> list[int]:
 
 
 class Server:
-    def __init__(self, kind: str, herald: str, herald_args: list[str], scratch: str):
-        self.kind, self.herald, self.herald_args, self.scratch = kind, herald, herald_args, scratch
+    def __init__(self, kind: str, herald: str, herald_args: list[str], scratch: str, before: str | None = None):
+        self.kind, self.herald, self.herald_args, self.scratch, self.before = kind, herald, herald_args, scratch, before
         self.proc = None
         self.port = free_port()
         self.log = open(os.path.join(scratch, f"{kind}-{self.port}.log"), "w")
 
     def start(self) -> None:
-        if self.kind == "herald":
+        if self.kind in ("herald", "before"):
+            if self.kind == "before" and not self.before:
+                raise ValueError("--servers before needs --herald-before PATH")
+            binary = self.herald if self.kind == "herald" else self.before
             # The generator spreads its connections over 127.0.0.1-4: the per-address cap (1000,
             # against floods from one remote address) would refuse most of them.
-            cmd = [self.herald, "serve", "--port", str(self.port), "--log-level", "warning", "--max-connections-per-ip", "0"] + self.herald_args
+            cmd = [binary, "serve", "--port", str(self.port), "--log-level", "warning", "--max-connections-per-ip", "0"] + self.herald_args
             self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
         elif self.kind == "floor":
             floor = os.path.join(self.scratch, "floor")
@@ -130,6 +135,7 @@ def main() -> int:
     ap.add_argument("--servers", default="herald,floor")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--herald", default=os.path.join(ROOT, ".build", "release", "herald"))
+    ap.add_argument("--herald-before", default=None, help="the herald binary of server kind `before` (an earlier build)")
     ap.add_argument("--herald-arg", action="append", default=[], help="extra argument for herald serve (repeatable)")
     ap.add_argument("--out", default=None)
     ap.add_argument("bench", nargs=argparse.REMAINDER)
@@ -140,7 +146,7 @@ def main() -> int:
     results: dict[str, list[dict]] = {}
     for rep in range(args.reps):
         for kind in args.servers.split(","):
-            server = Server(kind, args.herald, args.herald_arg, out)
+            server = Server(kind, args.herald, args.herald_arg, out, args.herald_before)
             server.start()
             try:
                 cmd = [args.herald, "bench", "--port", str(server.port), "--json"] + bench_args
