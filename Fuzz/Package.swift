@@ -58,7 +58,7 @@ let package = Package(
             name: "FuzzRESP",
             dependencies: [
                 "FuzzSupport",
-                .product(name: "HeraldRedis", package: herald),
+                .product(name: "HeraldRedisClient", package: herald),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: fuzzerSettings

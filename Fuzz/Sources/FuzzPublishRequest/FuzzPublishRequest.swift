@@ -133,8 +133,8 @@ func checkEnvelope(body: ByteBuffer, target: DeliveryTarget) {
     checkFrame(envelope.frame, target: target, data: data, requiresAck: requiresAck, position: nil)
     if envelope.positionIndex != nil {
         let position = StreamPosition(offset: 42, epoch: "ep\"\u{1}")
-        let positioned = envelope.positioned(position)
-        checkFrame(positioned.frame, target: target, data: data, requiresAck: requiresAck, position: position)
+        let positioned = envelope.at(position)
+        checkFrame(positioned.deliveredFrame, target: target, data: data, requiresAck: requiresAck, position: position)
     }
 }
 

@@ -10,7 +10,7 @@
 // every value, encoded again, decodes to itself and consumes exactly its encoding; and a
 // command (the input split at NUL bytes) encodes to an array of bulk strings that decodes back.
 import FuzzSupport
-import HeraldRedis
+import HeraldRedisClient
 import NIOCore
 
 @_cdecl("LLVMFuzzerTestOneInput")
