@@ -22,8 +22,23 @@ public struct HeraldConfiguration: Sendable {
     /// Sets `SO_REUSEPORT` on the listening socket, so several processes can share the port
     /// (`herald serve --workers N` sets it in its workers).
     public var reusePort: Bool = false
-    /// HS256 secret for client tokens. `nil` is development mode: `?user=NAME` is trusted.
+    /// HMAC secret (HS256, HS384, HS512) for client tokens. With no secret, key or key set,
+    /// the server is in development mode: `?user=NAME` is trusted.
     public var jwtSecret: String?
+    /// More keys that verify client tokens: public keys (``TokenKey/pem(_:kid:algorithm:source:)``),
+    /// more secrets. Selected by the token's `kid`, or by its `alg` when it has none.
+    public var tokenKeys: [TokenKey] = []
+    /// Published key sets (JWKS) that verify client tokens, fetched at start and again on an
+    /// unknown `kid` (at most once per ``TokenPolicy/keySetRefreshInterval``).
+    public var tokenKeySets: [any TokenKeySet] = []
+    /// What a token must satisfy besides its signature: issuer, audience, leeway, `exp`.
+    public var tokenPolicy = TokenPolicy()
+    /// How long before its token's `exp` a connection is sent `token_expiring` (it should then
+    /// send `refresh`); at `exp` it is closed with 4001 "token expired".
+    public var tokenExpiryWarning: TimeAmount = .seconds(60)
+    /// Who a user may `send` to. `nil` means: users sharing a room with the sender when tokens
+    /// are configured, anyone in development mode.
+    public var sendPolicy: SendPolicy?
     /// When set, every `/api` call needs `Authorization: Bearer <apiKey>`.
     public var apiKey: String?
     /// Browser origins (`https://app.example.com`, or `*`) allowed to call `/api` from a page:
@@ -89,17 +104,17 @@ public struct HeraldConfiguration: Sendable {
 
     public init() {}
 
-    /// Development mode: no JWT secret configured.
-    public var isDevelopmentMode: Bool { jwtSecret == nil }
+    /// Development mode: no token key of any kind configured.
+    public var isDevelopmentMode: Bool { jwtSecret == nil && tokenKeys.isEmpty && tokenKeySets.isEmpty }
 
     /// Why this configuration must not run: clients authenticated by tokens, and an HTTP API
     /// anyone can call. Through the API anyone could make any user a member of any room (the
     /// token's `rooms` claim is bypassed), publish as the backend and read every history, so
     /// a JWT secret without an API key is refused, not warned about. `nil` when fine.
     public var openAPIProblem: String? {
-        guard jwtSecret != nil, apiKey?.isEmpty ?? true else { return nil }
+        guard !isDevelopmentMode, apiKey?.isEmpty ?? true else { return nil }
         return """
-            a JWT secret is set but no API key: the HTTP API (/api) would let anyone who reaches this port make any \
+            token keys are set but no API key: the HTTP API (/api) would let anyone who reaches this port make any \
             user a member of any room, publish as the backend and read every history. Set --api-key (or HERALD_API_KEY), \
             e.g. --api-key "$(openssl rand -hex 32)", and give it only to your backend
             """
@@ -109,6 +124,22 @@ public struct HeraldConfiguration: Sendable {
     public var effectivePublishPolicy: PublishPolicy {
         publishPolicy ?? (isDevelopmentMode ? .anyone : .members)
     }
+
+    /// The send policy in force.
+    public var effectiveSendPolicy: SendPolicy {
+        sendPolicy ?? (isDevelopmentMode ? .anyone : .sharedRoom)
+    }
+}
+
+/// Whom a user may `send` to over WebSocket (the HTTP API may always send). A token's `send`
+/// claim (user names or `prefix*` patterns) adds recipients under every policy.
+public enum SendPolicy: String, Sendable, CaseIterable {
+    /// Any user.
+    case anyone
+    /// Users who share a room with the sender, and those the token's `send` claim allows.
+    case sharedRoom = "shared-room"
+    /// Only the users the token's `send` claim allows (a token without one sends to no one).
+    case claim
 }
 
 /// Who may publish to a room over WebSocket (the HTTP API may always publish).

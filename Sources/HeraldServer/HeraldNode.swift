@@ -19,6 +19,9 @@ public final class HeraldNode: Sendable {
     let connecting = Atomic<Int>(0)
     /// WebSocket requests answered 503 because too many connections were being set up.
     let overloadRefusals = Atomic<Int>(0)
+    /// The browser origins allowed to open WebSockets (`nil`: the server's own origin, or any
+    /// in development mode; see ``CORSPolicy/admitsUpgrade(origin:host:policy:allowsAnyOriginWithoutList:)``).
+    let webSocketOrigins: CORSPolicy?
 
     public convenience init(configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, logger: Logger)
     {
@@ -37,6 +40,12 @@ public final class HeraldNode: Sendable {
         self.authenticator = authenticator
         self.nodeID = configuration.nodeID ?? Self.randomNodeID()
         self.logger = logger
+        self.webSocketOrigins = CORSPolicy(configuration.allowedOrigins)
+    }
+
+    /// Whether a WebSocket upgrade with this `Origin` (and `Host`) may proceed.
+    func admitsUpgrade(origin: String?, host: String?) -> Bool {
+        CORSPolicy.admitsUpgrade(origin: origin, host: host, policy: webSocketOrigins, allowsAnyOriginWithoutList: authenticator.isDevelopmentMode)
     }
 
     /// Re-reads the TLS certificate and key files (what SIGHUP does): new connections get the

@@ -73,8 +73,14 @@ public struct HeraldServer: Sendable {
         // Read before anything listens, so a bad file fails the start-up at once.
         var tls: TLSContextStore?
         if let files = configuration.tls { tls = try TLSContextStore(files: files, shutdownTimeout: configuration.closeTimeout) }
-        let authenticator: Authenticator =
-            if let secret = configuration.jwtSecret { try await .jwt(secret: secret) } else { .development }
+        let authenticator: Authenticator
+        if configuration.isDevelopmentMode {
+            authenticator = .development
+        } else {
+            var keys = configuration.tokenKeys
+            if let secret = configuration.jwtSecret { keys.insert(try await TokenKey.secret(secret), at: 0) }
+            authenticator = try await Authenticator(keys: keys, keySets: configuration.tokenKeySets, policy: configuration.tokenPolicy)
+        }
         hub.attach(broker: broker, roster: roster)
         self.node = HeraldNode(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, tls: tls, logger: logger)
         self.logger = logger
@@ -127,8 +133,8 @@ public struct HeraldServer: Sendable {
         if configuration.isDevelopmentMode {
             logger.warning(
                 """
-                DEVELOPMENT MODE: no JWT secret configured. Any client can claim any user with ?user=NAME \
-                and join any room. Set --jwt-secret or HERALD_JWT_SECRET before exposing this server.
+                DEVELOPMENT MODE: no token key configured. Any client can claim any user with ?user=NAME \
+                and join any room. Set --jwt-secret, --jwt-public-key or --jwks before exposing this server.
                 """
             )
             if !["127.0.0.1", "localhost", "::1"].contains(configuration.host) {

@@ -18,6 +18,9 @@ public struct ClientFrame: Sendable, Equatable {
         case presence(room: String)
         /// Confirms a message sent with `"ack":true` to the user (by its offset in the user's channel).
         case ack(offset: Int64, epoch: String?)
+        /// Replaces the connection's token with a fresh one for the same user (before the old
+        /// one expires); its claims apply at once.
+        case refresh(token: String)
     }
 
     public var command: Command
@@ -56,6 +59,9 @@ public struct ClientFrame: Sendable, Equatable {
             case "ack":
                 guard let offset = try object.integer("offset").get() else { throw ClientFrameError(id: id, message: "missing field \"offset\"") }
                 command = .ack(offset: offset, epoch: try object.string("epoch").get())
+            case "refresh":
+                guard let token = try object.string("token").get(), !token.isEmpty else { throw ClientFrameError(id: id, message: "missing field \"token\"") }
+                command = .refresh(token: token)
             default:
                 throw ClientFrameError(id: id, message: "unknown frame type \"\(type.prefix(64))\"")
             }

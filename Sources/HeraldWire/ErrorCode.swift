@@ -10,6 +10,9 @@ public struct ErrorCode: RawRepresentable, Sendable, Hashable, CustomStringConve
     public static let notAMember = ErrorCode(rawValue: "not_a_member")
     /// Not allowed: a room outside the token's `rooms` claim, or a client broadcast the server does not allow.
     public static let forbidden = ErrorCode(rawValue: "forbidden")
+    /// A `refresh` token was refused (the message says why); the connection keeps its current
+    /// token until that one expires.
+    public static let unauthorized = ErrorCode(rawValue: "unauthorized")
     /// Too many frames: the connection is over its frame rate (`--rate-limit`, `--rate-burst`); slow down.
     public static let rateLimited = ErrorCode(rawValue: "rate_limited")
     /// A server limit was reached (for example rooms per user).

@@ -8,7 +8,10 @@ public enum ServerFrame {
     /// `{"type":"welcome","user":U,"connection":C,"node":N,"heartbeat":SECONDS}`, the first frame of a connection.
     /// With `recovery`, the welcome of a connection that asked to resume its user's channel
     /// (`?since_offset=O&since_epoch=E`): `"recovered":B[,"reason":WHY],"offset":L,"epoch":E2`.
-    public static func welcome(user: String, connection: String, node: String, heartbeat: Int, recovery: (Recovery, StreamPosition)? = nil) -> ByteBuffer {
+    /// With `expires` (the token's `exp`, seconds since 1970): `"expires":EXP`.
+    public static func welcome(
+        user: String, connection: String, node: String, heartbeat: Int, recovery: (Recovery, StreamPosition)? = nil, expires: Int64? = nil
+    ) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(96 + user.utf8.count + connection.utf8.count + node.utf8.count)
         buffer.writeStaticString(#"{"type":"welcome","user":"#)
@@ -19,6 +22,10 @@ public enum ServerFrame {
         buffer.writeJSONString(node)
         buffer.writeStaticString(#","heartbeat":"#)
         buffer.writeString(String(heartbeat))
+        if let expires {
+            buffer.writeStaticString(#","expires":"#)
+            buffer.writeString(String(expires))
+        }
         if let (recovery, latest) = recovery { buffer.writeRecovery(recovery, latest: latest) }
         buffer.writeStaticString("}")
         return buffer
@@ -32,6 +39,30 @@ public enum ServerFrame {
     /// `{"type":"left","room":R,"id":X}`
     public static func left(room: String, id: RawJSON?) -> ByteBuffer {
         roomReply(type: #"{"type":"left","room":"#, room: room, id: id)
+    }
+
+    /// `{"type":"refreshed","expires":EXP,"id":X}`: the connection now runs on the new token
+    /// (`expires` omitted for a token without `exp`).
+    public static func refreshed(expires: Int64?, id: RawJSON?) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"refreshed""#)
+        if let expires {
+            buffer.writeStaticString(#","expires":"#)
+            buffer.writeString(String(expires))
+        }
+        buffer.writeID(id)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    /// `{"type":"token_expiring","expires":EXP}`: send `refresh` before `EXP` (seconds since
+    /// 1970), or the connection is closed with 4001 "token expired".
+    public static func tokenExpiring(expires: Int64) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"token_expiring","expires":"#)
+        buffer.writeString(String(expires))
+        buffer.writeStaticString("}")
+        return buffer
     }
 
     /// `{"type":"ok","id":X}`

@@ -13,8 +13,8 @@ struct Serve: AsyncParsableCommand {
         abstract: "Run a Herald node (the default subcommand).",
         discussion: """
             Every option can also be set with the environment variable named in its help (a flag wins over \
-            the environment). Without --jwt-secret the server runs in development mode: clients name \
-            themselves with ?user=NAME and may join any room.
+            the environment). Without --jwt-secret, --jwt-public-key or --jwks the server runs in development \
+            mode: clients name themselves with ?user=NAME and may join any room.
             """
     )
 
@@ -35,8 +35,55 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("node-id"), help: "This node's name in welcome frames and connection ids. (env: HERALD_NODE_ID, default random)")
     var nodeID: String?
 
-    @Option(name: .customLong("jwt-secret"), help: "HS256 secret for client tokens, at least 32 bytes; unset means development mode. (env: HERALD_JWT_SECRET)")
+    @Option(
+        name: .customLong("jwt-secret"),
+        help:
+            "HMAC secret for client tokens, at least 32 bytes (HS256; HS384 from 48, HS512 from 64); no secret, key or JWKS means development mode. (env: HERALD_JWT_SECRET)"
+    )
     var jwtSecret: String?
+
+    @Option(
+        name: .customLong("jwt-public-key"),
+        help:
+            "[KID=]FILE: a PEM public key (RSA: RS256/384/512, PS256; EC P-256: ES256; P-384: ES384; Ed25519: EdDSA) verifying client tokens; repeatable, selected by the token's kid. (env: HERALD_JWT_PUBLIC_KEY, comma-separated)"
+    )
+    var jwtPublicKey: [String] = []
+
+    @Option(name: .customLong("jwks"), help: "A JWKS file of public keys verifying client tokens, read again on an unknown kid. (env: HERALD_JWKS)")
+    var jwks: String?
+
+    @Option(
+        name: .customLong("jwks-refresh-interval"), parsing: .unconditional,
+        help: "Seconds between fetches of the JWKS on unknown kids. (env: HERALD_JWKS_REFRESH_INTERVAL, default 60)")
+    var jwksRefreshInterval: Int?
+
+    @Option(name: .customLong("jwt-issuer"), help: "Required iss claim of client tokens. (env: HERALD_JWT_ISSUER)")
+    var jwtIssuer: String?
+
+    @Option(name: .customLong("jwt-audience"), help: "A value the aud claim of client tokens must contain. (env: HERALD_JWT_AUDIENCE)")
+    var jwtAudience: String?
+
+    @Option(
+        name: .customLong("jwt-leeway"), parsing: .unconditional,
+        help: "Seconds of clock skew forgiven on exp, nbf and iat. (env: HERALD_JWT_LEEWAY, default 5)")
+    var jwtLeeway: Int?
+
+    @Flag(
+        name: .customLong("allow-tokens-without-exp"),
+        help: "Accept client tokens without exp (they never expire). (env: HERALD_ALLOW_TOKENS_WITHOUT_EXP=true)")
+    var allowTokensWithoutExp = false
+
+    @Option(
+        name: .customLong("token-expiry-warning"), parsing: .unconditional,
+        help: "Seconds before a token's exp that its connection is sent token_expiring. (env: HERALD_TOKEN_EXPIRY_WARNING, default 60)")
+    var tokenExpiryWarning: Int?
+
+    @Option(
+        name: .customLong("send-policy"),
+        help:
+            "Whom a user may send to: anyone, shared-room (users sharing a room with the sender) or claim (the token's send claim). (env: HERALD_SEND_POLICY, default shared-room with tokens, anyone in development mode)"
+    )
+    var sendPolicy: String?
 
     @Option(
         name: .customLong("api-key"),
@@ -215,7 +262,7 @@ struct Serve: AsyncParsableCommand {
     @Option(
         name: .customLong("allowed-origins"),
         help:
-            "Comma-separated browser origins (https://app.example.com) allowed to call /api from a page (CORS), or *; unset sends no CORS headers. (env: HERALD_ALLOWED_ORIGINS)"
+            "Comma-separated browser origins (https://app.example.com, https://*.example.com) allowed to open WebSockets (403 for others) and call /api (CORS), or *; unset: WebSockets from the same origin only (any in development mode), no CORS. (env: HERALD_ALLOWED_ORIGINS)"
     )
     var allowedOrigins: String?
 
@@ -245,7 +292,7 @@ struct Serve: AsyncParsableCommand {
         }
         var logger = Logger(label: "herald")
         logger.logLevel = settings.logLevel
-        let configuration = settings.configuration
+        var configuration = settings.configuration
 
         if settings.workers > 1 {
             let supervisor = WorkerSupervisor(
@@ -267,6 +314,7 @@ struct Serve: AsyncParsableCommand {
 
         let server: HeraldServer
         do {
+            configuration.tokenKeys = try await settings.tokenKeys()
             if let redis = settings.redis {
                 server = try await RedisBackend.server(configuration: configuration, redis: redis, logger: logger)
             } else {
@@ -295,6 +343,15 @@ struct Serve: AsyncParsableCommand {
         var logLevel = Logger.Level.info
         /// The Redis backend (`--redis`); `nil` runs one node on its own.
         var redis: RedisBackendConfiguration?
+        /// `--jwt-public-key` files, read; turned into keys by ``tokenKeys()``.
+        var publicKeys: [(kid: String?, path: String, pem: String)] = []
+
+        /// The public keys, parsed (asynchronously: jwt-kit's key collections are actors).
+        func tokenKeys() async throws(ConfigurationError) -> [TokenKey] {
+            var keys: [TokenKey] = []
+            for file in publicKeys { keys.append(try await TokenKey.pem(file.pem, kid: file.kid, source: "--jwt-public-key \(file.path)")) }
+            return keys
+        }
     }
 
     private func settings() throws -> Settings {
@@ -317,6 +374,40 @@ struct Serve: AsyncParsableCommand {
                 )
             }
             configuration.jwtSecret = secret
+        }
+        let publicKeys = jwtPublicKey.isEmpty ? (options.string(nil, "jwt-public-key")?.split(separator: ",").map(String.init) ?? []) : jwtPublicKey
+        for entry in publicKeys {
+            // KID=FILE; a path with '=' in it needs the KID= prefix.
+            var kid: String?
+            var path = entry
+            if let equals = entry.firstIndex(of: "="), !entry[..<equals].contains("/") {
+                kid = String(entry[..<equals])
+                path = String(entry[entry.index(after: equals)...])
+            }
+            guard let data = FileManager.default.contents(atPath: path), data.count <= 64 * 1024, let pem = String(data: data, encoding: .utf8) else {
+                throw ValidationError("--jwt-public-key \(entry): cannot read \(path) as a PEM file (at most 64 KiB)")
+            }
+            settings.publicKeys.append((kid, path, pem))
+        }
+        if let path = options.string(jwks, "jwks") {
+            guard FileManager.default.isReadableFile(atPath: path) else { throw ValidationError("--jwks \(path): no readable file there") }
+            configuration.tokenKeySets = [JWKSFile(path: path)]
+        }
+        if let seconds = try options.integer(jwksRefreshInterval, "jwks-refresh-interval", in: 1...86_400) {
+            configuration.tokenPolicy.keySetRefreshInterval = .seconds(seconds)
+        }
+        configuration.tokenPolicy.issuer = options.string(jwtIssuer, "jwt-issuer")
+        configuration.tokenPolicy.audience = options.string(jwtAudience, "jwt-audience")
+        if let seconds = try options.integer(jwtLeeway, "jwt-leeway", in: 0...300) { configuration.tokenPolicy.leeway = .seconds(seconds) }
+        configuration.tokenPolicy.allowsTokensWithoutExpiry = try options.flag(allowTokensWithoutExp, "allow-tokens-without-exp")
+        if let seconds = try options.integer(tokenExpiryWarning, "token-expiry-warning", in: 0...86_400) {
+            configuration.tokenExpiryWarning = .seconds(Int64(seconds))
+        }
+        if let policy = options.string(sendPolicy, "send-policy") {
+            guard let parsed = SendPolicy(rawValue: policy) else {
+                throw ValidationError("--send-policy must be anyone, shared-room or claim, not \(policy)")
+            }
+            configuration.sendPolicy = parsed
         }
         configuration.apiKey = options.string(apiKey, "api-key")
         if configuration.apiKey?.isEmpty == true { throw ValidationError("--api-key must not be empty (leave it unset for an open API)") }
@@ -433,7 +524,7 @@ struct Serve: AsyncParsableCommand {
         guard !origins.isEmpty else { throw ValidationError("--allowed-origins must list at least one origin, or *") }
         return try origins.map { origin in
             if origin == "*" { return origin }
-            switch CORSPolicy.normalize(origin) {
+            switch CORSPolicy.normalize(origin, allowingSubdomainPattern: true) {
             case .success(let normalized): return normalized
             case .failure(let problem):
                 throw ValidationError(

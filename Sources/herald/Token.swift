@@ -2,12 +2,17 @@ import ArgumentParser
 import Foundation
 import HeraldServer
 import HeraldWire
+import JWTKit
 
 /// `herald token`: mints a client token for development and tests.
 struct Token: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Mint a client JWT (HS256) signed with the server's secret.",
-        discussion: "Example: herald token alice --rooms 'lobby,team-*' --jwt-secret s3cret"
+        abstract: "Mint a client JWT, signed with the server's secret (HS256/384/512) or a private key (RS*, PS256, ES256/384, EdDSA).",
+        discussion: """
+            Examples:
+              herald token alice --rooms 'lobby,team-*' --jwt-secret "$SECRET"
+              herald token alice --private-key key.pem --kid main --alg RS256 --issuer https://id.example.com
+            """
     )
 
     @Argument(help: "The user id (the token's sub claim).")
@@ -21,6 +26,27 @@ struct Token: AsyncParsableCommand {
 
     @Option(name: .customLong("jwt-secret"), help: "The secret to sign with. (env: HERALD_JWT_SECRET)")
     var jwtSecret: String?
+
+    @Option(name: .customLong("private-key"), help: "A PEM private key to sign with (RSA, EC P-256 or P-384, Ed25519) instead of a secret.")
+    var privateKey: String?
+
+    @Option(help: "The signing algorithm (HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384, EdDSA); default: the key's first.")
+    var alg: String?
+
+    @Option(help: "The kid header: which of the server's keys verifies the token.")
+    var kid: String?
+
+    @Option(help: "Users the client may send to (the send claim): comma-separated names or prefix* patterns.")
+    var send: String?
+
+    @Option(help: "The iss claim.")
+    var issuer: String?
+
+    @Option(help: "The aud claim.")
+    var audience: String?
+
+    @Option(help: "The jti claim (a token id, for revocation).")
+    var jti: String?
 
     static let ttlRange = 1...31_536_000
 
@@ -37,18 +63,49 @@ struct Token: AsyncParsableCommand {
         }
     }
 
-    private var roomList: [String]? {
-        rooms?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    private var roomList: [String]? { Self.list(rooms) }
+
+    private static func list(_ text: String?) -> [String]? {
+        text?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 
     func run() async throws {
-        guard let secret = jwtSecret ?? ProcessInfo.processInfo.environment["HERALD_JWT_SECRET"], !secret.isEmpty else {
-            throw ValidationError("no secret: pass --jwt-secret or set HERALD_JWT_SECRET (the same one the server uses)")
+        var algorithm: TokenAlgorithm?
+        if let alg {
+            guard let parsed = TokenAlgorithm(rawValue: alg) else {
+                throw ValidationError("--alg \(alg) is not one of \(TokenAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            algorithm = parsed
+        }
+        let key: TokenKey
+        do {
+            if let privateKey {
+                guard let data = FileManager.default.contents(atPath: privateKey), let pem = String(data: data, encoding: .utf8) else {
+                    throw ValidationError("--private-key \(privateKey): no readable PEM file there")
+                }
+                key = try await TokenKey.pem(pem, kid: kid, source: privateKey)
+                guard key.canSign else { throw ValidationError("--private-key \(privateKey) is a public key: signing needs the private key") }
+            } else {
+                guard let secret = jwtSecret ?? ProcessInfo.processInfo.environment["HERALD_JWT_SECRET"], !secret.isEmpty else {
+                    throw ValidationError("no key: pass --jwt-secret (or set HERALD_JWT_SECRET, the same one the server uses) or --private-key")
+                }
+                key = try await TokenKey.secret(secret, kid: kid)
+            }
+        } catch let error as ConfigurationError {
+            throw ValidationError(error.description)
         }
         // exp is a NumericDate: whole seconds since the epoch.
-        let expiry = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 + TimeInterval(ttl)).rounded(.down))
-        let claims = HeraldClaims(sub: user, exp: expiry, rooms: roomList)
-        let token = try await Authenticator.jwt(secret: secret).mint(claims)
-        print(token)
+        let now = Date().timeIntervalSince1970.rounded(.down)
+        var claims = HeraldClaims(sub: user, exp: Date(timeIntervalSince1970: now + TimeInterval(ttl)), rooms: roomList)
+        claims.iat = IssuedAtClaim(value: Date(timeIntervalSince1970: now))
+        claims.send = Self.list(send)
+        claims.iss = issuer.map { IssuerClaim(value: $0) }
+        claims.aud = audience.map { AudienceClaim(value: $0) }
+        claims.jti = jti.map { IDClaim(value: $0) }
+        do {
+            print(try await key.sign(claims, algorithm: algorithm))
+        } catch let error as ConfigurationError {
+            throw ValidationError(error.description)
+        }
     }
 }

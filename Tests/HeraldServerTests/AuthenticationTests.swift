@@ -29,7 +29,7 @@ struct AuthenticationTests {
             $0.apiKey = Self.apiKey
         }) { server in
             try await expectRefused(server, query: "user=alice", reason: "token missing: pass a JWT as ?token= or Authorization: Bearer")
-            try await expectRefused(server, query: "token=not.a.jwt", reason: "token malformed")
+            try await expectRefused(server, query: "token=not.a.jwt", reason: "token malformed: the header is not base64url JSON")
             let forged = try await token("alice", secret: "some-other-secret-entirely-32-bytes-long")
             try await expectRefused(server, query: "token=\(forged)", reason: "token signature invalid")
             let expired = try await token("alice", expires: Date().addingTimeInterval(-60))

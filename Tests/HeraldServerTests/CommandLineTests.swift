@@ -28,7 +28,7 @@ struct CommandLineTests {
             (["serve", "--log-level", "verbose"], "--log-level must be one of trace, debug, info, notice, warning, error, critical"),
             (["bench", "--connections", "-3"], "--connections must be between 1 and"),
             (["bench", "--server-pid", "-5"], "--server-pid must be between 1 and"),
-            (["serve", "--jwt-secret", String(repeating: "s", count: 32)], "a JWT secret is set but no API key"),
+            (["serve", "--jwt-secret", String(repeating: "s", count: 32)], "token keys are set but no API key"),
             (["serve", "--allowed-origins", "app.example.com"], "--allowed-origins: app.example.com must start with http:// or https://"),
             (["serve", "--allowed-origins", "https://a.com:99999"], "has a port that is not 1 to 65535"),
         ] {

@@ -44,10 +44,15 @@ enum HTTPRoutes {
     }
 }
 
-/// Which browser pages may call the API from another origin (`--allowed-origins`).
+/// Which browser pages may talk to this server (`--allowed-origins`): open WebSockets, and call
+/// the API from another origin (CORS). Entries are exact origins (`https://app.example.com`),
+/// subdomain patterns (`https://*.example.com`: every subdomain, at any depth, not the domain
+/// itself) or `*`.
 public struct CORSPolicy: Sendable {
-    /// Normalized origins (``normalize(_:)``), or `*` for any.
+    /// Normalized exact origins (``normalize(_:)``).
     let origins: Set<String>
+    /// Subdomain patterns as (`scheme://`, `.domain[:port]`).
+    private let subdomains: [(prefix: String, suffix: String)]
     private let anyOrigin: Bool
 
     /// The policy of a configuration, `nil` when it allows no other origin. Origins that are
@@ -55,13 +60,55 @@ public struct CORSPolicy: Sendable {
     public init?(_ origins: [String]?) {
         guard let origins, !origins.isEmpty else { return nil }
         self.anyOrigin = origins.contains("*")
-        self.origins = Set(origins.compactMap { try? Self.normalize($0).get() })
+        var exact: Set<String> = []
+        var subdomains: [(String, String)] = []
+        for origin in origins {
+            guard case .success(let normalized) = Self.normalize(origin, allowingSubdomainPattern: true) else { continue }
+            if let star = normalized.firstRange(of: "://*.") {
+                subdomains.append((String(normalized[..<star.lowerBound]) + "://", "." + normalized[star.upperBound...]))
+            } else {
+                exact.insert(normalized)
+            }
+        }
+        self.origins = exact
+        self.subdomains = subdomains
+    }
+
+    /// Whether a page of `origin` (as the browser sent it) is allowed.
+    public func allows(_ origin: String) -> Bool {
+        if anyOrigin { return true }
+        guard case .success(let normalized) = Self.normalize(origin) else { return false }
+        if origins.contains(normalized) { return true }
+        return subdomains.contains { pattern in
+            normalized.hasPrefix(pattern.prefix) && normalized.hasSuffix(pattern.suffix)
+                && normalized.utf8.count > pattern.prefix.utf8.count + pattern.suffix.utf8.count
+        }
+    }
+
+    /// Whether a WebSocket upgrade with these `Origin` and `Host` headers may proceed: no
+    /// `Origin` (not a browser) always may; a browser's only from an allowed origin, or, when
+    /// `policy` is `nil`, from the server's own origin (same host and port as `Host`) unless
+    /// `allowsAnyOriginWithoutList` (development mode). Tokens, not cookies, authenticate a
+    /// WebSocket, so a hostile page cannot borrow a user's session; the check keeps other
+    /// sites from even opening connections with tokens they got some other way.
+    public static func admitsUpgrade(origin: String?, host: String?, policy: CORSPolicy?, allowsAnyOriginWithoutList: Bool) -> Bool {
+        guard let origin else { return true }
+        // Browsers send http(s) origins (or "null"); WebSocket libraries outside browsers
+        // often send their ws(s):// URL, which no page can make a browser send.
+        let lowered = origin.lowercased()
+        if lowered.hasPrefix("ws://") || lowered.hasPrefix("wss://") { return true }
+        if let policy { return policy.allows(origin) }
+        if allowsAnyOriginWithoutList { return true }
+        guard case .success(let normalized) = normalize(origin), let host, let authority = normalized.firstRange(of: "://") else { return false }
+        var serverHost = host.lowercased()
+        for defaultPort in [":80", ":443"] where serverHost.hasSuffix(defaultPort) { serverHost.removeLast(defaultPort.count) }
+        return normalized[authority.upperBound...] == serverHost
     }
 
     /// An origin as browsers send it: `scheme://host[:port]`, lowercase, without the scheme's
     /// default port, nothing after the host and port. An origin written another way would
-    /// never match a browser's.
-    public static func normalize(_ text: String) -> Result<String, OriginProblem> {
+    /// never match a browser's. With `allowingSubdomainPattern`, the host may start with `*.`.
+    public static func normalize(_ text: String, allowingSubdomainPattern: Bool = false) -> Result<String, OriginProblem> {
         let lowered = text.lowercased()
         let scheme: String
         if lowered.hasPrefix("https://") {
@@ -71,9 +118,14 @@ public struct CORSPolicy: Sendable {
         } else {
             return .failure(OriginProblem("must start with http:// or https://"))
         }
-        let rest = lowered.dropFirst(scheme.count + 3)
-        guard !rest.isEmpty, !rest.contains(where: { "/?#@ \\".contains($0) }) else {
-            return .failure(OriginProblem("must be scheme://host[:port], with no path, query or user"))
+        var rest = lowered.dropFirst(scheme.count + 3)
+        var pattern = ""
+        if allowingSubdomainPattern, rest.hasPrefix("*.") {
+            pattern = "*."
+            rest = rest.dropFirst(2)
+        }
+        guard !rest.isEmpty, !rest.contains(where: { "/?#@ \\*".contains($0) }) else {
+            return .failure(OriginProblem("must be scheme://host[:port] (or scheme://*.domain), with no path, query or user"))
         }
         var host = Substring(rest)
         var port: Int?
@@ -86,11 +138,11 @@ public struct CORSPolicy: Sendable {
         }
         let isIPv6 = host.hasPrefix("[") && host.hasSuffix("]")
         let allowed = isIPv6 ? "0123456789abcdef:.[]" : "abcdefghijklmnopqrstuvwxyz0123456789.-"
-        guard !host.isEmpty, host.allSatisfy({ allowed.contains($0) }) else {
+        guard !host.isEmpty, host.allSatisfy({ allowed.contains($0) }), !(isIPv6 && !pattern.isEmpty) else {
             return .failure(OriginProblem("has a host that is not a name or an address"))
         }
         if port == (scheme == "https" ? 443 : 80) { port = nil }
-        return .success(scheme + "://" + host + (port.map { ":\($0)" } ?? ""))
+        return .success(scheme + "://" + pattern + host + (port.map { ":\($0)" } ?? ""))
     }
 
     /// Why a text is not an origin.
@@ -104,8 +156,7 @@ public struct CORSPolicy: Sendable {
     public func allowedOrigin(_ origin: String?) -> String? {
         guard let origin else { return nil }
         if anyOrigin { return "*" }
-        guard case .success(let normalized) = Self.normalize(origin), origins.contains(normalized) else { return nil }
-        return origin
+        return allows(origin) ? origin : nil
     }
 
     /// Adds the headers of an answer to a request that may come from another origin.

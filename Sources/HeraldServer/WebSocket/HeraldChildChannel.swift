@@ -125,6 +125,7 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
             // storm the server is slow, and evicting them reset every client it had not served).
             let filter = UpgradeRequestFilter(
                 retryAfter: { node.overloadRetryAfter() },
+                admitsOrigin: { origin, host in node.admitsUpgrade(origin: origin, host: host) },
                 onUpgradeRequest: { admission.established(channel) }
             )
             try channel.pipeline.syncOperations.addHandler(filter, position: .before(upgradeHandler))

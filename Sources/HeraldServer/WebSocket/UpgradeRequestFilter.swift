@@ -32,9 +32,16 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
     /// Called when a complete WebSocket upgrade request has arrived: from then on the server,
     /// not the client, is the one to wait for.
     private let onUpgradeRequest: @Sendable () -> Void
+    /// Whether a browser page of this `Origin` (and `Host`) may open a WebSocket.
+    private let admitsOrigin: @Sendable (_ origin: String?, _ host: String?) -> Bool
 
-    init(retryAfter: @escaping @Sendable () -> Int? = { nil }, onUpgradeRequest: @escaping @Sendable () -> Void = {}) {
+    init(
+        retryAfter: @escaping @Sendable () -> Int? = { nil },
+        admitsOrigin: @escaping @Sendable (_ origin: String?, _ host: String?) -> Bool = { _, _ in true },
+        onUpgradeRequest: @escaping @Sendable () -> Void = {}
+    ) {
         self.retryAfter = retryAfter
+        self.admitsOrigin = admitsOrigin
         self.onUpgradeRequest = onUpgradeRequest
     }
 
@@ -86,6 +93,18 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
             return
         }
         if Self.isWebSocketUpgrade(head) {
+            let origins = head.headers["Origin"]
+            guard origins.count <= 1, admitsOrigin(origins.first, head.headers.first(name: "Host")) else {
+                let printable = (origins.first ?? "").unicodeScalars.prefix(100).filter { $0.isASCII && $0.value >= 0x20 && $0 != "\"" && $0 != "\\" }
+                let origin = String(String.UnicodeScalarView(printable))
+                refuse(
+                    context: context,
+                    status: .forbidden,
+                    body:
+                        #"{"error":"forbidden_origin","message":"a page of origin \#(origin) may not open WebSockets on this server; add it to --allowed-origins"}"#
+                )
+                return
+            }
             if let seconds = retryAfter() {
                 refuseForOverload(context: context, retryAfter: seconds)
                 return
@@ -109,17 +128,28 @@ final class UpgradeRequestFilter: ChannelDuplexHandler, RemovableChannelHandler 
     /// `503` with `Retry-After`, then close: nothing of the upgrade is done, so a node at its
     /// limit spends next to nothing on each client it turns away.
     private func refuseForOverload(context: ChannelHandlerContext, retryAfter seconds: Int) {
+        refuse(
+            context: context,
+            status: .serviceUnavailable,
+            body:
+                #"{"error":"overloaded","message":"the server is setting up too many connections; retry after the Retry-After delay","retry_after":\#(seconds)}"#,
+            headers: [("Retry-After", String(seconds))]
+        )
+    }
+
+    /// Answers an upgrade request with `status` and a JSON `body`, then closes: the rest of the
+    /// request is dropped and no WebSocket frame is ever sent.
+    private func refuse(context: ChannelHandlerContext, status: HTTPResponseStatus, body text: String, headers extra: [(String, String)] = []) {
         refusing = true
-        var body = context.channel.allocator.buffer(capacity: 160)
-        body.writeString(
-            #"{"error":"overloaded","message":"the server is setting up too many connections; retry after the Retry-After delay","retry_after":\#(seconds)}"#)
+        var body = context.channel.allocator.buffer(capacity: text.utf8.count)
+        body.writeString(text)
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Content-Length", value: String(body.readableBytes))
-        headers.add(name: "Retry-After", value: String(seconds))
+        for (name, value) in extra { headers.add(name: name, value: value) }
         headers.add(name: "Connection", value: "close")
         responseInFlight = true
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .serviceUnavailable, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }

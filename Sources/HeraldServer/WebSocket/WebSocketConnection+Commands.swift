@@ -40,7 +40,7 @@ extension WebSocketConnection {
             publish(.message(to: .room(room), from: user, data: data), id: id)
 
         case .send(let recipient, let data):
-            publish(.message(to: .user(recipient), from: user, data: data), id: id)
+            send(data, to: recipient, id: id)
 
         case .broadcast(let data):
             guard node.configuration.allowClientBroadcast else {
@@ -52,6 +52,9 @@ extension WebSocketConnection {
         case .ack(let offset, let epoch):
             acknowledge(offset: offset, epoch: epoch, id: id)
 
+        case .refresh(let token):
+            refresh(with: token, id: id)
+
         case .presence(let room):
             guard node.hub.isLocalMember(user: user, room: room) else {
                 send(ServerFrame.error(.notAMember, message: "join room \(room) to see who is in it", id: id))
@@ -62,6 +65,68 @@ extension WebSocketConnection {
                 let presence = try await roster.presence(of: room)
                 return ServerFrame.presence(room: room, members: presence.members, online: presence.online, id: id)
             }
+        }
+    }
+
+    /// `send`: delivers `data` to every connection of `recipient`, if the send policy allows.
+    /// Denials are `forbidden` naming the rule; the connection stays open.
+    private func send(_ data: RawJSON, to recipient: String, id: RawJSON?) {
+        let envelope = Envelope.message(to: .user(recipient), from: user, data: data)
+        // Oneself (one's other devices) and the users the token's send claim names: always.
+        if recipient == user || recipients?.allows(recipient) == true {
+            publish(envelope, id: id)
+            return
+        }
+        switch node.configuration.effectiveSendPolicy {
+        case .anyone:
+            publish(envelope, id: id)
+        case .claim:
+            send(ServerFrame.error(.forbidden, message: "your token's send claim does not allow sending to user \(recipient) (send policy: claim)", id: id))
+        case .sharedRoom:
+            let roster = node.roster
+            let sender = user
+            beginCommand()
+            eventLoop.makeFutureWithTask { () async throws -> Bool in
+                async let theirs = roster.rooms(of: recipient)
+                let mine = try await roster.rooms(of: sender)
+                return try await !mine.isDisjoint(with: theirs)
+            }.whenComplete { [self] result in
+                switch result {
+                case .success(true):
+                    publish(envelope, id: id)
+                case .success(false):
+                    send(ServerFrame.error(.forbidden, message: "you share no room with user \(recipient) (send policy: shared-room)", id: id))
+                case .failure(let error):
+                    send(ServerFrame.error(.unavailable, message: "\(error)", id: id))
+                }
+                endCommand()
+            }
+        }
+    }
+
+    /// `refresh`: verifies a new token for the same user and, when valid, runs the connection
+    /// on it from the next frame on (its rooms, send claim and expiry). A refused token is
+    /// answered with an error; the connection keeps its current token.
+    private func refresh(with token: String, id: RawJSON?) {
+        let authenticator = node.authenticator
+        guard !authenticator.isDevelopmentMode else {
+            send(ServerFrame.error(.badRequest, message: "this server runs in development mode: there is no token to refresh", id: id))
+            return
+        }
+        beginCommand()
+        eventLoop.makeFutureWithTask { await authenticator.verify(token: token) }.whenComplete { [self] result in
+            switch result {
+            case .success(.success(let identity)) where identity.user != user:
+                send(ServerFrame.error(.unauthorized, message: "token refused: it is for another user (sub); a connection keeps its user", id: id))
+            case .success(.success(let identity)):
+                adopt(identity)
+                send(ServerFrame.refreshed(expires: identity.expires.map(Self.numericDate), id: id))
+            case .success(.failure(let failure)):
+                send(ServerFrame.error(.unauthorized, message: "token refused: \(failure.reason)", id: id))
+            case .failure(let error):
+                send(ServerFrame.error(.unavailable, message: "\(error)", id: id))
+            }
+            endCommand()
         }
     }
 

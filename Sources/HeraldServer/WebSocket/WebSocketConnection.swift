@@ -1,3 +1,4 @@
+import Foundation
 import Herald
 import HeraldWire
 import Logging
@@ -25,8 +26,17 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     let node: HeraldNode
     /// Why the connection is refused (close 4001), or `nil` when it authenticated.
     private let rejection: String?
-    /// Rooms this client may join by itself.
-    let permissions: RoomPermissions
+    /// Rooms this client may join by itself (its current token's `rooms` claim).
+    private(set) var permissions: RoomPermissions
+    /// Users its current token's `send` claim allows it to `send` to.
+    private(set) var recipients: RoomPermissions?
+    /// Its current token's `exp`: the connection is warned before and closed at it.
+    private(set) var tokenExpires: Date?
+    /// Its current token's `jti`.
+    private(set) var tokenID: String?
+    /// The next token event: the `token_expiring` warning, or the close at expiry.
+    private var tokenTimer: Scheduled<Void>?
+    private var warnedOfExpiry = false
 
     /// Where the connection is in its life, and what closing it takes (the decisions; this
     /// handler carries them out).
@@ -75,6 +85,9 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         case .success(let identity):
             self.user = identity.user
             self.permissions = identity.rooms
+            self.recipients = identity.recipients
+            self.tokenExpires = identity.expires
+            self.tokenID = identity.tokenID
             self.rejection = nil
         case .failure(let failure):
             self.user = ""
@@ -178,9 +191,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
                     connection: id,
                     node: node.nodeID,
                     heartbeat: Int(node.configuration.hub.heartbeat.nanoseconds / 1_000_000_000),
-                    recovery: recovery
+                    recovery: recovery,
+                    expires: tokenExpires.map(Self.numericDate)
                 )
                 send(welcome)
+                scheduleTokenTimer()
                 var written: Set<Int64> = []
                 if let hold { written = replay(page, after: resumeFrom, recovered: recovery?.0 == .recovered, then: hold) }
                 // At least once: sent again until acknowledged (the client dedups by offset).
@@ -261,6 +276,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         let wasRegistered = registered
         registered = false
         machine.closed()
+        tokenTimer?.cancel()
+        tokenTimer = nil
         if wasRegistered {
             node.hub.unregister(self)
             let code = machine.closeCode.map { String($0.rawValue) } ?? "none"
@@ -501,6 +518,70 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private func cutSlowConsumer() {
         node.hub.statistics.recordSlowConsumer()
         close(.slowConsumer, reason: "slow consumer: more than \(node.configuration.maxOutboundBytes) bytes queued")
+    }
+
+    // MARK: - Token expiry
+
+    /// A token's `exp` as sent to clients: whole seconds since 1970.
+    static func numericDate(_ date: Date) -> Int64 { Int64(date.timeIntervalSince1970.rounded(.down)) }
+
+    /// Takes the claims of a refreshed token (same user): they apply to the next frame.
+    func adopt(_ identity: Identity) {
+        eventLoop.assertInEventLoop()
+        permissions = identity.rooms
+        recipients = identity.recipients
+        tokenExpires = identity.expires
+        tokenID = identity.tokenID
+        warnedOfExpiry = false
+        scheduleTokenTimer()
+    }
+
+    /// Schedules the next token event: `token_expiring` ``HeraldConfiguration/tokenExpiryWarning``
+    /// before `exp`, then the close with 4001 once `exp` (plus the leeway a new connection
+    /// would get) has passed. One scheduled task per connection whose token expires, none
+    /// for the others.
+    private func scheduleTokenTimer() {
+        tokenTimer?.cancel()
+        tokenTimer = nil
+        guard let expires = tokenExpires, machine.isOpen else { return }
+        let secondsLeft = expires.timeIntervalSinceNow + node.authenticator.policy.leewaySeconds
+        let warning = Double(node.configuration.tokenExpiryWarning.nanoseconds) / 1e9
+        if !warnedOfExpiry {
+            if secondsLeft - warning > 0 {
+                tokenTimer = eventLoop.scheduleTask(in: .nanoseconds(Int64((secondsLeft - warning) * 1e9))) { [weak self] in
+                    self?.warnOfExpiry()
+                }
+                return
+            }
+            warnedOfExpiry = true
+            send(ServerFrame.tokenExpiring(expires: Self.numericDate(expires)), flush: true)
+        }
+        guard secondsLeft > 0 else {
+            closeForExpiry()
+            return
+        }
+        tokenTimer = eventLoop.scheduleTask(in: .nanoseconds(Int64(secondsLeft * 1e9))) { [weak self] in
+            self?.closeForExpiry()
+        }
+    }
+
+    private func warnOfExpiry() {
+        guard machine.isOpen, let expires = tokenExpires else { return }
+        warnedOfExpiry = true
+        send(ServerFrame.tokenExpiring(expires: Self.numericDate(expires)), flush: true)
+        scheduleTokenTimer()
+    }
+
+    private func closeForExpiry() {
+        tokenTimer = nil
+        guard machine.isOpen, let expires = tokenExpires else { return }
+        // A refresh may have moved exp while this task waited to run.
+        guard expires.timeIntervalSinceNow + node.authenticator.policy.leewaySeconds <= 0 else {
+            scheduleTokenTimer()
+            return
+        }
+        log("token expired")
+        close(.unauthorized, reason: "token expired")
     }
 
     /// A peer that never reads will never take our close frame: drop it after the close timeout.
