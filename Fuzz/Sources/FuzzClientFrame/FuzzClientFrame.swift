@@ -57,6 +57,8 @@ func checkFrame(_ input: [UInt8]) {
         checkRaw(data, "data")
     case .ack(let offset, _):
         invariant(offset >= 0, "ack offset \(offset)")
+    case .refresh(let token):
+        invariant(!token.isEmpty, "refresh with an empty token decoded")
     }
     let encoded = encode(frame)
     let again = decode(encoded)
@@ -128,6 +130,10 @@ func encode(_ frame: ClientFrame) -> [UInt8] {
             field("epoch")
             buffer.writeJSONString(epoch)
         }
+    case .refresh(let token):
+        buffer.writeJSONString("refresh")
+        field("token")
+        buffer.writeJSONString(token)
     }
     if let id = frame.id {
         field("id")

@@ -56,6 +56,7 @@ public struct Authenticator: Sendable {
     /// - Parameters:
     ///   - token: from `?token=` or the `Authorization: Bearer` header.
     ///   - user: from `?user=` (development mode only).
+    ///   - now: the time the token's `exp`, `nbf` and `iat` are checked against.
     public func authenticate(token: String?, user: String?, now: Date = Date()) async -> Result<Identity, AuthenticationFailure> {
         guard keyRing != nil else { return Self.developmentIdentity(user: user) }
         guard let token, !token.isEmpty else {
@@ -64,7 +65,7 @@ public struct Authenticator: Sendable {
         return await verify(token: token, now: now)
     }
 
-    /// Verifies `token` (a connection's first token or a `refresh`).
+    /// Verifies `token` (a connection's first token or a `refresh`) at the time `now`.
     public func verify(token: String, now: Date = Date()) async -> Result<Identity, AuthenticationFailure> {
         guard let keyRing else { return .failure(.init("no token keys: this server runs in development mode")) }
         guard token.utf8.count <= policy.maxTokenBytes else {

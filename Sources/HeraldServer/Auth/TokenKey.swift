@@ -68,7 +68,10 @@ public struct TokenKey: Sendable {
     /// EC P-384 (ES384) or Ed25519 (EdDSA). A private key also signs (``sign(_:algorithm:)``).
     ///
     /// - Parameters:
+    ///   - pem: the key in PEM (`-----BEGIN PUBLIC KEY-----`, or a private key).
+    ///   - kid: the `kid` tokens name to pick this key; `nil` to pick it by algorithm.
     ///   - algorithm: restricts an RSA key to one algorithm; other kinds have exactly one.
+    ///   - source: where the key came from, for error messages.
     /// - Throws: ``ConfigurationError`` when the PEM is none of these.
     public static func pem(_ pem: String, kid: String? = nil, algorithm: TokenAlgorithm? = nil, source: String) async throws(ConfigurationError) -> TokenKey {
         let key: TokenKey
