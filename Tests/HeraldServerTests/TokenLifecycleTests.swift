@@ -38,7 +38,8 @@ struct TokenLifecycleTests {
             let client = try await TestClient.connect(port: server.port, query: "token=\(try await token("alice", ttl: 2.5))")
             let welcome = try await client.next(type: "welcome")
             let expires = try #require(welcome["expires"] as? Int)
-            #expect(abs(Double(expires) - Date().timeIntervalSince1970 - 2.5) < 2)
+            // Whole seconds, and the welcome may come late on a loaded machine.
+            #expect(Double(expires) <= Date().timeIntervalSince1970 + 2.5 && Double(expires) > Date().timeIntervalSince1970 - 5)
             let warning = try await client.nextJSON(timeout: 10)
             #expect(warning["type"] as? String == "token_expiring")
             #expect(warning["expires"] as? Int == expires)
@@ -51,21 +52,18 @@ struct TokenLifecycleTests {
 
     /// A refresh before expiry keeps the connection, its rooms and its messages: no gap.
     @Test func aRefreshBeforeExpiryKeepsMessagesFlowing() async throws {
-        // The warning comes 1 s after the welcome and leaves 5 s to refresh: room enough on a
-        // loaded machine.
-        try await TestServer.with({
-            configure(&$0)
-            $0.tokenExpiryWarning = .seconds(5)
-        }) { server in
-            let alice = try await TestClient.connect(port: server.port, query: "token=\(try await token("alice", ttl: 6))")
+        // A token shorter-lived than the warning (60 s) is warned of right after the welcome;
+        // 12 s to refresh is room enough on a loaded machine.
+        try await TestServer.with(configure) { server in
+            let alice = try await TestClient.connect(port: server.port, query: "token=\(try await token("alice", ttl: 12))")
             let firstExpiry = try #require(try await alice.next(type: "welcome")["expires"] as? Int)
+            #expect(try await alice.nextJSON()["type"] as? String == "token_expiring")
             try await alice.send(#"{"type":"join","room":"lobby","id":1}"#)
             _ = try await alice.next(type: "joined")
             let bob = try await TestClient.connect(port: server.port, query: "token=\(try await token("bob"))")
             _ = try await bob.next(type: "welcome")
             try await bob.send(#"{"type":"join","room":"lobby","id":1}"#)
             _ = try await bob.next(type: "joined")
-            _ = try await alice.next(type: "token_expiring", timeout: 10)
             // Someone else's token is refused, and the connection stays.
             try await alice.send(#"{"type":"refresh","token":"\#(try await token("mallory", ttl: 600))","id":"r0"}"#)
             let refused = try await alice.next(type: "error")
@@ -76,7 +74,7 @@ struct TokenLifecycleTests {
             #expect(refreshed["id"] as? String == "r1")
             #expect((refreshed["expires"] as? Int).map { $0 > Int(Date().timeIntervalSince1970) + 500 } == true)
             // Past the first token's exp: still open, still receiving, offsets without a gap.
-            try await waitUntil("the first token's exp has passed", within: 10) { Date().timeIntervalSince1970 > Double(firstExpiry) + 1 }
+            try await waitUntil("the first token's exp has passed", within: 20) { Date().timeIntervalSince1970 > Double(firstExpiry) + 1 }
             var offsets: [Int] = []
             for n in 1...3 {
                 try await bob.send(#"{"type":"publish","room":"lobby","data":\#(n),"id":\#(n + 1)}"#)
