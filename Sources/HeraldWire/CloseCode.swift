@@ -20,8 +20,8 @@ public enum CloseCode: UInt16, Sendable, CaseIterable {
     /// outbound queue hit the limit, "slow consumer"), or the server could not set it up (Redis
     /// unavailable; the reason starts with "retry in N s"). Reconnect with backoff and jitter.
     case tryAgainLater = 1013
-    /// Authentication failed: token missing, malformed, badly signed or expired (the reason says which).
-    /// Do not retry with the same token.
+    /// Authentication failed: token missing, malformed, badly signed or expired (the reason says which),
+    /// also `token expired` on an open connection that did not refresh. Do not retry with the same token.
     case unauthorized = 4001
     /// A connection limit was reached (per user, or the server's total). Retry later with backoff.
     case tooManyConnections = 4029

@@ -136,6 +136,9 @@ final class TokenKeyRing: Sendable {
         return .failure(.init("token alg \(header.algorithm.rawValue) is not accepted by any key of this server"))
     }
 
+    /// Keys tried for a token without `kid` (two secrets during a rotation, a few public keys).
+    static let maxKeysWithoutKid = 4
+
     /// `nil` when no key has the token's `kid` (or, without `kid`, its `alg`).
     private func select(_ header: TokenHeader) -> Result<[TokenKey], AuthenticationFailure>? {
         let keys = self.keys
@@ -146,9 +149,13 @@ final class TokenKeyRing: Sendable {
             let accepted = Set(named.flatMap(\.algorithms)).sorted().map(\.rawValue).joined(separator: ", ")
             return .failure(.init("token alg \(header.algorithm.rawValue) does not match key \(TokenHeader.quoted(kid)) (\(accepted))"))
         }
-        // Without a kid: the keys for the header's algorithm, those without a kid first.
+        // Without a kid: the keys for the header's algorithm, those without a kid first, at most
+        // `maxKeysWithoutKid` of them, so a token without kid cannot cost a signature check per
+        // key of a large key set.
         let fitting = keys.filter { $0.algorithms.contains(header.algorithm) }
-        if !fitting.isEmpty { return .success(fitting.filter { $0.kid == nil } + fitting.filter { $0.kid != nil }) }
+        if !fitting.isEmpty {
+            return .success(Array((fitting.filter { $0.kid == nil } + fitting.filter { $0.kid != nil }).prefix(Self.maxKeysWithoutKid)))
+        }
         return .failure(.init("token alg \(header.algorithm.rawValue) is not accepted by any key of this server"))
     }
 }
