@@ -54,6 +54,9 @@ public final class RedisSubscriber: Sendable {
         var patterns: Set<String> = []
         var shardChannels: Set<String> = []
         var reconnects = 0
+        /// Subscriptions asked for while disconnected: answered once the reconnect subscribed
+        /// everything again, so "subscribed" always means Redis confirmed it.
+        var awaitingReconnect: [Confirmations.Batch] = []
     }
 
     public init(
@@ -107,7 +110,12 @@ public final class RedisSubscriber: Sendable {
                 onDisconnect()
             },
             reconnected: { [self] in
-                state.withLock { $0.reconnects += 1 }
+                let waiting = state.withLock { state in
+                    state.reconnects += 1
+                    defer { state.awaitingReconnect = [] }
+                    return state.awaitingReconnect
+                }
+                for batch in waiting { batch.answer(nil) }
                 onReconnect()
             }
         )
@@ -136,8 +144,13 @@ public final class RedisSubscriber: Sendable {
     public var isConnected: Bool { state.withLock { $0.connection?.isActive ?? false } }
 
     public func close() async {
-        if let connection = state.withLock({ $0.connection }) { await connection.close() }
+        let (connection, waiting) = state.withLock { state in
+            defer { state.awaitingReconnect = [] }
+            return (state.connection, state.awaitingReconnect)
+        }
+        if let connection { await connection.close() }
         confirmations.failAll()
+        for batch in waiting { batch.answer(RedisError.transport("the subscriber was closed")) }
     }
 
     private func open() async throws -> RedisConnection {
@@ -160,13 +173,55 @@ public final class RedisSubscriber: Sendable {
     }
 
     /// Sends the command and waits (bounded) until Redis confirmed every name. While
-    /// disconnected it only records the interest: the reconnect subscribes.
+    /// disconnected, a subscription waits (at most ``reconnectWait``) for the reconnect, which
+    /// subscribes every remembered name; an unsubscription only forgets the name.
     private func run(_ command: String, _ names: [String], on given: RedisConnection? = nil) async throws {
-        guard !names.isEmpty, let connection = given ?? state.withLock({ $0.connection }), connection.isActive else { return }
+        guard !names.isEmpty else { return }
+        let connection: RedisConnection
+        if let given {
+            connection = given
+        } else {
+            let adding = !command.hasPrefix("UN") && !command.hasPrefix("PUN") && !command.hasPrefix("SUN")
+            let current = state.withLock { state -> Route? in
+                if let connection = state.connection, connection.isActive { return .send(connection) }
+                guard adding else { return nil }
+                // Registered under the same lock the reconnect answers under: no reconnect can
+                // slip between "disconnected" and "waiting".
+                let batch = Confirmations.Batch(group.any().makePromise(of: Void.self), count: 1)
+                state.awaitingReconnect.append(batch)
+                return .awaitReconnect(batch)
+            }
+            switch current {
+            case nil:
+                return
+            case .send(let active):
+                connection = active
+            case .awaitReconnect(let batch):
+                let timeout = group.any().scheduleTask(in: .seconds(Int64(Self.reconnectWait.components.seconds))) { [self] in
+                    state.withLock { $0.awaitingReconnect.removeAll { $0 === batch } }
+                    batch.answer(
+                        RedisError.transport(
+                            "the subscriber is disconnected from Redis and did not reconnect within \(Self.reconnectWait): \(command) of \(names.count) channels not confirmed"
+                        )
+                    )
+                }
+                batch.promise.futureResult.whenComplete { _ in timeout.cancel() }
+                try await batch.promise.futureResult.get()
+                return
+            }
+        }
         let confirmed = confirmations.expect(kind: command.lowercased(), names: names)
         try await connection.sendExpectingPushes(RESPCommand(arguments: ([command] + names).map { ByteBuffer(string: $0) }))
         try await confirmed.get()
     }
+
+    private enum Route {
+        case send(RedisConnection)
+        case awaitReconnect(Confirmations.Batch)
+    }
+
+    /// How long a subscription asked for while disconnected waits for the reconnect.
+    public static let reconnectWait: Duration = .seconds(10)
 
     private static func route(_ push: RESPValue, onMessage: @Sendable (RedisMessage) -> Void, confirmations: Confirmations) {
         guard case .push(let items) = push, let kind = items.first?.string else { return }

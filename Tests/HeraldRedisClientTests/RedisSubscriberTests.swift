@@ -120,4 +120,34 @@ struct RedisSubscriberReconnectTests {
         running.cancel()
         await subscriber.close()
     }
+
+    /// A subscription asked for while Redis is away returns only once the reconnect made it
+    /// real: "subscribed" means a message published right after reaches the subscriber (a
+    /// node that said a user's channel was subscribed while it was not lost their messages).
+    @Test func aSubscriptionMadeWhileDisconnectedReturnsOnlyOnceRedisConfirmedIt() async throws {
+        var server = try await RedisServerProcess()
+        let port = server.port
+        let url = RedisURL(port: port)
+        let log = MessageLog()
+        let subscriber = RedisSubscriber(url: url, onMessage: { log.append($0) })
+        try await subscriber.connect()
+        let running = Task { await subscriber.run() }
+        defer { running.cancel() }
+
+        server.stop()
+        let lost = ContinuousClock.now + .seconds(5)
+        while subscriber.isConnected, ContinuousClock.now < lost { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!subscriber.isConnected)
+        let subscribing = Task { try await subscriber.subscribe(["late"]) }
+        server = try await RedisServerProcess(port: port)
+        defer { server.stop() }
+        try await subscribing.value
+        let publisher = try await RedisConnection.connect(to: url)
+        #expect(try await publisher.send(RESPCommand("PUBLISH", "late", "right after")) == .integer(1))
+        try await log.waitForCount(1)
+        #expect(log.all.map { String(buffer: $0.payload) } == ["right after"])
+        await publisher.close()
+        running.cancel()
+        await subscriber.close()
+    }
 }
