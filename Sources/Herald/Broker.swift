@@ -101,14 +101,26 @@ public protocol DeliverySink: Sendable {
     /// This node's connections and the users they belong to, for cluster-wide figures.
     func localPresenceTotals() -> PresenceTotals
 
-    /// The rooms of the users with a connection on this node, as this node applies them, for a
-    /// roster that must restore the memberships its store lost (Redis restarted without
-    /// persistence) while this node's users kept receiving their rooms.
-    func localMemberships() -> [String: Set<String>]
+    /// The memberships of the users with a connection on this node, and who granted each, as
+    /// this node applies them, for a roster that must restore the memberships its store lost
+    /// (Redis restarted without persistence) while this node's users kept receiving their rooms.
+    func localMemberships() -> [String: [String: MembershipGrant]]
+
+    /// Closes every connection of `user` on this node with `code` and `reason` (the backend's
+    /// revocation, heard from any node); returns once each was told to close.
+    func disconnect(user: String, code: CloseCode, reason: String) async
+
+    /// The credentials (token ids) `ids` were revoked somewhere in the cluster: close the
+    /// connections of this node that use one.
+    func credentialsRevoked(_ ids: Set<String>)
 }
 
 extension DeliverySink {
-    public func localMemberships() -> [String: Set<String>] { [:] }
+    public func localMemberships() -> [String: [String: MembershipGrant]] { [:] }
+
+    public func disconnect(user: String, code: CloseCode, reason: String) async {}
+
+    public func credentialsRevoked(_ ids: Set<String>) {}
 
     public func localPresenceTotals() -> PresenceTotals {
         let counts = localConnectionCounts()

@@ -33,4 +33,24 @@ public protocol ClientConnection: AnyObject, Sendable {
 
     /// Closes the connection with a close frame.
     func close(_ code: CloseCode, reason: String)
+
+    /// The rooms, among those the user joined themselves, that this connection must not
+    /// receive: those its current token does not allow (a membership is valid on a connection
+    /// only while the connection's token allows it; the backend's grants stand on their own).
+    ///
+    /// The hub asks when the connection arrives and whenever the user's own joins change; a
+    /// connection whose token changed asks the hub to ask again (``Hub/review(_:)``). It may
+    /// tell its client of rooms it no longer receives.
+    func excludedRooms(among joinedByUser: Set<String>) -> Set<String>
+
+    /// The credentials (token ids) `ids` were revoked: a connection that uses one closes.
+    func credentialsRevoked(_ ids: Set<String>)
+}
+
+extension ClientConnection {
+    /// A connection without tokens receives every room of its user.
+    public func excludedRooms(among joinedByUser: Set<String>) -> Set<String> { [] }
+
+    /// A connection without tokens uses no revocable credential.
+    public func credentialsRevoked(_ ids: Set<String>) {}
 }

@@ -140,6 +140,8 @@ public final class Hub: DeliverySink, Service, Sendable {
             loadRooms(of: user, cluster: cluster, userChannel: userChannel, on: loop)
         }
         shard.add(connection)
+        // The user's own joins known so far (none while loading: the load reviews again).
+        shard.review(connection, joinedByUser: state.withLock { $0.interest.roomsJoinedByUser(user) })
         cluster.roster.presenceChanged(user: user, delta: 1)
         statistics.connectionsOpened.add(1, ordering: .relaxed)
         return ready
@@ -149,12 +151,13 @@ public final class Hub: DeliverySink, Service, Sendable {
     /// subscribes the rooms this node did not need yet.
     private func loadRooms(of user: String, cluster: Cluster, userChannel: EventLoopFuture<Void>, on loop: any EventLoop) {
         let roster = cluster.roster
-        roster.rooms(of: user, on: loop).whenComplete { [self] result in
+        roster.memberships(of: user, on: loop).whenComplete { [self] result in
             switch result {
-            case .success(let rooms):
+            case .success(let memberships):
                 let loaded = state.withLock { state in
-                    state.interest.roomsLoaded(user, rooms: rooms).map { change, ready in
-                        (ready, change.isEmpty ? loop.makeSucceededVoidFuture() : cluster.broker.changeInterest(change, on: loop))
+                    state.interest.roomsLoaded(user, memberships: memberships).map { change, ready in
+                        if !state.interest.roomsJoinedByUser(user).isEmpty { scheduleReview(of: user) }
+                        return (ready, change.isEmpty ? loop.makeSucceededVoidFuture() : cluster.broker.changeInterest(change, on: loop))
                     }
                 }
                 guard let (ready, roomChannels) = loaded else { return }
@@ -202,7 +205,7 @@ public final class Hub: DeliverySink, Service, Sendable {
         state.withLock { $0.connectionsOfUser }
     }
 
-    public func localMemberships() -> [String: Set<String>] {
+    public func localMemberships() -> [String: [String: MembershipGrant]] {
         state.withLock { $0.interest.knownMemberships }
     }
 
@@ -219,6 +222,27 @@ public final class Hub: DeliverySink, Service, Sendable {
         }
     }
 
+    /// Closes every connection of `user` on this node; returns once each was told to close.
+    public func disconnect(user: String, code: CloseCode, reason: String) async {
+        for shard in shards {
+            try? await shard.eventLoop.submit {
+                shard.forEachConnection(of: user) { $0.close(code, reason: reason) }
+            }.get()
+        }
+    }
+
+    /// Tells every connection of this node that the credentials `ids` were revoked (those using
+    /// one close). Costs one walk over the node's connections: revocations are rare, and a
+    /// reload announces all it found new at once.
+    public func credentialsRevoked(_ ids: Set<String>) {
+        guard !ids.isEmpty else { return }
+        for shard in shards {
+            shard.eventLoop.execute {
+                shard.forEachConnection { $0.credentialsRevoked(ids) }
+            }
+        }
+    }
+
     // MARK: - Rooms
 
     /// Whether `user`, connected to this node, is a member of `room` (this node's copy of the
@@ -230,12 +254,39 @@ public final class Hub: DeliverySink, Service, Sendable {
     /// Rooms with at least one member connected to this node (the room channels it needs).
     public var localRoomCount: Int { state.withLock { $0.interest.localMembers.count } }
 
+    /// Who granted `user`'s membership of `room`, as this node knows it (it knows the users
+    /// connected here); `nil` when the user is not a member.
+    public func grant(user: String, room: String) -> MembershipGrant? {
+        state.withLock { $0.interest.grant(user: user, room: room) }
+    }
+
     public func membershipChanged(_ change: MembershipChange) -> EventLoopFuture<Void> {
         let cluster = wiring
         let loop = anyEventLoop
         return state.withLock { state in
-            let interest = state.interest.apply(change)
+            let (interest, grantsChanged) = state.interest.apply(change)
+            if grantsChanged { scheduleReview(of: change.user) }
             return interest.isEmpty ? loop.makeSucceededVoidFuture() : cluster.broker.changeInterest(interest, on: loop)
+        }
+    }
+
+    /// Asks `connection` again which of its user's own rooms it must not receive (its token
+    /// changed). Call on the connection's event loop; applies from the next delivery on.
+    public func review(_ connection: any ClientConnection) {
+        connection.eventLoop.assertInEventLoop()
+        let joined = state.withLock { $0.interest.roomsJoinedByUser(connection.user) }
+        shard(for: connection.eventLoop).review(connection, joinedByUser: joined)
+    }
+
+    /// Queues a review of the user's connections on every loop. Called under the state lock:
+    /// a delivery whose member snapshot already holds the change is queued after the review,
+    /// so no connection receives a room its token does not allow.
+    private func scheduleReview(of user: String) {
+        for shard in shards {
+            shard.eventLoop.execute { [self] in
+                let joined = state.withLock { $0.interest.roomsJoinedByUser(user) }
+                shard.review(user: user, joinedByUser: joined)
+            }
         }
     }
 

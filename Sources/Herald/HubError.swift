@@ -6,6 +6,7 @@ public struct HubError: Error, Sendable, Equatable, CustomStringConvertible {
         case userRoomLimit(user: String, limit: Int)
         case roomLimit(limit: Int)
         case roomFull(room: String, limit: Int)
+        case denylistFull(limit: Int)
         case unavailable(String)
     }
 
@@ -15,6 +16,8 @@ public struct HubError: Error, Sendable, Equatable, CustomStringConvertible {
     public static func userRoomLimit(user: String, limit: Int) -> HubError { .init(reason: .userRoomLimit(user: user, limit: limit)) }
     public static func roomLimit(limit: Int) -> HubError { .init(reason: .roomLimit(limit: limit)) }
     public static func roomFull(room: String, limit: Int) -> HubError { .init(reason: .roomFull(room: room, limit: limit)) }
+    /// The token denylist holds `limit` live entries.
+    public static func denylistFull(limit: Int) -> HubError { .init(reason: .denylistFull(limit: limit)) }
     /// The shared store (for example Redis) could not answer; `detail` says why.
     public static func unavailable(_ detail: String) -> HubError { .init(reason: .unavailable(detail)) }
 
@@ -24,6 +27,12 @@ public struct HubError: Error, Sendable, Equatable, CustomStringConvertible {
         case .userRoomLimit, .roomLimit, .roomFull: true
         default: false
         }
+    }
+
+    /// Whether the error is a limit of any kind (as opposed to an outage).
+    public var isLimit: Bool {
+        if case .unavailable = reason { return false }
+        return true
     }
 
     /// Whether the error concerns the number of connections (close 4029) rather than memberships.
@@ -46,6 +55,8 @@ public struct HubError: Error, Sendable, Equatable, CustomStringConvertible {
             "the server already has its maximum of \(limit) rooms; retry later"
         case .roomFull(let room, let limit):
             "room \(room) already has its maximum of \(limit) members"
+        case .denylistFull(let limit):
+            "the token denylist holds its maximum of \(limit) revoked tokens: wait for some to expire, or revoke with shorter expiries"
         case .unavailable(let detail):
             "the cluster's shared state is unavailable (\(detail)); retry shortly"
         }

@@ -16,6 +16,9 @@ struct LocalInterest {
     }
 
     private(set) var roomsOfUser: [String: Rooms] = [:]
+    /// user → the rooms of a known user that the user joined themselves (``MembershipGrant/user``):
+    /// each connection of the user receives them only while its token allows them.
+    private(set) var joinedByUser: [String: Set<String>] = [:]
     /// room → its members with a connection on this node: the fan-out's snapshot.
     private(set) var localMembers: [String: Set<String>] = [:]
 
@@ -31,14 +34,21 @@ struct LocalInterest {
         return nil
     }
 
-    /// The roster answered with the user's rooms. Returns `nil` when the user left meanwhile.
-    mutating func roomsLoaded(_ user: String, rooms: Set<String>) -> (InterestChange, EventLoopPromise<Void>)? {
+    /// The roster answered with the user's memberships. Returns `nil` when the user left meanwhile.
+    mutating func roomsLoaded(_ user: String, memberships: [String: MembershipGrant]) -> (InterestChange, EventLoopPromise<Void>)? {
         guard case .loading(let pending, let ready)? = roomsOfUser[user] else { return nil }
-        var rooms = rooms
+        var memberships = memberships
         for change in pending {
-            if change.isMember { rooms.insert(change.room) } else { rooms.remove(change.room) }
+            if !change.isMember {
+                memberships[change.room] = nil
+            } else if memberships[change.room] != .backend {
+                memberships[change.room] = change.grant
+            }
         }
+        let rooms = Set(memberships.keys)
         roomsOfUser[user] = .known(rooms)
+        let joined = Set(memberships.lazy.filter { $0.value == .user }.map(\.key))
+        joinedByUser[user] = joined.isEmpty ? nil : joined
         var interest = InterestChange()
         for room in rooms where insert(user, into: room) { interest.subscribe.append(.room(room)) }
         return (interest, ready)
@@ -55,18 +65,32 @@ struct LocalInterest {
     /// Whether the user's rooms are known or being loaded.
     func isTracking(_ user: String) -> Bool { roomsOfUser[user] != nil }
 
-    /// The rooms of every user whose rooms are known here (those still loading are left out:
-    /// the roster's answer is what they will hold).
-    var knownMemberships: [String: Set<String>] {
-        var result: [String: Set<String>] = [:]
-        for case (let user, .known(let rooms)) in roomsOfUser where !rooms.isEmpty { result[user] = rooms }
+    /// The memberships of every user whose rooms are known here, and who granted each (those
+    /// still loading are left out: the roster's answer is what they will hold).
+    var knownMemberships: [String: [String: MembershipGrant]] {
+        var result: [String: [String: MembershipGrant]] = [:]
+        for case (let user, .known(let rooms)) in roomsOfUser where !rooms.isEmpty {
+            let joined = joinedByUser[user] ?? []
+            result[user] = Dictionary(uniqueKeysWithValues: rooms.map { ($0, joined.contains($0) ? .user : .backend) })
+        }
         return result
+    }
+
+    /// The rooms `user` (known here) joined themselves.
+    func roomsJoinedByUser(_ user: String) -> Set<String> { joinedByUser[user] ?? [] }
+
+    /// Who granted `user`'s membership of `room`; `nil` when the user is not a member (as far
+    /// as this node knows: it knows the users connected here).
+    func grant(user: String, room: String) -> MembershipGrant? {
+        guard isMember(user: user, room: room) else { return nil }
+        return joinedByUser[user]?.contains(room) == true ? .user : .backend
     }
 
     /// The user's last connection on this node closed.
     mutating func userLeft(_ user: String) -> (InterestChange, EventLoopPromise<Void>?) {
         var interest = InterestChange(unsubscribe: [.user(user)])
         var waiting: EventLoopPromise<Void>?
+        joinedByUser[user] = nil
         switch roomsOfUser.removeValue(forKey: user) {
         case .known(let rooms)?:
             for room in rooms where remove(user, from: room) { interest.unsubscribe.append(.room(room)) }
@@ -78,24 +102,39 @@ struct LocalInterest {
         return (interest, waiting)
     }
 
-    /// A membership changed in the roster.
-    mutating func apply(_ change: MembershipChange) -> InterestChange {
+    /// A membership changed in the roster. `grantsChanged` says that the rooms the user joined
+    /// themselves changed: the user's connections must check them against their tokens again.
+    mutating func apply(_ change: MembershipChange) -> (interest: InterestChange, grantsChanged: Bool) {
         switch roomsOfUser[change.user] {
         case nil:
-            return InterestChange()  // no connection here: nothing to track
+            return (InterestChange(), false)  // no connection here: nothing to track
         case .loading(var pending, let ready)?:
             pending.append(change)
             roomsOfUser[change.user] = .loading(pending: pending, ready: ready)
-            return InterestChange()
+            return (InterestChange(), false)
         case .known(var rooms)?:
             if change.isMember {
-                guard rooms.insert(change.room).inserted else { return InterestChange() }
+                let inserted = rooms.insert(change.room).inserted
+                var grantsChanged = false
+                if change.grant == .backend {
+                    grantsChanged = joinedByUser[change.user]?.remove(change.room) != nil
+                    if joinedByUser[change.user]?.isEmpty == true { joinedByUser[change.user] = nil }
+                } else if inserted {
+                    // A user's own join never downgrades a membership the backend granted.
+                    joinedByUser[change.user, default: []].insert(change.room)
+                    grantsChanged = true
+                }
+                guard inserted else { return (InterestChange(), grantsChanged) }
                 roomsOfUser[change.user] = .known(rooms)
-                return insert(change.user, into: change.room) ? InterestChange(subscribe: [.room(change.room)]) : InterestChange()
+                let interest = insert(change.user, into: change.room) ? InterestChange(subscribe: [.room(change.room)]) : InterestChange()
+                return (interest, grantsChanged)
             } else {
-                guard rooms.remove(change.room) != nil else { return InterestChange() }
+                guard rooms.remove(change.room) != nil else { return (InterestChange(), false) }
                 roomsOfUser[change.user] = .known(rooms)
-                return remove(change.user, from: change.room) ? InterestChange(unsubscribe: [.room(change.room)]) : InterestChange()
+                let grantsChanged = joinedByUser[change.user]?.remove(change.room) != nil
+                if joinedByUser[change.user]?.isEmpty == true { joinedByUser[change.user] = nil }
+                let interest = remove(change.user, from: change.room) ? InterestChange(unsubscribe: [.room(change.room)]) : InterestChange()
+                return (interest, grantsChanged)
             }
         }
     }

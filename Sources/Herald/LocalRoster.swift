@@ -1,3 +1,4 @@
+public import HeraldWire
 public import NIOCore
 import Synchronization
 
@@ -16,8 +17,8 @@ public final class LocalRoster: Roster {
         self.state = Mutex(State(registry: RoomRegistry(limits: limits)))
     }
 
-    public func join(user: String, room: String) async throws(HubError) -> Bool {
-        try await change(MembershipChange(user: user, room: room, isMember: true))
+    public func join(user: String, room: String, grant: MembershipGrant) async throws(HubError) -> Bool {
+        try await change(MembershipChange(user: user, room: room, isMember: true, grant: grant))
     }
 
     public func leave(user: String, room: String) async throws(HubError) -> Bool {
@@ -29,7 +30,7 @@ public final class LocalRoster: Roster {
         let applied = try state.withLock { state throws(HubError) in
             let changed =
                 change.isMember
-                ? try state.registry.join(user: change.user, room: change.room)
+                ? try state.registry.join(user: change.user, room: change.room, grant: change.grant)
                 : state.registry.leave(user: change.user, room: change.room)
             return changed ? sink.membershipChanged(change) : nil
         }
@@ -38,11 +39,15 @@ public final class LocalRoster: Roster {
         return true
     }
 
+    public func disconnect(user: String, code: CloseCode, reason: String) async {
+        await sink.disconnect(user: user, code: code, reason: reason)
+    }
+
     public func members(of room: String) -> Set<String> { state.withLock { $0.registry.members(of: room) } }
     public func rooms(of user: String) -> Set<String> { state.withLock { $0.registry.rooms(of: user) } }
 
-    public func rooms(of user: String, on loop: any EventLoop) -> EventLoopFuture<Set<String>> {
-        loop.makeSucceededFuture(rooms(of: user))
+    public func memberships(of user: String, on loop: any EventLoop) -> EventLoopFuture<[String: MembershipGrant]> {
+        loop.makeSucceededFuture(state.withLock { $0.registry.memberships(of: user) })
     }
     public func roomCount() -> Int { state.withLock { $0.registry.roomCount } }
 

@@ -15,6 +15,9 @@ final class LoopShard: @unchecked Sendable {
     private var pendingFlush: [any ClientConnection] = []
     /// Connections replaying a channel's history: their live deliveries of it wait here.
     private var holds: [ObjectIdentifier: DeliveryHold] = [:]
+    /// Rooms a connection must not receive although its user is a member (its token no longer
+    /// allows a room the user joined themselves). Usually empty: then the fan-out checks nothing.
+    private var excluded: [ObjectIdentifier: Set<String>] = [:]
     private var flushScheduled = false
     private var heartbeatTicks = 0
     private var lastHeartbeatTick: NIODeadline?
@@ -37,7 +40,21 @@ final class LoopShard: @unchecked Sendable {
         guard var list = byUser[connection.user], let index = list.firstIndex(where: { $0 === connection }) else { return }
         list.remove(at: index)
         byUser[connection.user] = list.isEmpty ? nil : list
+        excluded[ObjectIdentifier(connection)] = nil
         connectionCount -= 1
+    }
+
+    /// Asks the connection which of `joinedByUser` it must not receive, and applies it from the
+    /// next delivery on.
+    func review(_ connection: any ClientConnection, joinedByUser: Set<String>) {
+        eventLoop.preconditionInEventLoop()
+        let rooms = connection.excludedRooms(among: joinedByUser)
+        excluded[ObjectIdentifier(connection)] = rooms.isEmpty ? nil : rooms
+    }
+
+    /// Reviews every connection of `user` on this loop.
+    func review(user: String, joinedByUser: Set<String>) {
+        for connection in byUser[user] ?? [] { review(connection, joinedByUser: joinedByUser) }
     }
 
     /// Writes `frame` to the target's local connections. `members` is the room's member
@@ -55,8 +72,9 @@ final class LoopShard: @unchecked Sendable {
             }
         case .user(let user):
             for connection in byUser[user] ?? [] { written += write(frame, to: connection) }
-        case .room:
+        case .room(let room):
             guard let members else { break }
+            if !excluded.isEmpty { return deliverExcluding(frame, to: room, members: members) }
             // Walk the smaller side: the room's members or this loop's users.
             if members.count <= byUser.count {
                 for user in members {
@@ -71,6 +89,17 @@ final class LoopShard: @unchecked Sendable {
         return written
     }
 
+    /// The rare path: some connection of this loop must not receive some room.
+    private func deliverExcluding(_ frame: ByteBuffer, to room: String, members: Set<String>) -> Int {
+        var written = 0
+        for user in members {
+            for connection in byUser[user] ?? [] where excluded[ObjectIdentifier(connection)]?.contains(room) != true {
+                written += write(frame, to: connection)
+            }
+        }
+        return written
+    }
+
     /// The rare path: some connection of this loop is replaying history.
     private func deliverHolding(_ frame: ByteBuffer, to target: DeliveryTarget, members: Set<String>?, position: StreamPosition) -> Int {
         var recipients: [any ClientConnection] = []
@@ -79,6 +108,9 @@ final class LoopShard: @unchecked Sendable {
         case .user(let user): recipients = byUser[user] ?? []
         case .room:
             for user in members ?? [] { recipients += byUser[user] ?? [] }
+        }
+        if case .room(let room) = target, !excluded.isEmpty {
+            recipients.removeAll { excluded[ObjectIdentifier($0)]?.contains(room) == true }
         }
         var written = 0
         for connection in recipients {
@@ -137,6 +169,12 @@ final class LoopShard: @unchecked Sendable {
         for list in byUser.values {
             for connection in list { body(connection) }
         }
+    }
+
+    /// Calls `body` for every connection of `user` on this loop.
+    func forEachConnection(of user: String, _ body: (any ClientConnection) -> Void) {
+        eventLoop.preconditionInEventLoop()
+        for connection in byUser[user] ?? [] { body(connection) }
     }
 
     func hasConnections(of user: String) -> Bool {

@@ -6,16 +6,25 @@
 public struct RoomRegistry: Sendable {
     private(set) var members: [String: Set<String>] = [:]
     private(set) var roomsOfUser: [String: Set<String>] = [:]
+    /// user → the rooms of `roomsOfUser` the user joined themselves (``MembershipGrant/user``);
+    /// the others were granted by the backend.
+    private(set) var joinedByUser: [String: Set<String>] = [:]
     let limits: HubConfiguration
 
     public init(limits: HubConfiguration = .init()) {
         self.limits = limits
     }
 
-    /// Adds `user` to `room`. Returns `false` when the user already was a member.
+    /// Adds `user` to `room`, granted by `grant`. Returns `false` when nothing changed (the
+    /// user already was a member by this grant, or by the backend's).
     @discardableResult
-    public mutating func join(user: String, room: String) throws(HubError) -> Bool {
-        if members[room]?.contains(user) == true { return false }
+    public mutating func join(user: String, room: String, grant: MembershipGrant = .backend) throws(HubError) -> Bool {
+        if members[room]?.contains(user) == true {
+            // The backend's grant replaces the user's own; the user's never replaces the backend's.
+            guard grant == .backend, joinedByUser[user]?.remove(room) != nil else { return false }
+            if joinedByUser[user]?.isEmpty == true { joinedByUser[user] = nil }
+            return true
+        }
         let userRooms = roomsOfUser[user]?.count ?? 0
         guard userRooms < limits.maxRoomsPerUser else {
             throw HubError(reason: .userRoomLimit(user: user, limit: limits.maxRoomsPerUser))
@@ -29,6 +38,7 @@ public struct RoomRegistry: Sendable {
         }
         members[room, default: []].insert(user)
         roomsOfUser[user, default: []].insert(room)
+        if grant == .user { joinedByUser[user, default: []].insert(room) }
         return true
     }
 
@@ -39,6 +49,8 @@ public struct RoomRegistry: Sendable {
         if members[room]?.isEmpty == true { members[room] = nil }
         roomsOfUser[user]?.remove(room)
         if roomsOfUser[user]?.isEmpty == true { roomsOfUser[user] = nil }
+        joinedByUser[user]?.remove(room)
+        if joinedByUser[user]?.isEmpty == true { joinedByUser[user] = nil }
         return true
     }
 
@@ -54,6 +66,14 @@ public struct RoomRegistry: Sendable {
     /// The rooms `user` is a member of.
     public func rooms(of user: String) -> Set<String> {
         roomsOfUser[user] ?? []
+    }
+
+    /// The user's memberships and who granted each.
+    public func memberships(of user: String) -> [String: MembershipGrant] {
+        let joined = joinedByUser[user] ?? []
+        var result: [String: MembershipGrant] = [:]
+        for room in roomsOfUser[user] ?? [] { result[room] = joined.contains(room) ? .user : .backend }
+        return result
     }
 
     public var roomCount: Int { members.count }

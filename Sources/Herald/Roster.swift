@@ -1,3 +1,4 @@
+public import HeraldWire
 public import NIOCore
 
 /// Who is a member of which room, and who is online: the state every node of a cluster shares.
@@ -11,12 +12,19 @@ public protocol Roster: Sendable {
     /// Stores the change and tells every node's ``DeliverySink/membershipChanged(_:)``, in
     /// store order; returns once this node and every node holding a connection of the user
     /// applied it (bounded), so a message published after `join` returns reaches the user.
-    /// Returns `false` when the user already was a member.
-    func join(user: String, room: String) async throws(HubError) -> Bool
+    /// Returns `false` when nothing changed: the user already was a member, by the same grant
+    /// or by the backend's (a `.backend` grant replaces a `.user` one, and is announced like a
+    /// join; a `.user` join never downgrades a backend's grant).
+    func join(user: String, room: String, grant: MembershipGrant) async throws(HubError) -> Bool
 
     /// Ends the membership, with the same guarantees as ``join(user:room:)``. Returns `false`
     /// when the user was not a member.
     func leave(user: String, room: String) async throws(HubError) -> Bool
+
+    /// Closes every connection of `user` on every node with `code` and `reason` (the backend's
+    /// revocation). Returns once the nodes holding the user's connections closed them (bounded,
+    /// as a membership change).
+    func disconnect(user: String, code: CloseCode, reason: String) async throws(HubError)
 
     /// The room's members (empty when the room does not exist).
     func members(of room: String) async throws(HubError) -> Set<String>
@@ -24,10 +32,11 @@ public protocol Roster: Sendable {
     /// The rooms `user` is a member of.
     func rooms(of user: String) async throws(HubError) -> Set<String>
 
-    /// The rooms of a user whose first connection is being set up, without a task: the hub
-    /// calls it on every such connect, so a roster backed by a store should batch these reads
-    /// (one round trip for many connects, not one each). Fails with ``HubError``.
-    func rooms(of user: String, on loop: any EventLoop) -> EventLoopFuture<Set<String>>
+    /// The memberships of a user whose first connection is being set up, and who granted each,
+    /// without a task: the hub calls it on every such connect, so a roster backed by a store
+    /// should batch these reads (one round trip for many connects, not one each). Fails with
+    /// ``HubError``.
+    func memberships(of user: String, on loop: any EventLoop) -> EventLoopFuture<[String: MembershipGrant]>
 
     /// Connections of each user across the cluster (0 for a user offline everywhere).
     func connectionCounts(of users: [String]) async throws(HubError) -> [String: Int]
@@ -47,9 +56,23 @@ public protocol Roster: Sendable {
 extension Roster {
     public func clusterTotals() async throws(HubError) -> ClusterTotals? { nil }
 
-    public func rooms(of user: String, on loop: any EventLoop) -> EventLoopFuture<Set<String>> {
-        loop.makeFutureWithTask { try await self.rooms(of: user) }
+    /// A membership the backend grants (the HTTP API, an application embedding Herald): it
+    /// stands on its own, whatever the user's tokens allow.
+    public func join(user: String, room: String) async throws(HubError) -> Bool {
+        try await join(user: user, room: room, grant: .backend)
     }
+}
+
+/// Who made a membership. It decides whether the membership depends on the user's token.
+public enum MembershipGrant: String, Sendable, Hashable, CustomStringConvertible {
+    /// The user joined, as a token's `rooms` claim allowed: a connection receives the room, and
+    /// may use it, only while its current token allows the room.
+    case user
+    /// The backend granted it (the HTTP API, a join hook, the application): it is trusted and
+    /// stands on its own, whatever the user's tokens allow.
+    case backend
+
+    public var description: String { rawValue }
 }
 
 /// Figures summed over a cluster's live nodes.
@@ -64,16 +87,20 @@ public struct ClusterTotals: Sendable, Equatable {
     }
 }
 
-/// One membership change: `user` joined (`isMember`) or left `room`.
+/// One membership change: `user` joined (`isMember`) or left `room`. A join says who granted
+/// it; a join of a member changes the grant (from `.user` to `.backend`).
 public struct MembershipChange: Sendable, Hashable {
     public var user: String
     public var room: String
     public var isMember: Bool
+    /// Who granted the membership (for a join; a leave ignores it).
+    public var grant: MembershipGrant
 
-    public init(user: String, room: String, isMember: Bool) {
+    public init(user: String, room: String, isMember: Bool, grant: MembershipGrant = .backend) {
         self.user = user
         self.room = room
         self.isMember = isMember
+        self.grant = grant
     }
 }
 

@@ -63,6 +63,7 @@ public enum RedisBackend {
         brokerConfiguration.history = configuration.history
         let broker = RedisBroker(configuration: brokerConfiguration, backplane: backplane, deliveringTo: hub, logger: logger)
         let roster = RedisRoster(backplane: backplane, limits: configuration.hub, presenceTTL: redis.presenceTTL, notifying: hub, logger: logger)
+        let denylist = RedisTokenDenylist(backplane: backplane, limit: configuration.maxRevokedTokens, notifying: hub, logger: logger)
         do {
             await broker.connect()
             try await backplane.connect()
@@ -72,8 +73,9 @@ public enum RedisBackend {
             )
         }
         await roster.heartbeat()
+        await denylist.reload()
         // Stopped in reverse: the ingest consumer first, the backplane's connections last.
-        var services: [any Service] = [backplane, broker, roster]
+        var services: [any Service] = [backplane, broker, roster, denylist]
         let stream = redis.ingestStream ?? redis.prefix + ":ingest"
         if !stream.isEmpty {
             var ingest = IngestConsumer.Configuration(stream: stream)
@@ -81,6 +83,8 @@ public enum RedisBackend {
             ingest.maxAttempts = redis.ingestMaxAttempts
             services.append(IngestConsumer(configuration: ingest, backplane: backplane, broker: broker, logger: logger))
         }
-        return try await HeraldServer(configuration: configuration, hub: hub, broker: broker, roster: roster, services: services, logger: logger)
+        return try await HeraldServer(
+            configuration: configuration, hub: hub, broker: broker, roster: roster, denylist: denylist, services: services, logger: logger
+        )
     }
 }

@@ -56,6 +56,8 @@ public final class RedisBackplane: Service, Sendable {
         var nodeMessage: @Sendable (ByteBuffer) -> Void = { _ in }
         var subscriberLost: @Sendable () -> Void = {}
         var subscriberBack: @Sendable () -> Void = {}
+        var control: @Sendable (ByteBuffer) -> Void = { _ in }
+        var controlBack: @Sendable () -> Void = {}
     }
 
     public init(configuration: Configuration, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
@@ -84,11 +86,17 @@ public final class RedisBackplane: Service, Sendable {
                     }
                 case .node?:
                     routes.withLock { $0.nodeMessage }(message.payload)
+                case .control?:
+                    routes.withLock { $0.control }(message.payload)
                 case nil:
                     break
                 }
             },
-            onReconnect: { routes.withLock { $0.subscriberBack }() },
+            onReconnect: {
+                let (back, controlBack) = routes.withLock { ($0.subscriberBack, $0.controlBack) }
+                back()
+                controlBack()
+            },
             onDisconnect: { routes.withLock { $0.subscriberLost }() }
         )
     }
@@ -111,12 +119,21 @@ public final class RedisBackplane: Service, Sendable {
         }
     }
 
-    /// Connects both connections and subscribes the broadcast channel and this node's channel.
+    /// The token denylist's part: the control channel's messages, and the pub/sub connection's
+    /// returns (what was announced meanwhile was missed: reload).
+    func route(control: @escaping @Sendable (ByteBuffer) -> Void, back: @escaping @Sendable () -> Void) {
+        routes.withLock {
+            $0.control = control
+            $0.controlBack = back
+        }
+    }
+
+    /// Connects both connections and subscribes the broadcast, control and node channels.
     /// - Throws: `RedisError` when Redis cannot be reached, with where it was looked for.
     public func connect() async throws {
         try await client.connect()
         try await subscriber.connect()
-        try await subscriber.subscribe([layout.broadcastChannel, layout.nodeChannel(configuration.nodeID)])
+        try await subscriber.subscribe([layout.broadcastChannel, layout.controlChannel, layout.nodeChannel(configuration.nodeID)])
     }
 
     /// Whether the command connection is up right now.

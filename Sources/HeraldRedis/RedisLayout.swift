@@ -1,4 +1,5 @@
 public import Herald
+import HeraldWire
 
 /// Herald's names in Redis, all under one prefix so several clusters can share a server.
 ///
@@ -7,7 +8,8 @@ public import Herald
 /// - `{prefix}.room.{room}`: a room's messages, subscribed where a member has a connection;
 /// - `{prefix}.user.{user}`: a user's messages and membership changes, subscribed where the
 ///   user has a connection;
-/// - `{prefix}.node.{node}`: acknowledgements addressed to one node.
+/// - `{prefix}.node.{node}`: acknowledgements addressed to one node;
+/// - `{prefix}.control`: cluster-wide control (revoked tokens), subscribed by every node.
 ///
 /// Keys: `{prefix}:members:{room}` and `{prefix}:rooms-of:{user}` (sets), `{prefix}:rooms` (the
 /// set of rooms), `{prefix}:nodes` (live nodes, scored by when they expire) and
@@ -28,11 +30,15 @@ public struct RedisLayout: Sendable, Equatable {
         }
     }
     public func nodeChannel(_ node: String) -> String { prefix + ".node." + node }
+    public var controlChannel: String { prefix + ".control" }
+    /// Revoked token ids, scored by when their revocation expires (seconds since 1970).
+    public var revokedTokensKey: String { prefix + ":revoked-tokens" }
 
     /// What a channel name addresses.
     enum Destination: Equatable {
         case target(DeliveryTarget)
         case node(String)
+        case control
     }
 
     func destination(of channel: String) -> Destination? {
@@ -42,6 +48,7 @@ public struct RedisLayout: Sendable, Equatable {
         if rest.hasPrefix(".room.") { return .target(.room(String(rest.dropFirst(6)))) }
         if rest.hasPrefix(".user.") { return .target(.user(String(rest.dropFirst(6)))) }
         if rest.hasPrefix(".node.") { return .node(String(rest.dropFirst(6))) }
+        if rest == ".control" { return .control }
         return nil
     }
 
@@ -63,6 +70,9 @@ public struct RedisLayout: Sendable, Equatable {
 
     public func membersKey(_ room: String) -> String { prefix + ":members:" + room }
     public func roomsOfKey(_ user: String) -> String { prefix + ":rooms-of:" + user }
+    /// The rooms of `roomsOfKey` the user joined themselves (`MembershipGrant.user`); the
+    /// others were granted by the backend.
+    public func ownJoinsKey(_ user: String) -> String { prefix + ":own-joins:" + user }
     /// The user's memberships ended recently (a hash of rooms, expiring), so that a write-back
     /// of memberships Redis lost does not bring them back.
     public func endedKey(_ user: String) -> String { prefix + ":ended:" + user }
@@ -78,15 +88,51 @@ public struct RedisLayout: Sendable, Equatable {
 }
 
 /// A membership change as it travels on a user's channel, with who to acknowledge it to:
-/// `!{origin node}\n{token}\n{+|-}{room}`. Message frames on the same channel are JSON objects
+/// `!{origin node}\n{token}\n{+|~|-}{room}` (`+` a join the backend granted, `~` a join the
+/// user made, `-` a leave). Message frames on the same channel are JSON objects
 /// and start with `{`, so the first byte tells them apart.
+/// The backend's order to close a user's connections, on the user's channel (every node holding
+/// one hears it): `!{origin node}\n{token}\nx{close code}\n{reason}`.
+struct DisconnectNotice: Equatable {
+    var origin: String
+    var token: String
+    var code: CloseCode
+    var reason: String
+
+    func encoded() -> String {
+        "!" + origin + "\n" + token + "\nx" + String(code.rawValue) + "\n" + reason
+    }
+
+    init(origin: String, token: String, code: CloseCode, reason: String) {
+        self.origin = origin
+        self.token = token
+        self.code = code
+        self.reason = reason
+    }
+
+    init?(payload: String) {
+        guard payload.hasPrefix("!") else { return nil }
+        let parts = payload.dropFirst().split(separator: "\n", maxSplits: 3, omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[2].first == "x", let raw = UInt16(parts[2].dropFirst()), let code = CloseCode(rawValue: raw) else { return nil }
+        self.origin = String(parts[0])
+        self.token = String(parts[1])
+        self.code = code
+        self.reason = String(parts[3])
+    }
+}
+
 struct MembershipNotice: Equatable {
     var origin: String
     var token: String
     var change: MembershipChange
 
     func encoded() -> String {
-        "!" + origin + "\n" + token + "\n" + (change.isMember ? "+" : "-") + change.room
+        "!" + origin + "\n" + token + "\n" + Self.sign(of: change) + change.room
+    }
+
+    static func sign(of change: MembershipChange) -> String {
+        guard change.isMember else { return "-" }
+        return change.grant == .user ? "~" : "+"
     }
 
     init(origin: String, token: String, change: MembershipChange) {
@@ -98,9 +144,9 @@ struct MembershipNotice: Equatable {
     init?(user: String, payload: String) {
         guard payload.hasPrefix("!") else { return nil }
         let parts = payload.dropFirst().split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count == 3, let sign = parts[2].first, sign == "+" || sign == "-", parts[2].count > 1 else { return nil }
+        guard parts.count == 3, let sign = parts[2].first, sign == "+" || sign == "~" || sign == "-", parts[2].count > 1 else { return nil }
         self.origin = String(parts[0])
         self.token = String(parts[1])
-        self.change = MembershipChange(user: user, room: String(parts[2].dropFirst()), isMember: sign == "+")
+        self.change = MembershipChange(user: user, room: String(parts[2].dropFirst()), isMember: sign != "-", grant: sign == "~" ? .user : .backend)
     }
 }

@@ -1,5 +1,6 @@
 public import Herald
 import HeraldRedisClient
+public import HeraldWire
 public import Logging
 import NIOCore
 import NIOPosix
@@ -38,7 +39,7 @@ public final class RedisRoster: Roster, Service {
     /// The value of the data set's instance key when this node last heartbeated.
     private let knownInstance = Mutex<String?>(nil)
     /// Rooms of users whose first connection is being set up, read in batches.
-    private let roomReads: BatchedReader<Set<String>>
+    private let roomReads: BatchedReader<[String: MembershipGrant]>
     /// This node's presence changes, sent in batches.
     private let presenceChanges: DeltaBatcher
 
@@ -70,7 +71,15 @@ public final class RedisRoster: Roster, Service {
         let presenceKey = layout.presenceKey(backplane.configuration.nodeID)
         backplane.route(
             notices: { user, payload in
-                guard let notice = MembershipNotice(user: user, payload: String(buffer: payload)) else {
+                let text = String(buffer: payload)
+                if let order = DisconnectNotice(payload: text) {
+                    Task {
+                        await sink.disconnect(user: user, code: order.code, reason: order.reason)
+                        _ = client.submit(RESPCommand("PUBLISH", layout.nodeChannel(order.origin), order.token))
+                    }
+                    return
+                }
+                guard let notice = MembershipNotice(user: user, payload: text) else {
                     logger.warning("malformed membership notice ignored", metadata: ["user": "\(user)"])
                     return
                 }
@@ -86,14 +95,23 @@ public final class RedisRoster: Roster, Service {
         let stale = PresenceFlag()
         self.presenceStale = stale
         self.roomReads = BatchedReader { users in
-            client.evaluate(Self.roomsOfScript, keys: [], arguments: [ByteBuffer(string: layout.roomsOfKey(""))] + users.map { ByteBuffer(string: $0) })
+            let prefixes = [layout.roomsOfKey(""), layout.ownJoinsKey("")].map { ByteBuffer(string: $0) }
+            return client.evaluate(Self.roomsOfScript, keys: [], arguments: prefixes + users.map { ByteBuffer(string: $0) })
                 .flatMapThrowing { reply in
-                    guard case .array(let lists?) = reply else { throw RedisError.unexpectedReply("Redis answered the rooms script with \(reply)") }
-                    return try lists.map { list in
+                    guard case .array(let lists?) = reply, lists.count == 2 * users.count else {
+                        throw RedisError.unexpectedReply("Redis answered the rooms script with \(reply)")
+                    }
+                    func strings(_ list: RESPValue) throws -> [String] {
                         switch list {
-                        case .array(let rooms?), .set(let rooms): return Set(rooms.compactMap(\.string))
+                        case .array(let items?), .set(let items): return items.compactMap(\.string)
                         default: throw RedisError.unexpectedReply("Redis answered the rooms script with \(list)")
                         }
+                    }
+                    return try stride(from: 0, to: lists.count, by: 2).map { index in
+                        let own = Set(try strings(lists[index + 1]))
+                        var memberships: [String: MembershipGrant] = [:]
+                        for room in try strings(lists[index]) { memberships[room] = own.contains(room) ? .user : .backend }
+                        return memberships
                     }
                 }
         }
@@ -111,11 +129,11 @@ public final class RedisRoster: Roster, Service {
 
     // MARK: - Membership
 
-    public func join(user: String, room: String) async throws(HubError) -> Bool {
+    public func join(user: String, room: String, grant: MembershipGrant) async throws(HubError) -> Bool {
         try await change(
-            MembershipChange(user: user, room: room, isMember: true),
+            MembershipChange(user: user, room: room, isMember: true, grant: grant),
             script: Self.joinScript,
-            limits: [String(limits.maxRoomsPerUser), String(limits.maxMembersPerRoom), String(limits.maxRooms)]
+            limits: [String(limits.maxRoomsPerUser), String(limits.maxMembersPerRoom), String(limits.maxRooms), grant == .user ? "u" : "b"]
         )
     }
 
@@ -134,7 +152,10 @@ public final class RedisRoster: Roster, Service {
         do {
             reply = try await client.evaluate(
                 script,
-                keys: [layout.membersKey(change.room), layout.roomsOfKey(change.user), layout.roomsKey, layout.endedKey(change.user)],
+                keys: [
+                    layout.membersKey(change.room), layout.roomsOfKey(change.user), layout.roomsKey, layout.endedKey(change.user),
+                    layout.ownJoinsKey(change.user),
+                ],
                 arguments: [change.user, change.room, layout.channel(for: .user(change.user)), notice] + extra
             )
         } catch {
@@ -176,6 +197,32 @@ public final class RedisRoster: Roster, Service {
         }
     }
 
+    /// Announced on the user's channel, which exactly the nodes holding the user's connections
+    /// subscribe; returns once they confirmed (bounded by the confirmation timeout).
+    public func disconnect(user: String, code: CloseCode, reason: String) async throws(HubError) {
+        let (token, confirmed) = acks.expect(on: MultiThreadedEventLoopGroup.singleton.any())
+        let notice = DisconnectNotice(origin: nodeID, token: token, code: code, reason: reason).encoded()
+        let reply: RESPValue
+        do {
+            reply = try await client.send(RESPCommand("PUBLISH", layout.channel(for: .user(user)), notice))
+        } catch {
+            acks.cancel(token)
+            throw HubError.unavailable("Redis: \(error)")
+        }
+        guard case .integer(let receivers) = reply else {
+            acks.cancel(token)
+            throw HubError.unavailable("Redis answered PUBLISH with \(reply)")
+        }
+        guard receivers > 0 else {
+            acks.cancel(token)
+            return
+        }
+        acks.expectConfirmations(Int(receivers), for: token)
+        if (try? await confirmed.get()) != true {
+            logger.warning("not every node confirmed closing a user's connections in time", metadata: ["user": "\(user)"])
+        }
+    }
+
     public func members(of room: String) async throws(HubError) -> Set<String> {
         try await stringSet(RESPCommand("SMEMBERS", layout.membersKey(room)))
     }
@@ -186,7 +233,7 @@ public final class RedisRoster: Roster, Service {
 
     /// Batched: every user whose first connection arrives while a read is at Redis is read
     /// with the next one, in one script call.
-    public func rooms(of user: String, on loop: any EventLoop) -> EventLoopFuture<Set<String>> {
+    public func memberships(of user: String, on loop: any EventLoop) -> EventLoopFuture<[String: MembershipGrant]> {
         roomReads.value(of: user, on: loop).flatMapErrorThrowing { error in
             throw error as? HubError ?? HubError.unavailable("Redis: \(error)")
         }
@@ -318,7 +365,7 @@ public final class RedisRoster: Roster, Service {
         let memberships = sink.localMemberships()
         guard !memberships.isEmpty else { return true }
         var keys: [String] = [layout.roomsKey]
-        var arguments: [String] = [layout.membersKey(""), layout.roomsOfKey(""), layout.endedKey(""), layout.channel(for: .user(""))]
+        var arguments: [String] = [layout.membersKey(""), layout.roomsOfKey(""), layout.endedKey(""), layout.channel(for: .user("")), layout.ownJoinsKey("")]
         let fixed = arguments.count
         var restored = 0
         func flush() async throws {
@@ -331,13 +378,12 @@ public final class RedisRoster: Roster, Service {
         do {
             for (user, rooms) in memberships {
                 arguments += [user, String(rooms.count)]
-                for room in rooms {
+                for (room, grant) in rooms {
                     // No confirmation is awaited: the token matches no waiting change.
-                    arguments += [
-                        room, MembershipNotice(origin: nodeID, token: "restore", change: MembershipChange(user: user, room: room, isMember: true)).encoded(),
-                    ]
+                    let change = MembershipChange(user: user, room: room, isMember: true, grant: grant)
+                    arguments += [room, MembershipNotice(origin: nodeID, token: "restore", change: change).encoded()]
                 }
-                if arguments.count >= 2000 { try await flush() }
+                if arguments.count >= 3000 { try await flush() }
             }
             try await flush()
             logger.notice("memberships written back after Redis lost them", metadata: ["users": "\(memberships.count)", "memberships": "\(restored)"])
@@ -366,13 +412,18 @@ public final class RedisRoster: Roster, Service {
 
     // MARK: - Scripts
 
-    /// KEYS: members, rooms-of, rooms, the user's recently ended memberships. ARGV: user, room,
-    /// user channel, notice, max rooms per user, max members per room, max rooms. Returns {1,
-    /// receivers} when joined, {0, 0} when already a member (not announced: clients re-join
-    /// after every welcome, and nodes already apply it), {-1|-2|-3, 0} for the limit hit.
+    /// KEYS: members, rooms-of, rooms, the user's recently ended memberships, the user's own
+    /// joins. ARGV: user, room, user channel, notice, max rooms per user, max members per room,
+    /// max rooms, grant (`u` the user, `b` the backend). Returns {1, receivers} when joined (or
+    /// when the backend's grant replaced the user's own), {0, 0} when already a member (not
+    /// announced: clients re-join after every welcome, and nodes already apply it), {-1|-2|-3,
+    /// 0} for the limit hit.
     static let joinScript = RedisScript(
         """
-        if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, 0} end
+        if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+          if ARGV[8] == 'b' and redis.call('SREM', KEYS[5], ARGV[2]) == 1 then return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
+          return {0, 0}
+        end
         redis.call('HDEL', KEYS[4], ARGV[2])
         if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {-1, 0} end
         local members = redis.call('SCARD', KEYS[1])
@@ -381,6 +432,7 @@ public final class RedisRoster: Roster, Service {
         redis.call('SADD', KEYS[1], ARGV[1])
         redis.call('SADD', KEYS[2], ARGV[2])
         redis.call('SADD', KEYS[3], ARGV[2])
+        if ARGV[8] == 'u' then redis.call('SADD', KEYS[5], ARGV[2]) end
         return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
         """
     )
@@ -397,6 +449,7 @@ public final class RedisRoster: Roster, Service {
         redis.call('EXPIRE', KEYS[4], ARGV[5])
         if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {0, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
         redis.call('SREM', KEYS[2], ARGV[2])
+        redis.call('SREM', KEYS[5], ARGV[2])
         if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
         return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
         """
@@ -413,12 +466,16 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// ARGV: the rooms-of key prefix, then users. Returns each user's rooms, in order. (The
-    /// keys are not declared: this roster needs a single Redis anyway.)
+    /// ARGV: the rooms-of and own-joins key prefixes, then users. Returns each user's rooms
+    /// and own joins, in order. (The keys are not declared: this roster needs a single Redis
+    /// anyway.)
     static let roomsOfScript = RedisScript(
         """
         local out = {}
-        for i = 2, #ARGV do out[#out + 1] = redis.call('SMEMBERS', ARGV[1] .. ARGV[i]) end
+        for i = 3, #ARGV do
+          out[#out + 1] = redis.call('SMEMBERS', ARGV[1] .. ARGV[i])
+          out[#out + 1] = redis.call('SMEMBERS', ARGV[2] .. ARGV[i])
+        end
         return out
         """
     )
@@ -467,20 +524,23 @@ public final class RedisRoster: Roster, Service {
     )
 
     /// KEYS: rooms. ARGV: the members, rooms-of and ended key prefixes, the user channel
-    /// prefix, then for each user: user, number of rooms, then room and join notice for each.
-    /// Skips memberships ended recently; announces each one written. Returns how many.
+    /// prefix, the own-joins key prefix, then for each user: user, number of rooms, then room
+    /// and join notice for each (the notice's sign says who granted it: `~` the user). Skips
+    /// memberships ended recently; announces each one written. Returns how many.
     static let restoreScript = RedisScript(
         """
         local restored = 0
-        local i = 5
+        local i = 6
         while i <= #ARGV do
           local user, count = ARGV[i], tonumber(ARGV[i + 1])
           for j = i + 2, i + 2 * count, 2 do
             local room = ARGV[j]
             if redis.call('HEXISTS', ARGV[3] .. user, room) == 0 then
-              redis.call('SADD', ARGV[1] .. room, user)
+              local added = redis.call('SADD', ARGV[1] .. room, user)
               redis.call('SADD', ARGV[2] .. user, room)
               redis.call('SADD', KEYS[1], room)
+              -- The user's own join, unless a membership is already back (never downgraded).
+              if added == 1 and string.find(ARGV[j + 1], '\\n~', 1, true) then redis.call('SADD', ARGV[5] .. user, room) end
               redis.call('PUBLISH', ARGV[4] .. user, ARGV[j + 1])
               restored = restored + 1
             end

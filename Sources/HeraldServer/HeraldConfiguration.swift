@@ -36,6 +36,20 @@ public struct HeraldConfiguration: Sendable {
     /// How long before its token's `exp` a connection is sent `token_expiring` (it should then
     /// send `refresh`); at `exp` it is closed with 4001 "token expired".
     public var tokenExpiryWarning: TimeAmount = .seconds(60)
+    /// Asked whether each connection may open (`--connect-hook`); `nil`: tokens decide alone.
+    public var connectHook: BackendHook.Configuration?
+    /// Asked whether a user may join a room its token does not allow (`--join-hook`).
+    public var joinHook: BackendHook.Configuration?
+    /// When a hook cannot decide (timeout, error, garbage, circuit open): `false` refuses
+    /// (connections are closed with 1013 "retry in N s", joins answered `unavailable`); `true`
+    /// lets connections through as if there were no connect hook.
+    public var hookFailOpen = false
+    /// Revoked token ids held at once (`POST /api/tokens/{jti}/revoke`); past it a revocation is
+    /// refused (507) until entries expire.
+    public var maxRevokedTokens: Int = 100_000
+    /// How long a revocation lasts when the request names no expiry: longer than any token
+    /// your identity provider issues should live.
+    public var defaultRevocationTTL: TimeAmount = .hours(24)
     /// Who a user may `send` to. `nil` means: users sharing a room with the sender when tokens
     /// are configured, anyone in development mode.
     public var sendPolicy: SendPolicy?

@@ -9,7 +9,12 @@ public final class HeraldNode: Sendable {
     public let hub: Hub
     public let broker: any Broker
     public let roster: any Roster
+    /// Revoked token ids, checked at every connect and refresh.
+    public let denylist: any TokenDenylist
     public let authenticator: Authenticator
+    /// The backend's say on connections and joins, when configured.
+    let connectHook: BackendHook?
+    let joinHook: BackendHook?
     public let nodeID: String
     let logger: Logger
     /// The TLS context new connections take, when the node serves TLS.
@@ -23,15 +28,23 @@ public final class HeraldNode: Sendable {
     /// in development mode; see ``CORSPolicy/admitsUpgrade(origin:host:policy:allowsAnyOriginWithoutList:)``).
     let webSocketOrigins: CORSPolicy?
 
-    public convenience init(configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, logger: Logger)
-    {
-        self.init(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, tls: nil, logger: logger)
+    public convenience init(
+        configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, denylist: (any TokenDenylist)? = nil,
+        authenticator: Authenticator,
+        logger: Logger
+    ) {
+        self.init(
+            configuration: configuration, hub: hub, broker: broker, roster: roster,
+            denylist: denylist ?? LocalTokenDenylist(limit: configuration.maxRevokedTokens, notifying: hub), authenticator: authenticator, tls: nil,
+            logger: logger
+        )
     }
 
     init(
-        configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, authenticator: Authenticator, tls: TLSContextStore?,
-        logger: Logger
+        configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, denylist: any TokenDenylist, authenticator: Authenticator,
+        tls: TLSContextStore?, logger: Logger
     ) {
+        self.denylist = denylist
         self.tls = tls
         self.configuration = configuration
         self.hub = hub
@@ -41,6 +54,13 @@ public final class HeraldNode: Sendable {
         self.nodeID = configuration.nodeID ?? Self.randomNodeID()
         self.logger = logger
         self.webSocketOrigins = CORSPolicy(configuration.allowedOrigins)
+        func hook(_ configuration: BackendHook.Configuration?, bearer: String?) -> BackendHook? {
+            guard var configuration else { return nil }
+            configuration.bearer = configuration.bearer ?? bearer
+            return BackendHook(configuration: configuration)
+        }
+        self.connectHook = hook(configuration.connectHook, bearer: configuration.apiKey)
+        self.joinHook = hook(configuration.joinHook, bearer: configuration.apiKey)
     }
 
     /// Whether a WebSocket upgrade with this `Origin` (and `Host`) may proceed.

@@ -53,7 +53,8 @@ public struct HeraldServer: Sendable {
     }
 
     /// A node on the backend it is given. `broker` and `roster` deliver to `hub` (they were
-    /// built around it); `services` run for the life of the node and usually include the
+    /// built around it), and so does `denylist` (revoked token ids; `nil`: one in memory, for
+    /// a node on its own); `services` run for the life of the node and usually include the
     /// broker. The hub itself is always run.
     /// - Throws: ``ConfigurationError`` for a configuration Herald cannot run with (a bad node
     ///   id, a JWT secret without an API key, an unreadable TLS certificate).
@@ -62,6 +63,7 @@ public struct HeraldServer: Sendable {
         hub: Hub,
         broker: any Broker,
         roster: any Roster,
+        denylist: (any TokenDenylist)? = nil,
         services: [any Service] = [],
         logger: Logger = Logger(label: "herald")
     ) async throws(ConfigurationError) {
@@ -79,10 +81,13 @@ public struct HeraldServer: Sendable {
         } else {
             var keys = configuration.tokenKeys
             if let secret = configuration.jwtSecret { keys.insert(try await TokenKey.secret(secret), at: 0) }
-            authenticator = try await Authenticator(keys: keys, keySets: configuration.tokenKeySets, policy: configuration.tokenPolicy)
+            authenticator = try await Authenticator(keys: keys, keySets: configuration.tokenKeySets, policy: configuration.tokenPolicy, logger: logger)
         }
         hub.attach(broker: broker, roster: roster)
-        self.node = HeraldNode(configuration: configuration, hub: hub, broker: broker, roster: roster, authenticator: authenticator, tls: tls, logger: logger)
+        let denylist = denylist ?? LocalTokenDenylist(limit: configuration.maxRevokedTokens, notifying: hub)
+        self.node = HeraldNode(
+            configuration: configuration, hub: hub, broker: broker, roster: roster, denylist: denylist, authenticator: authenticator, tls: tls, logger: logger
+        )
         self.logger = logger
         self.services = services
     }

@@ -23,6 +23,9 @@ public enum CloseCode: UInt16, Sendable, CaseIterable {
     /// Authentication failed: token missing, malformed, badly signed or expired (the reason says which),
     /// also `token expired` on an open connection that did not refresh. Do not retry with the same token.
     case unauthorized = 4001
+    /// The backend ended the user's connections (`DELETE /api/users/{user}/connections`). Do not
+    /// reconnect until the backend says so (with a new token, say).
+    case disconnectedByBackend = 4003
     /// A connection limit was reached (per user, or the server's total). Retry later with backoff.
     case tooManyConnections = 4029
 

@@ -41,6 +41,35 @@ public enum ServerFrame {
         roomReply(type: #"{"type":"left","room":"#, room: room, id: id)
     }
 
+    /// Why the server tells a connection, unasked, that it left or joined a room.
+    public enum MembershipNoticeReason: String, Sendable {
+        /// The connection's token no longer allows a room the user joined themselves: the
+        /// connection receives and may use it no more (the membership itself stays).
+        case revoked
+        /// A refreshed token allows such a room again.
+        case restored
+    }
+
+    /// `{"type":"left","room":R,"reason":WHY}`, sent unasked.
+    public static func left(room: String, reason: MembershipNoticeReason) -> ByteBuffer {
+        notice(type: #"{"type":"left","room":"#, room: room, reason: reason)
+    }
+
+    /// `{"type":"joined","room":R,"reason":WHY}`, sent unasked.
+    public static func joined(room: String, reason: MembershipNoticeReason) -> ByteBuffer {
+        notice(type: #"{"type":"joined","room":"#, room: room, reason: reason)
+    }
+
+    private static func notice(type prefix: StaticString, room: String, reason: MembershipNoticeReason) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(prefix)
+        buffer.writeJSONString(room)
+        buffer.writeStaticString(#","reason":"#)
+        buffer.writeJSONString(reason.rawValue)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
     /// `{"type":"refreshed","expires":EXP,"id":X}`: the connection now runs on the new token
     /// (`expires` omitted for a token without `exp`).
     public static func refreshed(expires: Int64?, id: RawJSON?) -> ByteBuffer {

@@ -13,7 +13,7 @@ struct Serve: AsyncParsableCommand {
         abstract: "Run a Herald node (the default subcommand).",
         discussion: """
             Every option can also be set with the environment variable named in its help (a flag wins over \
-            the environment). Without --jwt-secret, --jwt-public-key or --jwks the server runs in development \
+            the environment). Without --jwt-secret, --jwt-public-key, --jwks or --jwks-url the server runs in development \
             mode: clients name themselves with ?user=NAME and may join any room.
             """
     )
@@ -53,6 +53,13 @@ struct Serve: AsyncParsableCommand {
     var jwks: String?
 
     @Option(
+        name: .customLong("jwks-url"),
+        help:
+            "The identity provider's JWKS URL (https; http only to a loopback host), fetched at start, on unknown kids and when older than 10 minutes; its last keys stay in use while it is down. (env: HERALD_JWKS_URL)"
+    )
+    var jwksURL: String?
+
+    @Option(
         name: .customLong("jwks-refresh-interval"), parsing: .unconditional,
         help: "Seconds between fetches of the JWKS on unknown kids. (env: HERALD_JWKS_REFRESH_INTERVAL, default 60)")
     var jwksRefreshInterval: Int?
@@ -77,6 +84,52 @@ struct Serve: AsyncParsableCommand {
         name: .customLong("token-expiry-warning"), parsing: .unconditional,
         help: "Seconds before a token's exp that its connection is sent token_expiring. (env: HERALD_TOKEN_EXPIRY_WARNING, default 60)")
     var tokenExpiryWarning: Int?
+
+    @Option(
+        name: .customLong("connect-hook"),
+        help:
+            "Your backend's URL, asked (POST {\"event\":\"connect\",\"user\":U}) whether each connection may open; it answers {\"allow\":true|false}. (env: HERALD_CONNECT_HOOK)"
+    )
+    var connectHook: String?
+
+    @Option(
+        name: .customLong("join-hook"),
+        help:
+            "Your backend's URL, asked (POST {\"event\":\"join\",\"user\":U,\"room\":R}) whether a user may join a room its token does not allow. (env: HERALD_JOIN_HOOK)"
+    )
+    var joinHook: String?
+
+    @Option(
+        name: .customLong("hook-timeout"), parsing: .unconditional,
+        help: "Milliseconds a hook question waits for the backend. (env: HERALD_HOOK_TIMEOUT, default 2000)")
+    var hookTimeout: Int?
+
+    @Option(
+        name: .customLong("hook-concurrency"), parsing: .unconditional,
+        help: "Hook questions under way at once, per hook; more fail at once. (env: HERALD_HOOK_CONCURRENCY, default 64)")
+    var hookConcurrency: Int?
+
+    @Option(
+        name: .customLong("hook-cache-ttl"), parsing: .unconditional,
+        help: "Seconds a hook's answer is reused for the same user (and room); 0 asks every time. (env: HERALD_HOOK_CACHE_TTL, default 30)")
+    var hookCacheTTL: Int?
+
+    @Flag(
+        name: .customLong("hook-fail-open"),
+        help:
+            "Let connections through when the connect hook cannot decide (timeout, error, garbage); the default refuses them with 1013. (env: HERALD_HOOK_FAIL_OPEN=true)"
+    )
+    var hookFailOpen = false
+
+    @Option(
+        name: .customLong("max-revoked-tokens"), parsing: .unconditional,
+        help: "Revoked token ids held at once (POST /api/tokens/{jti}/revoke answers 507 past it). (env: HERALD_MAX_REVOKED_TOKENS, default 100000)")
+    var maxRevokedTokens: Int?
+
+    @Option(
+        name: .customLong("revocation-ttl"), parsing: .unconditional,
+        help: "Seconds a token revocation lasts when the request gives no expires. (env: HERALD_REVOCATION_TTL, default 86400)")
+    var revocationTTL: Int?
 
     @Option(
         name: .customLong("send-policy"),
@@ -393,6 +446,13 @@ struct Serve: AsyncParsableCommand {
             guard FileManager.default.isReadableFile(atPath: path) else { throw ValidationError("--jwks \(path): no readable file there") }
             configuration.tokenKeySets = [JWKSFile(path: path)]
         }
+        if let address = options.string(jwksURL, "jwks-url") {
+            do {
+                configuration.tokenKeySets.append(try JWKSURL(address))
+            } catch {
+                throw ValidationError(error.description)
+            }
+        }
         if let seconds = try options.integer(jwksRefreshInterval, "jwks-refresh-interval", in: 1...86_400) {
             configuration.tokenPolicy.keySetRefreshInterval = .seconds(seconds)
         }
@@ -402,6 +462,29 @@ struct Serve: AsyncParsableCommand {
         configuration.tokenPolicy.allowsTokensWithoutExpiry = try options.flag(allowTokensWithoutExp, "allow-tokens-without-exp")
         if let seconds = try options.integer(tokenExpiryWarning, "token-expiry-warning", in: 0...86_400) {
             configuration.tokenExpiryWarning = .seconds(Int64(seconds))
+        }
+        if let count = try options.integer(maxRevokedTokens, "max-revoked-tokens", in: 1...10_000_000) { configuration.maxRevokedTokens = count }
+        let hookTimeout = try options.integer(self.hookTimeout, "hook-timeout", in: 10...60_000)
+        let hookConcurrency = try options.integer(self.hookConcurrency, "hook-concurrency", in: 1...10_000)
+        let hookCacheTTL = try options.integer(self.hookCacheTTL, "hook-cache-ttl", in: 0...86_400)
+        func hook(_ flag: String?, _ option: String) throws -> BackendHook.Configuration? {
+            guard let address = options.string(flag, option) else { return nil }
+            var hook: BackendHook.Configuration
+            do {
+                hook = try BackendHook.Configuration(url: address)
+            } catch {
+                throw ValidationError("--\(option): \(error.description)")
+            }
+            if let hookTimeout { hook.timeout = .milliseconds(Int64(hookTimeout)) }
+            if let hookConcurrency { hook.maxConcurrent = hookConcurrency }
+            if let hookCacheTTL { hook.cacheTTL = .seconds(hookCacheTTL) }
+            return hook
+        }
+        configuration.connectHook = try hook(connectHook, "connect-hook")
+        configuration.joinHook = try hook(joinHook, "join-hook")
+        configuration.hookFailOpen = try options.flag(hookFailOpen, "hook-fail-open")
+        if let seconds = try options.integer(revocationTTL, "revocation-ttl", in: 1...31_622_400) {
+            configuration.defaultRevocationTTL = .seconds(Int64(seconds))
         }
         if let policy = options.string(sendPolicy, "send-policy") {
             guard let parsed = SendPolicy(rawValue: policy) else {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Browser test of Herald's demo chat page (served at GET /), across a server restart.
 
-    python3 Tests/Browser/chat_test.py --herald PATH_TO_HERALD_BINARY [--cluster] [--tls] [--timeout 60]
+    python3 Tests/Browser/chat_test.py --herald PATH_TO_HERALD_BINARY [--cluster] [--tls] [--tokens] [--timeout 60]
 
 Starts `herald serve` on a free port of 127.0.0.1, opens the page in two headless
 Chromium sessions (alice and bob), and checks: connecting, joining a room, room
@@ -11,6 +11,10 @@ SIGTERM + restart of the server both pages reconnect and re-join by themselves.
 With --cluster it starts a redis-server and two Herald nodes sharing it: alice's page is
 on node 1, bob's on node 2, and every message crosses nodes; the restart is node 2's (bob
 reconnects, alice stays connected).
+
+With --tokens one node runs with a JWT secret: the page shows token_expiring, refreshes in
+place with a pasted token, and stops (without retrying) when the backend revokes its token or
+disconnects its user.
 
 With --tls every node serves TLS (`--tls-cert`/`--tls-key`) with a certificate for 127.0.0.1
 made by `openssl` from a throw-away CA; the pages are opened at https:// (so the chat runs
@@ -434,12 +438,72 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
     checks.ok(f"alice received '[{ROOM}] bob: back again' after the restart")
 
 
+SECRET = "browser-test-secret-long-enough-for-hs256"
+API_KEY = "browser-test-api-key"
+
+
+def mint(binary: str, user: str, *extra: str) -> str:
+    """A client token from `herald token` (the command line users mint test tokens with)."""
+    out = subprocess.run([binary, "token", user, "--jwt-secret", SECRET, *extra],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.strip().splitlines()[-1].strip()
+
+
+def api(server: "Server", method: str, path: str) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", method=method,
+                                     headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def run_tokens(args, checks: Checks, pages: list, server_holder: list):
+    """The page with tokens: token_expiring, a refresh in place, a revoked token, a backend disconnect."""
+    log_dir = tempfile.mkdtemp(prefix="herald-browser-")
+    # Every token shorter-lived than an hour is warned of right after its welcome.
+    server = Server(args.herald, free_port(), os.path.join(log_dir, "herald.log"),
+                    ["--jwt-secret", SECRET, "--api-key", API_KEY, "--token-expiry-warning", "3600"])
+    server_holder.append(server)
+    server.start()
+    server.wait_healthy(args.timeout)
+    checks.ok(f"server with tokens starts on 127.0.0.1:{server.port}")
+    page = Page("carol", args.timeout)
+    pages.append(page)
+    page.open(f"http://127.0.0.1:{server.port}/")
+    error = lambda p: p.js("return document.getElementById('error').textContent;") or ""
+    logs = lambda p: p.js("return Array.from(document.querySelectorAll('#log > *')).map(e => e.textContent);")
+
+    page.fill("token", mint(args.herald, "carol", "--rooms", ROOM, "--ttl", "600", "--jti", "first"))
+    page.click("connect")
+    page.wait(lambda p: p.state() == "connected", "#state == connected with a token")
+    page.wait(lambda p: "Your token expires at" in error(p), "the token_expiring warning in #error")
+    checks.ok("the page shows token_expiring: it asks for a fresh token")
+
+    page.fill("token", mint(args.herald, "carol", "--rooms", ROOM, "--ttl", "900", "--jti", "second"))
+    page.js("document.getElementById('token').dispatchEvent(new Event('change'));")
+    page.wait(lambda p: contains(logs(p), "token refreshed"), "'token refreshed' in #log")
+    checks.that(page.state() == "connected", "a pasted token refreshes the connection in place", f"state {page.state()}")
+
+    checks.that(api(server, "POST", "/api/tokens/second/revoke") == 200, "the backend revokes the token in use")
+    page.wait(lambda p: "token revoked" in error(p), "'token revoked' in #error")
+    page.wait(lambda p: p.state() == "disconnected", "#state == disconnected")
+    checks.ok("a revoked token closes the page's connection with 4001 token revoked, and it does not retry")
+
+    page.fill("token", mint(args.herald, "carol", "--rooms", ROOM, "--ttl", "900", "--jti", "third"))
+    page.click("connect")
+    page.wait(lambda p: p.state() == "connected", "#state == connected with a new token")
+    checks.that(api(server, "DELETE", "/api/users/carol/connections") == 200, "the backend disconnects carol")
+    page.wait(lambda p: "Disconnected by the server" in error(p), "the backend's disconnect in #error")
+    page.wait(lambda p: p.state() == "disconnected", "#state == disconnected after 4003")
+    checks.ok("a backend disconnect (4003) shows on the page, which does not reconnect")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--herald", required=True, help="path to the herald executable")
     parser.add_argument("--timeout", type=float, default=60.0, help="bound on every wait, in seconds")
     parser.add_argument("--cluster", action="store_true", help="two nodes sharing a redis-server the test starts")
     parser.add_argument("--tls", action="store_true", help="serve https:// and wss:// with a test certificate made by openssl")
+    parser.add_argument("--tokens", action="store_true", help="one node with tokens: expiry warning, refresh, revocation")
     args = parser.parse_args()
 
     checks = Checks()
@@ -448,7 +512,10 @@ def main() -> int:
     processes: list = []
     failed = False
     try:
-        run(args, checks, pages, server_holder, processes)
+        if args.tokens:
+            run_tokens(args, checks, pages, server_holder)
+        else:
+            run(args, checks, pages, server_holder, processes)
     except CheckFailed:
         failed = True
     except Exception as e:  # a timeout or a crash is a failed check too

@@ -20,8 +20,8 @@ struct RosterConformanceTests {
             #expect(try await roster.members(of: "a") == ["ada", "bob"])
             #expect(try await roster.members(of: "nowhere") == [])
             #expect(try await roster.rooms(of: "ada") == ["a", "b"])
-            #expect(try await roster.rooms(of: "ada", on: TestNode.loop).get() == ["a", "b"], "the batched read answers the same")
-            #expect(try await roster.rooms(of: "nobody", on: TestNode.loop).get() == [])
+            #expect(try await roster.memberships(of: "ada", on: TestNode.loop).get() == ["a": .backend, "b": .backend], "the batched read answers the same")
+            #expect(try await roster.memberships(of: "nobody", on: TestNode.loop).get() == [:])
             #expect(try await roster.roomCount() == 2)
             #expect(try await roster.leave(user: "ada", room: "b") == true)
             #expect(try await roster.leave(user: "ada", room: "b") == false, "a second leave changes nothing")
@@ -29,6 +29,37 @@ struct RosterConformanceTests {
             #expect(try await roster.roomCount() == 1, "a room without members no longer exists")
             let (members, online) = try await roster.presence(of: "a")
             #expect(members == ["ada", "bob"] && online == [])
+        }
+    }
+
+    /// A membership records who granted it: the user's own join depends on their token, the
+    /// backend's stands on its own. The backend's grant replaces the user's; never the reverse.
+    @Test(arguments: BackendKind.allCases)
+    func membershipsRecordWhoGrantedThem(_ kind: BackendKind) async throws {
+        try await TestBackend.with(kind, nodes: kind.maxNodes) { backend in
+            let holder = backend.nodes[backend.nodes.count - 1]
+            let roster = backend.nodes[0].roster
+            try await holder.holds(.user("ada"))
+            #expect(try await roster.join(user: "ada", room: "own", grant: .user) == true)
+            #expect(try await roster.join(user: "ada", room: "own", grant: .user) == false)
+            #expect(try await roster.join(user: "ada", room: "given") == true)
+            #expect(try await roster.join(user: "ada", room: "given", grant: .user) == false, "a user's join never downgrades the backend's grant")
+            #expect(try await roster.memberships(of: "ada", on: TestNode.loop).get() == ["own": .user, "given": .backend])
+            #expect(try await roster.join(user: "ada", room: "own", grant: .backend) == true, "the backend's grant replaces the user's")
+            #expect(try await roster.memberships(of: "ada", on: TestNode.loop).get() == ["own": .backend, "given": .backend])
+            #expect(try await roster.leave(user: "ada", room: "own") == true)
+            #expect(try await roster.join(user: "ada", room: "own", grant: .user) == true)
+            #expect(try await roster.memberships(of: "ada", on: TestNode.loop).get() == ["own": .user, "given": .backend], "a leave forgets the grant")
+            #expect(
+                holder.sink.changes.withLock { $0 }.filter { $0.user == "ada" } == [
+                    MembershipChange(user: "ada", room: "own", isMember: true, grant: .user),
+                    MembershipChange(user: "ada", room: "given", isMember: true, grant: .backend),
+                    MembershipChange(user: "ada", room: "own", isMember: true, grant: .backend),
+                    MembershipChange(user: "ada", room: "own", isMember: false),
+                    MembershipChange(user: "ada", room: "own", isMember: true, grant: .user),
+                ],
+                "every node holding the user hears who granted each change"
+            )
         }
     }
 
@@ -130,7 +161,7 @@ struct RosterConformanceTests {
                 return !error.isMembershipLimit && !error.isConnectionLimit
             }
             await #expect(throws: HubError.self) { _ = try await roster.members(of: "a") }
-            await #expect(throws: HubError.self) { _ = try await roster.rooms(of: "ada", on: TestNode.loop).get() }
+            await #expect(throws: HubError.self) { _ = try await roster.memberships(of: "ada", on: TestNode.loop).get() }
             #expect(ContinuousClock.now - started < .seconds(5))
         }
     }

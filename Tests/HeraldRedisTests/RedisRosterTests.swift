@@ -12,7 +12,7 @@ import Testing
 final class CountingSink: DeliverySink {
     let changes = Mutex<[MembershipChange]>([])
     let counts = Mutex<[String: Int]>([:])
-    let memberships = Mutex<[String: Set<String>]>([:])
+    let memberships = Mutex<[String: [String: MembershipGrant]]>([:])
     /// The frames delivered, as text, in order.
     let delivered = Mutex<[String]>([])
 
@@ -24,7 +24,7 @@ final class CountingSink: DeliverySink {
         return MultiThreadedEventLoopGroup.singleton.any().makeSucceededVoidFuture()
     }
     func localConnectionCounts() -> [String: Int] { counts.withLock { $0 } }
-    func localMemberships() -> [String: Set<String>] { memberships.withLock { $0 } }
+    func localMemberships() -> [String: [String: MembershipGrant]] { memberships.withLock { $0 } }
 }
 
 /// What only the Redis roster does: recover from Redis losing its data. The contract every
@@ -108,9 +108,9 @@ struct RedisRosterTests {
         let running = try await node.runHolding("alice")
         defer { running.cancel() }
         #expect(try await node.roster.join(user: "alice", room: "a") == true)
-        #expect(try await node.roster.join(user: "alice", room: "b") == true)
+        #expect(try await node.roster.join(user: "alice", room: "b", grant: .user) == true)
         #expect(try await node.roster.join(user: "alice", room: "c") == true)
-        node.sink.memberships.withLock { $0 = ["alice": ["a", "b", "c"]] }
+        node.sink.memberships.withLock { $0 = ["alice": ["a": .backend, "b": .user, "c": .backend]] }
         await node.roster.heartbeat()
         // A heartbeat with the data set intact writes nothing back: a membership ended
         // elsewhere is not brought back by a node that has not heard of it yet.
@@ -129,12 +129,15 @@ struct RedisRosterTests {
         #expect(try await node.roster.members(of: "b") == ["alice"])
         #expect(try await node.roster.members(of: "c") == [])
         #expect(try await node.roster.rooms(of: "alice") == ["a", "b"])
+        #expect(
+            try await node.roster.memberships(of: "alice", on: MultiThreadedEventLoopGroup.singleton.any()).get() == ["a": .backend, "b": .user],
+            "who granted each is written back too")
         #expect(try await node.roster.roomCount() == 2)
         // Announced on alice's channel: her connections on other nodes, which may have loaded
         // no rooms meanwhile, apply them too.
         try await waitUntil("the written-back memberships announced") {
             Set(node.sink.changes.withLock { $0 }) == [
-                MembershipChange(user: "alice", room: "a", isMember: true), MembershipChange(user: "alice", room: "b", isMember: true),
+                MembershipChange(user: "alice", room: "a", isMember: true), MembershipChange(user: "alice", room: "b", isMember: true, grant: .user),
             ]
         }
         await probe.close()

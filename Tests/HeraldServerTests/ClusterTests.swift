@@ -152,7 +152,7 @@ struct ClusterTests {
         #expect(try await cluster.http(0, "PUT", "/api/rooms/R1/members/alice").status == 200)
         #expect(try await cluster.http(0, "PUT", "/api/rooms/R2/members/bob").status == 200)
         #expect(try await cluster.http(0, "PUT", "/api/rooms/R3/members/nobody-online").status == 200)
-        let base: Set<String> = ["herald.all", "herald.node.n1", "herald.node.n2"]
+        let base: Set<String> = ["herald.all", "herald.control", "herald.node.n1", "herald.node.n2"]
         #expect(try await cluster.pubsubChannels() == base)
 
         let alice = try await cluster.client("alice", on: 0)

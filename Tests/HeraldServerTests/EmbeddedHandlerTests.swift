@@ -110,7 +110,8 @@ struct EmbeddedNode {
     @Test func aRefusedTokenIsClosedWith4001() async throws {
         let embedded = try await EmbeddedNode()
         let channel = EmbeddedChannel(loop: embedded.loop)
-        let connection = WebSocketConnection(identity: .failure(AuthenticationFailure("token expired")), node: embedded.node, eventLoop: embedded.loop)
+        let connection = WebSocketConnection(
+            identity: .failure(ConnectionRefusal(AuthenticationFailure("token expired"))), node: embedded.node, eventLoop: embedded.loop)
         try channel.pipeline.syncOperations.addHandler(connection)
         embedded.loop.run()
         let frames = try Self.written(channel)

@@ -1,6 +1,7 @@
 public import Foundation
 import HeraldWire
 public import JWTKit
+public import Logging
 
 /// Turns the credentials of a WebSocket upgrade (and of a `refresh` frame) into an ``Identity``.
 ///
@@ -32,12 +33,18 @@ public struct Authenticator: Sendable {
 
     /// Verifies tokens with `keys` and the keys of `keySets` (fetched now; a set that cannot be
     /// fetched is retried when a token names a `kid` no key has).
+    /// - Parameters:
+    ///   - keys: secrets and public keys.
+    ///   - keySets: JWKS files and URLs.
+    ///   - policy: what a token must satisfy besides its signature.
+    ///   - logger: where failed key set fetches are logged.
     /// - Throws: ``ConfigurationError`` when there is no key at all.
-    public init(keys: [TokenKey], keySets: [any TokenKeySet] = [], policy: TokenPolicy = TokenPolicy()) async throws(ConfigurationError) {
+    public init(keys: [TokenKey], keySets: [any TokenKeySet] = [], policy: TokenPolicy = TokenPolicy(), logger: Logger? = nil) async throws(ConfigurationError)
+    {
         guard !keys.isEmpty || !keySets.isEmpty else {
             throw ConfigurationError("no token keys: configure a JWT secret, a public key or a JWKS")
         }
-        let ring = TokenKeyRing(keys: keys, keySets: keySets, refreshInterval: policy.keySetRefreshInterval)
+        let ring = TokenKeyRing(keys: keys, keySets: keySets, refreshInterval: policy.keySetRefreshInterval, maxAge: policy.keySetMaxAge, logger: logger)
         try await ring.loadKeySets()
         self.init(keyRing: ring, policy: policy)
     }
@@ -159,6 +166,9 @@ public struct TokenPolicy: Sendable, Equatable {
     /// A JWKS is fetched again on an unknown `kid` at most this often, so tokens with random
     /// `kid`s cannot make the server hammer the identity provider.
     public var keySetRefreshInterval: Duration = .seconds(60)
+    /// Key sets fetched longer ago than this are fetched again in the background (a token
+    /// waits for nothing), so a key the provider withdrew stops verifying.
+    public var keySetMaxAge: Duration = .seconds(600)
     /// The longest token accepted (larger ones are refused before any parsing).
     public var maxTokenBytes = 8 * 1024
 

@@ -1,5 +1,6 @@
 import Foundation
 public import JWTKit
+import Logging
 import Synchronization
 
 /// A source of published public keys (a JWKS), fetched at start and again when a token names
@@ -58,12 +59,16 @@ final class TokenKeyRing: Sendable {
     private let configured: [TokenKey]
     private let keySets: [any TokenKeySet]
     private let refreshInterval: Duration
+    private let maxAge: Duration
+    private let logger: Logger?
     private let state = Mutex(State())
 
-    init(keys: [TokenKey], keySets: [any TokenKeySet], refreshInterval: Duration) {
+    init(keys: [TokenKey], keySets: [any TokenKeySet], refreshInterval: Duration, maxAge: Duration = .seconds(600), logger: Logger? = nil) {
+        self.logger = logger
         self.configured = keys
         self.keySets = keySets
         self.refreshInterval = refreshInterval
+        self.maxAge = maxAge
     }
 
     /// Every key in use now.
@@ -100,19 +105,24 @@ final class TokenKeyRing: Sendable {
                 state.withLock { $0.fetched[index] = keys }
             } catch {
                 problems.append(FetchProblem(message: "\(keySet.source): cannot load the JWKS: \(error)", isFatalAtStart: keySet is JWKSFile))
+                logger?.warning(
+                    "cannot load a JWKS; the keys fetched before stay in use",
+                    metadata: ["source": "\(keySet.source)", "error": "\(error)"]
+                )
             }
         }
         state.withLock { $0.lastRefresh = .now }
         return problems
     }
 
-    /// Fetches the key sets again unless that was done less than the refresh interval ago; a
-    /// fetch under way is joined, not repeated.
-    private func refreshIfDue() async {
+    /// Fetches the key sets again unless that was done less than `interval` ago (the refresh
+    /// interval by default); a fetch under way is joined, not repeated.
+    private func refreshIfDue(olderThan interval: Duration? = nil) async {
         guard !keySets.isEmpty else { return }
+        let interval = interval ?? refreshInterval
         let task = state.withLock { (current) -> Task<Void, Never>? in
             if let refreshing = current.refreshing { return refreshing }
-            if let last = current.lastRefresh, ContinuousClock.now - last < refreshInterval { return nil }
+            if let last = current.lastRefresh, ContinuousClock.now - last < interval { return nil }
             let task = Task { [self] in
                 await refresh()
                 state.withLock { $0.refreshing = nil }
@@ -126,6 +136,7 @@ final class TokenKeyRing: Sendable {
     /// The keys that may verify a token with `header`, in the order to try them: the one its
     /// `kid` names, or without `kid` every key for its `alg` (two secrets during a rotation).
     func keys(for header: TokenHeader) async -> Result<[TokenKey], AuthenticationFailure> {
+        refreshInBackgroundIfStale()
         if let found = select(header) { return found }
         // An unknown kid may be a key the provider rotated in since the last fetch.
         if header.kid != nil {
@@ -134,6 +145,17 @@ final class TokenKeyRing: Sendable {
         }
         if let kid = header.kid { return .failure(.init("token kid \(TokenHeader.quoted(kid)) is unknown")) }
         return .failure(.init("token alg \(header.algorithm.rawValue) is not accepted by any key of this server"))
+    }
+
+    /// Key sets older than the maximum age are fetched again without making a token wait.
+    private func refreshInBackgroundIfStale() {
+        guard !keySets.isEmpty else { return }
+        let maxAge = self.maxAge
+        let stale = state.withLock { current in
+            current.refreshing == nil && current.lastRefresh.map { ContinuousClock.now - $0 >= maxAge } == true
+        }
+        guard stale else { return }
+        Task { await self.refreshIfDue(olderThan: maxAge) }
     }
 
     /// Keys tried for a token without `kid` (two secrets during a rotation, a few public keys).

@@ -37,6 +37,7 @@ struct HTTPAPI {
         }
 
         let api = router.group("api").add(middleware: APIKeyMiddleware(apiKey: node.configuration.apiKey))
+        RevocationAPI(node: node).register(on: api)
         api.post("broadcast") { request, _ in
             try await publish(request, to: .all)
         }

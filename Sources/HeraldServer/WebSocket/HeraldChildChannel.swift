@@ -151,6 +151,23 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
         }
     }
 
+    /// The connect hook's verdict on an authenticated connection: allowed, refused by the backend
+    /// (4003 with its reason), or undecided (1013 "retry in N s", or let through with
+    /// `--hook-fail-open`).
+    static func askConnectHook(_ hook: BackendHook, identity: Identity, failOpen: Bool, logger: Logger) async -> Result<Identity, ConnectionRefusal> {
+        switch await hook.connect(user: identity.user) {
+        case .allow:
+            return .success(identity)
+        case .deny(let reason):
+            return .failure(ConnectionRefusal(code: .disconnectedByBackend, reason: "refused by the backend: \(reason)"))
+        case .unavailable(let why):
+            logger.warning(
+                "connect hook undecided", metadata: ["user": "\(identity.user)", "why": "\(why)", "outcome": "\(failOpen ? "let through" : "refused")"])
+            if failOpen { return .success(identity) }
+            return .failure(ConnectionRefusal(code: .tryAgainLater, reason: "retry in \(Int.random(in: 1...5)) s: the backend hook is unavailable"))
+        }
+    }
+
     /// Authenticates the upgrade request and puts a `WebSocketConnection` at the top of the pipeline.
     static func installConnection(channel: any Channel, head: HTTPRequestHead, node: HeraldNode, descriptor: CInt?) -> EventLoopFuture<UpgradeResult> {
         let query = URI(head.uri).queryParameters
@@ -165,12 +182,20 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
         let resume = ResumeRequest(offset: query["since_offset"].map(String.init), epoch: query["since_epoch"].map(String.init))
         let authenticator = node.authenticator
         let configuration = node.configuration
-        let promise = channel.eventLoop.makePromise(of: Result<Identity, AuthenticationFailure>.self)
-        if authenticator.isDevelopmentMode {
+        let promise = channel.eventLoop.makePromise(of: Result<Identity, ConnectionRefusal>.self)
+        if let hook = node.connectHook {
+            let failOpen = configuration.hookFailOpen
+            let logger = node.logger
+            promise.completeWithTask {
+                let authenticated = await authenticator.authenticate(token: token, user: user)
+                guard case .success(let identity) = authenticated else { return authenticated.mapError(ConnectionRefusal.init) }
+                return await Self.askConnectHook(hook, identity: identity, failOpen: failOpen, logger: logger)
+            }
+        } else if authenticator.isDevelopmentMode {
             // No await needed: skip the task hop on the hot connect path.
-            promise.succeed(Authenticator.developmentIdentity(user: user))
+            promise.succeed(Authenticator.developmentIdentity(user: user).mapError(ConnectionRefusal.init))
         } else {
-            promise.completeWithTask { await authenticator.authenticate(token: token, user: user) }
+            promise.completeWithTask { await authenticator.authenticate(token: token, user: user).mapError(ConnectionRefusal.init) }
         }
         return promise.futureResult.flatMapThrowing { authenticated in
             let water = max(configuration.maxOutboundBytes, 1024)

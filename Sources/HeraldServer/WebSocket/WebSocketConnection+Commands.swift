@@ -1,5 +1,6 @@
 import Herald
 import HeraldWire
+import Logging
 import NIOCore
 
 extension WebSocketConnection {
@@ -9,19 +10,12 @@ extension WebSocketConnection {
         switch frame.command {
         case .join(let room, let since):
             // A membership the backend granted needs no permission from the token.
-            guard permissions.allows(room) || node.hub.isLocalMember(user: user, room: room) else {
+            if permissions.allows(room) || node.hub.grant(user: user, room: room) == .backend {
+                join(room, since: since, grant: .user, id: id)
+            } else if let hook = node.joinHook {
+                askJoinHook(hook, room: room, since: since, id: id)
+            } else {
                 send(ServerFrame.error(.forbidden, message: "your token does not allow joining room \(room)", id: id))
-                return
-            }
-            if let since {
-                joinRecovering(room: room, since: since, id: id)
-                return
-            }
-            let roster = node.roster
-            let user = self.user
-            runCommand(id: id) { () async throws(HubError) in
-                _ = try await roster.join(user: user, room: room)
-                return ServerFrame.joined(room: room, id: id)
             }
 
         case .leave(let room):
@@ -33,8 +27,8 @@ extension WebSocketConnection {
             }
 
         case .publish(let room, let data):
-            if node.configuration.effectivePublishPolicy == .members, !node.hub.isLocalMember(user: user, room: room) {
-                send(ServerFrame.error(.notAMember, message: "join room \(room) before publishing to it", id: id))
+            if node.configuration.effectivePublishPolicy == .members, !mayUse(room) {
+                send(denial(of: room, "join room \(room) before publishing to it", id: id))
                 return
             }
             publish(.message(to: .room(room), from: user, data: data), id: id)
@@ -56,8 +50,8 @@ extension WebSocketConnection {
             refresh(with: token, id: id)
 
         case .presence(let room):
-            guard node.hub.isLocalMember(user: user, room: room) else {
-                send(ServerFrame.error(.notAMember, message: "join room \(room) to see who is in it", id: id))
+            guard mayUse(room) else {
+                send(denial(of: room, "join room \(room) to see who is in it", id: id))
                 return
             }
             let roster = node.roster
@@ -66,6 +60,54 @@ extension WebSocketConnection {
                 return ServerFrame.presence(room: room, members: presence.members, online: presence.online, id: id)
             }
         }
+    }
+
+    /// Joins once allowed: by the token (`grant` `.user`) or by the backend's join hook
+    /// (`.backend`: the backend decided, the membership stands on its own).
+    private func join(_ room: String, since: StreamPosition?, grant: MembershipGrant, id: RawJSON?) {
+        if let since {
+            joinRecovering(room: room, since: since, grant: grant, id: id)
+            return
+        }
+        let roster = node.roster
+        let user = self.user
+        runCommand(id: id) { () async throws(HubError) in
+            _ = try await roster.join(user: user, room: room, grant: grant)
+            return ServerFrame.joined(room: room, id: id)
+        }
+    }
+
+    /// A join the token does not allow: the backend's join hook decides. Frames after it wait.
+    private func askJoinHook(_ hook: BackendHook, room: String, since: StreamPosition?, id: RawJSON?) {
+        let user = self.user
+        beginCommand()
+        eventLoop.makeFutureWithTask { await hook.join(user: user, room: room) }.whenComplete { [self] result in
+            if case .success(.allow) = result {
+                // The join carries the command on: later frames wait for its answer.
+                join(room, since: since, grant: .backend, id: id)
+                return
+            }
+            defer { endCommand() }
+            switch result {
+            case .success(.allow):
+                break
+            case .success(.deny(let reason)):
+                send(ServerFrame.error(.forbidden, message: "the backend refused joining room \(room): \(reason)", id: id))
+            case .success(.unavailable(let why)):
+                node.logger.warning("join hook undecided", metadata: ["user": "\(user)", "room": "\(room)", "why": "\(why)"])
+                send(ServerFrame.error(.unavailable, message: "cannot ask the backend whether you may join room \(room) (\(why)); retry shortly", id: id))
+            case .failure(let error):
+                send(ServerFrame.error(.unavailable, message: "\(error)", id: id))
+            }
+        }
+    }
+
+    /// The refusal of a room action: `forbidden` when the user is a member by a join the current
+    /// token no longer allows, `not_a_member` otherwise.
+    private func denial(of room: String, _ notAMember: String, id: RawJSON?) -> ByteBuffer {
+        guard node.hub.grant(user: user, room: room) == .user else { return ServerFrame.error(.notAMember, message: notAMember, id: id) }
+        return ServerFrame.error(
+            .forbidden, message: "your token no longer allows room \(room) (its rooms claim): refresh with a token that does, or leave it", id: id)
     }
 
     /// `send`: delivers `data` to every connection of `recipient`, if the send policy allows.
@@ -118,9 +160,14 @@ extension WebSocketConnection {
             switch result {
             case .success(.success(let identity)) where identity.user != user:
                 send(ServerFrame.error(.unauthorized, message: "token refused: it is for another user (sub); a connection keeps its user", id: id))
+            case .success(.success(let identity)) where identity.tokenID.map(node.denylist.isRevoked) == true:
+                send(ServerFrame.error(.unauthorized, message: "token refused: it was revoked (its jti is on the server's denylist); get a new one", id: id))
             case .success(.success(let identity)):
                 adopt(identity)
                 send(ServerFrame.refreshed(expires: identity.expires.map(Self.numericDate), id: id))
+                // The rooms the new token no longer (or again) allows: applied before the next
+                // delivery on this loop, told after the reply.
+                node.hub.review(self)
             case .success(.failure(let failure)):
                 send(ServerFrame.error(.unauthorized, message: "token refused: \(failure.reason)", id: id))
             case .failure(let error):
@@ -146,7 +193,7 @@ extension WebSocketConnection {
     /// from history, then carries on live. Live deliveries of the room to this connection are
     /// held from before the join until the replay is written, then written past what history
     /// gave: no gap, no duplicate at the seam. The reply says whether the replay is complete.
-    private func joinRecovering(room: String, since: StreamPosition, id: RawJSON?) {
+    private func joinRecovering(room: String, since: StreamPosition, grant: MembershipGrant, id: RawJSON?) {
         let target = DeliveryTarget.room(room)
         let hold = node.hub.hold(target, for: self)
         let roster = node.roster
@@ -155,7 +202,7 @@ extension WebSocketConnection {
         let limit = max(1, node.configuration.history.size)
         beginCommand()
         eventLoop.makeFutureWithTask { () async throws -> HistoryPage in
-            _ = try await roster.join(user: user, room: room)
+            _ = try await roster.join(user: user, room: room, grant: grant)
             return try await broker.history(of: target, since: since.offset, limit: limit)
         }.whenComplete { [self] result in
             node.hub.release(hold, for: self)

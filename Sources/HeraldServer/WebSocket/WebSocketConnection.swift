@@ -24,8 +24,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     let user: String
     let eventLoop: any EventLoop
     let node: HeraldNode
-    /// Why the connection is refused (close 4001), or `nil` when it authenticated.
-    private let rejection: String?
+    /// Why the connection is refused (4001 for a bad token), or `nil` when it was admitted.
+    private let rejection: ConnectionRefusal?
     /// Rooms this client may join by itself (its current token's `rooms` claim).
     private(set) var permissions: RoomPermissions
     /// Users its current token's `send` claim allows it to `send` to.
@@ -34,6 +34,9 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private(set) var tokenExpires: Date?
     /// Its current token's `jti`.
     private(set) var tokenID: String?
+    /// Rooms the user joined themselves that the current token does not allow: this connection
+    /// does not receive them, and may not use them (the hub filters them out of deliveries).
+    private var revokedRooms: Set<String> = []
     /// The next token event: the `token_expiring` warning, or the close at expiry.
     private var tokenTimer: Scheduled<Void>?
     private var warnedOfExpiry = false
@@ -70,7 +73,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     /// - Parameter descriptor: the connection's socket, when the listener knows it: deliveries
     ///   are then sent to it directly (``SocketOutbox``).
     init(
-        identity: Result<Identity, AuthenticationFailure>,
+        identity: Result<Identity, ConnectionRefusal>,
         node: HeraldNode,
         eventLoop: any EventLoop,
         descriptor: CInt? = nil,
@@ -92,7 +95,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         case .failure(let failure):
             self.user = ""
             self.permissions = .none
-            self.rejection = failure.reason
+            self.rejection = failure
         }
         self.bucket = TokenBucket(rate: node.configuration.rateLimit, burst: node.configuration.rateBurst)
         self.parser = WebSocketFrameParser(maxMessageSize: node.configuration.maxFrameSize)
@@ -131,8 +134,15 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private func start() {
         guard machine.state == .starting, context != nil else { return }
         if let rejection {
-            log("connection refused", ["reason": .string(rejection)])
-            close(.unauthorized, reason: rejection)
+            log("connection refused", ["reason": .string(rejection.reason)])
+            close(rejection.code, reason: rejection.reason)
+            return
+        }
+        // Checked on the loop the revocation walk runs on: a token revoked before this point is
+        // refused here, one revoked after finds this connection registered and closes it.
+        if let tokenID, node.denylist.isRevoked(tokenID) {
+            log("connection refused", ["reason": "token revoked"])
+            close(.unauthorized, reason: Self.revokedReason)
             return
         }
         let ready: EventLoopFuture<Void>
@@ -195,6 +205,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
                     expires: tokenExpires.map(Self.numericDate)
                 )
                 send(welcome)
+                for room in revokedRooms.sorted() { send(ServerFrame.left(room: room, reason: .revoked)) }
                 scheduleTokenTimer()
                 var written: Set<Int64> = []
                 if let hold { written = replay(page, after: resumeFrom, recovered: recovery?.0 == .recovered, then: hold) }
@@ -525,7 +536,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     /// A token's `exp` as sent to clients: whole seconds since 1970.
     static func numericDate(_ date: Date) -> Int64 { Int64(date.timeIntervalSince1970.rounded(.down)) }
 
-    /// Takes the claims of a refreshed token (same user): they apply to the next frame.
+    /// Takes the claims of a refreshed token (same user): they apply to the next frame. The
+    /// caller then asks the hub to review the rooms they allow (`Hub.review(_:)`).
     func adopt(_ identity: Identity) {
         eventLoop.assertInEventLoop()
         permissions = identity.rooms
@@ -534,6 +546,42 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         tokenID = identity.tokenID
         warnedOfExpiry = false
         scheduleTokenTimer()
+    }
+
+    func excludedRooms(among joinedByUser: Set<String>) -> Set<String> {
+        eventLoop.assertInEventLoop()
+        let revoked = joinedByUser.filter { !permissions.allows($0) }
+        // Told once welcomed (the welcome tells what was revoked before it).
+        if machine.state == .open {
+            let newlyRevoked = revoked.subtracting(revokedRooms).sorted()
+            // Allowed again (a token allows it, or the backend granted it), still a member.
+            let restored = revokedRooms.subtracting(revoked).filter { node.hub.grant(user: user, room: $0) != nil }.sorted()
+            for room in newlyRevoked { send(ServerFrame.left(room: room, reason: .revoked)) }
+            for room in restored { send(ServerFrame.joined(room: room, reason: .restored)) }
+            // Outside a read batch nothing else flushes these.
+            if !newlyRevoked.isEmpty || !restored.isEmpty { flush() }
+        }
+        revokedRooms = revoked
+        return revoked
+    }
+
+    static let revokedReason = "token revoked"
+
+    func credentialsRevoked(_ ids: Set<String>) {
+        eventLoop.assertInEventLoop()
+        guard let tokenID, ids.contains(tokenID), machine.state == .starting || machine.state == .open else { return }
+        log("token revoked: closing")
+        close(.unauthorized, reason: Self.revokedReason)
+    }
+
+    /// Whether this connection may use `room` (publish, presence): its user is a member, by
+    /// the backend's grant or by their own join that the current token still allows.
+    func mayUse(_ room: String) -> Bool {
+        switch node.hub.grant(user: user, room: room) {
+        case .backend?: true
+        case .user?: permissions.allows(room)
+        case nil: false
+        }
     }
 
     /// Schedules the next token event: `token_expiring` ``HeraldConfiguration/tokenExpiryWarning``
@@ -627,5 +675,21 @@ enum ResumeRequest: Equatable {
         default:
             self = .invalid
         }
+    }
+}
+
+/// Why a WebSocket is closed right after its upgrade, without a welcome.
+struct ConnectionRefusal: Error, Equatable {
+    var code: CloseCode
+    var reason: String
+
+    init(code: CloseCode, reason: String) {
+        self.code = code
+        self.reason = reason
+    }
+
+    /// A token (or development-mode user) that did not authenticate: 4001.
+    init(_ failure: AuthenticationFailure) {
+        self.init(code: .unauthorized, reason: failure.reason)
     }
 }

@@ -102,6 +102,7 @@ final class TestClient: Sendable {
         for _ in 0..<10_000 {
             let frame = try await nextJSON(timeout: timeout)
             if frame["type"] as? String == type { return frame }
+            if ProcessInfo.processInfo.environment["HERALD_TEST_TRACE"] != nil { print("\(label) skipped \(frame)") }
         }
         throw TestFailure("\(label): no \(type) frame")
     }

@@ -1,0 +1,62 @@
+import AsyncHTTPClient
+import Foundation
+public import JWTKit
+import NIOCore
+import NIOHTTP1
+
+/// A JWKS published by an identity provider (`--jwks-url URL`), fetched with AsyncHTTPClient.
+///
+/// Fetched at start (a provider that is down then is not fatal), again on a token whose `kid`
+/// no key has (at most once per ``TokenPolicy/keySetRefreshInterval``), and in the background
+/// once the keys are older than ``TokenPolicy/keySetMaxAge`` (a key the provider withdrew stops
+/// verifying). When the URL is down or answers garbage, the keys fetched before stay in use.
+///
+/// Every fetch is bounded: ``timeout`` for the whole request, ``maxBytes`` for the body, no
+/// redirects to another scheme. The URL must be `https`, except on a loopback host (a JWKS
+/// fetched in clear text across a network could be replaced by anyone on the path).
+public struct JWKSURL: TokenKeySet {
+    public let url: URL
+    public var timeout: TimeAmount = .seconds(5)
+    /// The largest body read: a key set is a few kilobytes.
+    public static let maxBytes = 1024 * 1024
+
+    /// - Throws: ``ConfigurationError`` for a URL that is not `https` (or `http` to a loopback host).
+    public init(_ text: String) throws(ConfigurationError) {
+        guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty else {
+            throw ConfigurationError(
+                "--jwks-url \(text) is not a URL: give the identity provider's JWKS address, e.g. https://example.auth0.com/.well-known/jwks.json")
+        }
+        guard scheme == "https" || (scheme == "http" && Self.isLoopback(host)) else {
+            throw ConfigurationError(
+                "--jwks-url \(text) must use https (http only to a loopback host): a JWKS fetched in clear text could be replaced on the way")
+        }
+        self.url = url
+    }
+
+    public var source: String { url.absoluteString }
+
+    public func fetch() async throws -> JWKS {
+        var request = HTTPClientRequest(url: url.absoluteString)
+        request.headers.add(name: "Accept", value: "application/json, application/jwk-set+json")
+        request.headers.add(name: "User-Agent", value: "herald")
+        let response = try await HTTPClient.shared.execute(request, timeout: timeout)
+        guard response.status == .ok else {
+            throw ConfigurationError("the JWKS URL answered \(response.status.code) \(response.status.reasonPhrase)")
+        }
+        if let length = response.headers.first(name: "Content-Length").flatMap(Int.init), length > Self.maxBytes {
+            throw ConfigurationError("the JWKS is \(length) bytes, over \(Self.maxBytes): not a JWKS")
+        }
+        let body: ByteBuffer
+        do {
+            body = try await response.body.collect(upTo: Self.maxBytes)
+        } catch {
+            throw ConfigurationError("the JWKS is over \(Self.maxBytes) bytes (or its body broke off): \(error)")
+        }
+        return try JWKSFile.decode(Data(body.readableBytesView))
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        let host = host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+}
