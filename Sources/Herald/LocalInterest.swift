@@ -16,9 +16,10 @@ struct LocalInterest {
     }
 
     private(set) var roomsOfUser: [String: Rooms] = [:]
-    /// user → the rooms of a known user that the user joined themselves (``MembershipGrant/user``):
-    /// each connection of the user receives them only while its token allows them.
-    private(set) var joinedByUser: [String: Set<String>] = [:]
+    /// The memberships of known users that the users made themselves (``MembershipGrant/user``):
+    /// each connection of the user receives them only while its token allows them. One set for
+    /// all users (an entry per membership, not an allocation per user).
+    private(set) var ownJoins: Set<UserRoom> = []
     /// room → its members with a connection on this node: the fan-out's snapshot.
     private(set) var localMembers: [String: Set<String>] = [:]
 
@@ -47,8 +48,7 @@ struct LocalInterest {
         }
         let rooms = Set(memberships.keys)
         roomsOfUser[user] = .known(rooms)
-        let joined = Set(memberships.lazy.filter { $0.value == .user }.map(\.key))
-        joinedByUser[user] = joined.isEmpty ? nil : joined
+        for (room, grant) in memberships where grant == .user { ownJoins.insert(UserRoom(user: user, room: room)) }
         var interest = InterestChange()
         for room in rooms where insert(user, into: room) { interest.subscribe.append(.room(room)) }
         return (interest, ready)
@@ -70,29 +70,31 @@ struct LocalInterest {
     var knownMemberships: [String: [String: MembershipGrant]] {
         var result: [String: [String: MembershipGrant]] = [:]
         for case (let user, .known(let rooms)) in roomsOfUser where !rooms.isEmpty {
-            let joined = joinedByUser[user] ?? []
-            result[user] = Dictionary(uniqueKeysWithValues: rooms.map { ($0, joined.contains($0) ? .user : .backend) })
+            result[user] = Dictionary(uniqueKeysWithValues: rooms.map { ($0, ownJoins.contains(UserRoom(user: user, room: $0)) ? .user : .backend) })
         }
         return result
     }
 
     /// The rooms `user` (known here) joined themselves.
-    func roomsJoinedByUser(_ user: String) -> Set<String> { joinedByUser[user] ?? [] }
+    func roomsJoinedByUser(_ user: String) -> Set<String> {
+        guard !ownJoins.isEmpty, case .known(let rooms)? = roomsOfUser[user] else { return [] }
+        return rooms.filter { ownJoins.contains(UserRoom(user: user, room: $0)) }
+    }
 
     /// Who granted `user`'s membership of `room`; `nil` when the user is not a member (as far
     /// as this node knows: it knows the users connected here).
     func grant(user: String, room: String) -> MembershipGrant? {
         guard isMember(user: user, room: room) else { return nil }
-        return joinedByUser[user]?.contains(room) == true ? .user : .backend
+        return ownJoins.contains(UserRoom(user: user, room: room)) ? .user : .backend
     }
 
     /// The user's last connection on this node closed.
     mutating func userLeft(_ user: String) -> (InterestChange, EventLoopPromise<Void>?) {
         var interest = InterestChange(unsubscribe: [.user(user)])
         var waiting: EventLoopPromise<Void>?
-        joinedByUser[user] = nil
         switch roomsOfUser.removeValue(forKey: user) {
         case .known(let rooms)?:
+            if !ownJoins.isEmpty { for room in rooms { ownJoins.remove(UserRoom(user: user, room: room)) } }
             for room in rooms where remove(user, from: room) { interest.unsubscribe.append(.room(room)) }
         case .loading(_, let ready)?:
             waiting = ready
@@ -117,11 +119,10 @@ struct LocalInterest {
                 let inserted = rooms.insert(change.room).inserted
                 var grantsChanged = false
                 if change.grant == .backend {
-                    grantsChanged = joinedByUser[change.user]?.remove(change.room) != nil
-                    if joinedByUser[change.user]?.isEmpty == true { joinedByUser[change.user] = nil }
+                    grantsChanged = ownJoins.remove(UserRoom(user: change.user, room: change.room)) != nil
                 } else if inserted {
                     // A user's own join never downgrades a membership the backend granted.
-                    joinedByUser[change.user, default: []].insert(change.room)
+                    ownJoins.insert(UserRoom(user: change.user, room: change.room))
                     grantsChanged = true
                 }
                 guard inserted else { return (InterestChange(), grantsChanged) }
@@ -131,8 +132,7 @@ struct LocalInterest {
             } else {
                 guard rooms.remove(change.room) != nil else { return (InterestChange(), false) }
                 roomsOfUser[change.user] = .known(rooms)
-                let grantsChanged = joinedByUser[change.user]?.remove(change.room) != nil
-                if joinedByUser[change.user]?.isEmpty == true { joinedByUser[change.user] = nil }
+                let grantsChanged = ownJoins.remove(UserRoom(user: change.user, room: change.room)) != nil
                 let interest = remove(change.user, from: change.room) ? InterestChange(unsubscribe: [.room(change.room)]) : InterestChange()
                 return (interest, grantsChanged)
             }

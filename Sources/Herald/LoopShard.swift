@@ -48,6 +48,8 @@ final class LoopShard: @unchecked Sendable {
     /// next delivery on.
     func review(_ connection: any ClientConnection, joinedByUser: Set<String>) {
         eventLoop.preconditionInEventLoop()
+        // A connection closed meanwhile (a refresh that completed after it) leaves no entry.
+        guard byUser[connection.user]?.contains(where: { $0 === connection }) == true else { return }
         let rooms = connection.excludedRooms(among: joinedByUser)
         excluded[ObjectIdentifier(connection)] = rooms.isEmpty ? nil : rooms
     }

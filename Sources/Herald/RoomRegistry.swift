@@ -6,9 +6,10 @@
 public struct RoomRegistry: Sendable {
     private(set) var members: [String: Set<String>] = [:]
     private(set) var roomsOfUser: [String: Set<String>] = [:]
-    /// user → the rooms of `roomsOfUser` the user joined themselves (``MembershipGrant/user``);
-    /// the others were granted by the backend.
-    private(set) var joinedByUser: [String: Set<String>] = [:]
+    /// The memberships the user made themselves (``MembershipGrant/user``); the others were
+    /// granted by the backend. One set for all users: a set per user would cost an allocation
+    /// per user, this costs an entry per membership.
+    private(set) var ownJoins: Set<UserRoom> = []
     let limits: HubConfiguration
 
     public init(limits: HubConfiguration = .init()) {
@@ -21,9 +22,7 @@ public struct RoomRegistry: Sendable {
     public mutating func join(user: String, room: String, grant: MembershipGrant = .backend) throws(HubError) -> Bool {
         if members[room]?.contains(user) == true {
             // The backend's grant replaces the user's own; the user's never replaces the backend's.
-            guard grant == .backend, joinedByUser[user]?.remove(room) != nil else { return false }
-            if joinedByUser[user]?.isEmpty == true { joinedByUser[user] = nil }
-            return true
+            return grant == .backend && ownJoins.remove(UserRoom(user: user, room: room)) != nil
         }
         let userRooms = roomsOfUser[user]?.count ?? 0
         guard userRooms < limits.maxRoomsPerUser else {
@@ -38,7 +37,7 @@ public struct RoomRegistry: Sendable {
         }
         members[room, default: []].insert(user)
         roomsOfUser[user, default: []].insert(room)
-        if grant == .user { joinedByUser[user, default: []].insert(room) }
+        if grant == .user { ownJoins.insert(UserRoom(user: user, room: room)) }
         return true
     }
 
@@ -49,8 +48,7 @@ public struct RoomRegistry: Sendable {
         if members[room]?.isEmpty == true { members[room] = nil }
         roomsOfUser[user]?.remove(room)
         if roomsOfUser[user]?.isEmpty == true { roomsOfUser[user] = nil }
-        joinedByUser[user]?.remove(room)
-        if joinedByUser[user]?.isEmpty == true { joinedByUser[user] = nil }
+        ownJoins.remove(UserRoom(user: user, room: room))
         return true
     }
 
@@ -70,12 +68,17 @@ public struct RoomRegistry: Sendable {
 
     /// The user's memberships and who granted each.
     public func memberships(of user: String) -> [String: MembershipGrant] {
-        let joined = joinedByUser[user] ?? []
         var result: [String: MembershipGrant] = [:]
-        for room in roomsOfUser[user] ?? [] { result[room] = joined.contains(room) ? .user : .backend }
+        for room in roomsOfUser[user] ?? [] { result[room] = ownJoins.contains(UserRoom(user: user, room: room)) ? .user : .backend }
         return result
     }
 
     public var roomCount: Int { members.count }
     public func roomExists(_ room: String) -> Bool { members[room] != nil }
+}
+
+/// One user's membership of one room, as a key.
+struct UserRoom: Hashable, Sendable {
+    var user: String
+    var room: String
 }

@@ -63,12 +63,22 @@ public final class RevokedTokens: Sendable {
         }
     }
 
-    /// Replaces every entry (a reload from the shared store). Returns the ids it did not hold.
+    /// Adds what a reload from the shared store found, keeping the later expiry of each id and
+    /// forgetting only expired entries (never replacing: a revocation announced while the
+    /// reload was under way must not be lost). Returns the ids it did not hold.
     @discardableResult
-    public func replace(with entries: [String: Int64]) -> Set<String> {
+    public func merge(_ entries: [String: Int64], now: Int64 = RevokedTokens.now()) -> Set<String> {
         expiries.withLock { expiries in
-            let added = Set(entries.keys.filter { expiries[$0] == nil })
-            expiries = entries
+            expiries = expiries.filter { $0.value > now }
+            var added: Set<String> = []
+            for (id, expiry) in entries where expiry > now {
+                if let current = expiries[id] {
+                    expiries[id] = max(current, expiry)
+                } else {
+                    expiries[id] = expiry
+                    added.insert(id)
+                }
+            }
             return added
         }
     }

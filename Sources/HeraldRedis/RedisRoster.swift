@@ -381,7 +381,7 @@ public final class RedisRoster: Roster, Service {
                 for (room, grant) in rooms {
                     // No confirmation is awaited: the token matches no waiting change.
                     let change = MembershipChange(user: user, room: room, isMember: true, grant: grant)
-                    arguments += [room, MembershipNotice(origin: nodeID, token: "restore", change: change).encoded()]
+                    arguments += [room, MembershipNotice(origin: nodeID, token: "restore", change: change).encoded(), grant == .user ? "u" : "b"]
                 }
                 if arguments.count >= 3000 { try await flush() }
             }
@@ -524,28 +524,28 @@ public final class RedisRoster: Roster, Service {
     )
 
     /// KEYS: rooms. ARGV: the members, rooms-of and ended key prefixes, the user channel
-    /// prefix, the own-joins key prefix, then for each user: user, number of rooms, then room
-    /// and join notice for each (the notice's sign says who granted it: `~` the user). Skips
-    /// memberships ended recently; announces each one written. Returns how many.
+    /// prefix, the own-joins key prefix, then for each user: user, number of rooms, then room,
+    /// join notice and grant (`u` the user, `b` the backend) for each. Skips memberships ended
+    /// recently; announces each one written. Returns how many.
     static let restoreScript = RedisScript(
         """
         local restored = 0
         local i = 6
         while i <= #ARGV do
           local user, count = ARGV[i], tonumber(ARGV[i + 1])
-          for j = i + 2, i + 2 * count, 2 do
+          for j = i + 2, i + 1 + 3 * count, 3 do
             local room = ARGV[j]
             if redis.call('HEXISTS', ARGV[3] .. user, room) == 0 then
               local added = redis.call('SADD', ARGV[1] .. room, user)
               redis.call('SADD', ARGV[2] .. user, room)
               redis.call('SADD', KEYS[1], room)
               -- The user's own join, unless a membership is already back (never downgraded).
-              if added == 1 and string.find(ARGV[j + 1], '\\n~', 1, true) then redis.call('SADD', ARGV[5] .. user, room) end
+              if added == 1 and ARGV[j + 2] == 'u' then redis.call('SADD', ARGV[5] .. user, room) end
               redis.call('PUBLISH', ARGV[4] .. user, ARGV[j + 1])
               restored = restored + 1
             end
           end
-          i = i + 2 + 2 * count
+          i = i + 2 + 3 * count
         end
         return restored
         """

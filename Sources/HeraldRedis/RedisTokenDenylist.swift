@@ -9,9 +9,11 @@ import Synchronization
 /// expiry (`{prefix}:revoked-tokens`), announced on the control channel that every node
 /// subscribes, and copied in each node's memory so that a connect never waits for Redis.
 ///
-/// A node loads the whole set when it starts and again each time its pub/sub connection comes
-/// back (announcements made meanwhile were missed). The limit is checked in Redis, in the same
-/// script that adds, so the cluster holds at most ``limit`` live entries.
+/// A node loads the whole set when it starts, each time its pub/sub connection comes back
+/// (announcements made meanwhile were missed) and every ``reloadInterval`` (a safety net), and
+/// merges it into its copy: a load never drops an entry it holds that has not expired. The limit
+/// is checked in Redis, in the same script that adds, so the cluster holds at most ``limit``
+/// live entries, and each node's copy no more (expired entries go as new ones come).
 public final class RedisTokenDenylist: TokenDenylist, Service {
     public let limit: Int
     private let backplane: RedisBackplane
@@ -19,6 +21,7 @@ public final class RedisTokenDenylist: TokenDenylist, Service {
     private let logger: Logger
     private let entries = RevokedTokens()
     private let reloads: AsyncStream<Void>
+    private let reloadRequests: AsyncStream<Void>.Continuation
     private var layout: RedisLayout { backplane.layout }
 
     public init(backplane: RedisBackplane, limit: Int = 100_000, notifying sink: any DeliverySink, logger: Logger) {
@@ -28,6 +31,7 @@ public final class RedisTokenDenylist: TokenDenylist, Service {
         self.logger = logger
         let (reloads, reload) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         self.reloads = reloads
+        self.reloadRequests = reload
         let entries = self.entries
         backplane.route(
             control: { payload in
@@ -35,8 +39,8 @@ public final class RedisTokenDenylist: TokenDenylist, Service {
                     logger.warning("malformed control message ignored")
                     return
                 }
-                // Redis checked the limit; the copy holds what Redis holds.
-                try? entries.insert(id, until: expiry, limit: Int.max)
+                // Redis checked the limit; at it, the copy forgets its expired entries first.
+                try? entries.insert(id, until: expiry, limit: limit)
                 sink.credentialsRevoked([id])
             },
             back: { reload.yield() }
@@ -62,18 +66,39 @@ public final class RedisTokenDenylist: TokenDenylist, Service {
         }
     }
 
+    private func requestReload() { reloadRequests.yield() }
+
     public func isRevoked(_ id: String) -> Bool {
         entries.contains(id)
     }
 
-    /// Reloads the copy at start and after each pub/sub reconnect, until graceful shutdown.
+    /// How often the copy is reloaded besides the start and the pub/sub reconnects.
+    public static let reloadInterval: Duration = .seconds(300)
+
+    /// Reloads the copy at start, after each pub/sub reconnect and every ``reloadInterval``,
+    /// until graceful shutdown; a reload that fails is tried again (capped backoff) until it
+    /// succeeds.
     public func run() async throws {
+        let reloads = self.reloads
         await cancelWhenGracefulShutdown {
-            for await _ in self.reloads {
-                for attempt in 0..<5 {
-                    if await self.reload() { break }
-                    if attempt < 4 { try? await Task.sleep(for: .milliseconds(200 << attempt)) }
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: Self.reloadInterval)
+                        if !Task.isCancelled { self.requestReload() }
+                    }
                 }
+                group.addTask {
+                    for await _ in reloads {
+                        var attempt = 0
+                        while !Task.isCancelled, !(await self.reload()) {
+                            try? await Task.sleep(for: .milliseconds(200 << min(attempt, 5)))
+                            attempt += 1
+                        }
+                    }
+                }
+                await group.next()
+                group.cancelAll()
             }
         }
     }
@@ -85,7 +110,7 @@ public final class RedisTokenDenylist: TokenDenylist, Service {
             let reply = try await backplane.client.send(RESPCommand("ZRANGEBYSCORE", layout.revokedTokensKey, "(\(RevokedTokens.now())", "+inf", "WITHSCORES"))
             guard let loaded = Self.entries(reply) else { throw RedisError.unexpectedReply("Redis answered ZRANGEBYSCORE with \(reply)") }
             // Tokens revoked while this node was away: close their connections now.
-            sink.credentialsRevoked(entries.replace(with: loaded))
+            sink.credentialsRevoked(entries.merge(loaded))
             return true
         } catch {
             logger.warning("cannot load the revoked tokens from Redis; retrying", metadata: ["error": "\(error)"])

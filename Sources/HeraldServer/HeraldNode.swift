@@ -54,13 +54,8 @@ public final class HeraldNode: Sendable {
         self.nodeID = configuration.nodeID ?? Self.randomNodeID()
         self.logger = logger
         self.webSocketOrigins = CORSPolicy(configuration.allowedOrigins)
-        func hook(_ configuration: BackendHook.Configuration?, bearer: String?) -> BackendHook? {
-            guard var configuration else { return nil }
-            configuration.bearer = configuration.bearer ?? bearer
-            return BackendHook(configuration: configuration)
-        }
-        self.connectHook = hook(configuration.connectHook, bearer: configuration.apiKey)
-        self.joinHook = hook(configuration.joinHook, bearer: configuration.apiKey)
+        self.connectHook = configuration.connectHook.map(BackendHook.init(configuration:))
+        self.joinHook = configuration.joinHook.map(BackendHook.init(configuration:))
     }
 
     /// Whether a WebSocket upgrade with this `Origin` (and `Host`) may proceed.

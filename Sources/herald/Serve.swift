@@ -114,6 +114,11 @@ struct Serve: AsyncParsableCommand {
         help: "Seconds a hook's answer is reused for the same user (and room); 0 asks every time. (env: HERALD_HOOK_CACHE_TTL, default 30)")
     var hookCacheTTL: Int?
 
+    @Option(
+        name: .customLong("hook-secret"),
+        help: "Sent to the hooks as Authorization: Bearer, so your backend can tell Herald's questions apart (never the API key). (env: HERALD_HOOK_SECRET)")
+    var hookSecret: String?
+
     @Flag(
         name: .customLong("hook-fail-open"),
         help:
@@ -465,7 +470,7 @@ struct Serve: AsyncParsableCommand {
         }
         if let count = try options.integer(maxRevokedTokens, "max-revoked-tokens", in: 1...10_000_000) { configuration.maxRevokedTokens = count }
         let hookTimeout = try options.integer(self.hookTimeout, "hook-timeout", in: 10...60_000)
-        let hookConcurrency = try options.integer(self.hookConcurrency, "hook-concurrency", in: 1...10_000)
+        let hookConcurrency = try options.integer(self.hookConcurrency, "hook-concurrency", in: 1...BackendHook.maxConcurrency)
         let hookCacheTTL = try options.integer(self.hookCacheTTL, "hook-cache-ttl", in: 0...86_400)
         func hook(_ flag: String?, _ option: String) throws -> BackendHook.Configuration? {
             guard let address = options.string(flag, option) else { return nil }
@@ -478,6 +483,7 @@ struct Serve: AsyncParsableCommand {
             if let hookTimeout { hook.timeout = .milliseconds(Int64(hookTimeout)) }
             if let hookConcurrency { hook.maxConcurrent = hookConcurrency }
             if let hookCacheTTL { hook.cacheTTL = .seconds(hookCacheTTL) }
+            hook.bearer = options.string(hookSecret, "hook-secret")
             return hook
         }
         configuration.connectHook = try hook(connectHook, "connect-hook")

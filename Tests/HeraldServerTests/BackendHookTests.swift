@@ -36,7 +36,7 @@ struct BackendHookTests {
 
     @Test func theConnectHookDecidesEveryOutcome() async throws {
         let backend = try await LoopbackHTTPServer(.answer(status: 200, body: #"{"allow":true}"#))
-        let connectHook = try hook(backend, path: "/herald/connect")
+        let connectHook = try hook(backend, path: "/herald/connect") { $0.bearer = "hook-secret" }
         try await TestServer.with({
             configure(&$0)
             $0.connectHook = connectHook
@@ -46,6 +46,7 @@ struct BackendHookTests {
             #expect(try await allowed.next(type: "welcome")["user"] as? String == "alice")
             let question = try #require(backend.received.last)
             #expect(question.method == "POST" && question.uri == "/herald/connect")
+            #expect(question.authorization == "Bearer hook-secret", "the hook's own secret, never the API key")
             #expect(try json(question.body)["event"] as? String == "connect" && json(question.body)["user"] as? String == "alice")
             await allowed.close()
 
@@ -60,6 +61,8 @@ struct BackendHookTests {
                 .answer(status: 500, body: "oops"),
                 .answer(status: 200, body: "<html>"),
                 .answer(status: 200, body: #"{"allow":1}"#),
+                .redirect(to: backend.url + "/herald/connect"),
+                .stallBody,
             ]
             for outcome in outcomes {
                 backend.set(outcome)

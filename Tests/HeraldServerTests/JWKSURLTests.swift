@@ -1,6 +1,7 @@
 import Foundation
 import HeraldServer
 import JWTKit
+import NIOCore
 import Testing
 
 /// `--jwks-url`: an identity provider's key set over HTTP, served by a loopback server the test
@@ -25,7 +26,9 @@ struct JWKSURLTests {
         let provider = try await LoopbackHTTPServer(.answer(status: 200, body: try jwks([keys.jwk(.rsa, kid: "k1", alg: "RS256")])))
         var policy = TokenPolicy()
         policy.keySetRefreshInterval = .zero
-        let authenticator = try await Authenticator(keys: [], keySets: [try JWKSURL(provider.url + "/.well-known/jwks.json")], policy: policy)
+        var keySet = try JWKSURL(provider.url + "/.well-known/jwks.json")
+        keySet.timeout = .seconds(3)  // the trickling body below is cut at it; room for a loaded machine
+        let authenticator = try await Authenticator(keys: [], keySets: [keySet], policy: policy)
         #expect(provider.received.map(\.uri) == ["/.well-known/jwks.json"], "fetched once at start")
         let k1 = try await keys.signer(.rsa, kid: "k1").sign(claims(), algorithm: .rs256)
         #expect(try await authenticator.verify(token: k1).get().user == "alice")
@@ -40,7 +43,13 @@ struct JWKSURLTests {
         // The provider goes down, then answers errors and garbage: the keys fetched stay in use,
         // and an unknown kid is refused naming it.
         let k9 = try await keys.signer(.ed25519, kid: "k9").sign(claims())
-        for outage in [LoopbackHTTPServer.Behaviour.hangUp, .answer(status: 503, body: "down"), .answer(status: 200, body: "<html>not json")] {
+        // A redirect is not followed (even to a server with the keys), a body that trickles is
+        // cut at the timeout.
+        let elsewhere = try await LoopbackHTTPServer(.answer(status: 200, body: try jwks([keys.jwk(.ed25519, kid: "k9")])))
+        let outages: [LoopbackHTTPServer.Behaviour] = [
+            .hangUp, .answer(status: 503, body: "down"), .answer(status: 200, body: "<html>not json"), .redirect(to: elsewhere.url), .stallBody,
+        ]
+        for outage in outages {
             provider.set(outage)
             #expect(reason(await authenticator.verify(token: k9)) == #"token kid "k9" is unknown"#, "\(outage)")
             #expect(try await authenticator.verify(token: k1).get().user == "alice", "\(outage)")
@@ -51,6 +60,8 @@ struct JWKSURLTests {
         provider.set(.answer(status: 200, body: try jwks([keys.jwk(.p256, kid: "k2"), keys.jwk(.ed25519, kid: "k9")])))
         #expect(try await authenticator.verify(token: k9).get().user == "alice")
         #expect(reason(await authenticator.verify(token: k1)) == #"token kid "k1" is unknown"#)
+        #expect(elsewhere.received.isEmpty, "the redirect was not followed")
+        await elsewhere.stop()
         await provider.stop()
     }
 
@@ -105,7 +116,10 @@ struct JWKSURLTests {
         for good in ["https://example.auth0.com/.well-known/jwks.json", "http://127.0.0.1:8080/jwks", "http://localhost/jwks", "http://[::1]:9/k"] {
             #expect((try? JWKSURL(good)) != nil, "\(good)")
         }
-        for bad in ["http://example.com/jwks", "ftp://example.com/jwks", "not a url", "https://", "/etc/jwks.json"] {
+        for bad in [
+            "http://example.com/jwks", "http://127.evil.example/jwks", "http://127.0.0.1.nip.io/jwks", "ftp://example.com/jwks", "not a url", "https://",
+            "/etc/jwks.json",
+        ] {
             #expect(throws: ConfigurationError.self, "\(bad)") { try JWKSURL(bad) }
         }
     }

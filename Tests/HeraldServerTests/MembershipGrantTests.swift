@@ -71,6 +71,15 @@ struct MembershipGrantTests {
             try await narrow.send(#"{"type":"join","room":"team-a","since":{"offset":0,"epoch":"x"},"id":"h"}"#)
             #expect(try await narrow.next(type: "error")["code"] as? String == "forbidden", "no history through a join either")
 
+            // Under the shared-room send policy (the default with tokens), a revoked room is not
+            // shared: the narrow connection may not send to bob, the wide one may.
+            try await narrow.send(#"{"type":"send","user":"bob","data":"psst","id":"s1"}"#)
+            let refusedSend = try await narrow.next(type: "error")
+            #expect(refusedSend["code"] as? String == "forbidden" && refusedSend["id"] as? String == "s1", "\(refusedSend)")
+            try await wide.send(#"{"type":"send","user":"bob","data":"hello","id":"s2"}"#)
+            #expect(try await wide.next(type: "ok")["id"] as? String == "s2")
+            #expect(try await bob.next(type: "message")["data"] as? String == "hello")
+
             // The wide connection refreshes to a narrower token: team-a stops there too.
             try await wide.send(#"{"type":"refresh","token":"\#(try await token("alice", rooms: ["lobby"]))","id":"r1"}"#)
             #expect(try await wide.next(type: "refreshed")["id"] as? String == "r1")

@@ -104,10 +104,10 @@ struct RevocationTests {
             for body in [#"{"expires":\#(now - 10)}"#, #"{"expires":\#(now + 400 * 86_400)}"#, #"{"expires":"soon"}"#] {
                 #expect(try await server.http("POST", "/api/tokens/a/revoke", body: body, apiKey: Self.apiKey).status == 400, "\(body)")
             }
-            #expect(try await server.http("POST", "/api/tokens/a%20b/revoke", apiKey: Self.apiKey).status == 400, "a jti with a space")
+            #expect(try await server.http("POST", "/api/tokens/a%0Ab/revoke", apiKey: Self.apiKey).status == 400, "a jti with a control character")
             #expect(try await server.http("POST", "/api/tokens/\(String(repeating: "j", count: 257))/revoke", apiKey: Self.apiKey).status == 400)
             #expect(try await server.http("POST", "/api/tokens/a/revoke", body: #"{"expires":\#(now + 60)}"#, apiKey: Self.apiKey).status == 200)
-            #expect(try await server.http("POST", "/api/tokens/b/revoke", apiKey: Self.apiKey).status == 200)
+            #expect(try await server.http("POST", "/api/tokens/token%20b/revoke", apiKey: Self.apiKey).status == 200, "a jti may hold a space")
             #expect(try await server.http("POST", "/api/tokens/a/revoke", apiKey: Self.apiKey).status == 200, "extending an entry needs no room")
             let full = try await server.http("POST", "/api/tokens/c/revoke", apiKey: Self.apiKey)
             #expect(full.status == 507, "\(full)")

@@ -10,8 +10,9 @@ import Synchronization
 /// room. docs/security.md, "Backend hooks", states every outcome.
 ///
 /// Each question is a `POST` of `{"event":"connect","user":U}` or
-/// `{"event":"join","user":U,"room":R}` (with `Authorization: Bearer <api key>` when the node has
-/// one); the answer must be `200` with `{"allow":true}` or `{"allow":false[,"reason":TEXT]}`.
+/// `{"event":"join","user":U,"room":R}` (with `Authorization: Bearer <hook secret>` when one is
+/// set: a credential of its own, never the node's API key); the answer must be `200` with
+/// `{"allow":true}` or `{"allow":false[,"reason":TEXT]}`.
 ///
 /// Bounded everywhere:
 /// - **time**: each question waits at most ``Configuration/timeout``;
@@ -31,7 +32,8 @@ public final class BackendHook: Sendable {
         public var openDuration: Duration = .seconds(10)
         public var cacheTTL: Duration = .seconds(30)
         public var cacheCapacity = 100_000
-        /// Sent as `Authorization: Bearer`, so the backend can tell Herald's questions apart.
+        /// Sent as `Authorization: Bearer` (`--hook-secret`), so the backend can tell Herald's
+        /// questions from anyone else's. Its own secret: the API key never leaves the node.
         public var bearer: String?
 
         /// - Throws: ``ConfigurationError`` for a URL that is not `http(s)`.
@@ -59,6 +61,9 @@ public final class BackendHook: Sendable {
         var room: String?
     }
 
+    /// The most questions a hook may have under way (the HTTP client's connections per host).
+    public static let maxConcurrency = BoundedHTTP.maxConnectionsPerHost
+
     public let configuration: Configuration
     private let state = Mutex(State())
 
@@ -74,7 +79,17 @@ public final class BackendHook: Sendable {
     }
 
     public init(configuration: Configuration) {
+        var configuration = configuration
+        configuration.maxConcurrent = min(max(1, configuration.maxConcurrent), Self.maxConcurrency)
         self.configuration = configuration
+    }
+
+    /// Forgets the cached answers about `user` (the backend disconnected them: the next
+    /// connect asks again).
+    public func forget(user: String) {
+        state.withLock { state in
+            for question in state.cache.keys where question.user == user { state.cache[question] = nil }
+        }
     }
 
     /// Whether `user` may connect.
@@ -170,12 +185,13 @@ public final class BackendHook: Sendable {
         body.writeStaticString("}")
         request.body = .bytes(body)
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: configuration.timeout)
-            let answer = try await response.body.collect(upTo: Self.maxAnswerBytes)
-            guard response.status == .ok else { return .unavailable("the backend hook answered \(response.status.code)") }
+            let (status, answer) = try await BoundedHTTP.fetch(request, timeout: configuration.timeout, maxBytes: Self.maxAnswerBytes)
+            guard status == .ok else { return .unavailable("the backend hook answered \(status.code)") }
             return Self.verdict(from: answer)
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
             return .unavailable("the backend hook did not answer within \(configuration.timeout.nanoseconds / 1_000_000) ms")
+        } catch let error as BoundedHTTP.TimedOut {
+            return .unavailable("the backend hook gave \(error)")
         } catch {
             return .unavailable("the backend hook cannot be reached: \(error)")
         }

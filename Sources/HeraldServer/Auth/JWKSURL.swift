@@ -11,9 +11,9 @@ import NIOHTTP1
 /// once the keys are older than ``TokenPolicy/keySetMaxAge`` (a key the provider withdrew stops
 /// verifying). When the URL is down or answers garbage, the keys fetched before stay in use.
 ///
-/// Every fetch is bounded: ``timeout`` for the whole request, ``maxBytes`` for the body, no
-/// redirects to another scheme. The URL must be `https`, except on a loopback host (a JWKS
-/// fetched in clear text across a network could be replaced by anyone on the path).
+/// Every fetch is bounded: ``timeout`` for the whole request (head and body), ``maxBytes`` for
+/// the body, and no redirect is followed. The URL must be `https`, except to a loopback address
+/// (a JWKS fetched in clear text across a network could be replaced by anyone on the path).
 public struct JWKSURL: TokenKeySet {
     public let url: URL
     public var timeout: TimeAmount = .seconds(5)
@@ -39,24 +39,19 @@ public struct JWKSURL: TokenKeySet {
         var request = HTTPClientRequest(url: url.absoluteString)
         request.headers.add(name: "Accept", value: "application/json, application/jwk-set+json")
         request.headers.add(name: "User-Agent", value: "herald")
-        let response = try await HTTPClient.shared.execute(request, timeout: timeout)
-        guard response.status == .ok else {
-            throw ConfigurationError("the JWKS URL answered \(response.status.code) \(response.status.reasonPhrase)")
-        }
-        if let length = response.headers.first(name: "Content-Length").flatMap(Int.init), length > Self.maxBytes {
-            throw ConfigurationError("the JWKS is \(length) bytes, over \(Self.maxBytes): not a JWKS")
-        }
-        let body: ByteBuffer
-        do {
-            body = try await response.body.collect(upTo: Self.maxBytes)
-        } catch {
-            throw ConfigurationError("the JWKS is over \(Self.maxBytes) bytes (or its body broke off): \(error)")
+        let (status, body) = try await BoundedHTTP.fetch(request, timeout: timeout, maxBytes: Self.maxBytes)
+        guard status == .ok else {
+            throw ConfigurationError("the JWKS URL answered \(status.code) \(status.reasonPhrase) (redirects are not followed: give the final URL)")
         }
         return try JWKSFile.decode(Data(body.readableBytesView))
     }
 
+    /// `localhost`, `::1` or an IPv4 literal in 127.0.0.0/8 (not a name that merely starts
+    /// with "127.").
     static func isLoopback(_ host: String) -> Bool {
         let host = host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        if host == "localhost" || host == "::1" { return true }
+        let octets = host.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
     }
 }

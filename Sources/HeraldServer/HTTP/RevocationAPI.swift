@@ -27,6 +27,9 @@ struct RevocationAPI {
             let order = try await Self.decode(DisconnectRequest.self, request)
             let code = try Self.closeCode(order?.code)
             let reason = try Self.reason(order?.reason)
+            // This node's connect hook asks again next time (other nodes' cached answers last
+            // --hook-cache-ttl: revoke the user's tokens to keep them out).
+            node.connectHook?.forget(user: user)
             do throws(HubError) {
                 try await node.roster.disconnect(user: user, code: code, reason: reason)
             } catch {
@@ -37,12 +40,15 @@ struct RevocationAPI {
         // POST /api/tokens/{jti}/revoke [{"expires": UNIX SECONDS}]
         api.post("tokens/:jti/revoke") { request, context in
             // Path parameters arrive percent-encoded: a jti is compared as the token carries it.
-            let id = try Self.tokenID(context.parameters.get("jti").map { $0.removingPercentEncoding ?? $0 })
+            let id = try Self.tokenID(context.parameters.get("jti").map { $0.removingPercentEncoding ?? "\u{0}" })
             let order = try await Self.decode(RevokeRequest.self, request)
             let now = Int64(Date().timeIntervalSince1970)
             let expires = try Self.expiry(order?.expires, now: now, defaultTTL: node.configuration.defaultRevocationTTL)
+            // A token is accepted until exp plus the leeway: held that long, and a minute more
+            // for clocks that disagree.
+            let held = expires + node.configuration.tokenPolicy.leeway.components.seconds + 60
             do throws(HubError) {
-                try await node.denylist.revoke(id, until: expires)
+                try await node.denylist.revoke(id, until: held)
             } catch  where error.isLimit {
                 throw APIError(.init(code: 507, reasonPhrase: "Insufficient Storage"), code: .limitExceeded, message: error.description)
             } catch {
@@ -87,9 +93,11 @@ struct RevocationAPI {
 
     static func tokenID(_ value: String?) throws -> String {
         guard let value, !value.isEmpty, value.utf8.count <= maxTokenIDBytes,
-            !value.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0 == " " })
+            !value.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
         else {
-            throw APIError(.badRequest, code: .badRequest, message: "jti must be 1 to \(maxTokenIDBytes) bytes without spaces or control characters")
+            throw APIError(
+                .badRequest, code: .badRequest,
+                message: "jti must be 1 to \(maxTokenIDBytes) bytes without control characters, percent-encoded in the path")
         }
         return value
     }

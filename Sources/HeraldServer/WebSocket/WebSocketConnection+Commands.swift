@@ -10,8 +10,12 @@ extension WebSocketConnection {
         switch frame.command {
         case .join(let room, let since):
             // A membership the backend granted needs no permission from the token.
-            if permissions.allows(room) || node.hub.grant(user: user, room: room) == .backend {
+            if permissions.allows(room) {
                 join(room, since: since, grant: .user, id: id)
+            } else if node.hub.grant(user: user, room: room) == .backend {
+                // Already a member by the backend's grant: nothing to write (a join racing the
+                // backend's removal must not bring the membership back as the user's own).
+                join(room, since: since, grant: nil, id: id)
             } else if let hook = node.joinHook {
                 askJoinHook(hook, room: room, since: since, id: id)
             } else {
@@ -62,9 +66,10 @@ extension WebSocketConnection {
         }
     }
 
-    /// Joins once allowed: by the token (`grant` `.user`) or by the backend's join hook
-    /// (`.backend`: the backend decided, the membership stands on its own).
-    private func join(_ room: String, since: StreamPosition?, grant: MembershipGrant, id: RawJSON?) {
+    /// Joins once allowed: by the token (`grant` `.user`), by the backend's join hook
+    /// (`.backend`: the backend decided, the membership stands on its own), or already a member
+    /// by the backend's grant (`nil`: nothing is written, the reply and any replay only).
+    private func join(_ room: String, since: StreamPosition?, grant: MembershipGrant?, id: RawJSON?) {
         if let since {
             joinRecovering(room: room, since: since, grant: grant, id: id)
             return
@@ -72,7 +77,7 @@ extension WebSocketConnection {
         let roster = node.roster
         let user = self.user
         runCommand(id: id) { () async throws(HubError) in
-            _ = try await roster.join(user: user, room: room, grant: grant)
+            if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
             return ServerFrame.joined(room: room, id: id)
         }
     }
@@ -127,10 +132,12 @@ extension WebSocketConnection {
         case .sharedRoom:
             let roster = node.roster
             let sender = user
+            // Rooms this connection's token no longer allows do not count as shared.
+            let revoked = revokedRooms
             beginCommand()
             eventLoop.makeFutureWithTask { () async throws -> Bool in
                 async let theirs = roster.rooms(of: recipient)
-                let mine = try await roster.rooms(of: sender)
+                let mine = try await roster.rooms(of: sender).subtracting(revoked)
                 return try await !mine.isDisjoint(with: theirs)
             }.whenComplete { [self] result in
                 switch result {
@@ -193,7 +200,7 @@ extension WebSocketConnection {
     /// from history, then carries on live. Live deliveries of the room to this connection are
     /// held from before the join until the replay is written, then written past what history
     /// gave: no gap, no duplicate at the seam. The reply says whether the replay is complete.
-    private func joinRecovering(room: String, since: StreamPosition, grant: MembershipGrant, id: RawJSON?) {
+    private func joinRecovering(room: String, since: StreamPosition, grant: MembershipGrant?, id: RawJSON?) {
         let target = DeliveryTarget.room(room)
         let hold = node.hub.hold(target, for: self)
         let roster = node.roster
@@ -202,7 +209,7 @@ extension WebSocketConnection {
         let limit = max(1, node.configuration.history.size)
         beginCommand()
         eventLoop.makeFutureWithTask { () async throws -> HistoryPage in
-            _ = try await roster.join(user: user, room: room, grant: grant)
+            if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
             return try await broker.history(of: target, since: since.offset, limit: limit)
         }.whenComplete { [self] result in
             node.hub.release(hold, for: self)

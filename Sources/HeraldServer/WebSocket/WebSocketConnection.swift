@@ -36,7 +36,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private(set) var tokenID: String?
     /// Rooms the user joined themselves that the current token does not allow: this connection
     /// does not receive them, and may not use them (the hub filters them out of deliveries).
-    private var revokedRooms: Set<String> = []
+    private(set) var revokedRooms: Set<String> = []
     /// The next token event: the `token_expiring` warning, or the close at expiry.
     private var tokenTimer: Scheduled<Void>?
     private var warnedOfExpiry = false

@@ -16,12 +16,17 @@ final class LoopbackHTTPServer: Sendable {
         case stall(delay: Duration, status: Int, body: String)
         /// Closes the connection without an answer (a provider that is down).
         case hangUp
+        /// Answers 302 to `location`.
+        case redirect(to: String)
+        /// Sends the head and a first bytes of the body, then nothing (a trickling server).
+        case stallBody
     }
 
     struct Received: Sendable {
         var method: String
         var uri: String
         var body: String
+        var authorization: String?
     }
 
     /// What the server does and what it received, shared with its connections' handlers.
@@ -81,7 +86,8 @@ final class LoopbackHTTPServer: Sendable {
             case .end:
                 guard let head else { return }
                 let behaviour = state.withLock { state in
-                    state.received.append(Received(method: "\(head.method)", uri: head.uri, body: body))
+                    state.received.append(
+                        Received(method: "\(head.method)", uri: head.uri, body: body, authorization: head.headers.first(name: "Authorization")))
                     return state.behaviour
                 }
                 switch behaviour {
@@ -89,6 +95,13 @@ final class LoopbackHTTPServer: Sendable {
                     context.close(promise: nil)
                 case .answer(let status, let body):
                     respond(context: context, status: status, body: body)
+                case .redirect(let location):
+                    respond(context: context, status: 302, body: "", extra: ["Location": location])
+                case .stallBody:
+                    var headers = HTTPHeaders()
+                    headers.add(name: "Content-Length", value: "1000")
+                    context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+                    context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: #"{"keys":["#)))), promise: nil)
                 case .stall(let delay, let status, let body):
                     let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
                     context.eventLoop.scheduleTask(
@@ -101,9 +114,10 @@ final class LoopbackHTTPServer: Sendable {
             }
         }
 
-        func respond(context: ChannelHandlerContext, status: Int, body: String) {
+        func respond(context: ChannelHandlerContext, status: Int, body: String, extra: [String: String] = [:]) {
             guard context.channel.isActive else { return }
             var headers = HTTPHeaders()
+            for (name, value) in extra { headers.add(name: name, value: value) }
             headers.add(name: "Content-Type", value: "application/json")
             headers.add(name: "Content-Length", value: String(body.utf8.count))
             context.write(
