@@ -78,7 +78,9 @@ struct LocalInterest {
     /// The rooms `user` (known here) joined themselves.
     func roomsJoinedByUser(_ user: String) -> Set<String> {
         guard !ownJoins.isEmpty, case .known(let rooms)? = roomsOfUser[user] else { return [] }
-        return rooms.filter { ownJoins.contains(UserRoom(user: user, room: $0)) }
+        var joined: Set<String> = []
+        for room in rooms where ownJoins.contains(UserRoom(user: user, room: room)) { joined.insert(room) }
+        return joined
     }
 
     /// Who granted `user`'s membership of `room`; `nil` when the user is not a member (as far

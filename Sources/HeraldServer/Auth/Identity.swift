@@ -39,6 +39,9 @@ public struct RoomPermissions: Sendable, Equatable {
         self.patterns = patterns
     }
 
+    /// Whether every name is allowed (development mode, or a `*` pattern).
+    public var allowsEverything: Bool { patterns == nil || patterns!.contains("*") }
+
     public func allows(_ name: String) -> Bool {
         guard let patterns else { return true }
         return patterns.contains { pattern in

@@ -550,7 +550,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
 
     func excludedRooms(among joinedByUser: Set<String>) -> Set<String> {
         eventLoop.assertInEventLoop()
-        let revoked = joinedByUser.filter { !permissions.allows($0) }
+        // The common case allocates nothing: a token allowing every room (or development mode)
+        // revokes nothing, and nothing was revoked before.
+        if revokedRooms.isEmpty, joinedByUser.isEmpty || permissions.allowsEverything { return [] }
+        var revoked: Set<String> = []
+        for room in joinedByUser where !permissions.allows(room) { revoked.insert(room) }
         // Told once welcomed (the welcome tells what was revoked before it).
         if machine.state == .open {
             let newlyRevoked = revoked.subtracting(revokedRooms).sorted()
