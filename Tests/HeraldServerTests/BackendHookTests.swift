@@ -19,7 +19,7 @@ struct BackendHookTests {
 
     func hook(_ backend: LoopbackHTTPServer, path: String, _ tune: (inout BackendHook.Configuration) -> Void = { _ in }) throws -> BackendHook.Configuration {
         var configuration = try BackendHook.Configuration(url: backend.url + path)
-        configuration.timeout = .milliseconds(1500)  // room for a loaded machine; the stalls below take 5 s
+        configuration.timeout = .seconds(3)  // room for a loaded machine; the stalls below take 6 s
         configuration.cacheTTL = .zero
         tune(&configuration)
         return configuration
@@ -57,7 +57,7 @@ struct BackendHookTests {
 
             // Undecided (too slow, an error status, garbage, a number for a boolean): 1013, retry.
             let outcomes: [LoopbackHTTPServer.Behaviour] = [
-                .stall(delay: .seconds(5), status: 200, body: #"{"allow":true}"#),
+                .stall(delay: .seconds(6), status: 200, body: #"{"allow":true}"#),
                 .answer(status: 500, body: "oops"),
                 .answer(status: 200, body: "<html>"),
                 .answer(status: 200, body: #"{"allow":1}"#),
@@ -150,7 +150,7 @@ struct BackendHookTests {
             #expect(denied["code"] as? String == "forbidden" && (denied["message"] as? String)?.hasSuffix("members only") == true, "\(denied)")
 
             for outcome in [
-                LoopbackHTTPServer.Behaviour.stall(delay: .seconds(5), status: 200, body: #"{"allow":true}"#), .answer(status: 200, body: "[]"), .hangUp,
+                LoopbackHTTPServer.Behaviour.stall(delay: .seconds(6), status: 200, body: #"{"allow":true}"#), .answer(status: 200, body: "[]"), .hangUp,
             ] {
                 backend.set(outcome)
                 try await alice.send(#"{"type":"join","room":"attic","id":5}"#)

@@ -177,6 +177,34 @@ struct RevocationTests {
         #expect(closed.code == 4001 && closed.reason == "token revoked")
     }
 
+    /// A membership the user made follows each connection's token on every node: a narrower
+    /// token on another node is told `revoked` and receives nothing of the room, the user's
+    /// connection whose token allows it carries on.
+    @Test func aUsersOwnJoinFollowsEachConnectionsTokenAcrossNodes() async throws {
+        let cluster = try await Nodes.start()
+        defer { cluster.stop() }
+        let wide = try await TestClient.connect(
+            port: cluster.nodes[0].port, query: "token=\(try await Self.token("alice", rooms: ["team-*"]))", label: "alice@n1 (team-*)")
+        _ = try await wide.next(type: "welcome")
+        let narrow = try await TestClient.connect(
+            port: cluster.nodes[1].port, query: "token=\(try await Self.token("alice", rooms: ["lobby"]))", label: "alice@n2 (lobby)")
+        _ = try await narrow.next(type: "welcome")
+        try await wide.send(#"{"type":"join","room":"team-a","id":1}"#)
+        _ = try await wide.next(type: "joined")
+        // n2 heard of the join before it was answered, with who made it.
+        let revoked = try await narrow.nextJSON()
+        #expect(revoked["type"] as? String == "left" && revoked["room"] as? String == "team-a" && revoked["reason"] as? String == "revoked", "\(revoked)")
+
+        #expect(try await cluster.http(0, "POST", "/api/rooms/team-a/publish", body: #"{"data":"team news"}"#).status == 202)
+        #expect(try await wide.next(type: "message")["data"] as? String == "team news")
+        #expect(try await cluster.http(0, "POST", "/api/broadcast", body: #"{"data":"sentinel"}"#).status == 202)
+        #expect(try await narrow.next(type: "message")["data"] as? String == "sentinel", "n2's narrow connection got the room's message")
+        try await narrow.send(#"{"type":"presence","room":"team-a","id":2}"#)
+        #expect(try await narrow.next(type: "error")["code"] as? String == "forbidden")
+        await wide.close()
+        await narrow.close()
+    }
+
     /// Ending a membership through the API stops the room on the user's connections on every
     /// node before the call answers: a message published right after does not reach them.
     @Test func aMembershipEndedThroughTheAPIStopsDeliveriesOnEveryNodeAtOnce() async throws {

@@ -32,6 +32,9 @@ final class LoopbackHTTPServer: Sendable {
     /// What the server does and what it received, shared with its connections' handlers.
     final class State: Sendable {
         let mutex: Mutex<(behaviour: Behaviour, received: [Received])>
+        /// Accepted connections, closed with the server: a client's pool must not keep talking
+        /// to a stopped server (a later one may get its port).
+        let children = Mutex<[any Channel]>([])
         init(_ behaviour: Behaviour) { mutex = Mutex((behaviour, [])) }
         func withLock<T>(_ body: (inout (behaviour: Behaviour, received: [Received])) -> T) -> T { mutex.withLock { body(&$0) } }
     }
@@ -46,7 +49,8 @@ final class LoopbackHTTPServer: Sendable {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMap {
+                state.children.withLock { $0.append(channel) }
+                return channel.pipeline.configureHTTPServerPipeline().flatMap {
                     channel.pipeline.addHandler(Handler(state: state))
                 }
             }
@@ -65,6 +69,7 @@ final class LoopbackHTTPServer: Sendable {
 
     func stop() async {
         try? await channel.close()
+        for child in state.children.withLock({ $0 }) { try? await child.close() }
     }
 
     private final class Handler: ChannelInboundHandler, @unchecked Sendable {
