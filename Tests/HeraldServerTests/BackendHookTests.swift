@@ -187,3 +187,24 @@ struct BackendHookTests {
         }
     }
 }
+
+/// The answer cache stays bounded whatever is replaced and forgotten.
+@Suite("Backend hook answer cache")
+struct AnswerCacheTests {
+    @Test func theCacheAndItsQueueStayBounded() {
+        var cache = AnswerCache()
+        let later = ContinuousClock.now + .seconds(60)
+        for round in 0..<50 {
+            for user in 0..<100 {
+                cache.remember(.allow, for: .init(user: "u\(user)", room: "r\(round % 3)"), until: later, capacity: 120)
+                if user % 10 == 0 { cache.forget(user: "u\(user)") }
+            }
+        }
+        #expect(cache.count <= 120)
+        #expect(cache.queueLength <= 2 * 120 + 1024 + 1)
+        // The newest answers survive, the oldest went first.
+        #expect(cache.answer(to: .init(user: "u99", room: "r1"), at: .now) == .allow)
+        #expect(cache.answer(to: .init(user: "u10", room: "r1"), at: .now) == nil, "forgotten")
+        #expect(cache.answer(to: .init(user: "u99", room: "r1"), at: later + .seconds(1)) == nil, "expired")
+    }
+}

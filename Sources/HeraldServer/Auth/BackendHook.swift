@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DequeModule
 import Foundation
 import HeraldWire
 public import NIOCore
@@ -72,10 +73,7 @@ public final class BackendHook: Sendable {
         var consecutiveFailures = 0
         var openUntil: ContinuousClock.Instant?
         var probing = false
-        var cache: [Question: (verdict: Verdict, expires: ContinuousClock.Instant)] = [:]
-        /// Insertion order of `cache`, for evicting the oldest at capacity.
-        var order: [Question] = []
-        var orderStart = 0
+        var cache = AnswerCache()
     }
 
     public init(configuration: Configuration) {
@@ -88,7 +86,7 @@ public final class BackendHook: Sendable {
     /// connect asks again).
     public func forget(user: String) {
         state.withLock { state in
-            for question in state.cache.keys where question.user == user { state.cache[question] = nil }
+            state.cache.forget(user: user)
         }
     }
 
@@ -112,7 +110,7 @@ public final class BackendHook: Sendable {
     func decide(_ question: Question) async -> Verdict {
         let now = ContinuousClock.now
         let admission: Admission = state.withLock { state in
-            if let hit = state.cache[question], hit.expires > now { return .cached(hit.verdict) }
+            if let verdict = state.cache.answer(to: question, at: now) { return .cached(verdict) }
             var probe = false
             if let until = state.openUntil {
                 if now < until || state.probing {
@@ -150,18 +148,7 @@ public final class BackendHook: Sendable {
             state.consecutiveFailures = 0
             state.openUntil = nil
             guard configuration.cacheTTL > .zero, configuration.cacheCapacity > 0 else { return }
-            if state.cache[question] == nil {
-                while state.cache.count >= configuration.cacheCapacity, state.orderStart < state.order.count {
-                    state.cache[state.order[state.orderStart]] = nil
-                    state.orderStart += 1
-                }
-                state.order.append(question)
-                if state.orderStart > 1024, state.orderStart * 2 > state.order.count {
-                    state.order.removeFirst(state.orderStart)
-                    state.orderStart = 0
-                }
-            }
-            state.cache[question] = (verdict, .now + configuration.cacheTTL)
+            state.cache.remember(verdict, for: question, until: .now + configuration.cacheTTL, capacity: configuration.cacheCapacity)
         }
     }
 
@@ -221,5 +208,39 @@ public final class BackendHook: Sendable {
             scalars.append(scalar)
         }
         return String(scalars)
+    }
+}
+
+/// The hook's answers, at most `capacity` of them: the oldest answer goes first. Each answer
+/// has a serial number, and the order queue holds (question, serial): an entry replaced or
+/// forgotten leaves a stale queue item that eviction skips, and the queue is compacted once
+/// it holds twice the capacity, so it stays bounded whatever is forgotten.
+struct AnswerCache {
+    private var answers: [BackendHook.Question: (verdict: BackendHook.Verdict, expires: ContinuousClock.Instant, serial: UInt64)] = [:]
+    private var order = Deque<(question: BackendHook.Question, serial: UInt64)>()
+    private var nextSerial: UInt64 = 0
+
+    var count: Int { answers.count }
+    var queueLength: Int { order.count }
+
+    func answer(to question: BackendHook.Question, at now: ContinuousClock.Instant) -> BackendHook.Verdict? {
+        guard let hit = answers[question], hit.expires > now else { return nil }
+        return hit.verdict
+    }
+
+    mutating func remember(_ verdict: BackendHook.Verdict, for question: BackendHook.Question, until expires: ContinuousClock.Instant, capacity: Int) {
+        nextSerial &+= 1
+        answers[question] = (verdict, expires, nextSerial)
+        order.append((question, nextSerial))
+        while answers.count > capacity, let oldest = order.popFirst() {
+            if answers[oldest.question]?.serial == oldest.serial { answers[oldest.question] = nil }
+        }
+        if order.count > 2 * capacity + 1024 {
+            order = Deque(order.filter { answers[$0.question]?.serial == $0.serial })
+        }
+    }
+
+    mutating func forget(user: String) {
+        for question in answers.keys where question.user == user { answers[question] = nil }
     }
 }
