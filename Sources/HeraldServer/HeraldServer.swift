@@ -139,7 +139,7 @@ public struct HeraldServer: Sendable {
             logger.warning(
                 """
                 DEVELOPMENT MODE: no token key configured. Any client can claim any user with ?user=NAME \
-                and join any room. Set --jwt-secret, --jwt-public-key or --jwks before exposing this server.
+                and join any room. Set --jwt-secret, --jwt-public-key, --jwks or --jwks-url before exposing this server.
                 """
             )
             if !["127.0.0.1", "localhost", "::1"].contains(configuration.host) {
