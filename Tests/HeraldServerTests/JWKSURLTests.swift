@@ -124,6 +124,20 @@ struct JWKSURLTests {
         }
     }
 
+    /// Logs and errors name the provider without the credentials or query a URL may carry.
+    @Test func theURLIsNamedWithoutCredentialsOrQuery() throws {
+        let url = try JWKSURL("https://client:s3cret@idp.example.com/jwks?key=t0ken")
+        #expect(url.source == "https://***@idp.example.com/jwks?***")
+        #expect(!url.source.contains("s3cret") && !url.source.contains("t0ken"))
+        #expect(JWKSURL.redacting("https://idp.example.com/a@b/jwks") == "https://idp.example.com/a@b/jwks")
+        do throws(ConfigurationError) {
+            _ = try JWKSURL("http://user:s3cret@example.com/jwks")
+            Issue.record("plain http to a remote host was accepted")
+        } catch {
+            #expect(!error.description.contains("s3cret"))
+        }
+    }
+
     /// End to end: a node configured with the URL accepts a token signed by the provider's key.
     @Test func aNodeVerifiesConnectionsWithTheProvidersKeys() async throws {
         let keys = try TestKeys.shared()

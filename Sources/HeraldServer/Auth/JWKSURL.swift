@@ -24,16 +24,32 @@ public struct JWKSURL: TokenKeySet {
     public init(_ text: String) throws(ConfigurationError) {
         guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty else {
             throw ConfigurationError(
-                "--jwks-url \(text) is not a URL: give the identity provider's JWKS address, e.g. https://example.auth0.com/.well-known/jwks.json")
+                "--jwks-url \(Self.redacting(text)) is not a URL: give the identity provider's JWKS address, e.g. https://example.auth0.com/.well-known/jwks.json"
+            )
         }
         guard scheme == "https" || (scheme == "http" && Self.isLoopback(host)) else {
             throw ConfigurationError(
-                "--jwks-url \(text) must use https (http only to a loopback host): a JWKS fetched in clear text could be replaced on the way")
+                "--jwks-url \(Self.redacting(text)) must use https (http only to a loopback host): a JWKS fetched in clear text could be replaced on the way")
         }
         self.url = url
     }
 
-    public var source: String { url.absoluteString }
+    /// The URL as logs and errors name it: without credentials or a query (a provider's URL may
+    /// carry a key in either), which are replaced by `***`.
+    public var source: String { Self.redacting(url.absoluteString) }
+
+    /// `text` with the `user:password@` of its authority and its query replaced by `***`.
+    public static func redacting(_ text: String) -> String {
+        var text = text
+        if let query = text.firstIndex(of: "?") { text = String(text[..<query]) + "?***" }
+        if let scheme = text.firstRange(of: "://") {
+            let authorityEnd = text[scheme.upperBound...].firstIndex { $0 == "/" || $0 == "?" } ?? text.endIndex
+            if let at = text[scheme.upperBound..<authorityEnd].lastIndex(of: "@") {
+                text = String(text[..<scheme.upperBound]) + "***" + String(text[at...])
+            }
+        }
+        return text
+    }
 
     public func fetch() async throws -> JWKS {
         var request = HTTPClientRequest(url: url.absoluteString)
