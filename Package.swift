@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "HeraldRedisClient", targets: ["HeraldRedisClient"]),
         .library(name: "HeraldRedis", targets: ["HeraldRedis"]),
         .library(name: "HeraldCluster", targets: ["HeraldCluster"]),
+        .library(name: "HeraldClient", targets: ["HeraldClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -77,7 +78,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
-            resources: [.embedInCode("Demo/demo.html")],
+            resources: [.embedInCode("Demo/demo.html"), .embedInCode("Clients/herald.js"), .embedInCode("Clients/herald.d.ts")],
             swiftSettings: swiftSettings
         ),
         // A RESP3 client for Redis (commands, scripts, pub/sub, reconnects), usable without Herald.
@@ -116,6 +117,20 @@ let package = Package(
                 "HeraldServer",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The official Swift client: reconnects, recovery, acknowledgements, token refresh.
+        .target(
+            name: "HeraldClient",
+            dependencies: [
+                "HeraldWire",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -235,6 +250,17 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HeraldClientTests",
+            dependencies: [
+                "HeraldClient",
+                "HeraldTestSupport",
+                "HeraldWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -38,6 +38,14 @@ public protocol Broker: Service {
     /// - Throws: ``BrokerError`` when the history cannot be read (Redis unreachable).
     func history(of target: DeliveryTarget, since: Int64, limit: Int) async throws(BrokerError) -> HistoryPage
 
+    /// The latest position of a room's or a user's channel, for a client that joins it now
+    /// and must be able to resume from there after a reconnect. A channel with no epoch yet
+    /// (nothing published, or forgotten after the history TTL) is given one here, which the
+    /// next publish keeps: `(0, E)` then stays a valid position to recover messages 1, 2, … of
+    /// `E` from, instead of looking like a lost history once the first message comes.
+    /// - Throws: ``BrokerError`` when the position cannot be read (Redis unreachable).
+    func position(of target: DeliveryTarget) async throws(BrokerError) -> StreamPosition
+
     /// Where the messages published with ``Envelope/requiresAck`` wait for their acknowledgement.
     var acknowledgements: any AcknowledgementStore { get }
 

@@ -50,15 +50,21 @@ public struct Envelope: Sendable {
 
     /// Encodes a `message` frame for `target`; `sender` is `nil` when the backend published it.
     /// With `requiresAck` (messages to a user only) the frame carries `"ack":true` and the
-    /// broker keeps the message until the user acknowledges it.
-    public static func message(to target: DeliveryTarget, from sender: String?, data: RawJSON, requiresAck: Bool = false) -> Envelope {
+    /// broker keeps the message until the user acknowledges it. `acceptedAt` (milliseconds since
+    /// 1970, now by default) becomes the frame's `"ts"`: stamped once here, on the node that took
+    /// the message, it travels with the frame through every broker and into history.
+    public static func message(
+        to target: DeliveryTarget, from sender: String?, data: RawJSON, requiresAck: Bool = false,
+        acceptedAt: Int64 = WallClock.millisecondsSince1970()
+    ) -> Envelope {
         let scope: Scope
         switch target {
         case .all: scope = .all
         case .room(let room): scope = .room(room)
         case .user: scope = .user
         }
-        let (frame, index) = ServerFrame.messageParts(scope: scope, from: sender, data: data, requiresAck: requiresAck)
+        let (frame, index) = ServerFrame.messageParts(
+            scope: scope, from: sender, data: data, requiresAck: requiresAck, acceptedAt: acceptedAt)
         var envelope = Envelope(target: target, frame: frame, positionIndex: target == .all ? nil : index)
         envelope.requiresAck = requiresAck
         return envelope

@@ -246,6 +246,18 @@ public final class LocalBroker: Broker {
         return eventLoop.makeCompletedFuture(result.map { Optional($0) }.mapError { $0 as any Error })
     }
 
+    public func position(of target: DeliveryTarget) -> StreamPosition {
+        let now = ContinuousClock.now
+        return channels.withLock { channels in
+            if let log = channels.logs[target] { return StreamPosition(offset: log.latest, epoch: log.epoch) }
+            // The epoch starts now: an idle channel is forgotten after the TTL like any other.
+            channels.created += 1
+            let log = ChannelLog(epoch: epochPrefix + "-" + String(channels.created, radix: 36), lastPublish: now)
+            channels.logs[target] = log
+            return StreamPosition(offset: 0, epoch: log.epoch)
+        }
+    }
+
     public func history(of target: DeliveryTarget, since: Int64, limit: Int) -> HistoryPage {
         let now = ContinuousClock.now
         let history = historyConfiguration

@@ -83,7 +83,7 @@ public final class RedisBroker: Broker {
 
     /// Loads the broker's scripts (on every connection of the backplane's client).
     public func connect() async {
-        await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript] + RedisAcknowledgementStore.scripts)
+        await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript, Self.positionScript] + RedisAcknowledgementStore.scripts)
     }
 
     public var statistics: BrokerStatistics.Snapshot { counters.snapshot() }
@@ -216,6 +216,22 @@ public final class RedisBroker: Broker {
         """
     )
 
+    /// KEYS: the channel's hash. ARGV: history TTL in seconds. Returns {epoch, latest offset},
+    /// giving a channel without an epoch one (made as the publish script makes it, and kept as
+    /// long as a published one: the TTL).
+    static let positionScript = RedisScript(
+        """
+        local epoch = redis.call('HGET', KEYS[1], 'epoch')
+        if not epoch then
+          local time = redis.call('TIME')
+          epoch = string.format('%x%x', tonumber(time[1]), tonumber(time[2]))
+          redis.call('HSET', KEYS[1], 'epoch', epoch)
+          redis.call('EXPIRE', KEYS[1], ARGV[1])
+        end
+        return {epoch, tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')}
+        """
+    )
+
     /// KEYS as for publishing. ARGV: first stream id wanted, count, history TTL in seconds.
     /// Returns {epoch, latest offset, oldest offset kept, entries}; entries older than the TTL
     /// count as gone. A channel without a stream answers an epoch of "" and offset 0.
@@ -295,6 +311,20 @@ public final class RedisBroker: Broker {
         }
         guard let page = Self.page(reply) else { throw BrokerError("Redis answered the history script with \(reply)") }
         return page
+    }
+
+    public func position(of target: DeliveryTarget) async throws(BrokerError) -> StreamPosition {
+        let reply: RESPValue
+        do {
+            reply = try await client.evaluate(
+                Self.positionScript, keys: [layout.streamKey(target)], arguments: [String(max(1, configuration.history.ttl.components.seconds))])
+        } catch {
+            throw BrokerError("cannot read the channel's position from Redis: \(error)")
+        }
+        guard case .array(let parts?) = reply, parts.count == 2, let epoch = parts[0].string, case .integer(let offset) = parts[1], offset >= 0 else {
+            throw BrokerError("Redis answered the position script with \(reply)")
+        }
+        return StreamPosition(offset: offset, epoch: epoch)
     }
 
     /// `{epoch, latest, oldest, {{id, {field, value, ...}}, ...}}` from the history script.

@@ -21,6 +21,9 @@ public struct ClientFrame: Sendable, Equatable {
         /// Replaces the connection's token with a fresh one for the same user (before the old
         /// one expires); its claims apply at once.
         case refresh(token: String)
+        /// Asks for a `pong`: browsers cannot see WebSocket pings, so a client proves the
+        /// connection alive with a frame it can see the answer to.
+        case ping
     }
 
     public var command: Command
@@ -59,6 +62,7 @@ public struct ClientFrame: Sendable, Equatable {
             case "ack":
                 guard let offset = try object.integer("offset").get() else { throw ClientFrameError(id: id, message: "missing field \"offset\"") }
                 command = .ack(offset: offset, epoch: try object.string("epoch").get())
+            case "ping": command = .ping
             case "refresh":
                 guard let token = try object.string("token").get(), !token.isEmpty else { throw ClientFrameError(id: id, message: "missing field \"token\"") }
                 command = .refresh(token: token)

@@ -8,9 +8,12 @@ public enum ServerFrame {
     /// `{"type":"welcome","user":U,"connection":C,"node":N,"heartbeat":SECONDS}`, the first frame of a connection.
     /// With `recovery`, the welcome of a connection that asked to resume its user's channel
     /// (`?since_offset=O&since_epoch=E`): `"recovered":B[,"reason":WHY],"offset":L,"epoch":E2`.
+    /// With `position` (a connection that asked `?since=latest`): `"offset":L,"epoch":E`, the
+    /// user channel's position the connection receives every message after.
     /// With `expires` (the token's `exp`, seconds since 1970): `"expires":EXP`.
     public static func welcome(
-        user: String, connection: String, node: String, heartbeat: Int, recovery: (Recovery, StreamPosition)? = nil, expires: Int64? = nil
+        user: String, connection: String, node: String, heartbeat: Int, recovery: (Recovery, StreamPosition)? = nil,
+        position: StreamPosition? = nil, expires: Int64? = nil
     ) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(96 + user.utf8.count + connection.utf8.count + node.utf8.count)
@@ -26,7 +29,12 @@ public enum ServerFrame {
             buffer.writeStaticString(#","expires":"#)
             buffer.writeString(String(expires))
         }
-        if let (recovery, latest) = recovery { buffer.writeRecovery(recovery, latest: latest) }
+        if let (recovery, latest) = recovery {
+            buffer.writeRecovery(recovery, latest: latest)
+        } else if let position {
+            var fields = positionFields(position)
+            buffer.writeBuffer(&fields)
+        }
         buffer.writeStaticString("}")
         return buffer
     }
@@ -34,6 +42,21 @@ public enum ServerFrame {
     /// `{"type":"joined","room":R,"id":X}`
     public static func joined(room: String, id: RawJSON?) -> ByteBuffer {
         roomReply(type: #"{"type":"joined","room":"#, room: room, id: id)
+    }
+
+    /// `{"type":"joined","room":R,"id":X,"offset":O,"epoch":E}`: the reply to a `join` without
+    /// `since`. Every message of the room after this position reaches the connection, so a
+    /// client that has not received a message of the room yet still has a position to resume
+    /// from after a reconnect.
+    public static func joined(room: String, id: RawJSON?, at position: StreamPosition) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"joined","room":"#)
+        buffer.writeJSONString(room)
+        buffer.writeID(id)
+        var fields = positionFields(position)
+        buffer.writeBuffer(&fields)
+        buffer.writeStaticString("}")
+        return buffer
     }
 
     /// `{"type":"left","room":R,"id":X}`
@@ -95,6 +118,15 @@ public enum ServerFrame {
     }
 
     /// `{"type":"ok","id":X}`
+    /// `{"type":"pong","id":X}`: the answer to a client's `ping` frame.
+    public static func pong(id: RawJSON?) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"pong""#)
+        buffer.writeID(id)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
     public static func ok(id: RawJSON?) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.writeStaticString(#"{"type":"ok""#)
@@ -130,9 +162,9 @@ public enum ServerFrame {
         return buffer
     }
 
-    /// A delivery: `{"type":"message","scope":S[,"room":R][,"from":U][,"ack":true],"data":ANY}`.
-    public static func message(scope: Scope, from sender: String?, data: RawJSON, requiresAck: Bool = false) -> ByteBuffer {
-        messageParts(scope: scope, from: sender, data: data, requiresAck: requiresAck).frame
+    /// A delivery: `{"type":"message","scope":S[,"room":R][,"from":U][,"ack":true][,"ts":MS],"data":ANY}`.
+    public static func message(scope: Scope, from sender: String?, data: RawJSON, requiresAck: Bool = false, acceptedAt: Int64? = nil) -> ByteBuffer {
+        messageParts(scope: scope, from: sender, data: data, requiresAck: requiresAck, acceptedAt: acceptedAt).frame
     }
 
     /// `,"offset":O,"epoch":E`, the fields a broker inserts at a message's `positionIndex`.
@@ -158,10 +190,14 @@ public enum ServerFrame {
         return buffer
     }
 
-    /// The message frame, and where `,"offset":O,"epoch":E` goes (just before `,"data":`).
+    /// The message frame, and where `,"offset":O,"epoch":E` goes (just before `,"ts":` or `,"data":`).
     /// `requiresAck` marks a message the client must acknowledge (`"ack":true`): without the
     /// mark a client could not tell which messages the server keeps until acknowledged.
-    public static func messageParts(scope: Scope, from sender: String?, data: RawJSON, requiresAck: Bool = false) -> (frame: ByteBuffer, positionIndex: Int) {
+    /// `acceptedAt` (milliseconds since 1970) is when the publishing node took the message, written
+    /// as `"ts"` so that a message replayed from history shows when it was sent, not when it arrived.
+    public static func messageParts(scope: Scope, from sender: String?, data: RawJSON, requiresAck: Bool = false, acceptedAt: Int64? = nil) -> (
+        frame: ByteBuffer, positionIndex: Int
+    ) {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(64 + data.bytes.readableBytes + (sender?.utf8.count ?? 0))
         switch scope {
@@ -179,6 +215,10 @@ public enum ServerFrame {
         }
         if requiresAck { buffer.writeStaticString(#","ack":true"#) }
         let positionIndex = buffer.writerIndex
+        if let acceptedAt {
+            buffer.writeStaticString(#","ts":"#)
+            buffer.writeString(String(acceptedAt))
+        }
         buffer.writeStaticString(#","data":"#)
         var data = data.bytes
         buffer.writeBuffer(&data)

@@ -331,6 +331,12 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
     bob.open(f"{bob_server.scheme}://127.0.0.1:{bob_server.port}/")
     checks.ok("two headless Chromium sessions load the demo page" + (" from two nodes" if args.cluster else "")
               + (" over https" if tls else ""))
+    # The page is built on the official client: it imports /herald.js and speaks no protocol itself.
+    source = alice.js("return document.documentElement.outerHTML;")
+    checks.that("from '/herald.js'" in source and "new WebSocket" not in source and "onmessage" not in source,
+                "the demo page is built on herald.js (no WebSocket or frame code of its own)")
+    loaded = alice.js("return performance.getEntriesByType('resource').some(e => e.name.endsWith('/herald.js'));")
+    checks.that(loaded, "the page loaded /herald.js from the server")
     if tls:
         for page in (alice, bob):
             protocol = page.js("return location.protocol;")

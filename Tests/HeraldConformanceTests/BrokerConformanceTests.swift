@@ -102,6 +102,27 @@ struct BrokerConformanceTests {
         }
     }
 
+    /// A client that joins a channel with no message yet is given a position it can recover
+    /// from: the first messages continue that epoch instead of starting another.
+    @Test(arguments: BackendKind.allCases)
+    func aPositionReadBeforeTheFirstMessageStaysValidWhenMessagesCome(_ kind: BackendKind) async throws {
+        try await TestBackend.with(kind, nodes: kind.maxNodes) { backend in
+            let reader = backend.nodes[backend.nodes.count - 1]
+            let publisher = backend.nodes[0]
+            try await reader.holds(.room("quiet"))
+            let joinedAt = try await reader.broker.position(of: .room("quiet"))
+            #expect(joinedAt.offset == 0 && !joinedAt.epoch.isEmpty)
+            #expect(try await publisher.broker.position(of: .room("quiet")) == joinedAt, "every node reads the same position")
+            let first = try #require(try await publisher.publish(.room("quiet"), "1"))
+            let second = try #require(try await publisher.publish(.room("quiet"), "2"))
+            #expect(first == StreamPosition(offset: 1, epoch: joinedAt.epoch) && second.offset == 2)
+            let page = try await reader.broker.history(of: .room("quiet"), since: joinedAt.offset, limit: 10)
+            #expect(page.recovery(from: joinedAt) == .recovered)
+            #expect(page.entries.map(\.offset) == [1, 2])
+            #expect(try await reader.broker.position(of: .room("quiet")) == second)
+        }
+    }
+
     @Test(arguments: BackendKind.allCases)
     func aRetriedPublishWithTheSameKeyIsDeliveredOnce(_ kind: BackendKind) async throws {
         try await TestBackend.with(kind) { backend in
@@ -181,6 +202,7 @@ struct BrokerConformanceTests {
             let started = ContinuousClock.now
             await #expect(throws: BrokerError.self) { try await node.publish(.room("r"), "2") }
             await #expect(throws: BrokerError.self) { try await node.broker.history(of: .room("r"), since: 0, limit: 1) }
+            await #expect(throws: BrokerError.self) { try await node.broker.position(of: .room("r")) }
             #expect(ContinuousClock.now - started < .seconds(5), "no publish waits for a backend that is gone")
         }
     }

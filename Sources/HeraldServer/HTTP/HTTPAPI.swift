@@ -18,6 +18,12 @@ struct HTTPAPI {
                 body: .init(byteBuffer: ByteBuffer(string: DemoPage.html))
             )
         }
+        router.getAndHead("/herald.js") { request, _ in
+            ClientScript.javaScript.response(to: request)
+        }
+        router.getAndHead("/herald.d.ts") { request, _ in
+            ClientScript.typeScriptDeclarations.response(to: request)
+        }
         router.getAndHead("/healthz") { _, _ in
             JSONBody.response(.ok, ["status": "ok"])
         }

@@ -179,7 +179,9 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
         // ?since_offset=O&since_epoch=E: resume the user's channel (replay what was missed). A
         // malformed position is a bad request, not a failed authentication: the connection is
         // served and its welcome says recovery failed (`invalid_position`).
-        let resume = ResumeRequest(offset: query["since_offset"].map(String.init), epoch: query["since_epoch"].map(String.init))
+        // ?since=latest: the welcome says where the channel stands (a position to resume from).
+        let resume = ResumeRequest(
+            offset: query["since_offset"].map(String.init), epoch: query["since_epoch"].map(String.init), since: query["since"].map(String.init))
         let authenticator = node.authenticator
         let configuration = node.configuration
         let promise = channel.eventLoop.makePromise(of: Result<Identity, ConnectionRefusal>.self)

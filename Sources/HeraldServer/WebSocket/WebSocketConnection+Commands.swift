@@ -53,6 +53,9 @@ extension WebSocketConnection {
         case .refresh(let token):
             refresh(with: token, id: id)
 
+        case .ping:
+            send(ServerFrame.pong(id: id))
+
         case .presence(let room):
             guard mayUse(room) else {
                 send(denial(of: room, "join room \(room) to see who is in it", id: id))
@@ -74,11 +77,42 @@ extension WebSocketConnection {
             joinRecovering(room: room, since: since, grant: grant, id: id)
             return
         }
+        joinAtLatest(room: room, grant: grant, id: id)
+    }
+
+    /// A `join` without `since`: the reply carries the room's latest position, and the
+    /// connection receives every message after it, none before. Deliveries wait (a hold)
+    /// while the position is read, so that one published meanwhile is either at or before the
+    /// position (history for this connection) or after it (delivered), never both or neither.
+    private func joinAtLatest(room: String, grant: MembershipGrant?, id: RawJSON?) {
+        let target = DeliveryTarget.room(room)
+        let hold = node.hub.hold(target, for: self)
         let roster = node.roster
+        let broker = node.broker
         let user = self.user
-        runCommand(id: id) { () async throws(HubError) in
+        beginCommand()
+        eventLoop.makeFutureWithTask { () async throws -> StreamPosition? in
             if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
-            return ServerFrame.joined(room: room, id: id)
+            // The membership stands once the roster took it: a position the broker cannot read
+            // now only costs the client its resume point, not the join.
+            return try? await broker.position(of: target)
+        }.whenComplete { [self] result in
+            node.hub.release(hold, for: self)
+            switch result {
+            case .success(let position?):
+                send(ServerFrame.joined(room: room, id: id, at: position))
+                replay(HistoryPage(latest: position, entries: [], oldest: position.offset + 1), after: position, recovered: true, then: hold)
+            case .success(nil):
+                send(ServerFrame.joined(room: room, id: id))
+                replay(nil, after: nil, recovered: false, then: hold)
+            case .failure(let error as HubError) where error.isMembershipLimit:
+                send(ServerFrame.error(.limitExceeded, message: error.description, id: id))
+                replay(nil, after: nil, recovered: false, then: hold)
+            case .failure(let error):
+                send(ServerFrame.error(.unavailable, message: "\(error)", id: id))
+                replay(nil, after: nil, recovered: false, then: hold)
+            }
+            endCommand()
         }
     }
 

@@ -69,6 +69,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private var resumeFrom: StreamPosition? {
         if case .from(let position) = resume { position } else { nil }
     }
+    /// Whether the client asked where its user's channel stands (`?since=latest`), to have a
+    /// position to resume from before its first message.
+    private var wantsPosition: Bool {
+        resume == .latest
+    }
 
     /// - Parameter descriptor: the connection's socket, when the listener knows it: deliveries
     ///   are then sent to it directly (``SocketOutbox``).
@@ -147,7 +152,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         }
         let ready: EventLoopFuture<Void>
         // Resuming: the user's live messages wait until the missed ones are replayed.
-        let hold = resumeFrom.map { _ in node.hub.hold(.user(self.user), for: self) }
+        let hold = resumeFrom != nil || wantsPosition ? node.hub.hold(.user(self.user), for: self) : nil
         do {
             ready = try node.hub.register(self)
         } catch {
@@ -165,19 +170,24 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         let user = self.user
         let resumeFrom = self.resumeFrom
         let resumeIsInvalid = resume == .invalid
+        let wantsPosition = self.wantsPosition
         let limit = max(1, node.configuration.history.size)
         // What this connection must be sent besides live messages: the user channel's messages
         // it missed (when resuming), and those waiting for an acknowledgement.
         let missed: EventLoopFuture<(HistoryPage?, [HistoryEntry])> = ready.flatMap { [eventLoop] in
             // The common case needs no task: nothing to replay, and the broker batches the
             // unacknowledged reads of every connect under way.
-            if resumeFrom == nil, !resumeIsInvalid {
+            if resumeFrom == nil, !resumeIsInvalid, !wantsPosition {
                 return broker.acknowledgements.unacknowledged(for: user, on: eventLoop).map { entries -> (HistoryPage?, [HistoryEntry]) in (nil, entries) }
             }
             return eventLoop.makeFutureWithTask { [eventLoop] in
                 let page: HistoryPage?
                 if let resumeFrom {
                     page = try await broker.history(of: .user(user), since: resumeFrom.offset, limit: limit)
+                } else if wantsPosition {
+                    // Only the position (one the next message continues), nothing replayed.
+                    let latest = try await broker.position(of: .user(user))
+                    page = HistoryPage(latest: latest, entries: [], oldest: latest.offset + 1)
                 } else {
                     // Only the channel's position, for the welcome: nothing is replayed.
                     page = try await broker.history(of: .user(user), since: 0, limit: 0)
@@ -202,13 +212,18 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
                     node: node.nodeID,
                     heartbeat: Int(node.configuration.hub.heartbeat.nanoseconds / 1_000_000_000),
                     recovery: recovery,
+                    position: wantsPosition ? page?.latest : nil,
                     expires: tokenExpires.map(Self.numericDate)
                 )
                 send(welcome)
                 for room in revokedRooms.sorted() { send(ServerFrame.left(room: room, reason: .revoked)) }
                 scheduleTokenTimer()
                 var written: Set<Int64> = []
-                if let hold { written = replay(page, after: resumeFrom, recovered: recovery?.0 == .recovered, then: hold) }
+                if let hold {
+                    // With `since=latest`, what was held up to the welcome's position is before it.
+                    let after = wantsPosition ? page?.latest : resumeFrom
+                    written = replay(page, after: after, recovered: wantsPosition || recovery?.0 == .recovered, then: hold)
+                }
                 // At least once: sent again until acknowledged (the client dedups by offset).
                 for entry in unacknowledged where !written.contains(entry.offset) {
                     deliver(node.hub.framed(entry.frame))
@@ -663,9 +678,16 @@ enum ResumeRequest: Equatable {
     /// `since_offset`/`since_epoch` were malformed (or only one was given): the welcome says
     /// `"recovered":false,"reason":"invalid_position"`.
     case invalid
+    /// `since=latest`: live messages only, and the welcome says from which position
+    /// (`"offset"`, `"epoch"`), for a client that has no position yet.
+    case latest
 
-    /// From the `since_offset` and `since_epoch` query parameters.
-    init(offset: String?, epoch: String?) {
+    /// From the `since_offset` and `since_epoch` query parameters, or `since=latest`.
+    init(offset: String?, epoch: String?, since: String? = nil) {
+        if offset == nil, epoch == nil, since == "latest" {
+            self = .latest
+            return
+        }
         switch (offset, epoch) {
         case (nil, nil):
             self = .none

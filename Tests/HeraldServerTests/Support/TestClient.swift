@@ -72,8 +72,9 @@ final class TestClient: Sendable {
         return TestClient(label: label ?? query, frames: frames, outbound: outbound, session: session)
     }
 
-    /// The next text frame, without a message's `"offset"` and `"epoch"` (the tests of
-    /// positions read them with ``nextPositioned(timeout:)``); throws on timeout or when the
+    /// The next text frame, without a message's `"offset"`, `"epoch"` and `"ts"`, and a plain
+    /// `joined` reply's `"offset"` and `"epoch"` (the tests of
+    /// positions and times read them with ``nextPositioned(timeout:)``); throws on timeout or when the
     /// connection ended.
     func next(timeout: Double = 5) async throws -> String {
         withoutPosition(try await nextRaw(timeout: timeout))
@@ -145,11 +146,26 @@ final class TestClient: Sendable {
 
 /// `frame` without the `,"offset":N,"epoch":"E"` a broker inserts into message frames.
 func withoutPosition(_ frame: String) -> String {
-    guard frame.hasPrefix(#"{"type":"message""#), let start = frame.range(of: #","offset":"#) else { return frame }
+    // A plain join's reply carries the room's position too (a join with `since` keeps it: those
+    // tests read it).
+    if frame.hasPrefix(#"{"type":"joined""#), !frame.contains(#""recovered":"#) { return withoutOffsetAndEpoch(frame) }
+    guard frame.hasPrefix(#"{"type":"message""#) else { return frame }
+    return withoutTime(withoutOffsetAndEpoch(frame))
+}
+
+private func withoutOffsetAndEpoch(_ frame: String) -> String {
+    guard let start = frame.range(of: #","offset":"#) else { return frame }
     guard let epoch = frame.range(of: #","epoch":""#, range: start.upperBound..<frame.endIndex),
         let close = frame[epoch.upperBound...].firstIndex(of: "\"")
     else { return frame }
     return String(frame[..<start.lowerBound]) + String(frame[frame.index(after: close)...])
+}
+
+/// Without `,"ts":MS` (the time the node accepted the message), which comes before `,"data":`.
+private func withoutTime(_ frame: String) -> String {
+    guard let data = frame.range(of: #","data":"#), let ts = frame.range(of: #","ts":"#, range: frame.startIndex..<data.lowerBound) else { return frame }
+    let digitsEnd = frame[ts.upperBound...].firstIndex { !$0.isASCII || !$0.isNumber } ?? frame.endIndex
+    return String(frame[..<ts.lowerBound]) + String(frame[digitsEnd...])
 }
 
 /// Holds a ``TestClient``'s reading back until ``open()``.

@@ -1,0 +1,182 @@
+import HeraldWire
+import Logging
+
+/// Frames from the server: welcome, replies, deliveries, notices.
+extension ClientCore {
+    /// A text frame of connection `generation`; frames of a connection given up on are ignored.
+    func receive(_ text: String, generation: UInt64) {
+        let parsed = InboundFrame.parse(text)
+        locked { state, effects in
+            guard let link = state.link, link.generation == generation, link.localClose == nil else { return }
+            state.lastReceived = .now
+            switch parsed {
+            case .success(let frame): dispatch(frame, &state, &effects)
+            case .failure(let error): emit(.error(error), &effects)
+            }
+        }
+    }
+
+    func receiveBinary(generation: UInt64) {
+        locked { state, effects in
+            guard state.link?.generation == generation else { return }
+            state.lastReceived = .now
+            emit(.error(.unexpectedFrame("a binary frame from the server was ignored: Herald sends JSON text frames")), &effects)
+        }
+    }
+
+    func dispatch(_ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {
+        if let ping = state.ping, frame.requestID == ping.id {
+            state.ping = nil  // the pong (or an older server's error for an unknown type)
+            return
+        }
+        switch frame.type {
+        case "welcome": return onWelcome(frame, &state, &effects)
+        case "message": return onMessage(frame, &state, &effects)
+        case "token_expiring":
+            emit(.tokenExpiring(expires: frame.integer("expires")), &effects)
+            return startRefresh(&state, &effects)
+        case "pong": return
+        default: break
+        }
+        if frame.hasID { return onReply(frame, &state, &effects) }
+        switch frame.type {
+        case "joined", "left":
+            guard let room = frame.string("room") else {
+                return emit(.error(.unexpectedFrame("a \(frame.type) notice without a room was ignored")), &effects)
+            }
+            emit(.membership(room: room, joined: frame.type == "joined", reason: frame.string("reason")), &effects)
+        case "error":
+            // An error without an id: a frame the server could not read (or rate limiting).
+            emit(.error(.server(code: frame.string("code") ?? "error", message: frame.string("message") ?? "")), &effects)
+        default:
+            break  // unknown types are allowed by the protocol's versioning rule
+        }
+    }
+
+    func onWelcome(_ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {
+        guard state.phase == .connecting else {
+            return emit(.error(.unexpectedFrame("an unexpected welcome was ignored (the connection was already welcomed)")), &effects)
+        }
+        let welcome = Welcome(
+            user: frame.string("user") ?? "",
+            connection: frame.string("connection") ?? "",
+            node: frame.string("node") ?? "",
+            heartbeat: Int(frame.integer("heartbeat") ?? 25),
+            expires: frame.integer("expires")
+        )
+        state.phase = .connected
+        state.welcome = welcome
+        state.welcomedAt = .now
+        state.statistics.welcomes += 1
+        state.authRetried = false
+        state.ping = nil
+        configuration.logger.debug("herald client connected", metadata: ["node": "\(welcome.node)", "connection": "\(welcome.connection)"])
+        scheduleRefresh(expires: welcome.expires, &state)
+        let recovered = frame.bool("recovered")
+        if recovered == false {
+            recoveryFailed(.user, frame, &state, &effects)
+        } else if recovered == nil, let latest = frame.position, state.positions.entry(.user) == nil {
+            // `since=latest`: the floor of what this connection receives on the user channel.
+            state.positions.set(.user, epoch: latest.epoch, offset: 0, floor: latest.offset)
+        }
+        emit(.connected(welcome), &effects)
+        rejoin(&state, &effects)
+        flushQueue(&state)
+    }
+
+    /// Sends a join (with `since`) for every room the application is in whose join is not already queued.
+    func rejoin(_ state: inout State, _ effects: inout Effects) {
+        let queuedJoins = Set(state.queue.compactMap { state.pending[$0]?.body.joinedRoom })
+        for (name, room) in state.rooms.sorted(by: { $0.key < $1.key }) where room.joined && !queuedJoins.contains(name) {
+            requestInBackground(.join(name), what: "re-joining \(name) failed", &state, &effects)
+        }
+    }
+
+    func onReply(_ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {
+        guard let id = frame.requestID, let request = settle(id, &state) else {
+            // Replies to requests that timed out are expected; anything else is odd.
+            if let id = frame.requestID, id <= state.nextID { return }
+            return emit(.error(.unexpectedFrame("a \(frame.type) reply with an unknown id was ignored")), &effects)
+        }
+        if frame.type == "error" {
+            let error = HeraldClientError.server(code: frame.string("code") ?? "error", message: frame.string("message") ?? "")
+            return effects.append { request.completion(.failure(error)) }
+        }
+        if frame.type == "joined", let room = request.body.joinedRoom { onJoined(room, frame, &state, &effects) }
+        if frame.type == "refreshed" { scheduleRefresh(expires: frame.integer("expires"), &state) }
+        effects.append { request.completion(.success(frame)) }
+    }
+
+    func onJoined(_ room: String, _ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {
+        let recovered = frame.bool("recovered")
+        if recovered == false {
+            recoveryFailed(.room(room), frame, &state, &effects)
+        } else if recovered == nil, let latest = frame.position, state.positions.entry(.room(room)) == nil {
+            // A plain join that tells the room's position gives one to resume from later.
+            state.positions.set(.room(room), epoch: latest.epoch, offset: 0, floor: latest.offset)
+        }
+    }
+
+    /// Missed messages cannot all be replayed: tell the application and carry on from the
+    /// server's position (recorded as the floor, so unprocessed `ack:true` messages still come).
+    func recoveryFailed(_ channel: Channel, _ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {
+        let latest = frame.position
+        if let latest { state.positions.giveUp(channel, latest: latest) }
+        emit(.recoveryFailed(RecoveryFailure(channel: channel, reason: frame.string("reason") ?? "unknown", latest: latest)), &effects)
+    }
+
+    func onMessage(_ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {
+        guard let data = frame.raw("data") else {
+            return emit(.error(.unexpectedFrame("a message without data was ignored")), &effects)
+        }
+        let scope: Scope
+        let channel: Channel?
+        let roomStream: StreamFanOut<HeraldMessage>?
+        switch frame.string("scope") {
+        case "room":
+            guard let name = frame.string("room") else {
+                return emit(.error(.unexpectedFrame("a room message without a room was ignored")), &effects)
+            }
+            let entry = state.rooms[name]
+            guard entry?.joined == true || configuration.acceptUnjoinedRooms else {
+                return emit(.error(.unexpectedFrame("a message for room \(name), which the application did not join, was ignored")), &effects)
+            }
+            // Sent again after the reply to the join with `since` on the wire.
+            if state.resuming.contains(name) { return }
+            scope = .room(name)
+            channel = .room(name)
+            roomStream = entry?.stream
+        case "user": (scope, channel, roomStream) = (.user, .user, nil)
+        case "all": (scope, channel, roomStream) = (.all, nil, nil)
+        default:
+            return emit(.error(.unexpectedFrame("a message with an unknown scope was ignored")), &effects)
+        }
+        let offset = frame.integer("offset")
+        let epoch = frame.string("epoch")
+        let requiresAck = frame.bool("ack") == true
+        let position = offset.map { StreamPosition(offset: $0, epoch: epoch ?? "") }
+        if let channel {
+            guard state.positions.accept(channel, offset: offset, epoch: epoch, requiresAck: requiresAck) else {
+                state.statistics.duplicates += 1
+                // Already processed: confirm again, quietly.
+                if requiresAck, let position { requestInBackground(.ack(offset: position.offset, epoch: epoch), what: "acknowledging", &state, &effects) }
+                return
+            }
+        }
+        state.statistics.messages += 1
+        let message = HeraldMessage(
+            scope: scope, from: frame.string("from"), data: data, position: position, timestamp: frame.integer("ts"), requiresAck: requiresAck, core: self)
+        let (messages, events, autoAck) = (self.messages, self.events, configuration.autoAck)
+        effects.append {
+            let takenByRoom = roomStream?.yield(message) ?? false
+            let taken = messages.yield(message) || takenByRoom
+            if !taken {
+                events.yield(.messageDropped(message))
+            } else if requiresAck, autoAck, let position {
+                self.locked { state, effects in
+                    self.requestInBackground(.ack(offset: position.offset, epoch: epoch), what: "acknowledging", &state, &effects)
+                }
+            }
+        }
+    }
+}

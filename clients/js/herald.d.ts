@@ -1,0 +1,1 @@
+../../Sources/HeraldServer/Clients/herald.d.ts
