@@ -8,7 +8,7 @@ let swiftSettings: [SwiftSetting] = [
 
 let package = Package(
     name: "herald",
-    platforms: [.macOS(.v15)],
+    platforms: [.macOS(.v15), .iOS(.v18)],
     products: [
         .executable(name: "herald", targets: ["herald"]),
         .library(name: "HeraldWire", targets: ["HeraldWire"]),
@@ -173,6 +173,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Examples/Embedding",
+            swiftSettings: swiftSettings
+        ),
+        // docs/clients.md's Swift quick start, compiled and run by ClientQuickStartTests.
+        .executableTarget(
+            name: "HeraldClientExample",
+            dependencies: ["HeraldClient"],
+            path: "Examples/ClientQuickStart",
             swiftSettings: swiftSettings
         ),
         // The Autobahn|Testsuite's echo server, made of Herald's WebSocket parts (scripts/autobahn).
