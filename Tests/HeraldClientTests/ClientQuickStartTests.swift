@@ -13,7 +13,8 @@ import Testing
         let example = try String(contentsOf: Self.repository.appendingPathComponent("Examples/ClientQuickStart/main.swift"), encoding: .utf8)
         let start = try #require(document.range(of: "```swift\n"))
         let end = try #require(document.range(of: "```", range: start.upperBound..<document.endIndex))
-        #expect(String(document[start.upperBound..<end.lowerBound]) == example, "docs/clients.md's first Swift block must be Examples/ClientQuickStart/main.swift")
+        #expect(
+            String(document[start.upperBound..<end.lowerBound]) == example, "docs/clients.md's first Swift block must be Examples/ClientQuickStart/main.swift")
     }
 
     @Test(.timeLimit(.minutes(1))) func theExampleJoinsPublishesHearsItselfAndStops() async throws {
