@@ -79,3 +79,27 @@ struct ChannelPositions: Sendable {
         set(channel, epoch: latest.epoch, offset: processed, floor: latest.offset)
     }
 }
+
+/// Offsets of the user channel's `ack:true` messages this client acknowledged, per epoch; at most
+/// `limit` (the server keeps at most 1,000 unacknowledged messages per user), oldest forgotten.
+struct AcknowledgedOffsets {
+    private var members: Set<StreamPosition> = []
+    private var order: [StreamPosition] = []
+    private var start = 0
+    let limit = 2_000
+
+    func contains(_ position: StreamPosition) -> Bool { members.contains(position) }
+
+    mutating func insert(_ position: StreamPosition) {
+        guard members.insert(position).inserted else { return }
+        order.append(position)
+        if members.count > limit {
+            members.remove(order[start])
+            start += 1
+            if start > limit {
+                order.removeFirst(start)
+                start = 0
+            }
+        }
+    }
+}

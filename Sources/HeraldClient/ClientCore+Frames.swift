@@ -93,7 +93,8 @@ extension ClientCore {
     }
 
     func onReply(_ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {
-        guard let id = frame.requestID, let request = settle(id, &state) else {
+        if frame.type == "joined", let room = frame.string("room") { state.resuming.remove(room) }  // a late reply too
+        guard let id = frame.requestID, let request = settle(id, &state, byReply: true) else {
             // Replies to requests that timed out are expected; anything else is odd.
             if let id = frame.requestID, id <= state.nextID { return }
             return emit(.error(.unexpectedFrame("a \(frame.type) reply with an unknown id was ignored")), &effects)
@@ -155,7 +156,15 @@ extension ClientCore {
         let epoch = frame.string("epoch")
         let requiresAck = frame.bool("ack") == true
         let position = offset.map { StreamPosition(offset: $0, epoch: epoch ?? "") }
-        if let channel {
+        if requiresAck, channel == .user, let position {
+            if state.acknowledged.contains(position) {
+                state.statistics.duplicates += 1
+                // Acknowledged before: confirm again, quietly.
+                requestInBackground(.ack(offset: position.offset, epoch: epoch), what: "acknowledging", &state, &effects)
+                return
+            }
+            _ = state.positions.accept(.user, offset: offset, epoch: epoch, requiresAck: false)  // the newest moves the position
+        } else if let channel {
             guard state.positions.accept(channel, offset: offset, epoch: epoch, requiresAck: requiresAck) else {
                 state.statistics.duplicates += 1
                 // Already processed: confirm again, quietly.
@@ -174,6 +183,7 @@ extension ClientCore {
                 events.yield(.messageDropped(message))
             } else if requiresAck, autoAck, let position {
                 self.locked { state, effects in
+                    state.acknowledged.insert(position)
                     self.requestInBackground(.ack(offset: position.offset, epoch: epoch), what: "acknowledging", &state, &effects)
                 }
             }

@@ -59,6 +59,10 @@ final class ClientCore: Sendable {
         /// user is still a member, so live messages arrive before the reply; accepting them
         /// would move the position past the replay, which would then be dropped as duplicates.)
         var resuming: Set<String> = []
+        /// `ack:true` messages acknowledged (or being acknowledged): they, not the highest offset
+        /// processed, tell a resent one from a new one, since the server resends unacknowledged
+        /// messages after the live ones of a connection's setup.
+        var acknowledged = AcknowledgedOffsets()
         var positions: ChannelPositions
         var lastReceived = ContinuousClock.now
         var ping: (id: Int, sentAt: ContinuousClock.Instant)?
@@ -176,9 +180,11 @@ final class ClientCore: Sendable {
 
     /// Removes a request from the pending table and the queue.
     @discardableResult
-    func settle(_ id: Int, _ state: inout State) -> Pending? {
+    func settle(_ id: Int, _ state: inout State, byReply: Bool = false) -> Pending? {
         guard let request = state.pending.removeValue(forKey: id) else { return nil }
-        if request.sent, let room = request.body.joinedRoom { state.resuming.remove(room) }
+        // A join's resumption ends with its reply (the replay follows it), not with a timeout: a
+        // late reply still comes, and its replay must not be taken for duplicates.
+        if byReply, request.sent, let room = request.body.joinedRoom { state.resuming.remove(room) }
         if !request.sent, let index = state.queue.firstIndex(of: id) { state.queue.remove(at: index) }
         return request
     }
@@ -298,7 +304,10 @@ final class ClientCore: Sendable {
     func scheduleRefresh(expires: Int64?, _ state: inout State) {
         state.refreshAt = nil
         guard let expires, case .tokenProvider = credentials else { return }
-        let remaining = Duration.milliseconds(expires * 1000 - Int64(Date().timeIntervalSince1970 * 1000))
+        // A hostile or absurd `expires` must not overflow: a year ahead is far enough to wait.
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let expiresAt = expires > now / 1000 + 366 * 86_400 ? now + 366 * 86_400_000 : max(0, expires) * 1000
+        let remaining = Duration.milliseconds(expiresAt - now)
         let delay = remaining - min(configuration.tokenRefreshMargin, remaining / 2)
         state.refreshAt = .now + max(.seconds(1), delay)
     }

@@ -48,6 +48,7 @@ public struct HeraldMessage: Sendable {
     public func ack() async throws(HeraldClientError) {
         guard requiresAck, let core, let offset = position?.offset else { return }
         _ = try await core.request(.ack(offset: offset, epoch: position?.epoch), internal: true)
+        if let position { core.locked { state, _ in state.acknowledged.insert(position) } }
     }
 }
 

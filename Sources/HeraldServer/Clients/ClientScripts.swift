@@ -4,9 +4,11 @@ import Hummingbird
 import NIOCore
 
 /// The official JavaScript client, served as static files: `GET /herald.js` (an ES module) and
-/// `GET /herald.d.ts` (its TypeScript declarations). Both are edited in `clients/js/` and
-/// embedded in the binary at build time (symbolic links in this folder point there), so the
-/// server always hands out the client of its own version.
+/// `GET /herald.d.ts` (its TypeScript declarations). Both live in this folder, embedded in the
+/// binary at build time, so the server always hands out the client of its own version;
+/// `clients/js/` holds symbolic links to them (SwiftPM notices changes only of files inside the
+/// target; edit through the links with tools that follow them: `sed -i` replaces a link with a
+/// copy, which `ClientSupportTests` then reports as a difference).
 ///
 /// Module scripts are fetched in CORS mode, so the files carry `Access-Control-Allow-Origin: *`
 /// (they are public and need no credentials) for pages served from another origin. A strong

@@ -29,6 +29,9 @@
 //     handler that throws or rejects leaves the message unacknowledged (the server sends it
 //     again on the next connection, where it is delivered once more if it was not processed).
 
+/** The longest delay setTimeout honours (ms). */
+const MAX_TIMEOUT = 2 ** 31 - 1;
+
 /** Close codes after which reconnecting with the same credentials cannot help. */
 const FATAL_CLOSE_CODES = new Set([1002, 1007, 1008, 4001, 4003]);
 
@@ -150,9 +153,11 @@ class Emitter {
  * so that the oldest entry can be forgotten when there are too many.
  */
 class Positions {
-  constructor(max) {
+  /** @param {(key: string) => boolean} kept channels evicted only when nothing else is left */
+  constructor(max, kept) {
     this._map = new Map();
     this._max = max;
+    this._kept = kept;
   }
   get size() { return this._map.size; }
   get(key) { return this._map.get(key); }
@@ -160,9 +165,35 @@ class Positions {
   set(key, pos) {
     this._map.delete(key);
     this._map.set(key, pos);
-    while (this._map.size > this._max) this._map.delete(this._map.keys().next().value);
+    if (this._map.size <= this._max) return;
+    // The least recently used channel the application is not in goes first: forgetting a
+    // joined room's (or the user channel's) position would skip what its next resume recovers.
+    let victim = null;
+    for (const k of this._map.keys()) if (!this._kept(k)) { victim = k; break; }
+    this._map.delete(victim ?? this._map.keys().next().value);
   }
   delete(key) { this._map.delete(key); }
+}
+
+/**
+ * Offsets of `ack:true` messages this client acknowledged, per epoch of the user channel
+ * (bounded; the server keeps at most 1,000 unacknowledged messages per user). They, not the
+ * highest offset seen, decide whether a resent `ack:true` message is a duplicate: the server
+ * resends unacknowledged messages after the live ones of a connection's setup, and a message
+ * whose handler failed must be handed over again.
+ */
+class AckedOffsets {
+  constructor(max) {
+    this._set = new Set();
+    this._max = max;
+  }
+  _key(epoch, offset) { return epoch + "\u0000" + offset; }
+  has(epoch, offset) { return this._set.has(this._key(epoch, offset)); }
+  add(epoch, offset) {
+    this._set.add(this._key(epoch, offset));
+    if (this._set.size > this._max) this._set.delete(this._set.values().next().value);
+  }
+  get size() { return this._set.size; }
 }
 
 /**
@@ -195,6 +226,9 @@ export class Room extends Emitter {
   /** Leaves the room; resolves with the `left` reply. */
   leave() {
     this.joined = false;
+    // A later join starts from the room's position then: what was published meanwhile was
+    // not this user's to receive.
+    this.client._positions.delete("room:" + this.name);
     return this.client._request("leave", () => ({ type: "leave", room: this.name }));
   }
 
@@ -250,7 +284,10 @@ export class Herald extends Emitter {
     this.stats = { connectAttempts: 0, welcomes: 0, messages: 0, duplicates: 0 };
 
     this._rooms = new Map();
-    this._positions = new Positions(opts.maxPositions);
+    this._positions = new Positions(opts.maxPositions, (key) => key === "user" || this._rooms.get(key.slice(5))?.joined === true);
+    this._acked = new AckedOffsets(2000);
+    this._lateJoins = new Map(); // id -> room of joins that timed out: their late reply ends the resumption
+    this._ackInFlight = new Set(); // offsets handed to the application, not yet acknowledged
     this._pending = new Map(); // id -> request
     this._queue = []; // requests waiting for a connection
     this._nextId = 0;
@@ -349,7 +386,8 @@ export class Herald extends Emitter {
     try {
       ws = new this._WS(url);
     } catch (err) {
-      this._emitError(new HeraldError("connect_failed", String(err && err.message), { cause: err }));
+      // Not the exception's message: browsers put the URL in it, and with it `?token=`.
+      this._emitError(new HeraldError("connect_failed", "the WebSocket could not be created (a malformed URL?)"));
       return this._scheduleReconnect({ code: 0, reason: "WebSocket constructor failed" });
     }
     this._ws = ws;
@@ -395,6 +433,8 @@ export class Herald extends Emitter {
     this._detach();
     try { ws.close(); } catch { /* already closed */ }
     const wasWelcomed = this.state === "connected";
+    for (const room of this._rooms.values()) room._resuming = false; // the next welcome resumes again
+    this._lateJoins.clear();
     this._requeueInFlight();
     if (this._stopsReconnecting(code, reason, wasWelcomed)) {
       this._clearTimers();
@@ -520,7 +560,19 @@ export class Herald extends Emitter {
   }
 
   _onReply(f) {
+    // Any reply to a join ends its resumption, even one that comes after the request timed
+    // out: the replay follows it (see _joinFrame).
+    if ((f.type === "joined" || f.type === "error") && typeof f.room === "string") {
+      const room = this._rooms.get(f.room);
+      if (room) room._resuming = false;
+    }
     const req = this._pending.get(f.id);
+    if (req && req.type === "join" && req.room && f.type === "error") req.room._resuming = false;
+    const late = this._lateJoins.get(f.id);
+    if (late) {
+      this._lateJoins.delete(f.id);
+      late._resuming = false;
+    }
     if (!req) {
       // Replies to requests that timed out are expected; anything else is odd.
       if (!(typeof f.id === "number" && f.id <= this._nextId)) this._emitError(new HeraldError("unknown_reply", "reply with an unknown id ignored", { frame: f }));
@@ -581,9 +633,18 @@ export class Herald extends Emitter {
     } else if (scope !== "user" && scope !== "all") {
       return this._emitError(new HeraldError("bad_frame", "message with an unknown scope ignored", { frame: f }));
     }
-    if (scope !== "all" && !this._isNew(scope === "user" ? "user" : "room:" + room.name, f)) {
+    if (f.ack === true && scope === "user" && typeof f.offset === "number") {
+      // Acknowledged messages are compared with what was acknowledged (see AckedOffsets).
+      const epoch = String(f.epoch ?? "");
+      if (this._acked.has(epoch, f.offset)) {
+        this.stats.duplicates++;
+        this._sendAck(f).catch(() => {}); // acknowledged before: confirm again, quietly
+        return;
+      }
+      if (this._ackInFlight.has(epoch + "\u0000" + f.offset)) { this.stats.duplicates++; return; } // being handled now
+      this._isNew("user", { ...f, ack: false }); // moves the position forward if it is the newest
+    } else if (scope !== "all" && !this._isNew(scope === "user" ? "user" : "room:" + room.name, f)) {
       this.stats.duplicates++;
-      if (f.ack === true) this._sendAck(f).catch(() => {}); // already processed: confirm again, quietly
       return;
     }
     this.stats.messages++;
@@ -600,7 +661,7 @@ export class Herald extends Emitter {
     const epoch = String(f.epoch ?? "");
     const pos = this._positions.get(key);
     if (pos && pos.epoch === epoch) {
-      const last = f.ack === true ? pos.offset : Math.max(pos.offset, pos.floor);
+      const last = Math.max(pos.offset, pos.floor);
       if (f.offset <= last) return false;
       this._positions.set(key, { epoch, offset: f.offset, floor: pos.floor });
     } else {
@@ -618,14 +679,23 @@ export class Herald extends Emitter {
     if (f.ts !== undefined) msg.ts = f.ts;
     if (f.ack === true) {
       let acked = null;
+      const epoch = String(f.epoch ?? "");
+      const inFlight = epoch + "\u0000" + f.offset;
+      this._ackInFlight.add(inFlight);
+      if (this._ackInFlight.size > 2000) this._ackInFlight.delete(this._ackInFlight.values().next().value);
       msg.needsAck = true;
-      msg.ack = () => (acked ??= this._sendAck(f));
+      msg.ack = () => (acked ??= this._sendAck(f).then((reply) => {
+        this._acked.add(epoch, f.offset);
+        this._ackInFlight.delete(inFlight);
+        return reply;
+      }));
     }
     const results = [...(room ? room._emit("message", msg) : []), ...this._emit("message", msg)];
     if (msg.ack && this._opts.autoAck) {
       // Acknowledge once every handler is done; a failed handler leaves the message
       // unacknowledged, so that the server sends it again on the next connection.
-      Promise.all(results).then(() => msg.ack(), () => {}).catch((err) => this._emitError(err));
+      const inFlight = String(f.epoch ?? "") + "\u0000" + f.offset;
+      Promise.all(results).then(() => msg.ack(), () => { this._ackInFlight.delete(inFlight); }).catch((err) => this._emitError(err));
     }
   }
 
@@ -655,6 +725,10 @@ export class Herald extends Emitter {
       const req = { id: ++this._nextId, type, build, room, resolve, reject, sent: false };
       this._pending.set(req.id, req);
       req.timer = setTimeout(() => {
+        if (type === "join" && room && req.sent) {
+          this._lateJoins.set(req.id, room);
+          if (this._lateJoins.size > 100) this._lateJoins.delete(this._lateJoins.keys().next().value);
+        }
         this._settle(req);
         reject(new HeraldError("timeout", `no reply to ${type} within ${this._opts.requestTimeout} ms`));
       }, this._opts.requestTimeout);
@@ -688,7 +762,6 @@ export class Herald extends Emitter {
   /** Removes a request from the pending map and the queue. */
   _settle(req) {
     clearTimeout(req.timer);
-    if (req.type === "join" && req.room) req.room._resuming = false;
     this._pending.delete(req.id);
     const i = this._queue.indexOf(req);
     if (i >= 0) this._queue.splice(i, 1);
@@ -728,6 +801,8 @@ export class Herald extends Emitter {
     // At most half the remaining lifetime early, so short-lived tokens do not refresh in a loop.
     const remaining = expires * 1000 - Date.now();
     const delay = remaining - Math.min(this._opts.tokenRefreshMargin, remaining / 2);
+    // setTimeout fires at once past 2^31 - 1 ms (24.8 days): wait that long, then look again.
+    if (delay > MAX_TIMEOUT) return this._timer("refresh", MAX_TIMEOUT, () => this._scheduleRefresh(expires));
     this._timer("refresh", Math.max(1000, delay), () => this._refreshToken());
   }
 

@@ -81,9 +81,11 @@ extension WebSocketConnection {
     }
 
     /// A `join` without `since`: the reply carries the room's latest position, and the
-    /// connection receives every message after it, none before. Deliveries wait (a hold)
-    /// while the position is read, so that one published meanwhile is either at or before the
-    /// position (history for this connection) or after it (delivered), never both or neither.
+    /// connection receives every message after it. Deliveries wait (a hold) while the position
+    /// is read and are written, in order, before the reply: the user may be a member already
+    /// (another device, a reload), so this connection may be receiving the room live, and
+    /// none of that may be dropped. A client that has processed no message of the room takes the
+    /// reply's position as its floor; one that has keeps its own.
     private func joinAtLatest(room: String, grant: MembershipGrant?, id: RawJSON?) {
         let target = DeliveryTarget.room(room)
         let hold = node.hub.hold(target, for: self)
@@ -100,8 +102,8 @@ extension WebSocketConnection {
             node.hub.release(hold, for: self)
             switch result {
             case .success(let position?):
+                replay(nil, after: nil, recovered: false, then: hold)
                 send(ServerFrame.joined(room: room, id: id, at: position))
-                replay(HistoryPage(latest: position, entries: [], oldest: position.offset + 1), after: position, recovered: true, then: hold)
             case .success(nil):
                 send(ServerFrame.joined(room: room, id: id))
                 replay(nil, after: nil, recovered: false, then: hold)

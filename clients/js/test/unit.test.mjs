@@ -92,6 +92,55 @@ test("live messages that come before a resuming join's reply do not skip the rep
   client.close();
 });
 
+test("ack:true messages: a failed handler's message is handed over again; one resent after higher live offsets is not dropped", async () => {
+  const { env, client } = await connected();
+  const seen = [];
+  let fail = true;
+  client.on("message", (m) => {
+    seen.push(m.offset);
+    if (m.needsAck && fail) throw new Error("handler failed");
+  });
+  env.ws.frame({ type: "message", scope: "user", ack: true, offset: 1, epoch: "E", data: "invoice" });
+  await tick(10);
+  assert.equal(env.ws.last("ack"), undefined, "a failed handler leaves it unacknowledged");
+  env.ws.serverClose(1012, "restart");
+  await tick(20);
+  env.ws.welcome();
+  fail = false;
+  // The server resends unacknowledged messages after the live ones of the connection's setup.
+  env.ws.frame({ type: "message", scope: "user", offset: 5, epoch: "E", data: "live" });
+  env.ws.frame({ type: "message", scope: "user", ack: true, offset: 1, epoch: "E", data: "invoice" });
+  env.ws.frame({ type: "message", scope: "user", ack: true, offset: 3, epoch: "E", data: "bill" });
+  await tick(10);
+  assert.deepEqual(seen, [1, 5, 1, 3]);
+  assert.deepEqual(env.ws.sent.filter((f) => f.type === "ack").map((f) => f.offset), [1, 3]);
+  for (const ack of env.ws.sent.filter((f) => f.type === "ack")) env.ws.frame({ type: "ok", id: ack.id });
+  await tick(10);
+  // Acknowledged: a later resend is confirmed again, not handed over.
+  env.ws.frame({ type: "message", scope: "user", ack: true, offset: 3, epoch: "E", data: "bill" });
+  await tick(10);
+  assert.deepEqual(seen, [1, 5, 1, 3]);
+  client.close();
+});
+
+test("leaving a room forgets its position; joined rooms keep theirs when positions overflow", async () => {
+  const { env, client } = await connected({ maxPositions: 3 });
+  const lobby = client.room("lobby");
+  lobby.join().catch(() => {});
+  env.ws.frame({ type: "joined", room: "lobby", id: env.ws.last("join").id, offset: 4, epoch: "E" });
+  for (const r of ["a", "b", "c", "d"]) {
+    client.room(r).join().catch(() => {});
+    env.ws.frame({ type: "joined", room: r, id: env.ws.last("join").id, offset: 1, epoch: "E" });
+    client.room(r).leave().catch(() => {});
+    client.room(r).join().catch(() => {});
+    env.ws.frame({ type: "joined", room: r, id: env.ws.last("join").id, offset: 2, epoch: "E" });
+    client.room(r).leave().catch(() => {});
+  }
+  assert.deepEqual(lobby.position, { offset: 4, epoch: "E" });
+  assert.equal(client.room("a").position, undefined);
+  client.close();
+});
+
 test("de-duplication per channel and epoch; broadcasts are never dropped", async () => {
   const { env, client } = await connected();
   client.room("r").join().catch(() => {});
