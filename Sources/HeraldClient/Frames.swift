@@ -127,6 +127,9 @@ enum RequestBody: Sendable {
                 buffer.writeStaticString(#","epoch":"#)
                 buffer.writeJSONString(since.epoch)
                 buffer.writeStaticString("}")
+            } else {
+                // No position yet: the reply says where the room stands, to resume from later.
+                buffer.writeStaticString(#","since":"latest""#)
             }
         case .leave(let room):
             buffer.writeStaticString(#"{"type":"leave","room":"#)

@@ -77,8 +77,9 @@ public struct ClientFrame: Sendable, Equatable {
 }
 
 extension ClientFrame {
-    /// `"since":{"offset":O,"epoch":E}`, when present.
+    /// `"since":{"offset":O,"epoch":E}`, or `"since":"latest"` (``StreamPosition/latest``), when present.
     static func position(_ object: JSONObject) -> Result<StreamPosition?, ClientFrameError> {
+        if case .success("latest"?) = object.string("since") { return .success(.latest) }
         let since: JSONObject
         switch object.object("since") {
         case .failure(let error): return .failure(error)

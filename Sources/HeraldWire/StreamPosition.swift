@@ -12,6 +12,10 @@ public struct StreamPosition: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { "\(offset)@\(epoch)" }
+
+    /// What a `join` with `"since":"latest"` asks for: no replay, only the room's position in
+    /// the reply (offsets are never negative, so this is no channel's position).
+    public static let latest = StreamPosition(offset: -1, epoch: "")
 }
 
 /// What a `join` with `since` achieved: every message after the client's position, or why not.

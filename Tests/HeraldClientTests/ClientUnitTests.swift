@@ -96,7 +96,7 @@ struct ClientUnitTests {
         try await waitUntil("the join to be queued") { client.sizes.queued == 1 }
         core.receive(#"{"type":"welcome","user":"zoe","connection":"n-1","node":"n","heartbeat":25}"#, generation: generation)
         let joinFrame = try #require(await sent.next())
-        #expect(joinFrame.hasPrefix(#"{"type":"join","room":"r","id":"#))
+        #expect(joinFrame.hasPrefix(#"{"type":"join","room":"r","since":"latest","id":"#))
         let id = try #require(try InboundFrame(text: joinFrame).requestID)
         core.receive(#"{"type":"joined","room":"r","id":\#(id)}"#, generation: generation)
         #expect(try await joined.recovered == nil)

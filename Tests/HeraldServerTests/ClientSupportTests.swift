@@ -59,13 +59,16 @@ struct ClientSupportTests {
         }
     }
 
-    /// A plain `join` answers the room's position, so a client that has not received a message
-    /// of the room yet can still resume from its join after a reconnect.
-    @Test func aPlainJoinTellsThePositionAClientResumesFrom() async throws {
+    /// A `join` with `"since":"latest"` answers the room's position, so a client that has not
+    /// received a message of the room yet can still resume from its join after a reconnect. A
+    /// plain `join` stays as it was (the baselines' contract).
+    @Test func aJoinSinceLatestTellsThePositionAClientResumesFrom() async throws {
         try await TestServer.with { server in
             var alice = try await TestClient.connect(port: server.port, query: "user=alice")
             _ = try await alice.next(type: "welcome")
-            try await alice.send(#"{"type":"join","room":"quiet","id":1}"#)
+            try await alice.send(#"{"type":"join","room":"quiet","id":0}"#)
+            #expect(try await alice.nextRaw() == #"{"type":"joined","room":"quiet","id":0}"#)
+            try await alice.send(#"{"type":"join","room":"quiet","since":"latest","id":1}"#)
             let joined = try await Self.next(alice, type: "joined")
             #expect(joined["id"] as? Int == 1 && joined["recovered"] == nil)
             let epoch = try #require(joined["epoch"] as? String)
@@ -81,7 +84,7 @@ struct ClientSupportTests {
             #expect(try await messages(alice, count: 3).map(\.offset) == [1, 2, 3])
 
             // Joining again (a member already) answers the latest position; what follows is after it.
-            try await alice.send(#"{"type":"join","room":"quiet"}"#)
+            try await alice.send(#"{"type":"join","room":"quiet","since":"latest"}"#)
             #expect(try await Self.next(alice, type: "joined")["offset"] as? Int == 3)
             #expect(try await server.http("POST", "/api/rooms/quiet/publish", body: #"{"data":4}"#).status == 202)
             #expect(try await messages(alice, count: 1).map(\.offset) == [4])

@@ -44,7 +44,7 @@ func checkFrame(_ input: [UInt8]) {
     switch frame.command {
     case .join(let room, let since):
         checkName(room, "room")
-        if let since { invariant(since.offset >= 0, "since offset \(since.offset)") }
+        if let since { invariant(since.offset >= 0 || since == .latest, "since offset \(since.offset)") }
     case .leave(let room), .presence(let room):
         checkName(room, "room")
     case .publish(let room, let data):
@@ -59,6 +59,8 @@ func checkFrame(_ input: [UInt8]) {
         invariant(offset >= 0, "ack offset \(offset)")
     case .refresh(let token):
         invariant(!token.isEmpty, "refresh with an empty token decoded")
+    case .ping:
+        break
     }
     let encoded = encode(frame)
     let again = decode(encoded)
@@ -92,7 +94,10 @@ func encode(_ frame: ClientFrame) -> [UInt8] {
         buffer.writeJSONString("join")
         field("room")
         buffer.writeJSONString(room)
-        if let since {
+        if since == .latest {
+            field("since")
+            buffer.writeStaticString(#""latest""#)
+        } else if let since {
             field("since")
             buffer.writeString(#"{"offset":\#(since.offset),"epoch":"#)
             buffer.writeJSONString(since.epoch)
@@ -134,6 +139,8 @@ func encode(_ frame: ClientFrame) -> [UInt8] {
         buffer.writeJSONString("refresh")
         field("token")
         buffer.writeJSONString(token)
+    case .ping:
+        buffer.writeJSONString("ping")
     }
     if let id = frame.id {
         field("id")

@@ -555,6 +555,8 @@ export class Herald extends Emitter {
       // the gap the replay is about to fill. The server sends every message after `since`
       // after its reply (history, then live), so nothing ignored here is lost.
       this.room(name)._resuming = true;
+    } else {
+      frame.since = "latest"; // no position yet: the reply says where the room stands
     }
     return frame;
   }

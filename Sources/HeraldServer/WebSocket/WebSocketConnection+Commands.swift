@@ -73,14 +73,23 @@ extension WebSocketConnection {
     /// (`.backend`: the backend decided, the membership stands on its own), or already a member
     /// by the backend's grant (`nil`: nothing is written, the reply and any replay only).
     private func join(_ room: String, since: StreamPosition?, grant: MembershipGrant?, id: RawJSON?) {
+        if since == .latest {
+            joinAtLatest(room: room, grant: grant, id: id)
+            return
+        }
         if let since {
             joinRecovering(room: room, since: since, grant: grant, id: id)
             return
         }
-        joinAtLatest(room: room, grant: grant, id: id)
+        let roster = node.roster
+        let user = self.user
+        runCommand(id: id) { () async throws(HubError) in
+            if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
+            return ServerFrame.joined(room: room, id: id)
+        }
     }
 
-    /// A `join` without `since`: the reply carries the room's latest position, and the
+    /// A `join` with `"since":"latest"`: the reply carries the room's latest position, and the
     /// connection receives every message after it. Deliveries wait (a hold) while the position
     /// is read and are written, in order, before the reply: the user may be a member already
     /// (another device, a reload), so this connection may be receiving the room live, and
