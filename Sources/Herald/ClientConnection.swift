@@ -45,9 +45,15 @@ public protocol ClientConnection: AnyObject, Sendable {
 
     /// The credentials (token ids) `ids` were revoked: a connection that uses one closes.
     func credentialsRevoked(_ ids: Set<String>)
+
+    /// Whether the client asked for presence events (`presence_change` frames) of its rooms.
+    /// Constant for the life of the connection.
+    var wantsPresenceEvents: Bool { get }
 }
 
 extension ClientConnection {
+    public var wantsPresenceEvents: Bool { false }
+
     /// A connection without tokens receives every room of its user.
     public func excludedRooms(among joinedByUser: Set<String>) -> Set<String> { [] }
 

@@ -254,6 +254,11 @@ public final class Hub: DeliverySink, Service, Sendable {
     /// Rooms with at least one member connected to this node (the room channels it needs).
     public var localRoomCount: Int { state.withLock { $0.interest.localMembers.count } }
 
+    /// The rooms with at least one member connected to this node that `isIncluded` accepts.
+    public func localRooms(where isIncluded: (String) -> Bool) -> Set<String> {
+        state.withLock { Set($0.interest.localMembers.keys.lazy.filter(isIncluded)) }
+    }
+
     /// Who granted `user`'s membership of `room`, as this node knows it (it knows the users
     /// connected here); `nil` when the user is not a member.
     public func grant(user: String, room: String) -> MembershipGrant? {
@@ -316,6 +321,19 @@ public final class Hub: DeliverySink, Service, Sendable {
             shard.eventLoop.execute { [members] in
                 let written = shard.deliver(frame, to: target, members: members, position: position)
                 statistics.framesWritten.add(written, ordering: .relaxed)
+            }
+        }
+    }
+
+    /// Writes a presence event to the room's members connected here that asked for presence
+    /// events (framed once, the same bytes to each, through each loop's queue like a delivery).
+    public func deliverPresenceEvent(_ frame: ByteBuffer, toRoom room: String) {
+        guard let members = state.withLock({ $0.interest.localMembers[room] }) else { return }
+        let framed = framing(frame)
+        let statistics = self.statistics
+        for shard in shards {
+            shard.eventLoop.execute {
+                statistics.framesWritten.add(shard.deliverPresenceEvent(framed, toRoom: room, members: members), ordering: .relaxed)
             }
         }
     }

@@ -10,6 +10,7 @@ public final class LocalRoster: Roster {
     struct State {
         var registry: RoomRegistry
         var connections: [String: Int] = [:]
+        var presenceVersions = PresenceVersions()
     }
 
     public init(limits: HubConfiguration = .init(), notifying sink: any DeliverySink) {
@@ -32,6 +33,7 @@ public final class LocalRoster: Roster {
                 change.isMember
                 ? try state.registry.join(user: change.user, room: change.room, grant: change.grant)
                 : state.registry.leave(user: change.user, room: change.room)
+            if changed { state.presenceVersions.changed([change.room]) }
             return changed ? sink.membershipChanged(change) : nil
         }
         guard let applied else { return false }
@@ -59,8 +61,44 @@ public final class LocalRoster: Roster {
 
     public func presenceChanged(user: String, delta: Int) {
         state.withLock { state in
-            let count = (state.connections[user] ?? 0) + delta
+            let before = state.connections[user] ?? 0
+            let count = before + delta
             state.connections[user] = count > 0 ? count : nil
+            // Online or offline: every room of the user changed presence.
+            if (before > 0) != (count > 0) { state.presenceVersions.changed(state.registry.rooms(of: user)) }
         }
+    }
+
+    public func presenceChanges(since version: String?) async throws(HubError) -> PresenceChanges {
+        state.withLock { $0.presenceVersions.changes(since: version) }
+    }
+}
+
+/// Which rooms changed presence at which version, for ``LocalRoster/presenceChanges(since:)``.
+/// Bounded: past ``limit`` rooms it forgets them all and answers "any room" to older versions.
+struct PresenceVersions {
+    static let limit = 10_000
+    private(set) var version: UInt64 = 0
+    /// Versions older than this are forgotten.
+    private var floor: UInt64 = 0
+    private var changedAt: [String: UInt64] = [:]
+
+    mutating func changed<S: Sequence<String>>(_ rooms: S) {
+        for room in rooms {
+            version += 1
+            if changedAt.count >= Self.limit, changedAt[room] == nil {
+                // Rooms changed before this one are forgotten: older versions get "any room".
+                changedAt.removeAll(keepingCapacity: true)
+                floor = version - 1
+            }
+            changedAt[room] = version
+        }
+    }
+
+    func changes(since known: String?) -> PresenceChanges {
+        let current = String(version)
+        guard let known, let since = UInt64(known), since >= floor, since <= version else { return PresenceChanges(version: current, rooms: nil) }
+        guard since < version else { return PresenceChanges(version: current, rooms: []) }
+        return PresenceChanges(version: current, rooms: Set(changedAt.lazy.filter { $0.value > since }.map(\.key)))
     }
 }

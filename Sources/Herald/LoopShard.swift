@@ -91,6 +91,19 @@ final class LoopShard: @unchecked Sendable {
         return written
     }
 
+    /// Writes a presence event to the room's members' connections that asked for presence
+    /// events and may receive the room.
+    func deliverPresenceEvent(_ frame: ByteBuffer, toRoom room: String, members: Set<String>) -> Int {
+        eventLoop.preconditionInEventLoop()
+        var written = 0
+        for user in members {
+            for connection in byUser[user] ?? [] where connection.wantsPresenceEvents && excluded[ObjectIdentifier(connection)]?.contains(room) != true {
+                written += write(frame, to: connection)
+            }
+        }
+        return written
+    }
+
     /// The rare path: some connection of this loop must not receive some room.
     private func deliverExcluding(_ frame: ByteBuffer, to room: String, members: Set<String>) -> Int {
         var written = 0

@@ -51,10 +51,21 @@ public protocol Roster: Sendable {
     /// The cluster's live nodes and their summed presence, as each node last reported it; `nil`
     /// for a roster of one node (its own figures are the whole).
     func clusterTotals() async throws(HubError) -> ClusterTotals?
+
+    /// Which rooms' members or online members may have changed since `version` (a value this
+    /// method returned before; `nil` the first time), for presence events: a roster that
+    /// cannot tell answers ``PresenceChanges/rooms`` `nil` (any room may have changed), which
+    /// costs a presence read per watched room. Over-reporting is harmless; missing a change
+    /// is not. Must be cheap: every node asks once per presence window.
+    func presenceChanges(since version: String?) async throws(HubError) -> PresenceChanges
 }
 
 extension Roster {
     public func clusterTotals() async throws(HubError) -> ClusterTotals? { nil }
+
+    public func presenceChanges(since version: String?) async throws(HubError) -> PresenceChanges {
+        PresenceChanges(version: "", rooms: nil)
+    }
 
     /// A membership the backend grants (the HTTP API, an application embedding Herald): it
     /// stands on its own, whatever the user's tokens allow.
@@ -73,6 +84,20 @@ public enum MembershipGrant: String, Sendable, Hashable, CustomStringConvertible
     case backend
 
     public var description: String { rawValue }
+}
+
+/// What ``Roster/presenceChanges(since:)`` answers.
+public struct PresenceChanges: Sendable, Equatable {
+    /// Pass it to the next call.
+    public var version: String
+    /// The rooms whose presence may have changed since the version asked about; `nil` when
+    /// any room may have (the roster cannot tell, or lost track).
+    public var rooms: Set<String>?
+
+    public init(version: String, rooms: Set<String>?) {
+        self.version = version
+        self.rooms = rooms
+    }
 }
 
 /// Figures summed over a cluster's live nodes.

@@ -85,6 +85,10 @@ public struct RedisLayout: Sendable, Equatable {
     /// without persistence, a flush) and nodes restore what they hold.
     public var instanceKey: String { prefix + ":instance" }
     public func presenceKey(_ node: String) -> String { presenceKeyPrefix + node }
+    /// A counter raised whenever some room's presence may have changed (a membership, a user
+    /// online or offline somewhere, a node gone): nodes sending presence events read it once
+    /// per window and read rooms' presence only when it moved.
+    public var presenceVersionKey: String { prefix + ":presence-version" }
 }
 
 /// A membership change as it travels on a user's channel, with who to acknowledge it to:

@@ -69,6 +69,7 @@ public final class RedisRoster: Roster, Service {
         let client = backplane.client
         let layout = backplane.layout
         let presenceKey = layout.presenceKey(backplane.configuration.nodeID)
+        let presenceVersionKey = layout.presenceVersionKey
         backplane.route(
             notices: { user, payload in
                 let text = String(buffer: payload)
@@ -119,7 +120,7 @@ public final class RedisRoster: Roster, Service {
             var arguments = [ttl]
             arguments.reserveCapacity(1 + 2 * deltas.count)
             for (user, delta) in deltas { arguments += [ByteBuffer(string: user), ByteBuffer(string: String(delta))] }
-            return client.evaluate(Self.presenceScript, keys: [presenceKey], arguments: arguments).map { _ in }.recover { error in
+            return client.evaluate(Self.presenceScript, keys: [presenceKey, presenceVersionKey], arguments: arguments).map { _ in }.recover { error in
                 // The next heartbeat rewrites the node's presence from the hub's counts.
                 stale.value.store(true, ordering: .relaxed)
                 logger.debug("presence not recorded", metadata: ["users": "\(deltas.count)", "error": "\(error)"])
@@ -154,7 +155,7 @@ public final class RedisRoster: Roster, Service {
                 script,
                 keys: [
                     layout.membersKey(change.room), layout.roomsOfKey(change.user), layout.roomsKey, layout.endedKey(change.user),
-                    layout.ownJoinsKey(change.user),
+                    layout.ownJoinsKey(change.user), layout.presenceVersionKey,
                 ],
                 arguments: [change.user, change.room, layout.channel(for: .user(change.user)), notice] + extra
             )
@@ -295,6 +296,20 @@ public final class RedisRoster: Roster, Service {
         _ = try? await client.send(RESPCommand("ZREM", layout.nodesKey, nodeID))
         _ = try? await client.send(RESPCommand("HDEL", layout.nodeTotalsKey, nodeID))
         _ = try? await client.send(RESPCommand("DEL", layout.presenceKey(nodeID)))
+        _ = try? await client.send(RESPCommand("INCR", layout.presenceVersionKey))
+    }
+
+    /// One `GET` of the presence version: no room changed while it stays the same; any may
+    /// have when it moved (this roster does not track rooms: the nodes read their watched
+    /// rooms again). A node that died is noticed when another node's heartbeat expires it (a
+    /// third of the presence TTL at most after it expired).
+    public func presenceChanges(since version: String?) async throws(HubError) -> PresenceChanges {
+        let reply = try await send(RESPCommand("GET", layout.presenceVersionKey))
+        // A missing counter (a new data set, or Redis lost it) reads as "0" and differs from
+        // any version seen before, unless it was 0 too: then the rooms are read again anyway
+        // after the restore, which raises it.
+        let current = reply.string ?? "0"
+        return PresenceChanges(version: current, rooms: version == current ? [] : nil)
     }
 
     /// Marks the node alive; when Redis lost the node's presence (restarted without
@@ -308,7 +323,7 @@ public final class RedisRoster: Roster, Service {
             let totals = sink.localPresenceTotals()
             let reply = try await client.evaluate(
                 Self.heartbeatScript,
-                keys: [layout.nodesKey, layout.presenceKey(nodeID), layout.nodeTotalsKey, layout.instanceKey],
+                keys: [layout.nodesKey, layout.presenceKey(nodeID), layout.nodeTotalsKey, layout.instanceKey, layout.presenceVersionKey],
                 // A new value each time: a node that finds the key gone must not set it back to
                 // the value it knew, or it would not notice.
                 arguments: [nodeID, ttl, "\(totals.connections) \(totals.users)", String(UInt64.random(in: 1...UInt64.max), radix: 36)]
@@ -332,7 +347,7 @@ public final class RedisRoster: Roster, Service {
             guard stale || !counts.isEmpty else { return }
             var arguments = [ttl]
             for (user, count) in counts { arguments += [user, String(count)] }
-            _ = try await client.evaluate(Self.rewriteScript, keys: [layout.presenceKey(nodeID)], arguments: arguments)
+            _ = try await client.evaluate(Self.rewriteScript, keys: [layout.presenceKey(nodeID), layout.presenceVersionKey], arguments: arguments)
             logger.notice("presence rewritten after Redis lost it", metadata: ["users": "\(counts.count)"])
         } catch {
             presenceStale.value.store(true, ordering: .relaxed)
@@ -364,7 +379,7 @@ public final class RedisRoster: Roster, Service {
     func restoreMemberships() async -> Bool {
         let memberships = sink.localMemberships()
         guard !memberships.isEmpty else { return true }
-        var keys: [String] = [layout.roomsKey]
+        var keys: [String] = [layout.roomsKey, layout.presenceVersionKey]
         var arguments: [String] = [layout.membersKey(""), layout.roomsOfKey(""), layout.endedKey(""), layout.channel(for: .user("")), layout.ownJoinsKey("")]
         let fixed = arguments.count
         var restored = 0
@@ -372,7 +387,7 @@ public final class RedisRoster: Roster, Service {
             guard arguments.count > fixed else { return }
             let reply = try await client.evaluate(Self.restoreScript, keys: keys, arguments: arguments)
             if case .integer(let count) = reply { restored += Int(count) }
-            keys.removeSubrange(1...)
+            keys.removeSubrange(2...)
             arguments.removeSubrange(fixed...)
         }
         do {
@@ -413,7 +428,7 @@ public final class RedisRoster: Roster, Service {
     // MARK: - Scripts
 
     /// KEYS: members, rooms-of, rooms, the user's recently ended memberships, the user's own
-    /// joins. ARGV: user, room, user channel, notice, max rooms per user, max members per room,
+    /// joins, the presence version (raised on every change). ARGV: user, room, user channel, notice, max rooms per user, max members per room,
     /// max rooms, grant (`u` the user, `b` the backend). Returns {1, receivers} when joined (or
     /// when the backend's grant replaced the user's own), {0, 0} when already a member (not
     /// announced: clients re-join after every welcome, and nodes already apply it), {-1|-2|-3,
@@ -433,6 +448,7 @@ public final class RedisRoster: Roster, Service {
         redis.call('SADD', KEYS[2], ARGV[2])
         redis.call('SADD', KEYS[3], ARGV[2])
         if ARGV[8] == 'u' then redis.call('SADD', KEYS[5], ARGV[2]) end
+        redis.call('INCR', KEYS[6])
         return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
         """
     )
@@ -451,16 +467,26 @@ public final class RedisRoster: Roster, Service {
         redis.call('SREM', KEYS[2], ARGV[2])
         redis.call('SREM', KEYS[5], ARGV[2])
         if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+        redis.call('INCR', KEYS[6])
         return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
         """
     )
 
-    /// KEYS: the node's presence hash. ARGV: ttl seconds, then user, delta pairs.
+    /// KEYS: the node's presence hash, the presence version. ARGV: ttl seconds, then user,
+    /// delta pairs. Raises the version when a user came online or went offline on this node.
     static let presenceScript = RedisScript(
         """
+        local crossed = false
         for i = 2, #ARGV, 2 do
-          if redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) <= 0 then redis.call('HDEL', KEYS[1], ARGV[i]) end
+          local count = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+          if count <= 0 then
+            redis.call('HDEL', KEYS[1], ARGV[i])
+            crossed = true
+          elseif count == tonumber(ARGV[i + 1]) then
+            crossed = true
+          end
         end
+        if crossed then redis.call('INCR', KEYS[2]) end
         if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
         return 1
         """
@@ -480,7 +506,8 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS: nodes, the node's presence hash, node totals, the instance key. ARGV: node id, ttl
+    /// KEYS: nodes, the node's presence hash, node totals, the instance key, the presence
+    /// version (raised when a node expired or (re)appeared). ARGV: node id, ttl
     /// seconds, the node's "CONNECTIONS USERS", an instance value to set if there is none. Uses
     /// the server's clock, so nodes' clocks need not agree. Forgets expired nodes. Returns {1
     /// when the node was not registered (Redis lost it, or it expired) else 0, the number of
@@ -489,9 +516,11 @@ public final class RedisRoster: Roster, Service {
         """
         local time = redis.call('TIME')
         local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-        for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do redis.call('HDEL', KEYS[3], dead) end
+        local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+        for _, node in ipairs(dead) do redis.call('HDEL', KEYS[3], node) end
         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
         local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000, ARGV[1])
+        if #dead > 0 or added == 1 then redis.call('INCR', KEYS[5]) end
         redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
         redis.call('EXPIRE', KEYS[2], ARGV[2])
         local instance = redis.call('GET', KEYS[4])
@@ -523,7 +552,8 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS: rooms. ARGV: the members, rooms-of and ended key prefixes, the user channel
+    /// KEYS: rooms, the presence version (raised when something was written). ARGV: the
+    /// members, rooms-of and ended key prefixes, the user channel
     /// prefix, the own-joins key prefix, then for each user: user, number of rooms, then room,
     /// join notice and grant (`u` the user, `b` the backend) for each. Skips memberships ended
     /// recently; announces each one written. Returns how many.
@@ -547,13 +577,16 @@ public final class RedisRoster: Roster, Service {
           end
           i = i + 2 + 3 * count
         end
+        if restored > 0 then redis.call('INCR', KEYS[2]) end
         return restored
         """
     )
 
-    /// KEYS: the node's presence hash. ARGV: ttl seconds, then user, count pairs.
+    /// KEYS: the node's presence hash, the presence version. ARGV: ttl seconds, then user,
+    /// count pairs.
     static let rewriteScript = RedisScript(
         """
+        redis.call('INCR', KEYS[2])
         redis.call('DEL', KEYS[1])
         for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
         redis.call('EXPIRE', KEYS[1], ARGV[1])

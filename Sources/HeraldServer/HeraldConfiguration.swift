@@ -66,6 +66,9 @@ public struct HeraldConfiguration: Sendable {
     public var publishPolicy: PublishPolicy?
     /// History kept per room and user for recovery (`join` with `since`, node healing).
     public var history = HistoryConfiguration()
+    /// Rooms whose members are told of presence changes (`presence_change` frames), and the
+    /// window they are coalesced over; `nil` sends none.
+    public var presenceEvents: PresenceEventsConfiguration?
     /// Hub limits and heartbeat.
     public var hub = HubConfiguration()
     /// Largest WebSocket frame (and fragmented message) a client may send; larger closes with 1009.

@@ -12,6 +12,8 @@ public final class HeraldNode: Sendable {
     /// Revoked token ids, checked at every connect and refresh.
     public let denylist: any TokenDenylist
     public let authenticator: Authenticator
+    /// Tells watched rooms' local members of presence changes (`nil`: presence events are off).
+    public let presenceNotifier: PresenceNotifier?
     /// The backend's say on connections and joins, when configured.
     let connectHook: BackendHook?
     let joinHook: BackendHook?
@@ -56,6 +58,7 @@ public final class HeraldNode: Sendable {
         self.webSocketOrigins = CORSPolicy(configuration.allowedOrigins)
         self.connectHook = configuration.connectHook.map(BackendHook.init(configuration:))
         self.joinHook = configuration.joinHook.map(BackendHook.init(configuration:))
+        self.presenceNotifier = configuration.presenceEvents.map { PresenceNotifier(hub: hub, roster: roster, configuration: $0, logger: logger) }
     }
 
     /// Whether a WebSocket upgrade with this `Origin` (and `Host`) may proceed.

@@ -118,7 +118,8 @@ public struct HeraldServer: Sendable {
         // A service group stops its services in reverse order: the listener first (no new
         // connections, every WebSocket closed with 1012), the broker and roster last.
         let reloader: [any Service] = node.tls == nil ? [] : [CertificateReloader(node: node)]
-        return NodeServices(services: [node.hub] + services + reloader + [listener], logger: logger)
+        let presence: [any Service] = node.presenceNotifier.map { [$0] } ?? []
+        return NodeServices(services: [node.hub] + services + presence + reloader + [listener], logger: logger)
     }
 
     /// Runs until SIGINT or SIGTERM; on either, closes every connection with 1012 and returns.

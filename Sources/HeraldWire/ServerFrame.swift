@@ -11,9 +11,11 @@ public enum ServerFrame {
     /// With `position` (a connection that asked `?since=latest`): `"offset":L,"epoch":E`, the
     /// user channel's position the connection receives every message after.
     /// With `expires` (the token's `exp`, seconds since 1970): `"expires":EXP`.
+    /// With `presenceEvents` (room names and `prefix*` patterns): `"presence_events":[...]`, the
+    /// rooms whose members get `presence_change` frames.
     public static func welcome(
         user: String, connection: String, node: String, heartbeat: Int, recovery: (Recovery, StreamPosition)? = nil,
-        position: StreamPosition? = nil, expires: Int64? = nil
+        position: StreamPosition? = nil, expires: Int64? = nil, presenceEvents: [String]? = nil
     ) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(96 + user.utf8.count + connection.utf8.count + node.utf8.count)
@@ -28,6 +30,10 @@ public enum ServerFrame {
         if let expires {
             buffer.writeStaticString(#","expires":"#)
             buffer.writeString(String(expires))
+        }
+        if let presenceEvents {
+            buffer.writeStaticString(#","presence_events":"#)
+            buffer.writeJSONStringArray(presenceEvents)
         }
         if let (recovery, latest) = recovery {
             buffer.writeRecovery(recovery, latest: latest)
@@ -158,6 +164,43 @@ public enum ServerFrame {
         buffer.writeStaticString(#","online":"#)
         buffer.writeJSONStringArray(online)
         buffer.writeID(id)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    /// `{"type":"presence_state","room":R,"members":[...],"online":[...]}`: a watched room's
+    /// presence, sent unasked after a join; the `presence_change` frames after it apply to it.
+    public static func presenceState(room: String, members: [String], online: [String]) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"presence_state","room":"#)
+        buffer.writeJSONString(room)
+        buffer.writeStaticString(#","members":"#)
+        buffer.writeJSONStringArray(members)
+        buffer.writeStaticString(#","online":"#)
+        buffer.writeJSONStringArray(online)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    /// `{"type":"presence_change","room":R,"joined":[...],"left":[...],"online":[...],"offline":[...][,"omitted":N]}`:
+    /// what changed in a room's presence over one window, sent unasked to its members.
+    /// `omitted` counts names left out to bound the frame.
+    public static func presenceChange(room: String, joined: [String], left: [String], online: [String], offline: [String], omitted: Int) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString(#"{"type":"presence_change","room":"#)
+        buffer.writeJSONString(room)
+        buffer.writeStaticString(#","joined":"#)
+        buffer.writeJSONStringArray(joined)
+        buffer.writeStaticString(#","left":"#)
+        buffer.writeJSONStringArray(left)
+        buffer.writeStaticString(#","online":"#)
+        buffer.writeJSONStringArray(online)
+        buffer.writeStaticString(#","offline":"#)
+        buffer.writeJSONStringArray(offline)
+        if omitted > 0 {
+            buffer.writeStaticString(#","omitted":"#)
+            buffer.writeString(String(omitted))
+        }
         buffer.writeStaticString("}")
         return buffer
     }

@@ -215,6 +215,20 @@ struct Serve: AsyncParsableCommand {
     var presenceTTL: Int?
 
     @Option(
+        name: .customLong("presence-events"),
+        help:
+            "Comma-separated rooms whose members are told when users join, leave, come online or go offline (exact names or prefix*; * every room; none for none). (env: HERALD_PRESENCE_EVENTS, default * on a node on its own, none with --redis)"
+    )
+    var presenceEvents: String?
+
+    @Option(
+        name: .customLong("presence-window"), parsing: .unconditional,
+        help:
+            "Milliseconds presence changes are coalesced over: at most one presence_change frame per room per window. (env: HERALD_PRESENCE_WINDOW, default 1000)"
+    )
+    var presenceWindow: Int?
+
+    @Option(
         name: .customLong("ingest-stream"),
         help:
             "With --redis: the Redis Stream backends append events to (XADD STREAM * target room:NAME data JSON [id KEY]); empty turns it off. (env: HERALD_INGEST_STREAM, default PREFIX:ingest)"
@@ -519,6 +533,16 @@ struct Serve: AsyncParsableCommand {
         if let rate = try options.number(rateLimit, "rate-limit", in: 0.001...1_000_000) { configuration.rateLimit = rate }
         if let burst = try options.integer(rateBurst, "rate-burst", in: 1...1_000_000) { configuration.rateBurst = burst }
         if let bytes = try options.integer(maxOutboundBytes, "max-outbound-bytes", in: 1024...(1 << 30)) { configuration.maxOutboundBytes = bytes }
+
+        let presenceRooms = (options.string(presenceEvents, "presence-events") ?? (options.string(redis, "redis") == nil ? "*" : "none"))
+            .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && $0 != "none" }
+        if let room = presenceRooms.first(where: { $0.dropLast($0.hasSuffix("*") ? 1 : 0).contains("*") }) {
+            throw ValidationError("--presence-events: \(room) is not a room name or prefix* pattern (a * may only end it)")
+        }
+        let presenceWindowMilliseconds = try options.integer(presenceWindow, "presence-window", in: 50...60_000) ?? 1000
+        if !presenceRooms.isEmpty {
+            configuration.presenceEvents = PresenceEventsConfiguration(rooms: presenceRooms, window: .milliseconds(presenceWindowMilliseconds))
+        }
 
         if let url = options.string(redis, "redis") {
             var backend = RedisBackendConfiguration(url: url)

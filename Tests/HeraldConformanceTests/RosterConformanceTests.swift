@@ -130,6 +130,42 @@ struct RosterConformanceTests {
         }
     }
 
+    /// What presence events rely on: after any membership change or a user coming online or
+    /// going offline anywhere, the roster's changes since an earlier version name the room (or
+    /// say any room may have changed); with no change at all, no room.
+    @Test(arguments: BackendKind.allCases)
+    func presenceChangesNeverMissARoomThatChanged(_ kind: BackendKind) async throws {
+        try await TestBackend.with(kind, nodes: kind.maxNodes) { backend in
+            let watcher = backend.nodes[backend.nodes.count - 1].roster
+            let changer = backend.nodes[0].roster
+            _ = try await changer.join(user: "ada", room: "r")
+            _ = try await changer.join(user: "bob", room: "s")
+            #expect(try await watcher.presenceChanges(since: nil).rooms == nil, "the first call cannot tell")
+            // Quiet once the nodes' start-up (their first heartbeats) is behind.
+            var version = try await watcher.presenceChanges(since: nil).version
+            try await eventually("no change reported while nothing changes") {
+                let changes = try await watcher.presenceChanges(since: version)
+                defer { version = changes.version }
+                return changes.rooms == []
+            }
+            func changed(_ room: String) async throws {
+                try await eventually("a change of \(room) reported") {
+                    let changes = try await watcher.presenceChanges(since: version)
+                    return changes.version != version && changes.rooms?.contains(room) ?? true
+                }
+                version = try await watcher.presenceChanges(since: nil).version
+            }
+            _ = try await changer.join(user: "carol", room: "r")
+            try await changed("r")
+            changer.presenceChanged(user: "bob", delta: 1)
+            try await changed("s")
+            _ = try await changer.leave(user: "ada", room: "r")
+            try await changed("r")
+            changer.presenceChanged(user: "bob", delta: -1)
+            try await changed("s")
+        }
+    }
+
     @Test(arguments: BackendKind.allCases.filter(\.outlivesNodes))
     func aNodeThatStopsHeartbeatingStopsCountingAfterThePresenceTTL(_ kind: BackendKind) async throws {
         let secondNodeDies: (inout BackendSettings) -> Void = {

@@ -182,6 +182,8 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
         // ?since=latest: the welcome says where the channel stands (a position to resume from).
         let resume = ResumeRequest(
             offset: query["since_offset"].map(String.init), epoch: query["since_epoch"].map(String.init), since: query["since"].map(String.init))
+        // ?presence_events=true: the client wants presence_change frames of its rooms.
+        let wantsPresenceEvents = ["true", "1"].contains(query["presence_events"].map(String.init) ?? "")
         let authenticator = node.authenticator
         let configuration = node.configuration
         let promise = channel.eventLoop.makePromise(of: Result<Identity, ConnectionRefusal>.self)
@@ -208,7 +210,8 @@ public struct HeraldChildChannel: ServerChildChannel, HTTPChannelHandler {
                     node: node,
                     eventLoop: channel.eventLoop,
                     descriptor: descriptor,
-                    resume: resume
+                    resume: resume,
+                    wantsPresenceEvents: wantsPresenceEvents
                 )
             )
             return .webSocket

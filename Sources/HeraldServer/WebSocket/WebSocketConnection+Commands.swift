@@ -83,10 +83,20 @@ extension WebSocketConnection {
         }
         let roster = node.roster
         let user = self.user
+        let presence = presenceStateRequest(for: room)
         runCommand(id: id) { () async throws(HubError) in
             if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
+            presence?()
             return ServerFrame.joined(room: room, id: id)
         }
+    }
+
+    /// For a connection that asked for presence events joining a watched room: asks the
+    /// notifier, once the membership stands, to send the room's `presence_state`, the state its
+    /// later `presence_change` frames apply to.
+    private func presenceStateRequest(for room: String) -> (@Sendable () -> Void)? {
+        guard wantsPresenceEvents, let notifier = node.presenceNotifier, notifier.configuration.covers(room) else { return nil }
+        return { [self] in notifier.sendState(of: room, to: self) }
     }
 
     /// A `join` with `"since":"latest"`: the reply carries the room's latest position, and the
@@ -101,9 +111,11 @@ extension WebSocketConnection {
         let roster = node.roster
         let broker = node.broker
         let user = self.user
+        let presence = presenceStateRequest(for: room)
         beginCommand()
         eventLoop.makeFutureWithTask { () async throws -> StreamPosition? in
             if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
+            presence?()
             // The membership stands once the roster took it: a position the broker cannot read
             // now only costs the client its resume point, not the join.
             return try? await broker.position(of: target)
@@ -252,9 +264,11 @@ extension WebSocketConnection {
         let broker = node.broker
         let user = self.user
         let limit = max(1, node.configuration.history.size)
+        let presence = presenceStateRequest(for: room)
         beginCommand()
         eventLoop.makeFutureWithTask { () async throws -> HistoryPage in
             if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
+            presence?()
             return try await broker.history(of: target, since: since.offset, limit: limit)
         }.whenComplete { [self] result in
             node.hub.release(hold, for: self)

@@ -63,6 +63,9 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private var refusedFrames = 0
     private var refusalWindowStart = NIODeadline.now()
 
+    /// Whether the client asked for `presence_change` frames (`?presence_events=true`).
+    let wantsPresenceEvents: Bool
+
     /// Whether the client asked to resume its user's channel (`?since_offset=&since_epoch=`).
     private let resume: ResumeRequest
     /// The position in its user's channel the client asked to resume from.
@@ -82,9 +85,11 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         node: HeraldNode,
         eventLoop: any EventLoop,
         descriptor: CInt? = nil,
-        resume: ResumeRequest = .none
+        resume: ResumeRequest = .none,
+        wantsPresenceEvents: Bool = false
     ) {
         self.node = node
+        self.wantsPresenceEvents = wantsPresenceEvents
         self.outbox = SocketOutbox(descriptor: descriptor)
         self.resume = resume
         self.eventLoop = eventLoop
@@ -213,7 +218,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
                     heartbeat: Int(node.configuration.hub.heartbeat.nanoseconds / 1_000_000_000),
                     recovery: recovery,
                     position: wantsPosition ? page?.latest : nil,
-                    expires: tokenExpires.map(Self.numericDate)
+                    expires: tokenExpires.map(Self.numericDate),
+                    presenceEvents: wantsPresenceEvents ? node.configuration.presenceEvents?.rooms ?? [] : nil
                 )
                 send(welcome)
                 for room in revokedRooms.sorted() { send(ServerFrame.left(room: room, reason: .revoked)) }

@@ -1,0 +1,210 @@
+import HeraldWire
+public import Logging
+import NIOCore
+public import ServiceLifecycle
+import Synchronization
+
+/// Which rooms tell their members when presence changes (`--presence-events`), and how often.
+public struct PresenceEventsConfiguration: Sendable, Equatable {
+    /// Exact room names or `prefix*` patterns; `*` is every room.
+    public var rooms: [String]
+    /// Changes within one window become one event per room: a thousand reconnects in a second
+    /// are one frame per member, not a thousand.
+    public var window: Duration = .seconds(1)
+    /// Names one event lists, over all its lists; past it the rest is only counted (`omitted`),
+    /// so a mass change cannot make a frame of megabytes for every member.
+    public var maxNamesPerEvent = 1000
+    /// Rooms whose presence is read at the same time.
+    public var concurrentReads = 8
+
+    public init(rooms: [String], window: Duration = .seconds(1)) {
+        self.rooms = rooms
+        self.window = window
+    }
+
+    /// Whether `room` has presence events.
+    public func covers(_ room: String) -> Bool {
+        rooms.contains { pattern in pattern.hasSuffix("*") ? room.hasPrefix(pattern.dropLast()) : room == pattern }
+    }
+}
+
+/// Tells the members of watched rooms connected to this node what changed in their room's
+/// presence: `{"type":"presence_change","room":R,"joined":[…],"left":[…],"online":[…],"offline":[…]}`.
+///
+/// The roster is the truth and every node watches for itself: once per window the notifier
+/// asks the roster which rooms may have changed (``Roster/presenceChanges(since:)``, one cheap
+/// call), reads the presence of those that have members connected here, compares it with what
+/// it read the window before, and hands one frame per changed room to the hub, which writes it
+/// to the room's local members whose connection asked for presence events
+/// (`?presence_events=true`; encoded once, the same bytes to each). So a
+/// cluster needs no extra messages between nodes, a user who reconnects within a window is no
+/// change at all, and a thousand users coming online in a window are one frame per member.
+/// Memory: one snapshot (members and online users) per watched room with local members.
+public final class PresenceNotifier: Service, Sendable {
+    private let hub: Hub
+    private let roster: any Roster
+    public let configuration: PresenceEventsConfiguration
+    private let logger: Logger
+    /// Events handed to the hub (one per room per window with a change).
+    public let eventsSent = Atomic<Int>(0)
+    /// Presence reads of rooms.
+    public let roomsRead = Atomic<Int>(0)
+    /// Connections waiting for a room's `presence_state`, by room (bounded by
+    /// ``maxPendingStates``: past it a request is dropped and logged; the client can still ask
+    /// with a `presence` request).
+    private let pendingStates = Mutex<(byRoom: [String: [any ClientConnection]], count: Int)>(([:], 0))
+    static let maxPendingStates = 100_000
+
+    public init(hub: Hub, roster: any Roster, configuration: PresenceEventsConfiguration, logger: Logger = Logger(label: "herald.presence")) {
+        self.hub = hub
+        self.roster = roster
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Sends `connection` (which just joined `room`) the room's `presence_state` at the next
+    /// window, after that window's `presence_change` and in order with every later one: the
+    /// state it gets is the one the next change applies to, so no change falls between a
+    /// separate presence read and the first event.
+    public func sendState(of room: String, to connection: any ClientConnection) {
+        guard configuration.covers(room) else { return }
+        let accepted = pendingStates.withLock { pending in
+            guard pending.count < Self.maxPendingStates else { return false }
+            pending.byRoom[room, default: []].append(connection)
+            pending.count += 1
+            return true
+        }
+        if !accepted { logger.warning("presence state not sent: too many joins waiting for one", metadata: ["room": "\(room)"]) }
+    }
+
+    /// What the notifier remembers between windows.
+    struct Watch {
+        var version: String?
+        var snapshots: [String: PresenceSnapshot] = [:]
+    }
+
+    /// Runs a window after another until graceful shutdown or cancellation.
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            var watch = Watch()
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: self.configuration.window) } catch { return }
+                await self.tick(&watch)
+            }
+        }
+    }
+
+    /// One window: reads what may have changed and sends what did.
+    func tick(_ watch: inout Watch) async {
+        // Taken before anything is read: every read below follows these joins.
+        var pending = pendingStates.withLock { pending in
+            defer { pending = ([:], 0) }
+            return pending.byRoom
+        }
+        defer {
+            // States not sent (a failed read) wait for the next window.
+            if !pending.isEmpty {
+                pendingStates.withLock { waiting in
+                    for (room, connections) in pending {
+                        waiting.byRoom[room, default: []] += connections
+                        waiting.count += connections.count
+                    }
+                }
+            }
+        }
+        let changes: PresenceChanges
+        do {
+            changes = try await roster.presenceChanges(since: watch.version)
+        } catch {
+            logger.debug("presence changes not read; trying again next window", metadata: ["error": "\(error)"])
+            return
+        }
+        let watched = hub.localRooms(where: configuration.covers)
+        for room in watch.snapshots.keys where !watched.contains(room) { watch.snapshots[room] = nil }
+        let toRead = watched.filter { room in changes.rooms?.contains(room) ?? true || watch.snapshots[room] == nil || pending[room] != nil }
+        // Joiners of rooms no longer watched here (they left, or disconnected) get nothing.
+        pending = pending.filter { watched.contains($0.key) }
+        var complete = true
+        for (room, read) in await readPresence(of: Array(toRead)) {
+            guard let now = read else {
+                complete = false
+                continue
+            }
+            if let before = watch.snapshots[room], let frame = Self.event(room: room, from: before, to: now, maxNames: configuration.maxNamesPerEvent) {
+                hub.deliverPresenceEvent(frame, toRoom: room)
+                eventsSent.add(1, ordering: .relaxed)
+            }
+            watch.snapshots[room] = now
+            if let joiners = pending.removeValue(forKey: room) {
+                let frame = hub.framed(ServerFrame.presenceState(room: room, members: now.members.sorted(), online: now.online.sorted()))
+                for connection in joiners {
+                    // Through the connection's loop queue, after this window's change.
+                    connection.eventLoop.execute {
+                        if connection.enqueue(frame) { connection.flush() }
+                    }
+                }
+            }
+        }
+        // After a failed read the same changes are asked for again next window.
+        if complete { watch.version = changes.version }
+    }
+
+    /// Reads the rooms' presence, a few at a time; `nil` for a read that failed.
+    private func readPresence(of rooms: [String]) async -> [(String, PresenceSnapshot?)] {
+        guard !rooms.isEmpty else { return [] }
+        roomsRead.add(rooms.count, ordering: .relaxed)
+        let roster = self.roster
+        let logger = self.logger
+        return await withTaskGroup(of: (String, PresenceSnapshot?).self) { group in
+            var results: [(String, PresenceSnapshot?)] = []
+            results.reserveCapacity(rooms.count)
+            var next = rooms.makeIterator()
+            func addRead(_ room: String) {
+                group.addTask {
+                    do {
+                        let presence = try await roster.presence(of: room)
+                        return (room, PresenceSnapshot(members: Set(presence.members), online: Set(presence.online)))
+                    } catch {
+                        logger.debug("presence not read; trying again next window", metadata: ["room": "\(room)", "error": "\(error)"])
+                        return (room, nil)
+                    }
+                }
+            }
+            for _ in 0..<max(1, configuration.concurrentReads) {
+                guard let room = next.next() else { break }
+                addRead(room)
+            }
+            for await result in group {
+                results.append(result)
+                if let room = next.next() { addRead(room) }
+            }
+            return results
+        }
+    }
+
+    /// The event telling what changed from `before` to `after`, or `nil` when nothing did.
+    /// A member who leaves while online is listed in `left` and in `offline`.
+    static func event(room: String, from before: PresenceSnapshot, to after: PresenceSnapshot, maxNames: Int) -> ByteBuffer? {
+        guard before != after else { return nil }
+        var lists = [
+            after.members.subtracting(before.members), before.members.subtracting(after.members),
+            after.online.subtracting(before.online), before.online.subtracting(after.online),
+        ].map { $0.sorted() }
+        guard lists.contains(where: { !$0.isEmpty }) else { return nil }
+        var budget = maxNames
+        var omitted = 0
+        for index in lists.indices {
+            let kept = min(budget, lists[index].count)
+            omitted += lists[index].count - kept
+            lists[index].removeSubrange(kept...)
+            budget -= kept
+        }
+        return ServerFrame.presenceChange(room: room, joined: lists[0], left: lists[1], online: lists[2], offline: lists[3], omitted: omitted)
+    }
+}
+
+/// A room's members and which of them are online, as the notifier last read them.
+struct PresenceSnapshot: Equatable {
+    var members: Set<String>
+    var online: Set<String>
+}
