@@ -11,6 +11,8 @@ public final class LocalRoster: Roster {
         var registry: RoomRegistry
         var connections: [String: Int] = [:]
         var presenceVersions = PresenceVersions()
+        /// Users' presence info, while they have connections.
+        var info: [String: String] = [:]
     }
 
     public init(limits: HubConfiguration = .init(), notifying sink: any DeliverySink) {
@@ -64,6 +66,7 @@ public final class LocalRoster: Roster {
             let before = state.connections[user] ?? 0
             let count = before + delta
             state.connections[user] = count > 0 ? count : nil
+            if count <= 0 { state.info[user] = nil }
             // Online or offline: every room of the user changed presence.
             if (before > 0) != (count > 0) { state.presenceVersions.changed(state.registry.rooms(of: user)) }
         }
@@ -71,6 +74,21 @@ public final class LocalRoster: Roster {
 
     public func presenceChanges(since version: String?) async throws(HubError) -> PresenceChanges {
         state.withLock { $0.presenceVersions.changes(since: version) }
+    }
+
+    public func presenceInfoChanged(user: String, info: String) {
+        state.withLock { state in
+            guard state.connections[user] != nil else { return }
+            state.info[user] = info
+        }
+    }
+
+    public func presenceInfo(of users: [String]) async throws(HubError) -> [String: String] {
+        state.withLock { state in
+            var found: [String: String] = [:]
+            for user in users { if let info = state.info[user] { found[user] = info } }
+            return found
+        }
     }
 }
 

@@ -130,13 +130,16 @@ public final class PresenceNotifier: Service, Sendable {
                 complete = false
                 continue
             }
-            if let before = watch.snapshots[room], let frame = Self.event(room: room, from: before, to: now, maxNames: configuration.maxNamesPerEvent) {
-                hub.deliverPresenceEvent(frame, toRoom: room)
+            if let before = watch.snapshots[room], let diff = PresenceDiff(from: before, to: now, maxNames: configuration.maxNamesPerEvent) {
+                let info = await info(of: diff.joined + diff.online)
+                hub.deliverPresenceEvent(diff.frame(room: room, info: info), toRoom: room)
                 eventsSent.add(1, ordering: .relaxed)
             }
             watch.snapshots[room] = now
             if let joiners = pending.removeValue(forKey: room) {
-                let frame = hub.framed(ServerFrame.presenceState(room: room, members: now.members.sorted(), online: now.online.sorted()))
+                let online = now.online.sorted()
+                let state = ServerFrame.presenceState(room: room, members: now.members.sorted(), online: online, info: await info(of: online))
+                let frame = hub.framed(state)
                 for connection in joiners {
                     // Through the connection's loop queue, after this window's change.
                     connection.eventLoop.execute {
@@ -147,6 +150,18 @@ public final class PresenceNotifier: Service, Sendable {
         }
         // After a failed read the same changes are asked for again next window.
         if complete { watch.version = changes.version }
+    }
+
+    /// The presence info of those of `users` that have some, sorted by user; none when the
+    /// roster cannot say now (an event without names' info beats no event).
+    private func info(of users: [String]) async -> [(user: String, info: String)] {
+        guard !users.isEmpty else { return [] }
+        do {
+            return try await roster.presenceInfo(of: users).sorted { $0.key < $1.key }.map { (user: $0.key, info: $0.value) }
+        } catch {
+            logger.debug("presence info not read; the event goes without it", metadata: ["error": "\(error)"])
+            return []
+        }
     }
 
     /// Reads the rooms' presence, a few at a time; `nil` for a read that failed.
@@ -181,10 +196,20 @@ public final class PresenceNotifier: Service, Sendable {
             return results
         }
     }
+}
 
-    /// The event telling what changed from `before` to `after`, or `nil` when nothing did.
-    /// A member who leaves while online is listed in `left` and in `offline`.
-    static func event(room: String, from before: PresenceSnapshot, to after: PresenceSnapshot, maxNames: Int) -> ByteBuffer? {
+/// What changed in a room's presence over one window. A member who leaves while online is
+/// listed in `left` and in `offline`.
+struct PresenceDiff: Equatable {
+    var joined: [String]
+    var left: [String]
+    var online: [String]
+    var offline: [String]
+    /// Names left out past the bound.
+    var omitted: Int
+
+    /// `nil` when nothing changed. Lists at most `maxNames` names over all four lists.
+    init?(from before: PresenceSnapshot, to after: PresenceSnapshot, maxNames: Int) {
         guard before != after else { return nil }
         var lists = [
             after.members.subtracting(before.members), before.members.subtracting(after.members),
@@ -199,7 +224,11 @@ public final class PresenceNotifier: Service, Sendable {
             lists[index].removeSubrange(kept...)
             budget -= kept
         }
-        return ServerFrame.presenceChange(room: room, joined: lists[0], left: lists[1], online: lists[2], offline: lists[3], omitted: omitted)
+        (joined, left, online, offline, self.omitted) = (lists[0], lists[1], lists[2], lists[3], omitted)
+    }
+
+    func frame(room: String, info: [(user: String, info: String)] = []) -> ByteBuffer {
+        ServerFrame.presenceChange(room: room, joined: joined, left: left, online: online, offline: offline, omitted: omitted, info: info)
     }
 }
 

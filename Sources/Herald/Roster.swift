@@ -58,6 +58,14 @@ public protocol Roster: Sendable {
     /// costs a presence read per watched room. Over-reporting is harmless; missing a change
     /// is not. Must be cheap: every node asks once per presence window.
     func presenceChanges(since version: String?) async throws(HubError) -> PresenceChanges
+
+    /// Records what presence events tell about `user` (a JSON object from the token's `info`
+    /// claim) while the user has connections on this node; forgotten with the last one. Must
+    /// not block.
+    func presenceInfoChanged(user: String, info: String)
+
+    /// The recorded info of those of `users` that have some (JSON objects, by user).
+    func presenceInfo(of users: [String]) async throws(HubError) -> [String: String]
 }
 
 extension Roster {
@@ -66,6 +74,10 @@ extension Roster {
     public func presenceChanges(since version: String?) async throws(HubError) -> PresenceChanges {
         PresenceChanges(version: "", rooms: nil)
     }
+
+    public func presenceInfoChanged(user: String, info: String) {}
+
+    public func presenceInfo(of users: [String]) async throws(HubError) -> [String: String] { [:] }
 
     /// A membership the backend grants (the HTTP API, an application embedding Herald): it
     /// stands on its own, whatever the user's tokens allow.

@@ -89,6 +89,10 @@ public struct RedisLayout: Sendable, Equatable {
     /// online or offline somewhere, a node gone): nodes sending presence events read it once
     /// per window and read rooms' presence only when it moved.
     public var presenceVersionKey: String { prefix + ":presence-version" }
+    public var presenceInfoKeyPrefix: String { prefix + ":presence-info:" }
+    /// The presence info (token `info` claims) of the users connected to `node`, a hash that
+    /// lives and expires with the node's presence hash.
+    public func presenceInfoKey(_ node: String) -> String { presenceInfoKeyPrefix + node }
 }
 
 /// A membership change as it travels on a user's channel, with who to acknowledge it to:

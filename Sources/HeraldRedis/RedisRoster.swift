@@ -70,6 +70,7 @@ public final class RedisRoster: Roster, Service {
         let layout = backplane.layout
         let presenceKey = layout.presenceKey(backplane.configuration.nodeID)
         let presenceVersionKey = layout.presenceVersionKey
+        let presenceInfoKey = layout.presenceInfoKey(backplane.configuration.nodeID)
         backplane.route(
             notices: { user, payload in
                 let text = String(buffer: payload)
@@ -120,7 +121,8 @@ public final class RedisRoster: Roster, Service {
             var arguments = [ttl]
             arguments.reserveCapacity(1 + 2 * deltas.count)
             for (user, delta) in deltas { arguments += [ByteBuffer(string: user), ByteBuffer(string: String(delta))] }
-            return client.evaluate(Self.presenceScript, keys: [presenceKey, presenceVersionKey], arguments: arguments).map { _ in }.recover { error in
+            return client.evaluate(Self.presenceScript, keys: [presenceKey, presenceVersionKey, presenceInfoKey], arguments: arguments).map { _ in }.recover {
+                error in
                 // The next heartbeat rewrites the node's presence from the hub's counts.
                 stale.value.store(true, ordering: .relaxed)
                 logger.debug("presence not recorded", metadata: ["users": "\(deltas.count)", "error": "\(error)"])
@@ -296,7 +298,35 @@ public final class RedisRoster: Roster, Service {
         _ = try? await client.send(RESPCommand("ZREM", layout.nodesKey, nodeID))
         _ = try? await client.send(RESPCommand("HDEL", layout.nodeTotalsKey, nodeID))
         _ = try? await client.send(RESPCommand("DEL", layout.presenceKey(nodeID)))
+        _ = try? await client.send(RESPCommand("DEL", layout.presenceInfoKey(nodeID)))
         _ = try? await client.send(RESPCommand("INCR", layout.presenceVersionKey))
+    }
+
+    /// Written at once (not batched: a connect with info is the rare case), with the presence
+    /// TTL so a node that dies leaves nothing behind.
+    public func presenceInfoChanged(user: String, info: String) {
+        let key = layout.presenceInfoKey(nodeID)
+        _ = client.submit(RESPCommand("HSET", key, user, info))
+        _ = client.submit(RESPCommand("EXPIRE", key, String(presenceTTL.components.seconds)))
+    }
+
+    public func presenceInfo(of users: [String]) async throws(HubError) -> [String: String] {
+        guard !users.isEmpty else { return [:] }
+        let reply: RESPValue
+        do {
+            reply = try await client.evaluate(Self.infoScript, keys: [layout.nodesKey], arguments: [layout.presenceInfoKeyPrefix] + users)
+        } catch {
+            throw HubError.unavailable("Redis: \(error)")
+        }
+        guard case .array(let items?) = reply, items.count == users.count else {
+            throw HubError.unavailable("Redis answered the presence info script with \(reply)")
+        }
+        var found: [String: String] = [:]
+        for (user, item) in zip(users, items) {
+            // Hostile until checked: only a JSON object is spliced into frames.
+            if let info = item.string, info.first == "{", (try? RawJSON(validating: info)) != nil { found[user] = info }
+        }
+        return found
     }
 
     /// One `GET` of the presence version: no room changed while it stays the same; any may
@@ -323,7 +353,10 @@ public final class RedisRoster: Roster, Service {
             let totals = sink.localPresenceTotals()
             let reply = try await client.evaluate(
                 Self.heartbeatScript,
-                keys: [layout.nodesKey, layout.presenceKey(nodeID), layout.nodeTotalsKey, layout.instanceKey, layout.presenceVersionKey],
+                keys: [
+                    layout.nodesKey, layout.presenceKey(nodeID), layout.nodeTotalsKey, layout.instanceKey, layout.presenceVersionKey,
+                    layout.presenceInfoKey(nodeID),
+                ],
                 // A new value each time: a node that finds the key gone must not set it back to
                 // the value it knew, or it would not notice.
                 arguments: [nodeID, ttl, "\(totals.connections) \(totals.users)", String(UInt64.random(in: 1...UInt64.max), radix: 36)]
@@ -472,8 +505,9 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS: the node's presence hash, the presence version. ARGV: ttl seconds, then user,
-    /// delta pairs. Raises the version when a user came online or went offline on this node.
+    /// KEYS: the node's presence hash, the presence version, the node's presence info. ARGV:
+    /// ttl seconds, then user, delta pairs. Raises the version when a user came online or went
+    /// offline on this node; forgets the info of users gone from it.
     static let presenceScript = RedisScript(
         """
         local crossed = false
@@ -481,6 +515,7 @@ public final class RedisRoster: Roster, Service {
           local count = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
           if count <= 0 then
             redis.call('HDEL', KEYS[1], ARGV[i])
+            redis.call('HDEL', KEYS[3], ARGV[i])
             crossed = true
           elseif count == tonumber(ARGV[i + 1]) then
             crossed = true
@@ -507,7 +542,8 @@ public final class RedisRoster: Roster, Service {
     )
 
     /// KEYS: nodes, the node's presence hash, node totals, the instance key, the presence
-    /// version (raised when a node expired or (re)appeared). ARGV: node id, ttl
+    /// version (raised when a node expired or (re)appeared), the node's presence info (kept
+    /// alive with its presence). ARGV: node id, ttl
     /// seconds, the node's "CONNECTIONS USERS", an instance value to set if there is none. Uses
     /// the server's clock, so nodes' clocks need not agree. Forgets expired nodes. Returns {1
     /// when the node was not registered (Redis lost it, or it expired) else 0, the number of
@@ -523,6 +559,7 @@ public final class RedisRoster: Roster, Service {
         if #dead > 0 or added == 1 then redis.call('INCR', KEYS[5]) end
         redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
         redis.call('EXPIRE', KEYS[2], ARGV[2])
+        redis.call('EXPIRE', KEYS[6], ARGV[2])
         local instance = redis.call('GET', KEYS[4])
         if not instance then
           instance = ARGV[4]
@@ -591,6 +628,26 @@ public final class RedisRoster: Roster, Service {
         for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
         redis.call('EXPIRE', KEYS[1], ARGV[1])
         return 1
+        """
+    )
+
+    /// KEYS: nodes. ARGV: presence info key prefix, then users. Returns each user's info from
+    /// the first live node that has it (false when none has).
+    static let infoScript = RedisScript(
+        """
+        local time = redis.call('TIME')
+        local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+        local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+        local found = {}
+        for i = 2, #ARGV do
+          local info = false
+          for _, node in ipairs(nodes) do
+            info = redis.call('HGET', ARGV[1] .. node, ARGV[i])
+            if info then break end
+          end
+          found[#found + 1] = info
+        end
+        return found
         """
     )
 

@@ -170,7 +170,9 @@ public enum ServerFrame {
 
     /// `{"type":"presence_state","room":R,"members":[...],"online":[...]}`: a watched room's
     /// presence, sent unasked after a join; the `presence_change` frames after it apply to it.
-    public static func presenceState(room: String, members: [String], online: [String]) -> ByteBuffer {
+    /// With `info` (users' token `info` claims, JSON objects, checked by the caller):
+    /// `"info":{"USER":{...},...}`.
+    public static func presenceState(room: String, members: [String], online: [String], info: [(user: String, info: String)] = []) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.writeStaticString(#"{"type":"presence_state","room":"#)
         buffer.writeJSONString(room)
@@ -178,6 +180,7 @@ public enum ServerFrame {
         buffer.writeJSONStringArray(members)
         buffer.writeStaticString(#","online":"#)
         buffer.writeJSONStringArray(online)
+        buffer.writePresenceInfo(info)
         buffer.writeStaticString("}")
         return buffer
     }
@@ -185,7 +188,9 @@ public enum ServerFrame {
     /// `{"type":"presence_change","room":R,"joined":[...],"left":[...],"online":[...],"offline":[...][,"omitted":N]}`:
     /// what changed in a room's presence over one window, sent unasked to its members.
     /// `omitted` counts names left out to bound the frame.
-    public static func presenceChange(room: String, joined: [String], left: [String], online: [String], offline: [String], omitted: Int) -> ByteBuffer {
+    public static func presenceChange(
+        room: String, joined: [String], left: [String], online: [String], offline: [String], omitted: Int, info: [(user: String, info: String)] = []
+    ) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.writeStaticString(#"{"type":"presence_change","room":"#)
         buffer.writeJSONString(room)
@@ -201,6 +206,7 @@ public enum ServerFrame {
             buffer.writeStaticString(#","omitted":"#)
             buffer.writeString(String(omitted))
         }
+        buffer.writePresenceInfo(info)
         buffer.writeStaticString("}")
         return buffer
     }
@@ -296,6 +302,20 @@ extension ByteBuffer {
         }
         var position = ServerFrame.positionFields(latest)
         writeBuffer(&position)
+    }
+
+    /// `,"info":{"USER":INFO,...}`, nothing when empty. Each INFO is a JSON object the caller
+    /// checked.
+    fileprivate mutating func writePresenceInfo(_ info: [(user: String, info: String)]) {
+        guard !info.isEmpty else { return }
+        writeStaticString(#","info":{"#)
+        for (index, entry) in info.enumerated() {
+            if index > 0 { writeStaticString(",") }
+            writeJSONString(entry.user)
+            writeStaticString(":")
+            writeString(entry.info)
+        }
+        writeStaticString("}")
     }
 
     fileprivate mutating func writeID(_ id: RawJSON?) {

@@ -166,6 +166,21 @@ struct RosterConformanceTests {
         }
     }
 
+    /// Presence info lives while its user has connections on the node that recorded it, and
+    /// every node can read it.
+    @Test(arguments: BackendKind.allCases)
+    func presenceInfoIsSharedWhileTheUserIsConnected(_ kind: BackendKind) async throws {
+        try await TestBackend.with(kind, nodes: kind.maxNodes) { backend in
+            let holder = backend.nodes[0].roster
+            let reader = backend.nodes[backend.nodes.count - 1].roster
+            holder.presenceChanged(user: "ada", delta: 1)
+            holder.presenceInfoChanged(user: "ada", info: #"{"name":"Ada"}"#)
+            try await eventually("ada's info readable") { try await reader.presenceInfo(of: ["ada", "bob"]) == ["ada": #"{"name":"Ada"}"#] }
+            holder.presenceChanged(user: "ada", delta: -1)
+            try await eventually("ada's info gone with her last connection") { try await reader.presenceInfo(of: ["ada"]).isEmpty }
+        }
+    }
+
     @Test(arguments: BackendKind.allCases.filter(\.outlivesNodes))
     func aNodeThatStopsHeartbeatingStopsCountingAfterThePresenceTTL(_ kind: BackendKind) async throws {
         let secondNodeDies: (inout BackendSettings) -> Void = {

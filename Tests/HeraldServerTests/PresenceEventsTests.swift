@@ -100,6 +100,44 @@ struct PresenceEventsTests {
         }
     }
 
+    /// A token's `info` claim (a display name) travels with the user's presence: in the state a
+    /// joiner gets and in the event telling others the user came online. An oversized claim is
+    /// refused like any malformed token.
+    @Test func theTokensInfoTravelsWithPresence() async throws {
+        let secret = "presence-info-secret-0123456789abcdef"
+        func token(_ user: String, info: [String: String]?) async throws -> String {
+            var claims = HeraldClaims(sub: user, exp: Date().addingTimeInterval(600), rooms: ["team"])
+            claims.info = info
+            return try await Authenticator.jwt(secret: secret).mint(claims)
+        }
+        try await TestServer.with({
+            $0.jwtSecret = secret
+            $0.apiKey = "presence-api-key"
+            $0.presenceEvents = PresenceEventsConfiguration(rooms: ["team"], window: .milliseconds(100))
+        }) { server in
+            let ada = try await TestClient.connect(port: server.port, query: "token=\(try await token("ada", info: ["name": "Ada L."]))&presence_events=true")
+            _ = try await ada.next(type: "welcome")
+            try await ada.send(#"{"type":"join","room":"team","id":1}"#)
+            let state = try await ada.next(type: "presence_state")
+            #expect((state["info"] as? [String: Any])?["ada"] as? [String: String] == ["name": "Ada L."], "\(state)")
+
+            let bob = try await TestClient.connect(port: server.port, query: "token=\(try await token("bob", info: ["name": "Bob \"B\"", "avatar": "/b.png"]))")
+            _ = try await bob.next(type: "welcome")
+            try await bob.send(#"{"type":"join","room":"team","id":1}"#)
+            _ = try await bob.next(type: "joined")
+            let joined = try await Self.presenceChanges(ada, room: "team") { Self.names($0, "joined").contains("bob") }
+            let info = joined.compactMap { ($0["info"] as? [String: Any])?["bob"] as? [String: String] }.first
+            #expect(info == ["name": "Bob \"B\"", "avatar": "/b.png"], "\(joined)")
+
+            let huge = Dictionary(uniqueKeysWithValues: (0..<17).map { ("k\($0)", "v") })
+            let refused = try await TestClient.connect(port: server.port, query: "token=\(try await token("eve", info: huge))")
+            let closed = try await refused.closed()
+            #expect(closed.code == 4001 && closed.reason?.contains("info") == true, "\(closed)")
+            await ada.close()
+            await bob.close()
+        }
+    }
+
     /// Across nodes sharing Redis: a member on one node hears of a user on another coming
     /// online, joining, and going offline when that node is killed (after the presence TTL).
     @Test func eventsCrossNodesAndANodesDeathIsSeen() async throws {

@@ -15,17 +15,17 @@ struct PresenceChangeTests {
         let before = PresenceSnapshot(members: ["ada", "bob", "cy"], online: ["ada", "bob"])
         let after = PresenceSnapshot(members: ["ada", "bob", "dee"], online: ["ada", "dee"])
         #expect(
-            text(PresenceNotifier.event(room: "r", from: before, to: after, maxNames: 100))
+            text(PresenceDiff(from: before, to: after, maxNames: 100)?.frame(room: "r"))
                 == #"{"type":"presence_change","room":"r","joined":["dee"],"left":["cy"],"online":["dee"],"offline":["bob"]}"#
         )
-        #expect(PresenceNotifier.event(room: "r", from: before, to: before, maxNames: 100) == nil)
+        #expect(PresenceDiff(from: before, to: before, maxNames: 100) == nil)
     }
 
     @Test func aMassChangeIsBoundedAndCountsWhatItLeftOut() {
         let before = PresenceSnapshot(members: [], online: [])
         let users = Set((0..<50).map { "u\($0)" })
         let after = PresenceSnapshot(members: users, online: users)
-        let frame = text(PresenceNotifier.event(room: "r", from: before, to: after, maxNames: 60)) ?? ""
+        let frame = text(PresenceDiff(from: before, to: after, maxNames: 60)?.frame(room: "r")) ?? ""
         #expect(frame.hasSuffix(#","omitted":40}"#), "60 names of 100 listed: \(frame)")
         #expect(frame.split(separator: "\"u", omittingEmptySubsequences: false).count - 1 == 60)
     }

@@ -126,13 +126,21 @@ public struct Authenticator: Sendable {
         for pattern in (claims.rooms ?? []) + (claims.send ?? []) where pattern.utf8.count > Name.maxBytes + 1 {
             return .failure(.init("token malformed: a rooms or send pattern is longer than \(Name.maxBytes) bytes"))
         }
+        var presenceInfo: String?
+        if let info = claims.info {
+            switch PresenceInfo.encode(info) {
+            case .success(let encoded): presenceInfo = encoded
+            case .failure(let problem): return .failure(.init("token malformed: info \(problem)"))
+            }
+        }
         return .success(
             Identity(
                 user: user,
                 rooms: RoomPermissions(patterns: claims.rooms ?? []),
                 recipients: claims.send.map { RoomPermissions(patterns: $0) },
                 expires: claims.exp?.value,
-                tokenID: claims.jti?.value
+                tokenID: claims.jti?.value,
+                presenceInfo: presenceInfo
             ))
     }
 
@@ -209,6 +217,9 @@ public struct HeraldClaims: JWTPayload, Equatable {
     public var rooms: [String]?
     /// Users the client may `send` to: exact names or `prefix*` patterns (``SendPolicy/claim``).
     public var send: [String]?
+    /// What the members of the user's rooms are told about the user with presence events
+    /// (e.g. `{"name":"Ada"}`): at most ``PresenceInfo/maxEntries`` string values.
+    public var info: [String: String]?
 
     public init(sub: String, exp: Date?, rooms: [String]?) {
         self.sub = SubjectClaim(value: sub)

@@ -63,6 +63,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private var refusedFrames = 0
     private var refusalWindowStart = NIODeadline.now()
 
+    /// The token's `info` claim (JSON), told to room members with presence events.
+    private var presenceInfo: String?
     /// Whether the client asked for `presence_change` frames (`?presence_events=true`).
     let wantsPresenceEvents: Bool
 
@@ -101,6 +103,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             self.recipients = identity.recipients
             self.tokenExpires = identity.expires
             self.tokenID = identity.tokenID
+            self.presenceInfo = identity.presenceInfo
             self.rejection = nil
         case .failure(let failure):
             self.user = ""
@@ -167,6 +170,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             return
         }
         registered = true
+        if node.presenceNotifier != nil, let presenceInfo { node.roster.presenceInfoChanged(user: user, info: presenceInfo) }
         node.connecting.add(1, ordering: .relaxed)
         isConnecting = true
         // Frames sent before the welcome wait until the user's channels are live.
@@ -565,6 +569,8 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         recipients = identity.recipients
         tokenExpires = identity.expires
         tokenID = identity.tokenID
+        if node.presenceNotifier != nil, let info = identity.presenceInfo, info != presenceInfo { node.roster.presenceInfoChanged(user: user, info: info) }
+        presenceInfo = identity.presenceInfo
         warnedOfExpiry = false
         scheduleTokenTimer()
     }
