@@ -48,6 +48,23 @@ struct Token: AsyncParsableCommand {
     @Option(help: "The jti claim (a token id, for revocation).")
     var jti: String?
 
+    @Option(help: "An entry of the info claim, KEY=VALUE (repeatable): what presence events tell room members about the user, e.g. name=Ada.")
+    var info: [String] = []
+
+    /// The info claim from the `--info` options.
+    private var infoClaim: [String: String]? {
+        get throws {
+            guard !info.isEmpty else { return nil }
+            var claim: [String: String] = [:]
+            for entry in info {
+                guard let equals = entry.firstIndex(of: "=") else { throw ValidationError("--info \(entry): expected KEY=VALUE") }
+                claim[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
+            }
+            if case .failure(let problem) = PresenceInfo.encode(claim) { throw ValidationError("--info: the claim \(problem)") }
+            return claim
+        }
+    }
+
     static let ttlRange = 1...31_536_000
 
     func validate() throws {
@@ -102,6 +119,7 @@ struct Token: AsyncParsableCommand {
         claims.iss = issuer.map { IssuerClaim(value: $0) }
         claims.aud = audience.map { AudienceClaim(value: $0) }
         claims.jti = jti.map { IDClaim(value: $0) }
+        claims.info = try infoClaim
         do {
             print(try await key.sign(claims, algorithm: algorithm))
         } catch let error as ConfigurationError {

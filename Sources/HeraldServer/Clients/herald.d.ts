@@ -50,6 +50,8 @@ export interface HeraldOptions {
   maxListeners?: number;
   /** Acknowledge `ack:true` messages once the handlers are done (default true). */
   autoAck?: boolean;
+  /** Ask for presence events (`presence` room events) of the rooms the server watches (default true). */
+  presenceEvents?: boolean;
   /** Deliver room messages of rooms the application did not join (e.g. backend grants); default false: reported as `unexpected_message` errors. */
   acceptUnjoinedRooms?: boolean;
   /** Random source in [0, 1) for jitter (tests). */
@@ -100,6 +102,8 @@ export interface Welcome {
   reason?: string;
   offset?: number;
   epoch?: string;
+  /** Rooms (names, `prefix*`) whose presence events the server sends, when asked for. */
+  presence_events?: string[];
   [field: string]: unknown;
 }
 
@@ -161,6 +165,18 @@ export interface RoomEvents {
   message: Message;
   recovery: RecoveryEvent;
   membership: MembershipEvent;
+  presence: PresenceEvent;
+}
+
+/** A room's presence as the server's presence events keep it: after a join, and after each change. */
+export interface PresenceEvent {
+  room: string;
+  members: string[];
+  online: string[];
+  /** Token `info` claims of the users the server told about, by user. */
+  info: Record<string, Record<string, string>>;
+  /** What changed, for a change (absent for the state sent after a join). `omitted` counts names the server left out of a mass change. */
+  change?: { joined: string[]; left: string[]; online: string[]; offline: string[]; omitted: number };
 }
 
 export class Room {
@@ -174,6 +190,12 @@ export class Room {
   leave(): Promise<Reply>;
   publish(data: unknown): Promise<Reply>;
   presence(): Promise<{ members: string[]; online: string[] }>;
+  /** Whether the server sends this room's presence events (from the last welcome). */
+  readonly presenceEvents: boolean;
+  /** Kept by presence events; empty until the first `presence` event. */
+  readonly members: Set<string>;
+  readonly online: Set<string>;
+  readonly info: Map<string, Record<string, string>>;
   on<K extends keyof RoomEvents>(event: K, fn: Listener<RoomEvents[K]>): () => void;
   once<K extends keyof RoomEvents>(event: K, fn: Listener<RoomEvents[K]>): () => void;
   off<K extends keyof RoomEvents>(event: K, fn?: Listener<RoomEvents[K]>): void;

@@ -52,6 +52,7 @@ const DEFAULTS = {
   maxPositions: 10000,
   maxListeners: 1000,
   autoAck: true,
+  presenceEvents: true,
   acceptUnjoinedRooms: false,
   random: Math.random,
 };
@@ -200,7 +201,9 @@ class AckedOffsets {
  * One room of a client (`client.room(name)` always returns the same object).
  * Events: `message` (a message of the room), `recovery` ({room, reason}: missed messages
  * could not all be replayed), `membership` ({room, type: "joined"|"left", reason}: sent by
- * the server unasked, e.g. `revoked`/`restored`).
+ * the server unasked, e.g. `revoked`/`restored`), `presence` ({room, members, online, info,
+ * change?}: the room's presence as the server's presence events keep it, after a join and
+ * after every change; `change` holds {joined, left, online, offline, omitted} when it is one).
  */
 export class Room extends Emitter {
   /** @param {Herald} client @param {string} name */
@@ -210,6 +213,41 @@ export class Room extends Emitter {
     this.name = name;
     /** True while the application wants to be in the room (between join() and leave()). */
     this.joined = false;
+    /**
+     * The room's members, online members and their token `info`, kept by the server's presence
+     * events (see `presenceEvents`); empty until the first `presence` event.
+     */
+    this.members = new Set();
+    this.online = new Set();
+    this.info = new Map();
+  }
+
+  /** Whether the server sends this room's presence events (from the last welcome). */
+  get presenceEvents() {
+    const patterns = this.client.welcome && this.client.welcome.presence_events;
+    return Array.isArray(patterns) && patterns.some((p) => typeof p === "string" && (p.endsWith("*") ? this.name.startsWith(p.slice(0, -1)) : p === this.name));
+  }
+
+  /** Applies a `presence_state` or `presence_change` frame and tells the application. */
+  _presence(f) {
+    const names = (v) => (Array.isArray(v) ? v.filter((n) => typeof n === "string") : []);
+    const info = f.info && typeof f.info === "object" && !Array.isArray(f.info) ? f.info : {};
+    let change;
+    if (f.type === "presence_state") {
+      this.members = new Set(names(f.members));
+      this.online = new Set(names(f.online));
+      this.info = new Map();
+    } else {
+      change = { joined: names(f.joined), left: names(f.left), online: names(f.online), offline: names(f.offline), omitted: Number(f.omitted) || 0 };
+      for (const u of change.joined) this.members.add(u);
+      for (const u of change.left) { this.members.delete(u); this.online.delete(u); this.info.delete(u); }
+      for (const u of change.online) this.online.add(u);
+      for (const u of change.offline) this.online.delete(u);
+    }
+    for (const [user, value] of Object.entries(info)) if (value && typeof value === "object") this.info.set(user, value);
+    const event = { room: this.name, members: [...this.members].sort(), online: [...this.online].sort(), info: Object.fromEntries(this.info) };
+    if (change) event.change = change;
+    this._emit("presence", event);
   }
 
   /** Joins the room (resuming from the last processed position); resolves with the `joined` reply. */
@@ -418,6 +456,7 @@ export class Herald extends Emitter {
     // this client is away before its first one are then recovered too.
     if (pos) params.push(["since_offset", String(pos.offset)], ["since_epoch", pos.epoch]);
     else params.push(["since", "latest"]);
+    if (o.presenceEvents) params.push(["presence_events", "true"]);
     const base = this._urls[this._urlIndex];
     return (base.includes("?") ? "&" : "?") + params.map(([k, v]) => k + "=" + encodeURIComponent(v)).join("&");
   }
@@ -505,6 +544,12 @@ export class Herald extends Emitter {
       case "message": return this._onMessage(f);
       case "token_expiring": this._emit("token_expiring", f); return void this._refreshToken();
       case "pong": return;
+      case "presence_state":
+      case "presence_change": {
+        const room = typeof f.room === "string" ? this._rooms.get(f.room) : undefined;
+        if (room && room.joined) room._presence(f);
+        return;
+      }
     }
     if (f.id !== undefined) return this._onReply(f);
     if (f.type === "joined" || f.type === "left") return this._onMembership(f);

@@ -83,10 +83,11 @@ export async function startRedis() {
 
 const execFileP = promisify(execFile);
 /** Mints a token with `herald token`. */
-export async function mintToken(user, { rooms = "", ttl = 3600, jti, secret = SECRET } = {}) {
+export async function mintToken(user, { rooms = "", ttl = 3600, jti, secret = SECRET, info = {} } = {}) {
   const args = ["token", user, "--jwt-secret", secret, "--ttl", String(ttl)];
   if (rooms) args.push("--rooms", rooms);
   if (jti) args.push("--jti", jti);
+  for (const [k, v] of Object.entries(info)) args.push("--info", `${k}=${v}`);
   const { stdout } = await execFileP(HERALD_BIN, args);
   return stdout.trim();
 }

@@ -44,11 +44,11 @@ test("backoff: full jitter within min(cap, base*2^attempt)", () => {
 
 test("credentials and the user channel's position go in the URL", async () => {
   const { env, client } = await connected();
-  assert.equal(env.ws.url, "ws://x/ws?user=u&since=latest");
+  assert.equal(env.ws.url, "ws://x/ws?user=u&since=latest&presence_events=true");
   env.ws.frame({ type: "message", scope: "user", offset: 7, epoch: "e 1", data: 1 });
   env.ws.serverClose(1012, "server shutting down");
   await tick(20);
-  assert.equal(env.ws.url, "ws://x/ws?user=u&since_offset=7&since_epoch=e%201");
+  assert.equal(env.ws.url, "ws://x/ws?user=u&since_offset=7&since_epoch=e%201&presence_events=true");
   client.close();
 });
 
@@ -221,13 +221,13 @@ test("close codes: 4001/4003/1008 stop; 4001 token expired with getToken retries
   const client = new Herald("ws://x/ws", { getToken: async () => `t${++tokens}`, WebSocket: env.WebSocket, minReconnectDelay: 1, maxReconnectDelay: 2 });
   const p = client.connect();
   await tick();
-  assert.equal(env.ws.url, "ws://x/ws?token=t1&since=latest");
+  assert.equal(env.ws.url, "ws://x/ws?token=t1&since=latest&presence_events=true");
   env.ws.welcome();
   await p;
   env.ws.serverClose(4001, "token expired");
   assert.equal(client.state, "disconnected");
   await tick(20);
-  assert.equal(env.ws.url, "ws://x/ws?token=t2&since=latest");
+  assert.equal(env.ws.url, "ws://x/ws?token=t2&since=latest&presence_events=true");
   env.ws.serverClose(4001, "token expired");
   assert.equal(client.state, "closed", "a second 4001 before a welcome stops");
 });
@@ -312,5 +312,30 @@ test("remembered positions are bounded (least recently used forgotten)", async (
   assert.equal(client.sizes.positions, 10);
   assert.equal(client.room("r0").position, undefined);
   assert.deepEqual(client.room("r49").position, { offset: 1, epoch: "E" });
+  client.close();
+});
+
+test("presence events keep the room's members and online users; hostile ones change nothing bad", async () => {
+  const { env, client, errors } = await connected();
+  const room = client.room("lobby");
+  const events = [];
+  room.on("presence", (e) => { events.push(e); });
+  const joined = room.join();
+  await tick();
+  env.ws.frame({ type: "joined", room: "lobby", id: env.ws.last("join").id });
+  await joined;
+  env.ws.frame({ type: "presence_state", room: "lobby", members: ["a", "b"], online: ["a"], info: { a: { name: "A" } } });
+  env.ws.frame({ type: "presence_change", room: "lobby", joined: ["c"], left: ["a"], online: ["c", "b"], offline: ["a"], info: { c: { name: "C" } } });
+  assert.deepEqual(events.map((e) => [e.members, e.online]), [[["a", "b"], ["a"]], [["b", "c"], ["b", "c"]]]);
+  assert.equal(events[0].change, undefined);
+  assert.deepEqual(events[1].change, { joined: ["c"], left: ["a"], online: ["c", "b"], offline: ["a"], omitted: 0 });
+  assert.deepEqual(events[1].info, { c: { name: "C" } }, "a user who left is forgotten");
+  // Hostile: wrong types, a room not joined, no room: ignored without a throw.
+  env.ws.frame({ type: "presence_change", room: "lobby", joined: "x", left: [1, null], online: {}, info: [] });
+  env.ws.frame({ type: "presence_change", room: "elsewhere", joined: ["z"] });
+  env.ws.frame({ type: "presence_state" });
+  assert.deepEqual([...room.members].sort(), ["b", "c"]);
+  assert.equal(events.length, 3, "the malformed change for lobby changed nothing but is reported as an event");
+  assert.deepEqual(errors, []);
   client.close();
 });
