@@ -127,6 +127,7 @@ extension ClientCore {
             // messages sent while away before the first one are recovered too.
             parameters.append(("since", "latest"))
         }
+        if configuration.presenceEvents { parameters.append(("presence_events", "true")) }
         guard !parameters.isEmpty else { return base }
         let query = parameters.map { "\($0)=\(Self.percentEncoded($1))" }.joined(separator: "&")
         return base + (base.contains("?") ? "&" : "?") + query

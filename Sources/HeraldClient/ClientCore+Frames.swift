@@ -1,5 +1,12 @@
 import HeraldWire
 import Logging
+import NIOCore
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 
 /// Frames from the server: welcome, replies, deliveries, notices.
 extension ClientCore {
@@ -36,6 +43,7 @@ extension ClientCore {
             emit(.tokenExpiring(expires: frame.integer("expires")), &effects)
             return startRefresh(&state, &effects)
         case "pong": return
+        case "presence_state", "presence_change": return onPresence(frame, &state, &effects)
         default: break
         }
         if frame.hasID { return onReply(frame, &state, &effects) }
@@ -53,6 +61,37 @@ extension ClientCore {
         }
     }
 
+    /// Applies a `presence_state` or `presence_change` of a joined room; others are ignored.
+    func onPresence(_ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {
+        guard let room = frame.string("room"), let entry = state.rooms[room], entry.joined else { return }
+        var members = Set(entry.presence?.members ?? [])
+        var online = Set(entry.presence?.online ?? [])
+        var info = entry.presence?.info ?? [:]
+        var change: PresenceChange?
+        if frame.type == "presence_state" {
+            members = Set(frame.strings("members") ?? [])
+            online = Set(frame.strings("online") ?? [])
+            info = [:]
+        } else {
+            let diff = PresenceChange(
+                joined: frame.strings("joined") ?? [], left: frame.strings("left") ?? [], online: frame.strings("online") ?? [],
+                offline: frame.strings("offline") ?? [], omitted: Int(frame.integer("omitted") ?? 0))
+            members.formUnion(diff.joined)
+            members.subtract(diff.left)
+            online.formUnion(diff.online)
+            online.subtract(diff.offline)
+            online.subtract(diff.left)
+            for user in diff.left { info[user] = nil }
+            change = diff
+        }
+        if let raw = frame.raw("info"), let told = try? JSONDecoder().decode([String: [String: String]].self, from: Data(raw.bytes.readableBytesView)) {
+            info.merge(told) { $1 }
+        }
+        let update = PresenceUpdate(room: room, members: members.sorted(), online: online.sorted(), info: info, change: change)
+        state.rooms[room]?.presence = update
+        emit(.presence(update), &effects)
+    }
+
     func onWelcome(_ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {
         guard state.phase == .connecting else {
             return emit(.error(.unexpectedFrame("an unexpected welcome was ignored (the connection was already welcomed)")), &effects)
@@ -62,7 +101,8 @@ extension ClientCore {
             connection: frame.string("connection") ?? "",
             node: frame.string("node") ?? "",
             heartbeat: Int(frame.integer("heartbeat") ?? 25),
-            expires: frame.integer("expires")
+            expires: frame.integer("expires"),
+            presenceEvents: frame.strings("presence_events") ?? []
         )
         state.phase = .connected
         state.welcome = welcome

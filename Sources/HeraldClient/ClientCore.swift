@@ -40,6 +40,8 @@ final class ClientCore: Sendable {
     struct RoomEntry: Sendable {
         var joined = false
         let stream: StreamFanOut<HeraldMessage>
+        /// The room's presence as its presence events keep it.
+        var presence: PresenceUpdate?
     }
 
     struct State: Sendable {

@@ -51,6 +51,9 @@ extension HeraldClient {
         public var maxSubscribers = 1000
         /// Acknowledge `ack:true` messages once a stream took them (see ``HeraldMessage/ack()``).
         public var autoAck = true
+        /// Asks for the presence events of the rooms the server watches (`?presence_events=true`):
+        /// ``HeraldEvent/presence(_:)`` events and ``HeraldRoom/presenceState``.
+        public var presenceEvents = true
         /// Deliver messages of rooms the application did not join (for example memberships the
         /// backend granted) instead of reporting them as unexpected.
         public var acceptUnjoinedRooms = false

@@ -12,6 +12,38 @@ public struct Welcome: Sendable, Equatable {
     public let heartbeat: Int
     /// When the token expires (seconds since 1970), when it has `exp`.
     public let expires: Int64?
+    /// The rooms (names, `prefix*`) whose presence events the server sends, when asked for.
+    public var presenceEvents: [String] = []
+
+    /// Whether the server sends the presence events of `room`.
+    public func hasPresenceEvents(_ room: String) -> Bool {
+        presenceEvents.contains { $0.hasSuffix("*") ? room.hasPrefix($0.dropLast()) : $0 == room }
+    }
+}
+
+/// A room's presence as the server's presence events keep it: the state sent after each join,
+/// then every change (coalesced by the server over its presence window).
+public struct PresenceUpdate: Sendable, Equatable {
+    public let room: String
+    /// The room's members, sorted.
+    public let members: [String]
+    /// The members online anywhere in the cluster, sorted.
+    public let online: [String]
+    /// The token `info` claims the server told of, by user.
+    public let info: [String: [String: String]]
+    /// What changed; `nil` for the state after a join.
+    public let change: PresenceChange?
+}
+
+/// One `presence_change`: names that joined, left, came online or went offline within one
+/// window. A member who left while online is in ``left`` and ``offline``. ``omitted`` counts
+/// names the server left out of a mass change (ask ``HeraldRoom/presence()`` for all).
+public struct PresenceChange: Sendable, Equatable {
+    public let joined: [String]
+    public let left: [String]
+    public let online: [String]
+    public let offline: [String]
+    public let omitted: Int
 }
 
 /// Missed messages could not all be replayed (`recovered:false`): reload them from the
@@ -41,6 +73,8 @@ public enum HeraldEvent: Sendable {
     /// The server changed a membership unasked: `left` with reason `revoked` (the token no longer
     /// allows the room), `joined` with `restored`.
     case membership(room: String, joined: Bool, reason: String?)
+    /// A joined room's presence changed, or its state arrived after a join (presence events).
+    case presence(PresenceUpdate)
     /// The server warned that the token expires at `expires` (seconds since 1970); a token
     /// provider is asked for a new one.
     case tokenExpiring(expires: Int64?)

@@ -56,6 +56,10 @@ public struct HeraldRoom: Sendable {
         return HeraldClient.subscribe(stream, core: core, what: "room \(name) messages")
     }
 
+    /// The room's presence as the server's presence events keep it (`nil` before the first;
+    /// each update is also a ``HeraldEvent/presence(_:)`` event).
+    public var presenceState: PresenceUpdate? { core.locked { state, _ in state.rooms[name]?.presence } }
+
     /// Whether the application is in the room (between ``join()`` and ``leave()``).
     public var isJoined: Bool { core.locked { state, _ in state.rooms[name]?.joined ?? false } }
 

@@ -57,6 +57,45 @@ struct ClientScenarioTests {
         for await _ in client.room("lobby").messages { Issue.record("a room message after the end") }
     }
 
+    @Test("7. presence events: state after a join, then changes, across nodes", .timeLimit(.minutes(1)))
+    func presenceEvents() async throws {
+        let redis = try await RedisServerProcess()
+        defer { redis.stop() }
+        let common = [
+            "--redis", redis.url, "--presence-ttl", "3", "--presence-events", "lobby", "--presence-window", "200", "--jwt-secret", secret, "--api-key", apiKey,
+        ]
+        let nodeA = try await startHerald(common + ["--node-id", "node-a"])
+        defer { nodeA.stop() }
+        let nodeB = try await startHerald(common + ["--node-id", "node-b"])
+        defer { nodeB.stop() }
+        let alice = HeraldClient(url: wsURL(nodeA), credentials: .tokenProvider { try mintToken("alice", rooms: "lobby", info: ["name": "Alice A."]) })
+        let bob = HeraldClient(url: wsURL(nodeB), credentials: .tokenProvider { try mintToken("bob", rooms: "lobby", info: ["name": "Bob B."]) })
+        try await withRunningClient(alice) { recorder in
+            let updates: @Sendable (Recorder) -> [PresenceUpdate] = { recorder in
+                recorder.events.compactMap { if case .presence(let update) = $0 { update } else { nil } }
+            }
+            try await alice.room("lobby").join()
+            #expect(alice.welcome?.hasPresenceEvents("lobby") == true)
+            try await recorder.wait("the room's state") { !updates($0).isEmpty }
+            let state = try #require(updates(recorder).first)
+            #expect(state == PresenceUpdate(room: "lobby", members: ["alice"], online: ["alice"], info: ["alice": ["name": "Alice A."]], change: nil))
+
+            try await withRunningClient(bob) { _ in
+                try await bob.room("lobby").join()
+                try await recorder.wait("bob online") { updates($0).last?.online == ["alice", "bob"] }
+                let arrived = try #require(updates(recorder).last)
+                #expect(arrived.members == ["alice", "bob"] && arrived.info["bob"] == ["name": "Bob B."])
+                #expect(arrived.change?.joined.contains("bob") == true)
+                #expect(alice.room("lobby").presenceState == arrived)
+                // Bob's node dies without a goodbye: offline after the presence TTL, still a member.
+                nodeB.stop(signal: SIGKILL)
+                try await recorder.wait("bob offline", within: 15) { updates($0).last?.online == ["alice"] }
+                #expect(updates(recorder).last?.members == ["alice", "bob"])
+            }
+            #expect(recorder.errors.isEmpty, "\(recorder.errors)")
+        }
+    }
+
     @Test("run() in a ServiceGroup ends cleanly at graceful shutdown", .timeLimit(.minutes(1)))
     func gracefulShutdown() async throws {
         let server = try await startHerald()

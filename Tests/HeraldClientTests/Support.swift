@@ -20,12 +20,13 @@ func startHerald(_ arguments: [String] = [], port: Int? = nil) async throws -> H
 func wsURL(_ node: HeraldNodeProcess) -> URL { URL(string: "ws://127.0.0.1:\(node.port)/ws")! }
 
 /// Mints a token with `herald token`.
-func mintToken(_ user: String, rooms: String = "", ttl: Int = 3600, jti: String? = nil) throws -> String {
+func mintToken(_ user: String, rooms: String = "", ttl: Int = 3600, jti: String? = nil, info: [String: String] = [:]) throws -> String {
     let process = Process()
     process.executableURL = HeraldNodeProcess.executable
     var arguments = ["token", user, "--jwt-secret", secret, "--ttl", String(ttl)]
     if !rooms.isEmpty { arguments += ["--rooms", rooms] }
     if let jti { arguments += ["--jti", jti] }
+    for (key, value) in info.sorted(by: { $0.key < $1.key }) { arguments += ["--info", "\(key)=\(value)"] }
     process.arguments = arguments
     let output = Pipe()
     process.standardOutput = output
