@@ -303,7 +303,7 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
     if args.cluster:
         redis = start_redis(log_dir, processes)
         servers = [
-            Server(args.herald, free_port(), os.path.join(log_dir, f"herald-n{i}.log"), ["--redis", redis, "--node-id", f"n{i}"], tls)
+            Server(args.herald, free_port(), os.path.join(log_dir, f"herald-n{i}.log"), ["--redis", redis, "--node-id", f"n{i}", "--presence-events", "*", "--presence-window", "300"], tls)
             for i in (1, 2)
         ]
     else:
@@ -385,6 +385,9 @@ def run(args, checks: Checks, pages: list, server_holder: list, processes: list)
     for page in (alice, bob):
         page.wait(lambda p: {"alice", "bob"} <= p.online(), "alice and bob in #online")
         checks.ok(f"{page.label} sees alice and bob online in {ROOM}")
+        summary = page.js("return document.getElementById('online-summary').textContent;")
+        checks.that(summary.endswith("live"), f"{page.label}'s presence is kept by presence events, not polled",
+                    f"#online-summary is {summary!r}")
 
     if args.cluster:
         # A direct message bob sees gives his page a position in his own channel to resume from.
