@@ -156,15 +156,22 @@ public enum ServerFrame {
 
     /// `{"type":"presence","room":R,"members":[...],"online":[...],"id":X}`
     public static func presence(room: String, members: [String], online: [String], id: RawJSON?) -> ByteBuffer {
+        var buffer = presenceLists(type: #"{"type":"presence","room":"#, room: room, members: members, online: online)
+        buffer.writeID(id)
+        buffer.writeStaticString("}")
+        return buffer
+    }
+
+    /// `{"type":T,"room":R,"members":[...],"online":[...]`, unclosed: the start of a presence
+    /// reply or state.
+    private static func presenceLists(type: StaticString, room: String, members: [String], online: [String]) -> ByteBuffer {
         var buffer = ByteBuffer()
-        buffer.writeStaticString(#"{"type":"presence","room":"#)
+        buffer.writeStaticString(type)
         buffer.writeJSONString(room)
         buffer.writeStaticString(#","members":"#)
         buffer.writeJSONStringArray(members)
         buffer.writeStaticString(#","online":"#)
         buffer.writeJSONStringArray(online)
-        buffer.writeID(id)
-        buffer.writeStaticString("}")
         return buffer
     }
 
@@ -173,13 +180,7 @@ public enum ServerFrame {
     /// With `info` (users' token `info` claims, JSON objects, checked by the caller):
     /// `"info":{"USER":{...},...}`.
     public static func presenceState(room: String, members: [String], online: [String], info: [(user: String, info: String)] = []) -> ByteBuffer {
-        var buffer = ByteBuffer()
-        buffer.writeStaticString(#"{"type":"presence_state","room":"#)
-        buffer.writeJSONString(room)
-        buffer.writeStaticString(#","members":"#)
-        buffer.writeJSONStringArray(members)
-        buffer.writeStaticString(#","online":"#)
-        buffer.writeJSONStringArray(online)
+        var buffer = presenceLists(type: #"{"type":"presence_state","room":"#, room: room, members: members, online: online)
         buffer.writePresenceInfo(info)
         buffer.writeStaticString("}")
         return buffer

@@ -206,6 +206,36 @@ struct ClientUnitTests {
         }
     }
 
+    /// Presence frames keep a joined room's presence; hostile ones change nothing they cannot.
+    @Test(.timeLimit(.minutes(1))) func presenceFramesKeepTheRoomsPresence() async throws {
+        let client = HeraldClient(url: URL(string: "ws://127.0.0.1:9/ws")!, credentials: .user("zoe"))
+        let core = client.core
+        let (generation, outbox) = try #require(core.beginConnecting(url: "test"))
+        var sent = outbox.makeAsyncIterator()
+        let room = client.room("r")
+        async let joined = room.join()
+        try await waitUntil("the join to be queued") { client.sizes.queued == 1 }
+        core.receive(#"{"type":"welcome","user":"zoe","connection":"n-1","node":"n","heartbeat":25,"presence_events":["r*"]}"#, generation: generation)
+        #expect(client.welcome?.hasPresenceEvents("r") == true && client.welcome?.hasPresenceEvents("x") == false)
+        let joinFrame = try #require(await sent.next())
+        let id = try #require(try InboundFrame(text: joinFrame).requestID)
+        core.receive(#"{"type":"joined","room":"r","id":\#(id)}"#, generation: generation)
+        _ = try await joined
+        core.receive(#"{"type":"presence_state","room":"r","members":["a","b"],"online":["a"],"info":{"a":{"name":"A"}}}"#, generation: generation)
+        #expect(room.presenceState == PresenceUpdate(room: "r", members: ["a", "b"], online: ["a"], info: ["a": ["name": "A"]], change: nil))
+        core.receive(#"{"type":"presence_change","room":"r","joined":["c"],"left":["a"],"online":["c","b"],"offline":["a"]}"#, generation: generation)
+        let change = PresenceChange(joined: ["c"], left: ["a"], online: ["c", "b"], offline: ["a"], omitted: 0)
+        #expect(room.presenceState == PresenceUpdate(room: "r", members: ["b", "c"], online: ["b", "c"], info: [:], change: change))
+        for hostile in [
+            #"{"type":"presence_change","room":"r","joined":"x","left":[1],"info":[]}"#, #"{"type":"presence_change","room":"elsewhere","joined":["z"]}"#,
+            #"{"type":"presence_state"}"#,
+        ] {
+            core.receive(hostile, generation: generation)
+        }
+        #expect(room.presenceState?.members == ["b", "c"] && room.presenceState?.online == ["b", "c"])
+        #expect(client.room("elsewhere").presenceState == nil, "a room not joined keeps nothing")
+    }
+
     @Test(.timeLimit(.minutes(1))) func silentConnectionsArePingedThenDropped() async throws {
         var configuration = HeraldClient.Configuration()
         configuration.heartbeat = .milliseconds(100)

@@ -31,6 +31,8 @@ struct CommandLineTests {
             (["serve", "--jwt-secret", String(repeating: "s", count: 32)], "token keys are set but no API key"),
             (["serve", "--allowed-origins", "app.example.com"], "--allowed-origins: app.example.com must start with http:// or https://"),
             (["serve", "--allowed-origins", "https://a.com:99999"], "has a port that is not 1 to 65535"),
+            (["serve", "--presence-window", "10"], "--presence-window must be between 50 and 60000"),
+            (["serve", "--presence-events", "chat,a*b"], "--presence-events: a*b is not a room name or prefix* pattern"),
         ] {
             let run = try await runHerald(arguments)
             #expect(run.status == 64, "\(arguments): a usage error")
@@ -86,7 +88,9 @@ struct CommandLineTests {
             #expect(refused.status == 64, "\(ttl)")
             #expect(refused.output.contains("--ttl must be between 1 and"), "\(ttl): \(refused.output)")
         }
-        let minted = try await runHerald(["token", "alice", "--ttl", "60", "--jwt-secret", secret])
+        let badInfo = try await runHerald(["token", "alice", "--jwt-secret", secret, "--info", "name"])
+        #expect(badInfo.status == 64 && badInfo.output.contains("--info name: expected KEY=VALUE"), "\(badInfo.output)")
+        let minted = try await runHerald(["token", "alice", "--ttl", "60", "--jwt-secret", secret, "--info", "name=Ada = A."])
         #expect(minted.status == 0)
         let parts = minted.output.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ".")
         #expect(parts.count == 3)
@@ -97,6 +101,7 @@ struct CommandLineTests {
         let exp = try #require(claims["exp"] as? NSNumber)
         #expect(exp.doubleValue == exp.doubleValue.rounded(), "exp is a NumericDate in whole seconds: \(exp)")
         #expect(abs(exp.doubleValue - Date().timeIntervalSince1970 - 60) < 5)
+        #expect(claims["info"] as? [String: String] == ["name": "Ada = A."], "the first = splits KEY=VALUE")
     }
 
     @Test func benchHelpFitsEightyColumns() async throws {
