@@ -28,6 +28,8 @@ public final class Hub: DeliverySink, Service, Sendable {
     private let framing: @Sendable (ByteBuffer) -> ByteBuffer
     private let state: Mutex<NodeState>
     private let cluster = Mutex<Cluster?>(nil)
+    /// Connections on this node that asked for presence events.
+    private let presenceListeners = Atomic<Int>(0)
 
     struct NodeState {
         var total = 0
@@ -143,6 +145,7 @@ public final class Hub: DeliverySink, Service, Sendable {
         // The user's own joins known so far (none while loading: the load reviews again).
         shard.review(connection, joinedByUser: state.withLock { $0.interest.roomsJoinedByUser(user) })
         cluster.roster.presenceChanged(user: user, delta: 1)
+        if connection.wantsPresenceEvents { presenceListeners.add(1, ordering: .relaxed) }
         statistics.connectionsOpened.add(1, ordering: .relaxed)
         return ready
     }
@@ -185,6 +188,7 @@ public final class Hub: DeliverySink, Service, Sendable {
         }
         abandoned?.fail(HubError(reason: .unavailable("the connection closed before its channels were ready")))
         cluster.roster.presenceChanged(user: user, delta: -1)
+        if connection.wantsPresenceEvents { presenceListeners.subtract(1, ordering: .relaxed) }
     }
 
     /// One of the hub's event loops (the current one when called on one).
@@ -253,6 +257,9 @@ public final class Hub: DeliverySink, Service, Sendable {
 
     /// Rooms with at least one member connected to this node (the room channels it needs).
     public var localRoomCount: Int { state.withLock { $0.interest.localMembers.count } }
+
+    /// Whether some connection on this node asked for presence events.
+    public var hasPresenceListeners: Bool { presenceListeners.load(ordering: .relaxed) > 0 }
 
     /// The rooms with at least one member connected to this node that `isIncluded` accepts.
     public func localRooms(where isIncluded: (String) -> Bool) -> Set<String> {

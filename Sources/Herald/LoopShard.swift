@@ -96,10 +96,16 @@ final class LoopShard: @unchecked Sendable {
     func deliverPresenceEvent(_ frame: ByteBuffer, toRoom room: String, members: Set<String>) -> Int {
         eventLoop.preconditionInEventLoop()
         var written = 0
-        for user in members {
-            for connection in byUser[user] ?? [] where connection.wantsPresenceEvents && excluded[ObjectIdentifier(connection)]?.contains(room) != true {
+        func deliver(to connections: [any ClientConnection]) {
+            for connection in connections where connection.wantsPresenceEvents && excluded[ObjectIdentifier(connection)]?.contains(room) != true {
                 written += write(frame, to: connection)
             }
+        }
+        // Walk the smaller side: the room's members or this loop's users.
+        if members.count <= byUser.count {
+            for user in members { deliver(to: byUser[user] ?? []) }
+        } else {
+            for (user, connections) in byUser where members.contains(user) { deliver(to: connections) }
         }
         return written
     }

@@ -49,11 +49,37 @@ public final class PresenceNotifier: Service, Sendable {
     public let eventsSent = Atomic<Int>(0)
     /// Presence reads of rooms.
     public let roomsRead = Atomic<Int>(0)
-    /// Connections waiting for a room's `presence_state`, by room (bounded by
-    /// ``maxPendingStates``: past it a request is dropped and logged; the client can still ask
-    /// with a `presence` request).
-    private let pendingStates = Mutex<(byRoom: [String: [any ClientConnection]], count: Int)>(([:], 0))
+    /// Connections waiting for a room's `presence_state`, by room, one entry per connection and
+    /// room however often it joins (bounded by ``maxPendingStates``: past it a request is
+    /// dropped, counted and logged once per window; the client can still ask with `presence`).
+    private let pendingStates = Mutex<PendingStates>(PendingStates())
     static let maxPendingStates = 100_000
+    /// Windows a request waits for its room to have local members (a join this node has not
+    /// applied yet) before it is dropped.
+    static let maxPendingWindows = 5
+
+    struct PendingState {
+        var connection: any ClientConnection
+        var windows = 0
+    }
+
+    struct PendingStates {
+        var byRoom: [String: [ObjectIdentifier: PendingState]] = [:]
+        var count = 0
+        var dropped = 0
+
+        mutating func add(_ request: PendingState, room: String) -> Bool {
+            let key = ObjectIdentifier(request.connection)
+            if byRoom[room]?[key] != nil { return true }
+            guard count < PresenceNotifier.maxPendingStates else {
+                dropped += 1
+                return false
+            }
+            byRoom[room, default: [:]][key] = request
+            count += 1
+            return true
+        }
+    }
 
     public init(hub: Hub, roster: any Roster, configuration: PresenceEventsConfiguration, logger: Logger = Logger(label: "herald.presence")) {
         self.hub = hub
@@ -68,13 +94,7 @@ public final class PresenceNotifier: Service, Sendable {
     /// separate presence read and the first event.
     public func sendState(of room: String, to connection: any ClientConnection) {
         guard configuration.covers(room) else { return }
-        let accepted = pendingStates.withLock { pending in
-            guard pending.count < Self.maxPendingStates else { return false }
-            pending.byRoom[room, default: []].append(connection)
-            pending.count += 1
-            return true
-        }
-        if !accepted { logger.warning("presence state not sent: too many joins waiting for one", metadata: ["room": "\(room)"]) }
+        _ = pendingStates.withLock { $0.add(PendingState(connection: connection), room: room) }
     }
 
     /// What the notifier remembers between windows.
@@ -97,20 +117,30 @@ public final class PresenceNotifier: Service, Sendable {
     /// One window: reads what may have changed and sends what did.
     func tick(_ watch: inout Watch) async {
         // Taken before anything is read: every read below follows these joins.
-        var pending = pendingStates.withLock { pending in
-            defer { pending = ([:], 0) }
-            return pending.byRoom
+        let (taken, dropped) = pendingStates.withLock { pending in
+            defer { pending = PendingStates() }
+            return (pending.byRoom, pending.dropped)
+        }
+        var pending = taken
+        if dropped > 0 {
+            logger.warning(
+                "presence states not sent: too many joins waiting for one", metadata: ["dropped": "\(dropped)", "limit": "\(Self.maxPendingStates)"])
         }
         defer {
-            // States not sent (a failed read) wait for the next window.
-            if !pending.isEmpty {
-                pendingStates.withLock { waiting in
-                    for (room, connections) in pending {
-                        waiting.byRoom[room, default: []] += connections
-                        waiting.count += connections.count
-                    }
+            // States not sent (a failed read, a room not local yet) wait for a later window.
+            for (room, requests) in pending {
+                for request in requests.values where request.windows < Self.maxPendingWindows {
+                    var later = request
+                    later.windows += 1
+                    _ = pendingStates.withLock { $0.add(later, room: room) }
                 }
             }
+        }
+        // Nobody here asked for presence events: no reads, no snapshots (a server that sends
+        // them by default costs nothing to clients that do not use them).
+        guard hub.hasPresenceListeners || !pending.isEmpty else {
+            watch = Watch()
+            return
         }
         let changes: PresenceChanges
         do {
@@ -122,8 +152,8 @@ public final class PresenceNotifier: Service, Sendable {
         let watched = hub.localRooms(where: configuration.covers)
         for room in watch.snapshots.keys where !watched.contains(room) { watch.snapshots[room] = nil }
         let toRead = watched.filter { room in changes.rooms?.contains(room) ?? true || watch.snapshots[room] == nil || pending[room] != nil }
-        // Joiners of rooms no longer watched here (they left, or disconnected) get nothing.
-        pending = pending.filter { watched.contains($0.key) }
+        // Joiners of rooms without local members wait a few windows (their join may not be
+        // applied here yet; or they left, or disconnected: then they get nothing).
         var complete = true
         for (room, read) in await readPresence(of: Array(toRead)) {
             guard let now = read else {
@@ -140,7 +170,7 @@ public final class PresenceNotifier: Service, Sendable {
                 let online = now.online.sorted()
                 let state = ServerFrame.presenceState(room: room, members: now.members.sorted(), online: online, info: await info(of: online))
                 let frame = hub.framed(state)
-                for connection in joiners {
+                for connection in joiners.values.map(\.connection) {
                     // Through the connection's loop queue, after this window's change.
                     connection.eventLoop.execute {
                         if connection.enqueue(frame) { connection.flush() }

@@ -90,6 +90,30 @@ extension ClientCore {
         let update = PresenceUpdate(room: room, members: members.sorted(), online: online.sorted(), info: info, change: change)
         state.rooms[room]?.presence = update
         emit(.presence(update), &effects)
+        if let change, change.omitted > 0, !entry.presenceResyncing {
+            state.rooms[room]?.presenceResyncing = true
+            resyncPresence(of: room)
+        }
+    }
+
+    /// After a change the server cut short (`omitted`): asks for the room's whole state at a
+    /// random moment within 5 s (so that a room's members do not all ask at once) and applies
+    /// it as a state.
+    func resyncPresence(of room: String) {
+        let delay = Duration.milliseconds(Int64(configuration.random() * 5000))
+        Task { [self] in
+            try? await Task.sleep(for: delay)
+            let reply = try? await request(.presence(room), internal: true)
+            locked { state, effects in
+                state.rooms[room]?.presenceResyncing = false
+                guard let reply, let entry = state.rooms[room], entry.joined else { return }
+                let members = reply.strings("members") ?? []
+                let info = (entry.presence?.info ?? [:]).filter { members.contains($0.key) }
+                let update = PresenceUpdate(room: room, members: members, online: reply.strings("online") ?? [], info: info, change: nil)
+                state.rooms[room]?.presence = update
+                emit(.presence(update), &effects)
+            }
+        }
     }
 
     func onWelcome(_ frame: InboundFrame, _ state: inout State, _ effects: inout Effects) {

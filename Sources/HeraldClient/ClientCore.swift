@@ -42,6 +42,8 @@ final class ClientCore: Sendable {
         let stream: StreamFanOut<HeraldMessage>
         /// The room's presence as its presence events keep it.
         var presence: PresenceUpdate?
+        /// A whole-state request is scheduled (after a change the server cut short).
+        var presenceResyncing = false
     }
 
     struct State: Sendable {

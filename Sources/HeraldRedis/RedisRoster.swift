@@ -70,6 +70,7 @@ public final class RedisRoster: Roster, Service {
         let layout = backplane.layout
         let presenceKey = layout.presenceKey(backplane.configuration.nodeID)
         let presenceVersionKey = layout.presenceVersionKey
+        let roomsOfPrefix = ByteBuffer(string: layout.roomsOfKey(""))
         let presenceInfoKey = layout.presenceInfoKey(backplane.configuration.nodeID)
         backplane.route(
             notices: { user, payload in
@@ -118,8 +119,8 @@ public final class RedisRoster: Roster, Service {
                 }
         }
         self.presenceChanges = DeltaBatcher { deltas in
-            var arguments = [ttl]
-            arguments.reserveCapacity(1 + 2 * deltas.count)
+            var arguments = [ttl, roomsOfPrefix]
+            arguments.reserveCapacity(2 + 2 * deltas.count)
             for (user, delta) in deltas { arguments += [ByteBuffer(string: user), ByteBuffer(string: String(delta))] }
             return client.evaluate(Self.presenceScript, keys: [presenceKey, presenceVersionKey, presenceInfoKey], arguments: arguments).map { _ in }.recover {
                 error in
@@ -295,11 +296,11 @@ public final class RedisRoster: Roster, Service {
             }
             group.cancelAll()
         }
-        _ = try? await client.send(RESPCommand("ZREM", layout.nodesKey, nodeID))
-        _ = try? await client.send(RESPCommand("HDEL", layout.nodeTotalsKey, nodeID))
-        _ = try? await client.send(RESPCommand("DEL", layout.presenceKey(nodeID)))
-        _ = try? await client.send(RESPCommand("DEL", layout.presenceInfoKey(nodeID)))
-        _ = try? await client.send(RESPCommand("INCR", layout.presenceVersionKey))
+        _ = try? await client.evaluate(
+            Self.goodbyeScript,
+            keys: [layout.nodesKey, layout.nodeTotalsKey, layout.presenceKey(nodeID), layout.presenceInfoKey(nodeID), layout.presenceVersionKey],
+            arguments: [nodeID]
+        )
     }
 
     /// Written at once (not batched: a connect with info is the rare case), with the presence
@@ -329,24 +330,45 @@ public final class RedisRoster: Roster, Service {
         return found
     }
 
-    /// One `GET` of the presence version: no room changed while it stays the same; any may
-    /// have when it moved (this roster does not track rooms: the nodes read their watched
-    /// rooms again). A node that died is noticed when another node's heartbeat expires it (a
-    /// third of the presence TTL at most after it expired).
+    /// One script call: the rooms whose presence changed since `version`, from the change log
+    /// the membership and presence scripts keep (only those rooms are read again), or "any
+    /// room" when a node expired, came back or left, when the log lost entries that old, or for
+    /// a version of another data set (the instance is part of the version, so a counter Redis
+    /// lost and counted up again never matches one seen before). A node that died is noticed
+    /// when another node's heartbeat expires it (a third of the presence TTL at most after).
     public func presenceChanges(since version: String?) async throws(HubError) -> PresenceChanges {
-        let reply = try await send(RESPCommand("GET", layout.presenceVersionKey))
-        // A missing counter (a new data set, or Redis lost it) reads as "0" and differs from
-        // any version seen before, unless it was 0 too: then the rooms are read again anyway
-        // after the restore, which raises it.
-        let current = reply.string ?? "0"
-        return PresenceChanges(version: current, rooms: version == current ? [] : nil)
+        let known = version.flatMap { version -> (instance: Substring, counter: Int64)? in
+            guard let colon = version.lastIndex(of: ":"), let counter = Int64(version[version.index(after: colon)...]) else { return nil }
+            return (version[..<colon], counter)
+        }
+        let reply: RESPValue
+        do {
+            reply = try await client.evaluate(
+                Self.presenceChangesScript, keys: [layout.instanceKey, layout.presenceVersionKey], arguments: [String(known?.counter ?? -1)])
+        } catch {
+            throw HubError.unavailable("Redis: \(error)")
+        }
+        guard case .array(let parts?) = reply, parts.count >= 3, case .integer(let counter) = parts[1], case .integer(let precise) = parts[2] else {
+            throw HubError.unavailable("Redis answered the presence changes script with \(reply)")
+        }
+        // No instance yet (before the first heartbeat): nothing to compare with.
+        guard let instance = parts[0].string else { return PresenceChanges(version: "", rooms: nil) }
+        let current = instance + ":" + String(counter)
+        guard precise == 1, known?.instance == Substring(instance), parts.count == 4 else { return PresenceChanges(version: current, rooms: nil) }
+        switch parts[3] {
+        case .array(let rooms?), .set(let rooms): return PresenceChanges(version: current, rooms: Set(rooms.compactMap(\.string)))
+        default: throw HubError.unavailable("Redis answered the presence changes script with \(reply)")
+        }
     }
 
     /// Marks the node alive; when Redis lost the node's presence (restarted without
     /// persistence), writes it again from the hub's counts.
     public func heartbeat() async {
         if !scriptsPreloaded.exchange(true, ordering: .relaxed) {
-            await client.preload([Self.joinScript, Self.leaveScript, Self.presenceScript, Self.roomsOfScript, Self.heartbeatScript, Self.rewriteScript])
+            await client.preload([
+                Self.joinScript, Self.leaveScript, Self.presenceScript, Self.roomsOfScript, Self.heartbeatScript, Self.rewriteScript,
+                Self.presenceChangesScript,
+            ])
         }
         do {
             let ttl = String(presenceTTL.components.seconds)
@@ -467,23 +489,23 @@ public final class RedisRoster: Roster, Service {
     /// announced: clients re-join after every welcome, and nodes already apply it), {-1|-2|-3,
     /// 0} for the limit hit.
     static let joinScript = RedisScript(
-        """
-        if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
-          if ARGV[8] == 'b' and redis.call('SREM', KEYS[5], ARGV[2]) == 1 then return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
-          return {0, 0}
-        end
-        redis.call('HDEL', KEYS[4], ARGV[2])
-        if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {-1, 0} end
-        local members = redis.call('SCARD', KEYS[1])
-        if members >= tonumber(ARGV[6]) then return {-2, 0} end
-        if members == 0 and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[7]) then return {-3, 0} end
-        redis.call('SADD', KEYS[1], ARGV[1])
-        redis.call('SADD', KEYS[2], ARGV[2])
-        redis.call('SADD', KEYS[3], ARGV[2])
-        if ARGV[8] == 'u' then redis.call('SADD', KEYS[5], ARGV[2]) end
-        redis.call('INCR', KEYS[6])
-        return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
-        """
+        changedRooms(versionKey: 6) + """
+            if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+              if ARGV[8] == 'b' and redis.call('SREM', KEYS[5], ARGV[2]) == 1 then return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
+              return {0, 0}
+            end
+            redis.call('HDEL', KEYS[4], ARGV[2])
+            if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {-1, 0} end
+            local members = redis.call('SCARD', KEYS[1])
+            if members >= tonumber(ARGV[6]) then return {-2, 0} end
+            if members == 0 and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[7]) then return {-3, 0} end
+            redis.call('SADD', KEYS[1], ARGV[1])
+            redis.call('SADD', KEYS[2], ARGV[2])
+            redis.call('SADD', KEYS[3], ARGV[2])
+            if ARGV[8] == 'u' then redis.call('SADD', KEYS[5], ARGV[2]) end
+            changed(redis.call('INCR', KEYS[6]), {ARGV[2]})
+            return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
+            """
     )
 
     /// KEYS as for the join; ARGV: user, room, user channel, notice, seconds an ended membership
@@ -493,36 +515,91 @@ public final class RedisRoster: Roster, Service {
     /// must still end it there. Every leave is remembered for a while, so that a node writing
     /// back what Redis lost (``restoreScript``) does not bring it back.
     static let leaveScript = RedisScript(
-        """
-        redis.call('HSET', KEYS[4], ARGV[2], 1)
-        redis.call('EXPIRE', KEYS[4], ARGV[5])
-        if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {0, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
-        redis.call('SREM', KEYS[2], ARGV[2])
-        redis.call('SREM', KEYS[5], ARGV[2])
-        if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
-        redis.call('INCR', KEYS[6])
-        return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
-        """
+        changedRooms(versionKey: 6) + """
+            redis.call('HSET', KEYS[4], ARGV[2], 1)
+            redis.call('EXPIRE', KEYS[4], ARGV[5])
+            if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {0, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
+            redis.call('SREM', KEYS[2], ARGV[2])
+            redis.call('SREM', KEYS[5], ARGV[2])
+            if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+            changed(redis.call('INCR', KEYS[6]), {ARGV[2]})
+            return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
+            """
     )
 
     /// KEYS: the node's presence hash, the presence version, the node's presence info. ARGV:
-    /// ttl seconds, then user, delta pairs. Raises the version when a user came online or went
-    /// offline on this node; forgets the info of users gone from it.
+    /// ttl seconds, the rooms-of key prefix, then user, delta pairs. When a user came online or
+    /// went offline on this node, raises the version and logs the user's rooms as changed;
+    /// forgets the info of users gone from it. (The rooms-of keys are not declared: this roster
+    /// needs a single Redis anyway.)
     static let presenceScript = RedisScript(
+        changedRooms(versionKey: 2) + """
+            local crossed = {}
+            for i = 3, #ARGV, 2 do
+              local count = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+              if count <= 0 then
+                redis.call('HDEL', KEYS[1], ARGV[i])
+                redis.call('HDEL', KEYS[3], ARGV[i])
+                crossed[#crossed + 1] = ARGV[i]
+              elseif count == tonumber(ARGV[i + 1]) then
+                crossed[#crossed + 1] = ARGV[i]
+              end
+            end
+            if #crossed > 0 then
+              local version = redis.call('INCR', KEYS[2])
+              for _, user in ipairs(crossed) do changed(version, redis.call('SMEMBERS', ARGV[2] .. user)) end
+            end
+            if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+            return 1
+            """
+    )
+
+    /// Rooms whose presence changed, by the version that changed them, are logged in a sorted
+    /// set beside the version counter (`VERSION:rooms`), kept to the last ``changeLogSize``;
+    /// `VERSION:floor` is the version below which the log lost entries, and `VERSION:all` the
+    /// last version at which any room may have changed (a node expired, came back or left, or
+    /// Redis lost presence). This is the Lua `changed(version, rooms)` of the scripts that log.
+    static func changedRooms(versionKey: Int) -> String {
         """
-        local crossed = false
-        for i = 2, #ARGV, 2 do
-          local count = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
-          if count <= 0 then
-            redis.call('HDEL', KEYS[1], ARGV[i])
-            redis.call('HDEL', KEYS[3], ARGV[i])
-            crossed = true
-          elseif count == tonumber(ARGV[i + 1]) then
-            crossed = true
+        local function changed(version, rooms)
+          local log = KEYS[\(versionKey)] .. ':rooms'
+          for _, room in ipairs(rooms) do redis.call('ZADD', log, version, room) end
+          if redis.call('ZCARD', log) > \(changeLogSize) then
+            redis.call('ZREMRANGEBYRANK', log, 0, -\(changeLogSize) - 1)
+            local first = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+            redis.call('SET', KEYS[\(versionKey)] .. ':floor', tonumber(first[2]) - 1)
           end
         end
-        if crossed then redis.call('INCR', KEYS[2]) end
-        if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+
+        """
+    }
+
+    static let changeLogSize = 10_000
+
+    /// KEYS: the instance key, the presence version. ARGV: the version the caller saw (-1: none
+    /// of this data set). Returns {instance (nil before the first heartbeat), version, then 1
+    /// and the rooms changed since when the log can tell, else 0}.
+    static let presenceChangesScript = RedisScript(
+        """
+        local instance = redis.call('GET', KEYS[1])
+        local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+        local since = tonumber(ARGV[1])
+        local all = tonumber(redis.call('GET', KEYS[2] .. ':all') or '0')
+        local floor = tonumber(redis.call('GET', KEYS[2] .. ':floor') or '0')
+        if not instance or since < 0 or since > version or all > since or since < floor then return {instance, version, 0} end
+        return {instance, version, 1, redis.call('ZRANGEBYSCORE', KEYS[2] .. ':rooms', '(' .. since, '+inf')}
+        """
+    )
+
+    /// KEYS: nodes, node totals, the node's presence hash and info hash, the presence version.
+    /// ARGV: node id. A graceful exit in one step: the node's users go offline, and the nodes
+    /// sending presence events hear of it.
+    static let goodbyeScript = RedisScript(
+        """
+        redis.call('ZREM', KEYS[1], ARGV[1])
+        redis.call('HDEL', KEYS[2], ARGV[1])
+        redis.call('DEL', KEYS[3], KEYS[4])
+        redis.call('SET', KEYS[5] .. ':all', redis.call('INCR', KEYS[5]))
         return 1
         """
     )
@@ -556,7 +633,7 @@ public final class RedisRoster: Roster, Service {
         for _, node in ipairs(dead) do redis.call('HDEL', KEYS[3], node) end
         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
         local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000, ARGV[1])
-        if #dead > 0 or added == 1 then redis.call('INCR', KEYS[5]) end
+        if #dead > 0 or added == 1 then redis.call('SET', KEYS[5] .. ':all', redis.call('INCR', KEYS[5])) end
         redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
         redis.call('EXPIRE', KEYS[2], ARGV[2])
         redis.call('EXPIRE', KEYS[6], ARGV[2])
@@ -614,7 +691,7 @@ public final class RedisRoster: Roster, Service {
           end
           i = i + 2 + 3 * count
         end
-        if restored > 0 then redis.call('INCR', KEYS[2]) end
+        if restored > 0 then redis.call('SET', KEYS[2] .. ':all', redis.call('INCR', KEYS[2])) end
         return restored
         """
     )
@@ -623,7 +700,7 @@ public final class RedisRoster: Roster, Service {
     /// count pairs.
     static let rewriteScript = RedisScript(
         """
-        redis.call('INCR', KEYS[2])
+        redis.call('SET', KEYS[2] .. ':all', redis.call('INCR', KEYS[2]))
         redis.call('DEL', KEYS[1])
         for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
         redis.call('EXPIRE', KEYS[1], ARGV[1])

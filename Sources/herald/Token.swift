@@ -119,7 +119,7 @@ struct Token: AsyncParsableCommand {
         claims.iss = issuer.map { IssuerClaim(value: $0) }
         claims.aud = audience.map { AudienceClaim(value: $0) }
         claims.jti = jti.map { IDClaim(value: $0) }
-        claims.info = try infoClaim
+        claims.info = try infoClaim.map(InfoClaim.init)
         do {
             print(try await key.sign(claims, algorithm: algorithm))
         } catch let error as ConfigurationError {

@@ -208,7 +208,9 @@ struct ClientUnitTests {
 
     /// Presence frames keep a joined room's presence; hostile ones change nothing they cannot.
     @Test(.timeLimit(.minutes(1))) func presenceFramesKeepTheRoomsPresence() async throws {
-        let client = HeraldClient(url: URL(string: "ws://127.0.0.1:9/ws")!, credentials: .user("zoe"))
+        var configuration = HeraldClient.Configuration()
+        configuration.random = { 0 }  // a resync asks at once
+        let client = HeraldClient(url: URL(string: "ws://127.0.0.1:9/ws")!, credentials: .user("zoe"), configuration: configuration)
         let core = client.core
         let (generation, outbox) = try #require(core.beginConnecting(url: "test"))
         var sent = outbox.makeAsyncIterator()
@@ -234,6 +236,14 @@ struct ClientUnitTests {
         }
         #expect(room.presenceState?.members == ["b", "c"] && room.presenceState?.online == ["b", "c"])
         #expect(client.room("elsewhere").presenceState == nil, "a room not joined keeps nothing")
+        // A change the server cut short: the client asks for the whole state and applies it.
+        core.receive(#"{"type":"presence_change","room":"r","joined":["d"],"left":[],"online":[],"offline":[],"omitted":1500}"#, generation: generation)
+        let ask = try #require(await sent.next())
+        #expect(ask.hasPrefix(#"{"type":"presence","room":"r""#), "\(ask)")
+        let askID = try #require(try InboundFrame(text: ask).requestID)
+        core.receive(#"{"type":"presence","room":"r","members":["b","c","d","e"],"online":["e"],"id":\#(askID)}"#, generation: generation)
+        try await waitUntil("the whole state") { room.presenceState?.members == ["b", "c", "d", "e"] }
+        #expect(room.presenceState?.change == nil && room.presenceState?.online == ["e"])
     }
 
     @Test(.timeLimit(.minutes(1))) func silentConnectionsArePingedThenDropped() async throws {

@@ -107,7 +107,7 @@ struct PresenceEventsTests {
         let secret = "presence-info-secret-0123456789abcdef"
         func token(_ user: String, info: [String: String]?) async throws -> String {
             var claims = HeraldClaims(sub: user, exp: Date().addingTimeInterval(600), rooms: ["team"])
-            claims.info = info
+            claims.info = info.map(InfoClaim.init)
             return try await Authenticator.jwt(secret: secret).mint(claims)
         }
         try await TestServer.with({
@@ -129,10 +129,19 @@ struct PresenceEventsTests {
             let info = joined.compactMap { ($0["info"] as? [String: Any])?["bob"] as? [String: String] }.first
             #expect(info == ["name": "Bob \"B\"", "avatar": "/b.png"], "\(joined)")
 
+            // An info claim past its bounds, or of another shape (another system's claim), is
+            // ignored: the token is good, the user appears without info.
             let huge = Dictionary(uniqueKeysWithValues: (0..<17).map { ("k\($0)", "v") })
-            let refused = try await TestClient.connect(port: server.port, query: "token=\(try await token("eve", info: huge))")
-            let closed = try await refused.closed()
-            #expect(closed.code == 4001 && closed.reason?.contains("info") == true, "\(closed)")
+            let eve = try await TestClient.connect(port: server.port, query: "token=\(try await token("eve", info: huge))&presence_events=true")
+            _ = try await eve.next(type: "welcome")
+            try await eve.send(#"{"type":"join","room":"team","id":1}"#)
+            let eveState = try await eve.next(type: "presence_state")
+            #expect((eveState["info"] as? [String: Any])?["eve"] == nil && (eveState["online"] as? [String])?.contains("eve") == true, "\(eveState)")
+            for other in ["42", #""name""#, #"{"name":7}"#, "[]"] {
+                #expect(try JSONDecoder().decode(InfoClaim.self, from: Data(other.utf8)).values == nil, "\(other)")
+            }
+            #expect(try JSONDecoder().decode(InfoClaim.self, from: Data(#"{"name":"Ada"}"#.utf8)).values == ["name": "Ada"])
+            await eve.close()
             await ada.close()
             await bob.close()
         }

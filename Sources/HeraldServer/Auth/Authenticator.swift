@@ -126,13 +126,9 @@ public struct Authenticator: Sendable {
         for pattern in (claims.rooms ?? []) + (claims.send ?? []) where pattern.utf8.count > Name.maxBytes + 1 {
             return .failure(.init("token malformed: a rooms or send pattern is longer than \(Name.maxBytes) bytes"))
         }
-        var presenceInfo: String?
-        if let info = claims.info {
-            switch PresenceInfo.encode(info) {
-            case .success(let encoded): presenceInfo = encoded
-            case .failure(let problem): return .failure(.init("token malformed: info \(problem)"))
-            }
-        }
+        // Past its bounds the claim is ignored like one of another shape: the user just
+        // appears without info.
+        let presenceInfo = claims.info?.values.flatMap { try? PresenceInfo.encode($0).get() }
         return .success(
             Identity(
                 user: user,
@@ -219,7 +215,7 @@ public struct HeraldClaims: JWTPayload, Equatable {
     public var send: [String]?
     /// What the members of the user's rooms are told about the user with presence events
     /// (e.g. `{"name":"Ada"}`): at most ``PresenceInfo/maxEntries`` string values.
-    public var info: [String: String]?
+    public var info: InfoClaim?
 
     public init(sub: String, exp: Date?, rooms: [String]?) {
         self.sub = SubjectClaim(value: sub)
@@ -230,6 +226,28 @@ public struct HeraldClaims: JWTPayload, Equatable {
     /// Signature only: the times and the issuer are checked by ``Authenticator`` with its
     /// clock, leeway and policy.
     public func verify(using algorithm: some JWTAlgorithm) async throws {}
+}
+
+/// A token's `info` claim. Read leniently: a claim of another shape (another system's `info`)
+/// is ignored, never a reason to refuse the token.
+public struct InfoClaim: Codable, Equatable, Sendable, ExpressibleByDictionaryLiteral {
+    /// `nil` when the claim is not an object of strings.
+    public var values: [String: String]?
+
+    public init(_ values: [String: String]) { self.values = values }
+
+    public init(dictionaryLiteral elements: (String, String)...) {
+        self.values = Dictionary(elements, uniquingKeysWith: { _, last in last })
+    }
+
+    public init(from decoder: any Decoder) throws {
+        values = try? decoder.singleValueContainer().decode([String: String].self)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(values)
+    }
 }
 
 /// A configuration Herald cannot run with, or a service it needs that cannot be reached; the

@@ -248,6 +248,21 @@ export class Room extends Emitter {
     const event = { room: this.name, members: [...this.members].sort(), online: [...this.online].sort(), info: Object.fromEntries(this.info) };
     if (change) event.change = change;
     this._emit("presence", event);
+    // A mass change the server cut short: ask for the whole state, at a random moment within
+    // 5 s so that the room's members do not all ask at once.
+    if (change && change.omitted > 0 && !this._presenceResync) {
+      this._presenceResync = setTimeout(() => {
+        this._presenceResync = null;
+        if (!this.joined) return;
+        this.presence().then((p) => {
+          if (!this.joined) return;
+          this.members = new Set(p.members);
+          this.online = new Set(p.online);
+          for (const user of [...this.info.keys()]) if (!this.members.has(user)) this.info.delete(user);
+          this._emit("presence", { room: this.name, members: [...this.members].sort(), online: [...this.online].sort(), info: Object.fromEntries(this.info) });
+        }, () => {});
+      }, Math.floor(this.client._opts.random() * 5000));
+    }
   }
 
   /** Joins the room (resuming from the last processed position); resolves with the `joined` reply. */
@@ -370,6 +385,7 @@ export class Herald extends Emitter {
   close() {
     if (this.state === "closed") return;
     this._clearTimers();
+    for (const room of this._rooms.values()) { clearTimeout(room._presenceResync); room._presenceResync = null; }
     const ws = this._ws;
     this._detach();
     if (ws) try { ws.close(1000, "client closed"); } catch { /* already closing */ }

@@ -84,16 +84,15 @@ extension WebSocketConnection {
         let roster = node.roster
         let user = self.user
         let presence = presenceStateRequest(for: room)
-        runCommand(id: id) { () async throws(HubError) in
+        runCommand(id: id, afterReply: presence) { () async throws(HubError) in
             if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
-            presence?()
             return ServerFrame.joined(room: room, id: id)
         }
     }
 
     /// For a connection that asked for presence events joining a watched room: asks the
-    /// notifier, once the membership stands, to send the room's `presence_state`, the state its
-    /// later `presence_change` frames apply to.
+    /// notifier, once the membership stands and the `joined` reply is sent, to send the room's
+    /// `presence_state`, the state its later `presence_change` frames apply to.
     private func presenceStateRequest(for room: String) -> (@Sendable () -> Void)? {
         guard wantsPresenceEvents, let notifier = node.presenceNotifier, notifier.configuration.covers(room) else { return nil }
         return { [self] in notifier.sendState(of: room, to: self) }
@@ -115,7 +114,6 @@ extension WebSocketConnection {
         beginCommand()
         eventLoop.makeFutureWithTask { () async throws -> StreamPosition? in
             if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
-            presence?()
             // The membership stands once the roster took it: a position the broker cannot read
             // now only costs the client its resume point, not the join.
             return try? await broker.position(of: target)
@@ -125,9 +123,11 @@ extension WebSocketConnection {
             case .success(let position?):
                 replay(nil, after: nil, recovered: false, then: hold)
                 send(ServerFrame.joined(room: room, id: id, at: position))
+                presence?()
             case .success(nil):
                 send(ServerFrame.joined(room: room, id: id))
                 replay(nil, after: nil, recovered: false, then: hold)
+                presence?()
             case .failure(let error as HubError) where error.isMembershipLimit:
                 send(ServerFrame.error(.limitExceeded, message: error.description, id: id))
                 replay(nil, after: nil, recovered: false, then: hold)
@@ -268,7 +268,6 @@ extension WebSocketConnection {
         beginCommand()
         eventLoop.makeFutureWithTask { () async throws -> HistoryPage in
             if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
-            presence?()
             return try await broker.history(of: target, since: since.offset, limit: limit)
         }.whenComplete { [self] result in
             node.hub.release(hold, for: self)
@@ -277,6 +276,7 @@ extension WebSocketConnection {
                 let recovery = page.recovery(from: since)
                 send(ServerFrame.joined(room: room, id: id, recovery: recovery, latest: page.latest))
                 replay(page, after: since, recovered: recovery == .recovered, then: hold)
+                presence?()
             case .failure(let error as HubError) where error.isMembershipLimit:
                 send(ServerFrame.error(.limitExceeded, message: error.description, id: id))
                 replay(nil, after: nil, recovered: false, then: hold)
@@ -290,12 +290,14 @@ extension WebSocketConnection {
 
     /// Runs a roster command; the frames after it wait until it has answered, so replies keep
     /// the order of the requests.
-    private func runCommand(id: RawJSON?, _ body: @escaping @Sendable () async throws(HubError) -> ByteBuffer) {
+    /// Runs `body` and sends its reply (or the error); `afterReply` runs once a reply was sent.
+    private func runCommand(id: RawJSON?, afterReply: (@Sendable () -> Void)? = nil, _ body: @escaping @Sendable () async throws(HubError) -> ByteBuffer) {
         beginCommand()
         eventLoop.makeFutureWithTask { try await body() }.whenComplete { [self] result in
             switch result {
             case .success(let reply):
                 send(reply)
+                afterReply?()
             case .failure(let error as HubError) where error.isMembershipLimit:
                 send(ServerFrame.error(.limitExceeded, message: error.description, id: id))
             case .failure(let error):

@@ -316,7 +316,7 @@ test("remembered positions are bounded (least recently used forgotten)", async (
 });
 
 test("presence events keep the room's members and online users; hostile ones change nothing bad", async () => {
-  const { env, client, errors } = await connected();
+  const { env, client, errors } = await connected({ random: () => 0 });
   const room = client.room("lobby");
   const events = [];
   room.on("presence", (e) => { events.push(e); });
@@ -337,5 +337,15 @@ test("presence events keep the room's members and online users; hostile ones cha
   assert.deepEqual([...room.members].sort(), ["b", "c"]);
   assert.equal(events.length, 3, "the malformed change for lobby changed nothing but is reported as an event");
   assert.deepEqual(errors, []);
+  // A change the server cut short: the client asks for the whole state (random() is 0 here: at once).
+  env.ws.frame({ type: "presence_change", room: "lobby", joined: ["d"], left: [], online: [], offline: [], omitted: 1500 });
+  await tick(5);
+  const ask = env.ws.last("presence");
+  assert.equal(ask.room, "lobby");
+  env.ws.frame({ type: "presence", room: "lobby", members: ["b", "c", "d", "e"], online: ["e"], id: ask.id });
+  await tick();
+  assert.deepEqual(events.at(-1).members, ["b", "c", "d", "e"]);
+  assert.deepEqual(events.at(-1).online, ["e"]);
+  assert.equal(events.at(-1).change, undefined, "the whole state, as a state");
   client.close();
 });
