@@ -51,9 +51,16 @@ public protocol Broker: Service {
 
     /// Counters of the broker's failures, for `/api/stats`.
     var statistics: BrokerStatistics.Snapshot { get }
+
+    /// Why the broker cannot serve right now (its backend unreachable, its subscriptions lost),
+    /// or `nil` when it can: what `/readyz` reports.
+    var unreadiness: String? { get }
 }
 
 extension Broker {
+    /// An in-process broker is always ready.
+    public var unreadiness: String? { nil }
+
     /// Publishes `envelope` to every node, this one included; answers its stream position.
     @discardableResult
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) async throws -> StreamPosition? {

@@ -49,10 +49,16 @@ public protocol ClientConnection: AnyObject, Sendable {
     /// Whether the client asked for presence events (`presence_change` frames) of its rooms.
     /// Constant for the life of the connection.
     var wantsPresenceEvents: Bool { get }
+
+    /// Bytes queued for this connection that its socket has not taken yet (read on its event
+    /// loop, when the node's metrics are read).
+    var queuedOutboundBytes: Int { get }
 }
 
 extension ClientConnection {
     public var wantsPresenceEvents: Bool { false }
+
+    public var queuedOutboundBytes: Int { 0 }
 
     /// A connection without tokens receives every room of its user.
     public func excludedRooms(among joinedByUser: Set<String>) -> Set<String> { [] }

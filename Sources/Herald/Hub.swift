@@ -20,6 +20,8 @@ import Synchronization
 public final class Hub: DeliverySink, Service, Sendable {
     public let configuration: HubConfiguration
     public let statistics = HubStatistics()
+    /// Where the node's metrics go (``HeraldMetrics/disabled`` unless the node exports them).
+    public let metrics: HeraldMetrics
     let logger: Logger
     /// The loops connections live on (the transport's group).
     public let eventLoopGroup: any EventLoopGroup
@@ -48,13 +50,16 @@ public final class Hub: DeliverySink, Service, Sendable {
     ///   - framing: wraps a delivery frame for the transport (for WebSocket: the frame header),
     ///     applied once per message before fan-out, so every recipient gets the same bytes.
     ///   - logger: where the hub logs.
+    ///   - metrics: where the node's metrics go.
     public init(
         configuration: HubConfiguration = .init(),
         eventLoopGroup: any EventLoopGroup,
         logger: Logger = Logger(label: "herald.hub"),
+        metrics: HeraldMetrics = .disabled,
         framing: @escaping @Sendable (ByteBuffer) -> ByteBuffer = { $0 }
     ) {
         self.configuration = configuration
+        self.metrics = metrics
         self.framing = framing
         self.logger = logger
         self.eventLoopGroup = eventLoopGroup
@@ -256,6 +261,17 @@ public final class Hub: DeliverySink, Service, Sendable {
     }
 
     /// Rooms with at least one member connected to this node (the room channels it needs).
+    /// Bytes queued for this node's connections that their sockets have not taken yet: each
+    /// event loop sums its own connections (a walk of every connection; for metrics, not for
+    /// the delivery path).
+    public func queuedOutboundBytes() async -> Int {
+        var total = 0
+        for shard in shards {
+            total += (try? await shard.eventLoop.submit { shard.queuedOutboundBytes() }.get()) ?? 0
+        }
+        return total
+    }
+
     public var localRoomCount: Int { state.withLock { $0.interest.localMembers.count } }
 
     /// Whether some connection on this node asked for presence events.
@@ -310,6 +326,7 @@ public final class Hub: DeliverySink, Service, Sendable {
     /// `execute`.
     public func deliver(_ envelope: Envelope) {
         statistics.messagesDelivered.add(1, ordering: .relaxed)
+        if metrics.isEnabled { metrics.recordPublishLatency(ofMessage: envelope.frame) }
         var members: Set<String>?
         if case .room(let room) = envelope.target {
             guard let snapshot = state.withLock({ $0.interest.localMembers[room] }) else { return }
@@ -327,7 +344,7 @@ public final class Hub: DeliverySink, Service, Sendable {
         for shard in shards {
             shard.eventLoop.execute { [members] in
                 let written = shard.deliver(frame, to: target, members: members, position: position)
-                statistics.framesWritten.add(written, ordering: .relaxed)
+                statistics.recordWritten(written, to: target)
             }
         }
     }
@@ -340,7 +357,9 @@ public final class Hub: DeliverySink, Service, Sendable {
         let statistics = self.statistics
         for shard in shards {
             shard.eventLoop.execute {
-                statistics.framesWritten.add(shard.deliverPresenceEvent(framed, toRoom: room, members: members), ordering: .relaxed)
+                let written = shard.deliverPresenceEvent(framed, toRoom: room, members: members)
+                statistics.framesWritten.add(written, ordering: .relaxed)
+                statistics.presenceFramesWritten.add(written, ordering: .relaxed)
             }
         }
     }

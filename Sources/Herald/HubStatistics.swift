@@ -7,6 +7,11 @@ public final class HubStatistics: Sendable {
     let connectionsOpened = Atomic<Int>(0)
     let connectionsRefused = Atomic<Int>(0)
     let slowConsumersCut = Atomic<Int>(0)
+    /// Frames written by scope (all, room, user) and presence frames: `framesWritten` split up.
+    let deliveriesToAll = Atomic<Int>(0)
+    let deliveriesToRooms = Atomic<Int>(0)
+    let deliveriesToUsers = Atomic<Int>(0)
+    let presenceFramesWritten = Atomic<Int>(0)
 
     public init() {}
 
@@ -21,6 +26,21 @@ public final class HubStatistics: Sendable {
         public var connectionsOpened: Int
         public var connectionsRefused: Int
         public var slowConsumersCut: Int
+        public var deliveriesToAll: Int
+        public var deliveriesToRooms: Int
+        public var deliveriesToUsers: Int
+        public var presenceFramesWritten: Int
+    }
+
+    /// Counts frames written for one message of `target`.
+    func recordWritten(_ count: Int, to target: DeliveryTarget) {
+        guard count > 0 else { return }
+        framesWritten.add(count, ordering: .relaxed)
+        switch target {
+        case .all: deliveriesToAll.add(count, ordering: .relaxed)
+        case .room: deliveriesToRooms.add(count, ordering: .relaxed)
+        case .user: deliveriesToUsers.add(count, ordering: .relaxed)
+        }
     }
 
     public func snapshot() -> Snapshot {
@@ -29,7 +49,11 @@ public final class HubStatistics: Sendable {
             framesWritten: framesWritten.load(ordering: .relaxed),
             connectionsOpened: connectionsOpened.load(ordering: .relaxed),
             connectionsRefused: connectionsRefused.load(ordering: .relaxed),
-            slowConsumersCut: slowConsumersCut.load(ordering: .relaxed)
+            slowConsumersCut: slowConsumersCut.load(ordering: .relaxed),
+            deliveriesToAll: deliveriesToAll.load(ordering: .relaxed),
+            deliveriesToRooms: deliveriesToRooms.load(ordering: .relaxed),
+            deliveriesToUsers: deliveriesToUsers.load(ordering: .relaxed),
+            presenceFramesWritten: presenceFramesWritten.load(ordering: .relaxed)
         )
     }
 }

@@ -29,6 +29,16 @@ final class LoopShard: @unchecked Sendable {
         self.eventLoop = eventLoop
     }
 
+    /// Bytes queued for this loop's connections that their sockets have not taken yet.
+    func queuedOutboundBytes() -> Int {
+        eventLoop.assertInEventLoop()
+        var total = 0
+        for connections in byUser.values {
+            for connection in connections { total += connection.queuedOutboundBytes }
+        }
+        return total
+    }
+
     func add(_ connection: any ClientConnection) {
         eventLoop.preconditionInEventLoop()
         byUser[connection.user, default: []].append(connection)

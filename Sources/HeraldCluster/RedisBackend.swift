@@ -58,6 +58,7 @@ public enum RedisBackend {
         let hub = HeraldServer.makeHub(configuration: configuration, logger: logger)
         var backplaneConfiguration = RedisBackplane.Configuration(url: url, nodeID: nodeID)
         backplaneConfiguration.prefix = redis.prefix
+        backplaneConfiguration.client.metrics = RedisClientMetrics(hub.metrics)
         let backplane = RedisBackplane(configuration: backplaneConfiguration, logger: logger, group: eventLoop)
         var brokerConfiguration = RedisBroker.Configuration()
         brokerConfiguration.history = configuration.history
@@ -81,7 +82,7 @@ public enum RedisBackend {
             var ingest = IngestConsumer.Configuration(stream: stream)
             ingest.claimIdle = redis.ingestClaimIdle
             ingest.maxAttempts = redis.ingestMaxAttempts
-            services.append(IngestConsumer(configuration: ingest, backplane: backplane, broker: broker, logger: logger))
+            services.append(IngestConsumer(configuration: ingest, backplane: backplane, broker: broker, logger: logger, metrics: hub.metrics))
         }
         return try await HeraldServer(
             configuration: configuration, hub: hub, broker: broker, roster: roster, denylist: denylist, services: services, logger: logger

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Herald
 import HeraldRedisClient
 import HeraldWire
@@ -44,11 +45,13 @@ public final class IngestConsumer: Service, Sendable {
     private let client: RedisClient
     private let consumer: String
     private let logger: Logger
+    private let metrics: HeraldMetrics
 
     /// Reads the queue in `backplane`'s Redis (on a connection of its own) and publishes each
-    /// event through `broker`.
-    public init(configuration: Configuration, backplane: RedisBackplane, broker: any Broker, logger: Logger) {
+    /// event through `broker`; counts publishes, dead letters and the group's lag in `metrics`.
+    public init(configuration: Configuration, backplane: RedisBackplane, broker: any Broker, logger: Logger, metrics: HeraldMetrics = .disabled) {
         self.configuration = configuration
+        self.metrics = metrics
         self.backplane = backplane
         self.broker = broker
         self.consumer = backplane.configuration.nodeID
@@ -56,6 +59,7 @@ public final class IngestConsumer: Service, Sendable {
         // Its own connection: XREADGROUP BLOCK holds a connection for up to a second.
         var clientConfiguration = backplane.configuration.client
         clientConfiguration.commandTimeout = .seconds(5)
+        clientConfiguration.metrics = RedisClientMetrics(metrics)
         self.client = RedisClient(url: backplane.configuration.url, configuration: clientConfiguration)
     }
 
@@ -77,6 +81,7 @@ public final class IngestConsumer: Service, Sendable {
         /// read again, first, before new ones: not left until another node claims them.
         var ownPendingFirst = true
         var lastClaim = ContinuousClock.now - configuration.claimIdle
+        var lastLagReading = ContinuousClock.now - .seconds(1)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             // Both connections (the queue's, and the broker's that publishes) connect and
             // reconnect in their own tasks: an entry read before the broker is back would only
@@ -100,6 +105,10 @@ public final class IngestConsumer: Service, Sendable {
                     lastClaim = ContinuousClock.now
                 }
                 try await process(try await read(from: ">"))
+                if metrics.isEnabled, ContinuousClock.now - lastLagReading >= .seconds(1) {
+                    try await recordLag()
+                    lastLagReading = ContinuousClock.now
+                }
                 backoff.reset()
             } catch let error as RedisError where Self.groupIsGone(error) {
                 // Redis lost the group (restarted without persistence, the stream deleted or
@@ -224,8 +233,43 @@ public final class IngestConsumer: Service, Sendable {
             // Publish first, acknowledge after: a crash in between leaves the entry pending, and
             // its idempotency key makes the retry a no-op.
             try await broker.publish(envelope, on: MultiThreadedEventLoopGroup.singleton.any())
+            metrics.recordPublish(from: .ingest)
             try await client.send(RESPCommand("XACK", configuration.stream, configuration.group, entry.id))
         }
+    }
+
+    /// `herald_ingest_lag_entries`: the group's `lag` (`XINFO GROUPS`, Redis 7+; left as it
+    /// was when Redis cannot say).
+    private func recordLag() async throws {
+        let reply = try await client.send(RESPCommand("XINFO", "GROUPS", configuration.stream))
+        guard case .array(let groups?) = reply else { return }
+        for group in groups {
+            let fields = Self.fields(of: group)
+            guard case .bulkString(let name?)? = fields["name"], String(buffer: name) == configuration.group else { continue }
+            if case .integer(let lag)? = fields["lag"] { metrics.ingestLag.record(lag) }
+            return
+        }
+    }
+
+    /// A map reply (RESP3) or a flat key/value array (RESP2) as a dictionary keyed by name.
+    static func fields(of value: RESPValue) -> [String: RESPValue] {
+        var fields: [String: RESPValue] = [:]
+        switch value {
+        case .map(let pairs):
+            for (key, value) in pairs {
+                if case .bulkString(let name?) = key { fields[String(buffer: name)] = value }
+                if case .simpleString(let name) = key { fields[name] = value }
+            }
+        case .array(let items?):
+            var index = 0
+            while index + 1 < items.count {
+                if case .bulkString(let name?) = items[index] { fields[String(buffer: name)] = items[index + 1] }
+                index += 2
+            }
+        default:
+            break
+        }
+        return fields
     }
 
     /// How many times the entry was delivered to a consumer (`XPENDING`), when it is pending.
@@ -242,6 +286,7 @@ public final class IngestConsumer: Service, Sendable {
         for (field, value) in entry.fields { arguments += [field, value] }
         try await client.send(RESPCommand("XADD", arguments))
         try await client.send(RESPCommand("XACK", configuration.stream, configuration.group, entry.id))
+        metrics.ingestDeadLetters.increment()
     }
 
     // MARK: - Entries

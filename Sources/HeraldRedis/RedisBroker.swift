@@ -36,6 +36,8 @@ public final class RedisBroker: Broker {
     let streams: StreamTracker
     private let logger: Logger
     private let counters = BrokerStatistics()
+    /// Cleared while the pub/sub connection is lost, set again once every channel is resubscribed.
+    private let subscribed = SubscriptionFlag()
     private let interest = Mutex<PendingInterest>(PendingInterest())
     private let redisAcknowledgements: RedisAcknowledgementStore
     public var acknowledgements: any AcknowledgementStore { redisAcknowledgements }
@@ -58,6 +60,7 @@ public final class RedisBroker: Broker {
         self.backplane = backplane
         self.logger = logger
         let counters = self.counters
+        let subscribed = self.subscribed
         let url = backplane.configuration.url
         let streams = StreamTracker(sink: sink)
         self.streams = streams
@@ -69,8 +72,12 @@ public final class RedisBroker: Broker {
             messages: { target, payload in
                 Self.route(payload, to: target, sink: sink, streams: streams, logger: logger)
             },
-            lost: { streams.suspend() },
+            lost: {
+                subscribed.value.store(false, ordering: .relaxed)
+                streams.suspend()
+            },
             back: {
+                subscribed.value.store(true, ordering: .relaxed)
                 counters.recordReconnect()
                 logger.warning(
                     "Redis pub/sub connection re-established and every channel resubscribed; healing the gap from the channels' history",
@@ -90,6 +97,12 @@ public final class RedisBroker: Broker {
 
     /// Whether the command connection (the one that publishes) is up right now.
     public var isConnected: Bool { backplane.isConnected }
+
+    public var unreadiness: String? {
+        if !backplane.isConnected { return "the Redis command connection is down (reconnecting)" }
+        if !subscribed.value.load(ordering: .relaxed) { return "the Redis pub/sub connection is down (reconnecting and resubscribing)" }
+        return nil
+    }
 
     /// Runs until graceful shutdown: applies interest changes and heals after reconnects.
     public func run() async throws {
@@ -406,4 +419,9 @@ public final class RedisBroker: Broker {
         }
         sink.deliver(Envelope(target: target, frame: payload))
     }
+}
+
+/// Whether the pub/sub connection has every channel subscribed (shared with the backplane's callbacks).
+final class SubscriptionFlag: Sendable {
+    let value = Atomic<Bool>(true)
 }

@@ -1,3 +1,4 @@
+import CoreMetrics
 public import NIOCore
 import NIOPosix
 import Synchronization
@@ -15,6 +16,8 @@ public final class RedisClient: Sendable {
         public var commandTimeout: TimeAmount = .seconds(1)
         public var connectTimeout: TimeAmount = .seconds(2)
         public var backoff = Backoff()
+        /// Where command durations and errors are reported; `nil` measures nothing.
+        public var metrics: RedisClientMetrics?
 
         public init() {}
     }
@@ -88,11 +91,14 @@ public final class RedisClient: Sendable {
     /// Sends a command without a task (for event-loop code); fails at once when disconnected.
     public func submit(_ command: RESPCommand) -> EventLoopFuture<RESPValue> {
         guard let connection = state.withLock({ $0.connection }), connection.isActive else {
+            configuration.metrics?.commandErrors.increment()
             return group.any().makeFailedFuture(
                 RedisError.transport("not connected to Redis at \(url.host):\(url.port) (reconnecting); the command was not sent")
             )
         }
-        return connection.submit(command)
+        let reply = connection.submit(command)
+        configuration.metrics?.observe(reply)
+        return reply
     }
 
     /// Loads `scripts` on every connection from now on (and on the current one, if any) before

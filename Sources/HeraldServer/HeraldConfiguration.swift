@@ -109,6 +109,14 @@ public struct HeraldConfiguration: Sendable {
     /// early and cheaply instead of letting handshakes time out. 0 for no limit.
     public var maxConnectingConnections: Int = 2048
 
+    /// Where `/metrics` is served: on this port behind the API key (the default), on an address
+    /// of its own without a key (a private port for the scraper), or not at all.
+    public var metrics: MetricsEndpoint = .api
+    /// How long a node keeps serving after SIGTERM/SIGINT with `/readyz` failing, before it
+    /// stops accepting and closes its connections (1012): time for a load balancer's readiness
+    /// probe to take it out of rotation. Zero stops at once.
+    public var drainDelay: TimeAmount = .zero
+
     /// The HTTP request deadlines, as ``HTTPRequestDeadline`` takes them.
     var requestLimits: HTTPRequestDeadline.Limits {
         HTTPRequestDeadline.Limits(
@@ -146,6 +154,17 @@ public struct HeraldConfiguration: Sendable {
     public var effectiveSendPolicy: SendPolicy {
         sendPolicy ?? (isDevelopmentMode ? .anyone : .sharedRoom)
     }
+}
+
+/// Where a node serves its Prometheus metrics.
+public enum MetricsEndpoint: Sendable, Equatable {
+    /// `/metrics` on the node's own port, behind the API key when one is set.
+    case api
+    /// `/metrics` (and `/healthz`, `/readyz`) on an address of its own, without a key: bind it
+    /// where only the scraper can reach it. Port 0 picks a free one (logged).
+    case separate(host: String, port: Int)
+    /// No `/metrics` at all.
+    case off
 }
 
 /// Whom a user may `send` to over WebSocket (the HTTP API may always send). A token's `send`

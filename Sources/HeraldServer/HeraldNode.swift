@@ -26,6 +26,10 @@ public final class HeraldNode: Sendable {
     let connecting = Atomic<Int>(0)
     /// WebSocket requests answered 503 because too many connections were being set up.
     let overloadRefusals = Atomic<Int>(0)
+    /// Set once the listener is bound.
+    let listening = Atomic<Bool>(false)
+    /// Set when graceful shutdown begins: `/readyz` fails from then on.
+    let draining = Atomic<Bool>(false)
     /// The browser origins allowed to open WebSockets (`nil`: the server's own origin, or any
     /// in development mode; see ``CORSPolicy/admitsUpgrade(origin:host:policy:allowsAnyOriginWithoutList:)``).
     let webSocketOrigins: CORSPolicy?
@@ -86,6 +90,27 @@ public final class HeraldNode: Sendable {
     }
 
     /// A connection id unique on this node and, with the node id in it, across the cluster.
+    /// Whether this node can serve new connections: listening, its broker ready (with Redis:
+    /// connected and subscribed), not draining. What `/readyz` answers.
+    public func readiness() -> Readiness {
+        var reasons: [String] = []
+        if !listening.load(ordering: .relaxed) { reasons.append("not listening yet") }
+        if draining.load(ordering: .relaxed) { reasons.append("draining: shutting down, new connections should go to another node") }
+        if let problem = broker.unreadiness { reasons.append(problem) }
+        return Readiness(status: reasons.isEmpty ? "ready" : "not_ready", node: nodeID, reasons: reasons)
+    }
+
+    /// `GET /readyz`'s body.
+    public struct Readiness: Sendable, Encodable, Equatable {
+        /// `ready` or `not_ready`.
+        public var status: String
+        public var node: String
+        /// Why not, empty when ready.
+        public var reasons: [String]
+
+        public var isReady: Bool { reasons.isEmpty }
+    }
+
     func makeConnectionID() -> String {
         let number = nextConnection.add(1, ordering: .relaxed).newValue
         return "\(nodeID)-\(String(number, radix: 36))"

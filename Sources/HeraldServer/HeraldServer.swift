@@ -5,6 +5,7 @@ public import Logging
 import NIOCore
 import NIOPosix
 public import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 /// A Herald node: the WebSocket endpoint, the HTTP API, the demo page and the hub, run with the
@@ -36,9 +37,12 @@ public struct HeraldServer: Sendable {
     let services: [any Service]
 
     /// A hub for `configuration`, framing its messages as WebSocket text frames, on NIO's
-    /// shared event loop group: what a broker and a roster are built around before the server.
+    /// shared event loop group, with a Prometheus registry of its own unless metrics are off: what a broker and a roster are built around before the server.
     public static func makeHub(configuration: HeraldConfiguration, logger: Logger = Logger(label: "herald")) -> Hub {
-        Hub(configuration: configuration.hub, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger, framing: WebSocketFraming.textFrame)
+        Hub(
+            configuration: configuration.hub, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger,
+            metrics: configuration.metrics == .off ? .disabled : .prometheus(), framing: WebSocketFraming.textFrame
+        )
     }
 
     /// A node standing alone: the in-memory broker and roster.
@@ -101,7 +105,8 @@ public struct HeraldServer: Sendable {
         let router = Router()
         router.middlewares.add(HTTPConventionsMiddleware(cors: CORSPolicy(configuration.allowedOrigins)))
         router.middlewares.add(JSONErrorMiddleware())
-        HTTPAPI(node: node).register(on: router)
+        let metrics = configuration.metrics == .off ? nil : NodeMetrics(node: node)
+        HTTPAPI(node: node, metrics: configuration.metrics == .api ? metrics : nil).register(on: router)
         let listener = HeraldListener(
             childChannel: HeraldChildChannel(responder: HeraldListener.responder(for: router, logger: logger), node: node),
             host: configuration.host,
@@ -111,15 +116,22 @@ public struct HeraldServer: Sendable {
             eventLoopGroup: node.hub.eventLoopGroup,
             logger: logger,
             onListening: { port in
+                node.listening.store(true, ordering: .relaxed)
                 Self.logStartup(configuration: configuration, node: node, port: port, logger: logger)
                 await onListening(port)
             }
         )
+        var metricsListener: [any Service] = []
+        if case .separate(let host, let port) = configuration.metrics, let metrics {
+            metricsListener = [MetricsListener(host: host, port: port, node: node, metrics: metrics, logger: logger)]
+        }
         // A service group stops its services in reverse order: the listener first (no new
         // connections, every WebSocket closed with 1012), the broker and roster last.
         let reloader: [any Service] = node.tls == nil ? [] : [CertificateReloader(node: node)]
         let presence: [any Service] = node.presenceNotifier.map { [$0] } ?? []
-        return NodeServices(services: [node.hub] + services + presence + reloader + [listener], logger: logger)
+        return NodeServices(
+            services: [node.hub] + services + presence + reloader + metricsListener + [listener], node: node, drainDelay: configuration.drainDelay,
+            logger: logger)
     }
 
     /// Runs until SIGINT or SIGTERM; on either, closes every connection with 1012 and returns.
@@ -174,6 +186,9 @@ struct CertificateReloader: Service {
 /// the hub, broker and roster stop.
 struct NodeServices: Service {
     let services: [any Service]
+    let node: HeraldNode
+    /// How long `/readyz` fails before the listener stops (``HeraldConfiguration/drainDelay``).
+    let drainDelay: TimeAmount
     let logger: Logger
 
     func run() async throws {
@@ -184,10 +199,25 @@ struct NodeServices: Service {
                 logger: logger
             )
         )
-        try await withGracefulShutdownHandler {
-            try await group.run()
-        } onGracefulShutdown: {
-            Task { await group.triggerGracefulShutdown() }
+        // The inner group runs in a detached task: a service group inherits its parent's
+        // graceful shutdown through a task-local and would stop the listener at once, before
+        // the drain delay (during which /readyz fails but everything is still served).
+        let running = Task.detached { try await group.run() }
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                try await running.value
+            } onGracefulShutdown: { [node, drainDelay, logger] in
+                node.draining.store(true, ordering: .relaxed)
+                Task {
+                    if drainDelay > .zero {
+                        logger.notice("draining: /readyz fails for \(drainDelay.nanoseconds / 1_000_000) ms, then connections close (1012)")
+                        try? await Task.sleep(for: .nanoseconds(drainDelay.nanoseconds))
+                    }
+                    await group.triggerGracefulShutdown()
+                }
+            }
+        } onCancel: {
+            running.cancel()
         }
     }
 }

@@ -325,3 +325,44 @@ extension ByteBuffer {
         writeBuffer(&bytes)
     }
 }
+
+extension ServerFrame {
+    /// The `ts` of a `message` frame built by ``messageParts(scope:from:data:requiresAck:acceptedAt:)``
+    /// (milliseconds since 1970), or `nil` when it has none.
+    ///
+    /// Reads only the header: `ts` comes before `"data"`, and a raw `"` never occurs inside a
+    /// JSON string, so the first `,"ts":` before `,"data":` is the field itself.
+    public static func acceptedAt(ofMessage frame: ByteBuffer) -> Int64? {
+        frame.withUnsafeReadableBytes { bytes -> Int64? in
+            let ts = Array(#","ts":"#.utf8)
+            let data = Array(#","data":"#.utf8)
+            var index = 0
+            // Names are at most a few hundred bytes: the header is short.
+            let end = min(bytes.count, 1024)
+            while index + ts.count <= end {
+                if bytes[index] == UInt8(ascii: ","), index + 1 < end, bytes[index + 1] == UInt8(ascii: "\"") {
+                    if matches(bytes, at: index, data) { return nil }
+                    if matches(bytes, at: index, ts) {
+                        var value: Int64 = 0
+                        var cursor = index + ts.count
+                        var digits = 0
+                        while cursor < bytes.count, digits < 16, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[cursor]) {
+                            value = value * 10 + Int64(bytes[cursor] - UInt8(ascii: "0"))
+                            cursor += 1
+                            digits += 1
+                        }
+                        return digits > 0 ? value : nil
+                    }
+                }
+                index += 1
+            }
+            return nil
+        }
+    }
+
+    private static func matches(_ bytes: UnsafeRawBufferPointer, at index: Int, _ pattern: [UInt8]) -> Bool {
+        guard index + pattern.count <= bytes.count else { return false }
+        for offset in 0..<pattern.count where bytes[index + offset] != pattern[offset] { return false }
+        return true
+    }
+}

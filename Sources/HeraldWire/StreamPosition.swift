@@ -19,7 +19,7 @@ public struct StreamPosition: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// What a `join` with `since` achieved: every message after the client's position, or why not.
-public enum Recovery: Sendable, Equatable {
+public enum Recovery: Sendable, Hashable, CaseIterable {
     /// Every message after the client's offset was replayed (or there were none).
     case recovered
     /// The channel's history belongs to another epoch: it was lost since the client's position.

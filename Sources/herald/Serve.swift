@@ -347,6 +347,24 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert. Reloaded on SIGHUP. (env: HERALD_TLS_KEY)")
     var tlsKey: String?
 
+    @Option(
+        name: .customLong("metrics"),
+        help: """
+            Where /metrics (Prometheus) is served: api (on --port, behind the API key), HOST:PORT (an address of its own \
+            without a key, with /healthz and /readyz; keep it private) or off. (env: HERALD_METRICS, default api)
+            """
+    )
+    var metrics: String?
+
+    @Option(
+        name: .customLong("drain-delay"), parsing: .unconditional,
+        help: "Seconds a node keeps serving after SIGTERM with /readyz failing, before it closes its connections (0-300). (env: HERALD_DRAIN_DELAY, default 0)"
+    )
+    var drainDelay: Double?
+
+    @Option(name: .customLong("log-format"), help: "text, or json: one JSON object per line. (env: HERALD_LOG_FORMAT, default text)")
+    var logFormat: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env: HERALD_LOG_LEVEL, default info)")
     var logLevel: String?
 
@@ -362,9 +380,15 @@ struct Serve: AsyncParsableCommand {
             // Read once, when NIO's shared group is first used: nothing has used it yet.
             NIOSingletons.groupLoopCountSuggestion = loops
         }
+        var configuration = settings.configuration
+        if settings.jsonLogs {
+            // The node's id on every line: chosen now (when not given) so the handler knows it.
+            let nodeID = configuration.nodeID ?? HeraldNode.randomNodeID()
+            if settings.workers == 1 { configuration.nodeID = nodeID }
+            LoggingSystem.bootstrap { label in JSONLogHandler.standardError(label: label, metadata: ["node": .string(nodeID)]) }
+        }
         var logger = Logger(label: "herald")
         logger.logLevel = settings.logLevel
-        var configuration = settings.configuration
 
         if settings.workers > 1 {
             let supervisor = WorkerSupervisor(
@@ -413,6 +437,8 @@ struct Serve: AsyncParsableCommand {
         var workers = 1
         var eventLoops: Int?
         var logLevel = Logger.Level.info
+        /// `--log-format json`.
+        var jsonLogs = false
         /// The Redis backend (`--redis`); `nil` runs one node on its own.
         var redis: RedisBackendConfiguration?
         /// `--jwt-public-key` files, read; turned into keys by ``tokenKeys()``.
@@ -612,6 +638,22 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), not \(level)")
         }
         settings.logLevel = parsedLevel
+        switch options.string(logFormat, "log-format") ?? "text" {
+        case "text": settings.jsonLogs = false
+        case "json": settings.jsonLogs = true
+        case let other: throw ValidationError("--log-format must be text or json, not \(other)")
+        }
+        if let delay = try options.number(drainDelay, "drain-delay", in: 0...300) {
+            configuration.drainDelay = .milliseconds(Int64(delay * 1000))
+        }
+        if let endpoint = options.string(metrics, "metrics") {
+            configuration.metrics = try Self.metricsEndpoint(endpoint)
+            if case .separate(_, let port) = configuration.metrics, port != 0, settings.workers > 1 {
+                throw ValidationError(
+                    "--metrics \(endpoint) with --workers \(settings.workers): every worker would bind that port. Use port 0 (each worker logs its own) or --metrics api"
+                )
+            }
+        }
 
         if settings.workers > 1 {
             guard settings.redis != nil else {
@@ -628,6 +670,22 @@ struct Serve: AsyncParsableCommand {
         }
         settings.configuration = configuration
         return settings
+    }
+
+    /// `--metrics`: `api`, `off` or `HOST:PORT` (`[::1]:9090` for IPv6).
+    static func metricsEndpoint(_ text: String) throws -> MetricsEndpoint {
+        switch text {
+        case "api": return .api
+        case "off": return .off
+        default:
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+                throw ValidationError("--metrics must be api, off or HOST:PORT (e.g. 127.0.0.1:9090), not \(text)")
+            }
+            var host = String(text[..<colon])
+            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            guard !host.isEmpty else { throw ValidationError("--metrics \(text): the host is missing (e.g. 127.0.0.1:\(port))") }
+            return .separate(host: host, port: port)
+        }
     }
 
     /// `--allowed-origins`: `*`, or origins as a browser sends them (`scheme://host[:port]`),

@@ -33,6 +33,11 @@ struct CommandLineTests {
             (["serve", "--allowed-origins", "https://a.com:99999"], "has a port that is not 1 to 65535"),
             (["serve", "--presence-window", "10"], "--presence-window must be between 50 and 60000"),
             (["serve", "--presence-events", "chat,a*b"], "--presence-events: a*b is not a room name or prefix* pattern"),
+            (["serve", "--metrics", "9090"], "--metrics must be api, off or HOST:PORT (e.g. 127.0.0.1:9090), not 9090"),
+            (["serve", "--metrics", ":9090"], "--metrics :9090: the host is missing"),
+            (["serve", "--metrics", "127.0.0.1:70000"], "--metrics must be api, off or HOST:PORT"),
+            (["serve", "--drain-delay", "301"], "--drain-delay 301: --drain-delay must be between 0.0 and 300.0"),
+            (["serve", "--log-format", "xml"], "--log-format must be text or json, not xml"),
         ] {
             let run = try await runHerald(arguments)
             #expect(run.status == 64, "\(arguments): a usage error")

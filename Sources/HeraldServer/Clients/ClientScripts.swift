@@ -34,6 +34,8 @@ struct ClientScript: Sendable {
 
     static let javaScript = ClientScript(bytes: PackageResources.herald_js, contentType: "text/javascript; charset=utf-8")
     static let typeScriptDeclarations = ClientScript(bytes: PackageResources.herald_d_ts, contentType: "application/typescript; charset=utf-8")
+    /// The HTTP API's contract (`GET /api/openapi.yaml`; docs/openapi.yaml links to the file).
+    static let openAPI = ClientScript(bytes: PackageResources.openapi_yaml, contentType: "application/yaml; charset=utf-8")
 
     /// `200` with the file, or `304` when the request's `If-None-Match` names the current tag.
     func response(to request: Request) -> Response {

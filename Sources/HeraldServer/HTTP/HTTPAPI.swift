@@ -9,6 +9,8 @@ import Synchronization
 /// like everything else; membership changes go to the hub.
 struct HTTPAPI {
     let node: HeraldNode
+    /// Serves `/metrics` here (behind the API key) when set.
+    var metrics: NodeMetrics?
 
     func register(on router: Router<BasicRequestContext>) {
         router.getAndHead("/") { _, _ in
@@ -24,8 +26,11 @@ struct HTTPAPI {
         router.getAndHead("/herald.d.ts") { request, _ in
             ClientScript.typeScriptDeclarations.response(to: request)
         }
-        router.getAndHead("/healthz") { _, _ in
-            JSONBody.response(.ok, ["status": "ok"])
+        ProbeRoutes(node: node).register(on: router)
+        if let metrics {
+            router.group("metrics").add(middleware: APIKeyMiddleware(apiKey: node.configuration.apiKey)).getAndHead("") { _, _ in
+                try await metrics.response()
+            }
         }
         // An upgrade request is taken over before the router; what gets here is plain HTTP, or
         // an upgrade the WebSocket handshake refused (wrong version, no key).
@@ -42,6 +47,10 @@ struct HTTPAPI {
             )
         }
 
+        // The contract is public: it holds no secret, and a client generator needs no key.
+        router.getAndHead("/api/openapi.yaml") { request, _ in
+            ClientScript.openAPI.response(to: request)
+        }
         let api = router.group("api").add(middleware: APIKeyMiddleware(apiKey: node.configuration.apiKey))
         RevocationAPI(node: node).register(on: api)
         api.post("broadcast") { request, _ in
@@ -176,6 +185,7 @@ struct HTTPAPI {
         } catch {
             throw PublishRequest.notPublished(error)
         }
+        node.hub.metrics.recordPublish(from: .http)
         return Response(status: .accepted, headers: [.contentType: "application/json"], body: .init(byteBuffer: PublishRequest.acceptedBody))
     }
 
@@ -185,6 +195,36 @@ struct HTTPAPI {
             throw APIError(.badRequest, code: .badRequest, message: "missing \(key) in the path")
         }
         return try PublishRequest.name(Substring(value), key).get()
+    }
+}
+
+/// `/healthz` (liveness: the process answers) and `/readyz` (this node can serve new
+/// connections), public so that probes need no key; they reveal no more than that.
+struct ProbeRoutes {
+    let node: HeraldNode
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.getAndHead("/healthz") { _, _ in
+            JSONBody.response(.ok, ["status": "ok"])
+        }
+        router.getAndHead("/readyz") { _, _ in
+            let readiness = node.readiness()
+            return JSONBody.response(readiness.isReady ? .ok : .serviceUnavailable, readiness)
+        }
+    }
+}
+
+extension NodeMetrics {
+    /// `/metrics` in the Prometheus text format (version 0.0.4).
+    func response() async throws -> Response {
+        guard let text = await exposition() else {
+            throw APIError(.notFound, code: ErrorCode(rawValue: "not_found"), message: "this node keeps its metrics elsewhere (no Prometheus registry)")
+        }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(bytes: text))
+        )
     }
 }
 

@@ -104,6 +104,7 @@ final class PublishRequestHandler: ChannelInboundHandler, RemovableChannelHandle
         node.broker.publish(envelope, on: context.eventLoop).assumeIsolated().whenComplete { [self] result in
             switch result {
             case .success:
+                node.hub.metrics.recordPublish(from: .http)
                 respond(.accepted, body: PublishRequest.acceptedBody, context: context)
             case .failure(let failure):
                 let error = PublishRequest.notPublished(failure)

@@ -48,6 +48,9 @@ final class SocketOutbox {
         #endif
     }
 
+    /// Bytes gathered this turn and not sent yet.
+    var gatheredBytes: Int { pending?.readableBytes ?? 0 }
+
     private var isDirect: Bool { descriptor != nil && writesInNIO == 0 && !nioNeedsFlush }
 
     /// Starts writing on `context`. NIO may still hold the handshake's response: direct sends

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Herald
 import HeraldWire
 import Logging
@@ -274,6 +275,7 @@ extension WebSocketConnection {
             switch result {
             case .success(let page):
                 let recovery = page.recovery(from: since)
+                node.hub.metrics.recordRecovery(recovery)
                 send(ServerFrame.joined(room: room, id: id, recovery: recovery, latest: page.latest))
                 replay(page, after: since, recovered: recovery == .recovered, then: hold)
                 presence?()
@@ -312,6 +314,7 @@ extension WebSocketConnection {
         node.broker.publish(envelope, on: eventLoop).hop(to: eventLoop).whenComplete { [self] result in
             switch result {
             case .success:
+                node.hub.metrics.recordPublish(from: .websocket)
                 send(ServerFrame.ok(id: id), flush: true)
             case .failure(let error):
                 send(ServerFrame.error(.unavailable, message: "message not published: \(error)", id: id), flush: true)

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Herald
 import HeraldWire
@@ -215,6 +216,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
                 let recovery = page.flatMap { page in
                     resumeIsInvalid ? (Recovery.invalidPosition, page.latest) : resumeFrom.map { (page.recovery(from: $0), page.latest) }
                 }
+                if let recovery { node.hub.metrics.recordRecovery(recovery.0) }
                 let welcome = ServerFrame.welcome(
                     user: user,
                     connection: id,
@@ -316,6 +318,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
         tokenTimer = nil
         if wasRegistered {
             node.hub.unregister(self)
+            node.hub.metrics.recordDisconnect(code: machine.closeCode)
             let code = machine.closeCode.map { String($0.rawValue) } ?? "none"
             log("connection closed", ["code": .string(code), "reason": .string(machine.closeReason.isEmpty ? "connection lost" : machine.closeReason)])
         }
@@ -359,9 +362,12 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     }
 
     private func parseBuffered() {
+        var received = 0
+        defer { if received > 0 { node.hub.metrics.framesReceived.increment(by: received) } }
         do {
             while machine.readsFrames(commandInFlight: commandInFlight), let frame = try parser.next() {
                 awaitingPong = false  // any frame proves the peer is alive
+                received += 1
                 handle(frame)
             }
         } catch {
@@ -464,7 +470,9 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             refusedFrames = 0
         }
         refusedFrames += 1
+        node.hub.metrics.rateLimitedFrames.increment()
         if refusedFrames > node.configuration.rateBurst {
+            node.hub.metrics.rateLimitDisconnects.increment()
             close(.policyViolation, reason: "rate limit exceeded repeatedly")
         } else {
             send(ServerFrame.error(.rateLimited, message: "too many frames: at most \(node.configuration.rateLimit) per second", id: nil))
@@ -549,6 +557,13 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
     private func write(_ framed: ByteBuffer) {
         outbox.append(framed)
         needsFlush = true
+    }
+
+    /// What NIO holds for the socket and what this turn gathered (metrics only).
+    var queuedOutboundBytes: Int {
+        eventLoop.assertInEventLoop()
+        let held = (try? context?.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
+        return held + outbox.gatheredBytes
     }
 
     private func cutSlowConsumer() {

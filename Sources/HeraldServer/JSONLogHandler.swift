@@ -1,0 +1,116 @@
+import Foundation
+public import Logging
+
+/// Writes one JSON object per line (`--log-format json`), for log shippers:
+///
+/// ```json
+/// {"time":"2026-12-03T21:04:05.123Z","level":"info","message":"connection closed","node":"a1","connection":"a1-3","user":"ada","code":"1000"}
+/// ```
+///
+/// `time` (UTC, milliseconds), `level`, `message`, `label`, then the metadata (the node's id,
+/// and where they apply `connection`, `user`, `code`, `reason`…) as top-level fields; nested
+/// metadata stays nested. Herald logs no token or API key in any format; as a second line of
+/// defence, a `token=` or `Bearer ` value that reaches a message or a metadata value is replaced
+/// with `[redacted]` (``LogRedaction``).
+public struct JSONLogHandler: LogHandler {
+    public var logLevel: Logger.Level = .info
+    public var metadata: Logger.Metadata = [:]
+    public var metadataProvider: Logger.MetadataProvider?
+    private let label: String
+    private let write: @Sendable (String) -> Void
+
+    /// A handler writing to standard error (where swift-log's default handler writes).
+    public static func standardError(label: String, metadata: Logger.Metadata = [:]) -> JSONLogHandler {
+        var handler = JSONLogHandler(label: label) { line in FileHandle.standardError.write(Data(line.utf8)) }
+        handler.metadata = metadata
+        return handler
+    }
+
+    /// A handler handing each line (newline included) to `write`.
+    public init(label: String, write: @escaping @Sendable (String) -> Void) {
+        self.label = label
+        self.write = write
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var fields = metadata
+        if let provided = metadataProvider?.get() { fields.merge(provided) { _, new in new } }
+        if let extra = event.metadata { fields.merge(extra) { _, new in new } }
+        var line = "{"
+        line += #""time":"# + Self.quoted(Self.timestamp())
+        line += #","level":"# + Self.quoted(event.level.rawValue)
+        line += #","message":"# + Self.quoted(LogRedaction.redact(event.message.description))
+        line += #","label":"# + Self.quoted(label)
+        for key in fields.keys.sorted() where !["time", "level", "message", "label"].contains(key) {
+            line += "," + Self.quoted(key) + ":" + Self.json(fields[key]!)
+        }
+        line += "}\n"
+        write(line)
+    }
+
+    private static func json(_ value: Logger.Metadata.Value) -> String {
+        switch value {
+        case .string(let text): quoted(LogRedaction.redact(text))
+        case .stringConvertible(let convertible): quoted(LogRedaction.redact(convertible.description))
+        case .array(let values): "[" + values.map(json).joined(separator: ",") + "]"
+        case .dictionary(let entries): "{" + entries.keys.sorted().map { quoted($0) + ":" + json(entries[$0]!) }.joined(separator: ",") + "}"
+        }
+    }
+
+    /// A JSON string literal (RFC 8259 escapes; control characters as `\u00XX`).
+    static func quoted(_ text: String) -> String {
+        var out = "\""
+        out.reserveCapacity(text.utf8.count + 2)
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x2028 || scalar.value == 0x2029:
+                out += String(format: "\\u%04x", scalar.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    private static func timestamp() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var seconds = now.tv_sec
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        return String(
+            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min,
+            parts.tm_sec, Int(now.tv_nsec / 1_000_000))
+    }
+}
+
+/// Takes credentials out of text bound for a log: the value of a `token=` query parameter and
+/// of a `Bearer` authorization.
+public enum LogRedaction {
+    public static func redact(_ text: String) -> String {
+        guard text.contains("token=") || text.contains("earer ") else { return text }
+        var result = text
+        for marker in ["token=", "Bearer ", "bearer "] {
+            var searchStart = result.startIndex
+            while let range = result.range(of: marker, range: searchStart..<result.endIndex) {
+                let valueEnd = result[range.upperBound...].firstIndex { " &\"',;)\n".contains($0) } ?? result.endIndex
+                guard valueEnd > range.upperBound else {
+                    searchStart = range.upperBound
+                    continue
+                }
+                result.replaceSubrange(range.upperBound..<valueEnd, with: "[redacted]")
+                searchStart = result.index(range.upperBound, offsetBy: "[redacted]".count)
+            }
+        }
+        return result
+    }
+}
