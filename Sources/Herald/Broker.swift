@@ -52,6 +52,11 @@ public protocol Broker: Service {
     /// Counters of the broker's failures, for `/api/stats`.
     var statistics: BrokerStatistics.Snapshot { get }
 
+    /// Publishes `envelopes` in order and answers each one's result, in the same order: where
+    /// the backend allows it in one round trip (Redis: one pipelined write). One envelope's
+    /// failure is its own; the others are published.
+    func publish(batch envelopes: [Envelope], on eventLoop: any EventLoop) -> EventLoopFuture<[Result<StreamPosition?, any Error>]>
+
     /// Why the broker cannot serve right now (its backend unreachable, its subscriptions lost),
     /// or `nil` when it can: what `/readyz` reports.
     var unreadiness: String? { get }
@@ -60,6 +65,11 @@ public protocol Broker: Service {
 extension Broker {
     /// An in-process broker is always ready.
     public var unreadiness: String? { nil }
+
+    /// One publish after the other (an in-process broker has no round trip to save).
+    public func publish(batch envelopes: [Envelope], on eventLoop: any EventLoop) -> EventLoopFuture<[Result<StreamPosition?, any Error>]> {
+        EventLoopFuture.whenAllComplete(envelopes.map { publish($0, on: eventLoop) }, on: eventLoop)
+    }
 
     /// Publishes `envelope` to every node, this one included; answers its stream position.
     @discardableResult

@@ -47,6 +47,8 @@ public struct BenchConfiguration: Sendable, Codable {
     public var transport: PublishTransport = .http
     /// Keep-alive HTTP connections used to publish.
     public var publishConnections = 2
+    /// Messages per `POST /api/publish` (HTTP only); 1 publishes each with its own request.
+    public var batch = 1
     /// Loopback source addresses to spread connections over (127.0.0.1, 127.0.0.2, …).
     public var sourceAddresses = 4
     /// Connection attempts in flight at once.

@@ -56,17 +56,23 @@ final class HTTPPublisher: ChannelInboundHandler, @unchecked Sendable {
         context.fireChannelInactive()
     }
 
-    /// Writes one `POST path` with a JSON body. Call on the channel's event loop.
-    func post(path: String, body: String) {
+    /// Messages each request in flight carries, in order (more than 1: a `POST /api/publish` batch).
+    private var messagesInFlight = Deque<Int>()
+    /// The body of a batch's response, whose results say which messages were accepted.
+    private var batchResponse = ByteBuffer()
+
+    /// Writes one `POST path` with a JSON body carrying `messages` messages. Call on the channel's event loop.
+    func post(path: String, body: String, messages: Int = 1) {
         guard let context else {
-            statistics.failed.add(1, ordering: .relaxed)
+            statistics.failed.add(messages, ordering: .relaxed)
             return
         }
+        messagesInFlight.append(messages)
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: host)
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Content-Length", value: String(body.utf8.count))
-        statistics.sent.add(1, ordering: .relaxed)
+        statistics.sent.add(messages, ordering: .relaxed)
         context.write(wrapOutboundOut(.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
@@ -76,9 +82,18 @@ final class HTTPPublisher: ChannelInboundHandler, @unchecked Sendable {
         switch unwrapInboundIn(data) {
         case .head(let head):
             status = head.status.code
-        case .body:
-            break
+        case .body(var part):
+            if (messagesInFlight.first ?? 1) > 1 { batchResponse.writeBuffer(&part) }
         case .end:
+            let messages = messagesInFlight.popFirst() ?? 1
+            if messages > 1 {
+                // {"results":[{"status":202,"accepted":true},…]}: one result per message.
+                let accepted = (200..<300).contains(status) ? Self.count(#""status":202"#, in: batchResponse) : 0
+                statistics.accepted.add(accepted, ordering: .relaxed)
+                statistics.failed.add(messages - accepted, ordering: .relaxed)
+                batchResponse.clear()
+                return
+            }
             let id = inFlight.popFirst()
             if (200..<300).contains(status) {
                 statistics.accepted.add(1, ordering: .relaxed)
@@ -86,6 +101,23 @@ final class HTTPPublisher: ChannelInboundHandler, @unchecked Sendable {
                 statistics.failed.add(1, ordering: .relaxed)
                 if let id { unconfirmed?.unconfirmed.withLock { _ = $0.insert(id) } }
             }
+        }
+    }
+
+    private static func count(_ needle: String, in buffer: ByteBuffer) -> Int {
+        let pattern = Array(needle.utf8)
+        return buffer.withUnsafeReadableBytes { bytes in
+            var found = 0
+            var index = 0
+            while index + pattern.count <= bytes.count {
+                if bytes[index] == pattern[0], zip(pattern.indices, pattern).allSatisfy({ bytes[index + $0] == $1 }) {
+                    found += 1
+                    index += pattern.count
+                } else {
+                    index += 1
+                }
+            }
+            return found
         }
     }
 

@@ -544,6 +544,19 @@ struct Run: Sendable {
         var sequences = Array(repeating: 0, count: streamCount)
         var sent = 0
         var expected = 0
+        // --batch N: each publisher's commands wait until N are due, then go in one POST /api/publish.
+        var pending: [[String]] = Array(repeating: [], count: publishers.count)
+        let batchSize = configuration.transport == .http ? configuration.batch : 1
+        func sendBatches(_ final: Bool) {
+            for (index, publisher) in publishers.enumerated() where !pending[index].isEmpty {
+                while pending[index].count >= batchSize || (final && !pending[index].isEmpty) {
+                    let chunk = Array(pending[index].prefix(batchSize))
+                    pending[index].removeFirst(chunk.count)
+                    publisher.send([("/api/publish", #"{"commands":["# + chunk.joined(separator: ",") + "]}")], messages: chunk.count)
+                }
+            }
+        }
+        defer { if batchSize > 1 { sendBatches(true) } }
         while true {
             let elapsed = (ContinuousClock.now - start).seconds
             if elapsed >= configuration.duration { break }
@@ -556,10 +569,15 @@ struct Run: Sendable {
                     sequences[stream] += 1
                     let payload = BenchPayload(stream: stream, sequence: sequence, sentAt: NIODeadline.now().uptimeNanoseconds)
                     // One publisher per stream: order is defined only within one publishing connection.
-                    batches[stream % publishers.count].append(request(stream: stream, payload: payload))
+                    if batchSize > 1 {
+                        pending[stream % publishers.count].append(batchCommand(stream: stream, payload: payload))
+                    } else {
+                        batches[stream % publishers.count].append(request(stream: stream, payload: payload))
+                    }
                     expected += self.receivers(ofStream: stream, stalledIndex: stalledIndex)
                 }
                 for (publisher, batch) in zip(publishers, batches) where !batch.isEmpty { publisher.send(batch) }
+                if batchSize > 1 { sendBatches(false) }
                 sent = due
             }
             try await Task.sleep(for: .milliseconds(1))
@@ -587,6 +605,16 @@ struct Run: Sendable {
         switch configuration.transport {
         case .http: return (target.path, #"{"data":"# + data + "}")
         case .ws: return (target.path, "{" + target.frameField + #","data":"# + data + "}")
+        }
+    }
+
+    /// A command of a `POST /api/publish` batch for stream `stream`.
+    func batchCommand(stream: Int, payload: BenchPayload) -> String {
+        let data = payload.json(size: configuration.payloadSize)
+        switch configuration.scenario {
+        case .users, .storm: return #"{"user":"u\#(stream)","data":"# + data + "}"
+        case .all: return #"{"all":true,"data":"# + data + "}"
+        default: return #"{"room":"r\#(stream)","data":"# + data + "}"
         }
     }
 
@@ -626,12 +654,13 @@ private enum Publisher: Sendable {
     case http(HTTPPublisher, any EventLoop)
     case ws(ReceiverConnection, PublishStatistics)
 
-    /// Sends (path, body) pairs; for WebSocket the body is the whole client frame.
-    func send(_ batch: [(String, String)]) {
+    /// Sends (path, body) pairs; for WebSocket the body is the whole client frame. Over HTTP
+    /// each request carries `messages` messages (a `POST /api/publish` batch when more than 1).
+    func send(_ batch: [(String, String)], messages: Int = 1) {
         switch self {
         case .http(let publisher, let loop):
             loop.execute {
-                for (path, body) in batch { publisher.post(path: path, body: body) }
+                for (path, body) in batch { publisher.post(path: path, body: body, messages: messages) }
             }
         case .ws(let receiver, let statistics):
             receiver.channelLoop.execute {

@@ -15,7 +15,8 @@ public import ServiceLifecycle
 /// ```
 ///
 /// `target` is `room:NAME`, `user:NAME` or `all`; `data` any JSON value; `id` an optional
-/// idempotency key (default: the entry's id). Each node reads new entries with `XREADGROUP`,
+/// idempotency key (default: the entry's id). Or `commands`: a batch in the shape of the HTTP
+/// API's `POST /api/publish`, published whole (one pipelined write) or moved aside whole. Each node reads new entries with `XREADGROUP`,
 /// publishes each through the broker with that idempotency key, and `XACK`s it only after the
 /// publish succeeded. Entries left pending by a node that died are claimed by a live one after
 /// `claimIdle` (`XAUTOCLAIM`) and published again — the idempotency key makes the retry a no-op
@@ -222,18 +223,23 @@ public final class IngestConsumer: Service, Sendable {
                 try await moveAside(entry, reason: "not published after \(attempts - 1) attempts")
                 continue
             }
-            let envelope: Envelope
-            switch entry.envelope() {
+            let envelopes: [Envelope]
+            switch entry.envelopes() {
             case .failure(let problem):
                 try await moveAside(entry, reason: problem.description)
                 continue
             case .success(let value):
-                envelope = value
+                envelopes = value
             }
             // Publish first, acknowledge after: a crash in between leaves the entry pending, and
-            // its idempotency key makes the retry a no-op.
-            try await broker.publish(envelope, on: MultiThreadedEventLoopGroup.singleton.any())
-            metrics.recordPublish(from: .ingest)
+            // its idempotency keys make the retry a no-op.
+            if envelopes.count == 1 {
+                try await broker.publish(envelopes[0], on: MultiThreadedEventLoopGroup.singleton.any())
+            } else {
+                let results = try await broker.publish(batch: envelopes, on: MultiThreadedEventLoopGroup.singleton.any()).get()
+                for case .failure(let error) in results { throw error }
+            }
+            metrics.recordPublish(from: .ingest, count: envelopes.count)
             try await client.send(RESPCommand("XACK", configuration.stream, configuration.group, entry.id))
         }
     }
@@ -303,6 +309,43 @@ public final class IngestConsumer: Service, Sendable {
         }
 
         /// The message the entry asks for, or why it cannot be published.
+        /// The messages the entry asks for: one (`target`, `data`, `id`), or a batch (`commands`,
+        /// the HTTP API's batch shape). A batch is published whole or not at all: one malformed
+        /// command moves the entry aside, so the producer fixes and adds it again.
+        func envelopes() -> Result<[Envelope], Problem> {
+            if let commands = field("commands") {
+                let elements: [RawJSON]
+                do {
+                    let object = try JSONObject(parsing: ByteBuffer(string: #"{"commands":"# + commands + "}"))
+                    guard case .success(let array?) = object.array("commands") else {
+                        return .failure(Problem(description: "commands must be a JSON array of commands"))
+                    }
+                    elements = array
+                } catch {
+                    return .failure(Problem(description: "commands is not JSON: \(error)"))
+                }
+                switch PublishCommand.batch(elements) {
+                case .failure(let problem):
+                    return .failure(Problem(description: problem.message))
+                case .success(let commands):
+                    var envelopes: [Envelope] = []
+                    for (index, command) in commands.enumerated() {
+                        switch command {
+                        case .failure(let problem):
+                            return .failure(Problem(description: "command \(index): \(problem.message)"))
+                        case .success(var envelope):
+                            // Retried entries must not deliver twice: each command's key is its
+                            // own id, or the entry's id and the command's place.
+                            envelope.idempotencyKey = "ingest:" + (envelope.idempotencyKey ?? "\(field("id") ?? id)/\(index)")
+                            envelopes.append(envelope)
+                        }
+                    }
+                    return .success(envelopes)
+                }
+            }
+            return envelope().map { [$0] }
+        }
+
         func envelope() -> Result<Envelope, Problem> {
             guard let target = field("target") else { return .failure(Problem(description: "missing field target")) }
             let destination: DeliveryTarget

@@ -119,8 +119,27 @@ public final class RedisBroker: Broker {
     // MARK: - Publishing
 
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<StreamPosition?> {
+        let request = publishRequest(for: envelope)
+        let reply: EventLoopFuture<RESPValue>
+        switch request.command {
+        case .command(let command): reply = client.submit(command)
+        case .script(let script, let keys, let arguments): reply = client.evaluate(script, keys: keys, arguments: arguments)
+        }
+        return finish(reply, parse: request.parse, on: eventLoop)
+    }
+
+    /// Every envelope's command in one pipelined write to Redis (one round trip), each answered
+    /// on its own, in order: a batch's failures are the commands' own.
+    public func publish(batch envelopes: [Envelope], on eventLoop: any EventLoop) -> EventLoopFuture<[Result<StreamPosition?, any Error>]> {
+        let requests = envelopes.map(publishRequest(for:))
+        let replies = client.submit(pipeline: requests.map(\.command))
+        let published = zip(requests, replies).map { request, reply in finish(reply, parse: request.parse, on: eventLoop) }
+        return EventLoopFuture.whenAllComplete(published, on: eventLoop)
+    }
+
+    /// What publishing `envelope` sends to Redis, and how its reply becomes a position.
+    private func publishRequest(for envelope: Envelope) -> (command: PipelinedCommand, parse: @Sendable (RESPValue) throws -> StreamPosition?) {
         let channel = ByteBuffer(string: layout.channel(for: envelope.target))
-        let reply: EventLoopFuture<StreamPosition?>
         let history = configuration.history
         let ttl = ByteBuffer(string: String(max(1, history.ttl.components.seconds)))
         let key = ByteBuffer(string: envelope.idempotencyKey ?? "")
@@ -136,20 +155,28 @@ public final class RedisBroker: Broker {
                 keys += [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user)]
                 arguments += [ByteBuffer(string: String(max(1, history.ackTTL.components.seconds))), ByteBuffer(string: String(history.maxUnacknowledged))]
             }
-            reply = client.evaluate(Self.publishScript, keys: keys, arguments: arguments).flatMapThrowing { reply in
-                guard case .array(let parts?) = reply else { return nil }  // a duplicate: `0`
-                guard parts.count == 2, case .integer(let offset) = parts[0], let epoch = parts[1].string else {
-                    throw RedisError.unexpectedReply("Redis answered the publish script with \(reply)")
+            return (
+                .script(Self.publishScript, keys: keys, arguments: arguments),
+                { reply in
+                    guard case .array(let parts?) = reply else { return nil }  // a duplicate: `0`
+                    guard parts.count == 2, case .integer(let offset) = parts[0], let epoch = parts[1].string else {
+                        throw RedisError.unexpectedReply("Redis answered the publish script with \(reply)")
+                    }
+                    return StreamPosition(offset: offset, epoch: epoch)
                 }
-                return StreamPosition(offset: offset, epoch: epoch)
-            }
+            )
         } else if envelope.idempotencyKey != nil {
-            reply = client.evaluate(Self.broadcastOnceScript, keys: [keyKey], arguments: [channel, envelope.frame, ttl]).map { _ in nil }
+            return (.script(Self.broadcastOnceScript, keys: [keyKey], arguments: [channel, envelope.frame, ttl]), { _ in nil })
         } else {
-            reply = client.submit(RESPCommand(arguments: [Self.publishName, channel, envelope.frame])).map { _ in nil }
+            return (.command(RESPCommand(arguments: [Self.publishName, channel, envelope.frame])), { _ in nil })
         }
+    }
+
+    private func finish(
+        _ reply: EventLoopFuture<RESPValue>, parse: @escaping @Sendable (RESPValue) throws -> StreamPosition?, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<StreamPosition?> {
         let counters = self.counters
-        return reply.hop(to: eventLoop).flatMapErrorThrowing { error in
+        return reply.flatMapThrowing(parse).hop(to: eventLoop).flatMapErrorThrowing { error in
             counters.recordPublishFailure()
             throw BrokerError("Redis did not take the message: \(error)")
         }

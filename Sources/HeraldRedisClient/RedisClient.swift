@@ -101,6 +101,29 @@ public final class RedisClient: Sendable {
         return reply
     }
 
+    /// Sends `commands` in one write (a pipeline: one round trip for all of them); each future
+    /// holds its reply, in order. A script is run with `EVALSHA` and sent again with `EVAL`
+    /// when the server does not have it. Fails every command at once when disconnected.
+    public func submit(pipeline commands: [PipelinedCommand]) -> [EventLoopFuture<RESPValue>] {
+        guard !commands.isEmpty else { return [] }
+        guard let connection = state.withLock({ $0.connection }), connection.isActive else {
+            let error = RedisError.transport("not connected to Redis at \(url.host):\(url.port) (reconnecting); the commands were not sent")
+            configuration.metrics?.commandErrors.increment(by: commands.count)
+            return commands.map { _ in group.any().makeFailedFuture(error) }
+        }
+        let replies = connection.submit(pipeline: commands.map(\.sentFirst))
+        return zip(commands, replies).map { command, reply in
+            configuration.metrics?.observe(reply)
+            guard case .script(let script, let keys, let arguments) = command else { return reply }
+            return reply.flatMapError { error in
+                guard let redisError = error as? RedisError, redisError.serverCode == "NOSCRIPT" else {
+                    return self.group.any().makeFailedFuture(error)
+                }
+                return self.submit(PipelinedCommand.scriptSource(script, keys: keys, arguments: arguments))
+            }
+        }
+    }
+
     /// Loads `scripts` on every connection from now on (and on the current one, if any) before
     /// commands use it. `evaluate` falls back to `EVAL` on `NOSCRIPT` anyway; what preloading
     /// adds is order: after Redis restarted, a pipelined `EVALSHA` answered `NOSCRIPT` and sent
@@ -117,13 +140,12 @@ public final class RedisClient: Sendable {
 
     /// Runs `script` with `EVALSHA`, or `EVAL` when the server does not have it cached.
     public func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) -> EventLoopFuture<RESPValue> {
-        let tail = [ByteBuffer(string: String(keys.count))] + keys.map { ByteBuffer(string: $0) } + arguments
-        return submit(RESPCommand(arguments: [ByteBuffer(string: "EVALSHA"), ByteBuffer(string: script.sha1)] + tail))
+        submit(PipelinedCommand.script(script, keys: keys, arguments: arguments).sentFirst)
             .flatMapError { error in
                 guard let redisError = error as? RedisError, redisError.serverCode == "NOSCRIPT" else {
                     return self.group.any().makeFailedFuture(error)
                 }
-                return self.submit(RESPCommand(arguments: [ByteBuffer(string: "EVAL"), ByteBuffer(string: script.source)] + tail))
+                return self.submit(PipelinedCommand.scriptSource(script, keys: keys, arguments: arguments))
             }
     }
 
@@ -148,5 +170,30 @@ public final class RedisClient: Sendable {
         let loads = preloaded.withLock { $0 }.map { connection.submit(RESPCommand("SCRIPT", "LOAD", $0.source)) }
         for load in loads { _ = try? await load.get() }
         return connection
+    }
+}
+
+/// One command of ``RedisClient/submit(pipeline:)``.
+public enum PipelinedCommand: Sendable {
+    case command(RESPCommand)
+    /// A script, by its SHA1 first (`EVALSHA`), its source if the server does not know it.
+    case script(RedisScript, keys: [String], arguments: [ByteBuffer])
+
+    /// What is sent first: the command, or `EVALSHA`.
+    var sentFirst: RESPCommand {
+        switch self {
+        case .command(let command): command
+        case .script(let script, let keys, let arguments):
+            RESPCommand(arguments: [ByteBuffer(string: "EVALSHA"), ByteBuffer(string: script.sha1)] + Self.tail(keys, arguments))
+        }
+    }
+
+    /// `EVAL` with the script's source, after `NOSCRIPT`.
+    static func scriptSource(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) -> RESPCommand {
+        RESPCommand(arguments: [ByteBuffer(string: "EVAL"), ByteBuffer(string: script.source)] + tail(keys, arguments))
+    }
+
+    private static func tail(_ keys: [String], _ arguments: [ByteBuffer]) -> [ByteBuffer] {
+        [ByteBuffer(string: String(keys.count))] + keys.map { ByteBuffer(string: $0) } + arguments
     }
 }

@@ -103,6 +103,23 @@ public final class RedisConnection: Sendable {
         return reply.future
     }
 
+    /// Sends several commands with one write and one flush (a pipeline); each future holds its
+    /// reply, in order.
+    public func submit(pipeline commands: [RESPCommand]) -> [EventLoopFuture<RESPValue>] {
+        let loop = channel.eventLoop
+        let replies = commands.map { _ in ReplySlot(loop.makePromise(of: RESPValue.self)) }
+        let channel = self.channel
+        loop.execute {
+            for (command, reply) in zip(commands, replies) {
+                let written = loop.makePromise(of: Void.self)
+                channel.write(RedisCommandHandler.Request(command: command, reply: reply), promise: written)
+                written.futureResult.whenFailure { _ in reply.fail(RedisError.transport("the connection to Redis is closed")) }
+            }
+            channel.flush()
+        }
+        return replies.map(\.future)
+    }
+
     /// Sends a command whose answer comes as RESP3 pushes (SUBSCRIBE and its kin), not as a reply.
     func sendExpectingPushes(_ command: RESPCommand) async throws {
         try await channel.writeAndFlush(RedisCommandHandler.Request(command: command, reply: nil)).get()

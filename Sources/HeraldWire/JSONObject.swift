@@ -85,6 +85,22 @@ public struct JSONObject: Sendable {
         return .success(nested)
     }
 
+    /// The elements of an array field, as raw JSON; `nil` when absent, an error when not an array.
+    public func array(_ key: String) -> Result<[RawJSON]?, ClientFrameError> {
+        guard let field = field(key), let value = raw(key) else { return .success(nil) }
+        guard field.kind == .array else {
+            return .failure(ClientFrameError(id: nil, message: "field \"\(key)\" must be an array"))
+        }
+        let bytes = value.bytes
+        // Validated already (as part of this object): splitting it cannot fail.
+        let ranges: [Range<Int>] =
+            (try? bytes.withUnsafeReadableBytes { raw throws(JSONSyntaxError) -> [Range<Int>] in
+                var scanner = JSONScanner(raw.bindMemory(to: UInt8.self))
+                return try scanner.scanTopLevelArray()
+            }) ?? []
+        return .success(ranges.map { RawJSON(trusted: bytes.getSlice(at: bytes.readerIndex + $0.lowerBound, length: $0.count)!) })
+    }
+
     private func field(_ key: String) -> JSONScanner.Field? {
         fields.last { $0.key == key }
     }

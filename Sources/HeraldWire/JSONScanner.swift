@@ -61,6 +61,33 @@ struct JSONScanner {
         return fields
     }
 
+    /// Scans a whole document that must be one array; returns its elements' byte ranges in order.
+    mutating func scanTopLevelArray() throws(JSONSyntaxError) -> [Range<Int>] {
+        skipWhitespace()
+        guard peek() == UInt8(ascii: "[") else { throw JSONSyntaxError("expected a JSON array") }
+        index += 1
+        var elements: [Range<Int>] = []
+        skipWhitespace()
+        if peek() == UInt8(ascii: "]") {
+            index += 1
+        } else {
+            while true {
+                skipWhitespace()
+                let start = index
+                _ = try scanValue(depth: 1)
+                elements.append(start..<index)
+                skipWhitespace()
+                guard let next = peek() else { throw JSONSyntaxError("unterminated array") }
+                index += 1
+                if next == UInt8(ascii: "]") { break }
+                guard next == UInt8(ascii: ",") else { throw JSONSyntaxError("expected ',' or ']' in array") }
+            }
+        }
+        skipWhitespace()
+        guard index == bytes.count else { throw JSONSyntaxError("unexpected bytes after the JSON array") }
+        return elements
+    }
+
     /// Scans a whole document that must be exactly one JSON value (any kind).
     mutating func scanSingleValue() throws(JSONSyntaxError) -> JSONKind {
         skipWhitespace()

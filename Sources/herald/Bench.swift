@@ -63,6 +63,9 @@ struct Bench: AsyncParsableCommand {
     var via = "http"
     @Option(name: .customLong("publish-connections"), parsing: .unconditional, help: "Connections used to publish.")
     var publishConnections = 2
+
+    @Option(parsing: .unconditional, help: "Messages per POST /api/publish batch (http; rooms, users). 1: one request each.")
+    var batch = 1
     @Option(name: .customLong("source-addresses"), parsing: .unconditional, help: "Loopback source addresses to spread connections over.")
     var sourceAddresses = 4
     @Option(name: .customLong("connect-concurrency"), parsing: .unconditional, help: "Connection attempts in flight at once.")
@@ -118,6 +121,7 @@ struct Bench: AsyncParsableCommand {
         try check(messages, "messages", 1...100_000_000)
         try check(payloadSize, "payload-size", 0...(16 << 20))
         try check(publishConnections, "publish-connections", 1...1000)
+        try check(batch, "batch", 1...1000)
         try check(sourceAddresses, "source-addresses", 1...254)
         try check(connectConcurrency, "connect-concurrency", 1...100_000)
         try check(threads, "threads", 1...256)
@@ -161,6 +165,7 @@ struct Bench: AsyncParsableCommand {
         configuration.payloadSize = payloadSize
         configuration.transport = transport
         configuration.publishConnections = publishConnections
+        configuration.batch = batch
         configuration.sourceAddresses = sourceAddresses
         configuration.connectConcurrency = connectConcurrency
         configuration.threads = threads

@@ -192,6 +192,35 @@ struct BrokerConformanceTests {
         }
     }
 
+    @Test(arguments: BackendKind.allCases)
+    func aBatchIsPublishedInOrderWithEachResultInItsPlace(_ kind: BackendKind) async throws {
+        try await TestBackend.with(kind) { backend in
+            let node = backend.node
+            try await node.holds(.room("a"), .user("ada"))
+            var envelopes: [Envelope] = []
+            for index in 1...100 {
+                var envelope = Envelope.message(to: index % 10 == 0 ? .user("ada") : .room("a"), from: nil, data: try RawJSON(validating: String(index)))
+                if index == 50 { envelope.idempotencyKey = "once" }
+                envelopes.append(envelope)
+            }
+            // The key of #50 again: accepted without a position, not delivered twice.
+            var repeated = Envelope.message(to: .user("ada"), from: nil, data: try RawJSON(validating: "50"))
+            repeated.idempotencyKey = "once"
+            envelopes.append(repeated)
+            let results = try await node.broker.publish(batch: envelopes, on: TestNode.loop).get()
+            #expect(results.count == 101)
+            let positions = results.map { try? $0.get() }
+            #expect(positions.prefix(100).allSatisfy { $0 != nil }, "every new message got a position")
+            #expect(positions[100] == nil, "the repeated key: no position")
+            #expect(positions.prefix(100).compactMap { $0 }.filter { $0.offset == 1 }.count == 2, "a room and a user channel")
+            try await eventually("100 deliveries") { node.sink.deliveries.withLock { $0.count } == 100 }
+            let room = node.sink.delivered(to: .room("a"))
+            #expect(room.compactMap { try? json($0.frame)["data"] as? Int } == (1...100).filter { $0 % 10 != 0 }, "in the batch's order")
+            #expect(room.compactMap(\.position?.offset) == Array(1...90))
+            #expect(node.sink.delivered(to: .user("ada")).count == 10)
+        }
+    }
+
     @Test(arguments: BackendKind.allCases.filter(\.canBeUnavailable))
     func whileTheBackendIsUnavailablePublishesFailFast(_ kind: BackendKind) async throws {
         try await TestBackend.with(kind) { backend in

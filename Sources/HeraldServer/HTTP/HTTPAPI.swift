@@ -53,6 +53,9 @@ struct HTTPAPI {
         }
         let api = router.group("api").add(middleware: APIKeyMiddleware(apiKey: node.configuration.apiKey))
         RevocationAPI(node: node).register(on: api)
+        api.post("publish") { request, _ in
+            try await publishBatch(request)
+        }
         api.post("broadcast") { request, _ in
             try await publish(request, to: .all)
         }
@@ -187,6 +190,39 @@ struct HTTPAPI {
         }
         node.hub.metrics.recordPublish(from: .http)
         return Response(status: .accepted, headers: [.contentType: "application/json"], body: .init(byteBuffer: PublishRequest.acceptedBody))
+    }
+
+    /// `POST /api/publish` (``PublishBatch``): the valid commands go to the broker in one call
+    /// (with Redis: one pipelined write), each answered in its slot.
+    private func publishBatch(_ request: Request) async throws -> Response {
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: node.configuration.maxBodySize)
+        } catch {
+            throw PublishRequest.tooLarge(node.configuration.maxBodySize)
+        }
+        let commands = try PublishBatch.commands(body: body)
+        var outcomes: [Result<Void, APIError>] = commands.map { $0.map { _ in () } }
+        var envelopes: [Envelope] = []
+        var slots: [Int] = []
+        envelopes.reserveCapacity(commands.count)
+        for (slot, command) in commands.enumerated() {
+            guard case .success(let envelope) = command else { continue }
+            envelopes.append(envelope)
+            slots.append(slot)
+        }
+        if !envelopes.isEmpty {
+            let results = try await node.broker.publish(batch: envelopes, on: node.hub.anyEventLoop).get()
+            var published = 0
+            for (slot, result) in zip(slots, results) {
+                switch result {
+                case .success: published += 1
+                case .failure(let error): outcomes[slot] = .failure(PublishRequest.notPublished(error))
+                }
+            }
+            node.hub.metrics.recordPublish(from: .http, count: published)
+        }
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: PublishBatch.resultsBody(outcomes)))
     }
 
     /// A room or user name from the path, validated like the WebSocket protocol's names.

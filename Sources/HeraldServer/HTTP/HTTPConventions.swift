@@ -18,6 +18,7 @@ enum HTTPRoutes {
         (["ws"], [.get]),
         (["api", "openapi.yaml"], [.get]),
         (["api", "broadcast"], [.post]),
+        (["api", "publish"], [.post]),
         (["api", "stats"], [.get]),
         (["api", "tokens", "*", "revoke"], [.post]),
         (["api", "users", "*", "connections"], [.delete]),

@@ -53,33 +53,10 @@ enum PublishRequest {
         } catch {
             throw APIError(.badRequest, code: .badRequest, message: "body must be a JSON object: \(error.message)")
         }
-        guard let data = object.raw("data") else {
-            throw APIError(.badRequest, code: .badRequest, message: "missing field \"data\"")
+        switch PublishCommand.envelope(object, to: target) {
+        case .success(let envelope): return envelope
+        case .failure(let error): throw APIError(.badRequest, code: .badRequest, message: error.message)
         }
-        var requiresAck = false
-        if let kind = object.kind("ack") {
-            guard kind == .bool else {
-                throw APIError(.badRequest, code: .badRequest, message: "field \"ack\" must be true or false")
-            }
-            requiresAck = object.raw("ack").map { String(buffer: $0.bytes) == "true" } ?? false
-            let toUser = if case .user = target { true } else { false }
-            if requiresAck && !toUser {
-                throw APIError(.badRequest, code: .badRequest, message: "\"ack\" is for messages to a user (POST /api/users/{user}/send)")
-            }
-        }
-        var envelope = Envelope.message(to: target, from: nil, data: data, requiresAck: requiresAck)
-        switch object.string("id") {
-        case .failure:
-            throw APIError(.badRequest, code: .badRequest, message: "field \"id\" (the idempotency key) must be a string")
-        case .success(let key?):
-            guard (1...200).contains(key.utf8.count) else {
-                throw APIError(.badRequest, code: .badRequest, message: "field \"id\" (the idempotency key) must be 1 to 200 bytes")
-            }
-            envelope.idempotencyKey = key
-        case .success(nil):
-            break
-        }
-        return envelope
     }
 
     static func tooLarge(_ limit: Int) -> APIError {
