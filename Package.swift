@@ -84,7 +84,8 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             resources: [
-                .embedInCode("Demo/demo.html"), .embedInCode("HTTP/openapi.yaml"), .embedInCode("Clients/herald.js"), .embedInCode("Clients/herald.d.ts"),
+                .embedInCode("Demo/demo.html"), .embedInCode("HTTP/openapi.yaml"), .embedInCode("Status/status.html"), .embedInCode("Clients/herald.js"),
+                .embedInCode("Clients/herald.d.ts"),
             ],
             swiftSettings: swiftSettings
         ),

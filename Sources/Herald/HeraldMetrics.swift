@@ -1,6 +1,7 @@
 public import CoreMetrics
 public import HeraldWire
 public import NIOCore
+import Synchronization
 
 /// A metrics backend that can write what it holds (the server serves it at `/metrics`).
 public protocol MetricsExposition: Sendable {
@@ -35,6 +36,10 @@ public final class HeraldMetrics: Sendable {
     /// From the moment the message was accepted (its `ts`, milliseconds) to its hand-off to
     /// this node's event loops, once per message per node.
     public let publishLatency: Timer
+    /// Publish latencies counted per ``publishLatencyBuckets`` bucket (and one past the last),
+    /// for the status page's quantiles (the Prometheus histogram cannot be read back).
+    private let publishCount = Atomic<Int>(0)
+    private let latencyCounts = Mutex<[Int]>(Array(repeating: 0, count: publishLatencyBuckets.count + 1))
     private let publishes: [PublishSource: Counter]
     private let disconnects: [CloseCode?: Counter]
     private let recoveries: [Recovery: Counter]
@@ -78,7 +83,11 @@ public final class HeraldMetrics: Sendable {
 
     public func recordPublish(from source: PublishSource, count: Int = 1) {
         publishes[source]?.increment(by: count)
+        publishCount.add(count, ordering: .relaxed)
     }
+
+    /// Publishes recorded so far, every source together (the status page's publishes/s).
+    public var publishesRecorded: Int { publishCount.load(ordering: .relaxed) }
 
     /// A registered connection closed: with the code Herald sent, or `nil` when the client
     /// closed it or it was lost.
@@ -94,7 +103,37 @@ public final class HeraldMetrics: Sendable {
     /// `herald_publish_latency_seconds` for a message frame stamped with `ts` (milliseconds).
     public func recordPublishLatency(ofMessage frame: ByteBuffer, now: Int64 = WallClock.millisecondsSince1970()) {
         guard let acceptedAt = ServerFrame.acceptedAt(ofMessage: frame) else { return }
-        publishLatency.recordMilliseconds(max(0, now - acceptedAt))
+        let milliseconds = max(0, now - acceptedAt)
+        publishLatency.recordMilliseconds(milliseconds)
+        let bucket = Self.latencyBucketMilliseconds.firstIndex { milliseconds <= $0 } ?? Self.latencyBucketMilliseconds.count
+        latencyCounts.withLock { $0[bucket] += 1 }
+    }
+
+    /// Publish latencies recorded so far, per bucket of ``publishLatencyBuckets`` (upper bounds,
+    /// inclusive) and a last one for what was slower.
+    public func publishLatencyCounts() -> [Int] {
+        latencyCounts.withLock { $0 }
+    }
+
+    /// The `quantile` (0…1) of the latencies between two readings of ``publishLatencyCounts()``,
+    /// as the upper bound of its bucket in milliseconds; `nil` when nothing was recorded between.
+    public static func latencyQuantile(_ quantile: Double, from earlier: [Int], to later: [Int]) -> Int64? {
+        let counts = zip(later, earlier).map { max(0, $0 - $1) }
+        let total = counts.reduce(0, +)
+        guard total > 0 else { return nil }
+        let rank = Int((Double(total) * quantile).rounded(.up))
+        var seen = 0
+        for (index, count) in counts.enumerated() {
+            seen += count
+            if seen >= max(1, rank) {
+                return index < latencyBucketMilliseconds.count ? latencyBucketMilliseconds[index] : latencyBucketMilliseconds.last! * 2
+            }
+        }
+        return nil
+    }
+
+    private static let latencyBucketMilliseconds: [Int64] = publishLatencyBuckets.map {
+        Int64($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000)
     }
 
     static func label(_ code: CloseCode?) -> String {

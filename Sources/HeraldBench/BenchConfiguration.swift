@@ -49,6 +49,8 @@ public struct BenchConfiguration: Sendable, Codable {
     public var publishConnections = 2
     /// Messages per `POST /api/publish` (HTTP only); 1 publishes each with its own request.
     public var batch = 1
+    /// Sample deliveries/s and latency percentiles every this many seconds (`--plot`); 0: not at all.
+    public var sampleInterval = 0.0
     /// Loopback source addresses to spread connections over (127.0.0.1, 127.0.0.2, …).
     public var sourceAddresses = 4
     /// Connection attempts in flight at once.

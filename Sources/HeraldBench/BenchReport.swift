@@ -62,6 +62,8 @@ public struct BenchReport: Sendable, Codable {
     /// `storm`: the kill, the reconnects and what was lost.
     public var storm: StormSummary?
     public var closeCodes: [String: Int] = [:]
+    /// `--plot`: deliveries per second and latency percentiles per sampling interval.
+    public var timeline: [TimelinePoint]?
 
     init(configuration: BenchConfiguration) {
         scenario = configuration.scenario.rawValue
@@ -200,5 +202,26 @@ public struct BenchReport: Sendable, Codable {
         rows.append(("verdict", isClean ? "every delivery exactly once, in order" : "NOT CLEAN"))
         let width = rows.map(\.0.count).max() ?? 0
         return rows.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(separator: "\n")
+    }
+}
+
+/// One sampling interval of a run (`--plot`).
+public struct TimelinePoint: Sendable, Codable, Equatable {
+    /// Seconds since publishing began, at the end of the interval.
+    public var seconds: Double
+    public var deliveriesPerSecond: Double
+    /// Latencies of the interval's deliveries in milliseconds; absent when none arrived.
+    public var p50: Double?
+    public var p99: Double?
+    public var p999: Double?
+    public var max: Double?
+
+    public init(seconds: Double, deliveriesPerSecond: Double, p50: Double? = nil, p99: Double? = nil, p999: Double? = nil, max: Double? = nil) {
+        self.seconds = seconds
+        self.deliveriesPerSecond = deliveriesPerSecond
+        self.p50 = p50
+        self.p99 = p99
+        self.p999 = p999
+        self.max = max
     }
 }

@@ -210,11 +210,14 @@ struct Run: Sendable {
         // Publish (or hold), measuring the server's CPU over this phase only.
         let before = probe.sample()
         let publishStart = ContinuousClock.now
+        let sampler = await startSampler(from: publishStart)
         let expected = try await publish(recipients: prepared.receivers.count, stalledIndex: prepared.stalled?.index) {
             self.statistics.deliveries.load(ordering: .relaxed)
         }
         let elapsed = (ContinuousClock.now - publishStart).seconds
         let after = probe.sample()
+        sampler?.cancel()
+        let timeline = await sampler?.value
 
         let collected = try await collect(prepared)
         var report = BenchReport(configuration: configuration)
@@ -231,10 +234,47 @@ struct Run: Sendable {
             elapsed: elapsed,
             probes: (baseline, before, after)
         )
+        report.timeline = timeline
         for receiver in prepared.receivers {
             receiver.channelLoop.execute { receiver.close() }
         }
         return report
+    }
+
+    /// `--plot`: every ``BenchConfiguration/sampleInterval`` seconds, the deliveries/s and the
+    /// latency percentiles of what arrived in the interval, until cancelled.
+    private func startSampler(from start: ContinuousClock.Instant) async -> Task<[TimelinePoint], Never>? {
+        let interval = configuration.sampleInterval
+        guard interval > 0 else { return nil }
+        let statistics = self.statistics
+        let group = self.group
+        await statistics.startIntervals(group: group)
+        return Task {
+            var points: [TimelinePoint] = []
+            var lastCount = statistics.deliveries.load(ordering: .relaxed)
+            var lastTime = ContinuousClock.now
+            func sample() async {
+                let histogram = await statistics.takeInterval(group: group)
+                let now = ContinuousClock.now
+                let count = statistics.deliveries.load(ordering: .relaxed)
+                let seconds = (now - lastTime).seconds
+                var point = TimelinePoint(seconds: (now - start).seconds, deliveriesPerSecond: seconds > 0 ? Double(count - lastCount) / seconds : 0)
+                if histogram.totalCount > 0 {
+                    point.p50 = Double(histogram.valueAtPercentile(50)) / 1000
+                    point.p99 = Double(histogram.valueAtPercentile(99)) / 1000
+                    point.p999 = Double(histogram.valueAtPercentile(99.9)) / 1000
+                    point.max = Double(histogram.max) / 1000
+                }
+                points.append(point)
+                lastCount = count
+                lastTime = now
+            }
+            while !Task.isCancelled, points.count < 100_000 {
+                try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
+                await sample()
+            }
+            return points
+        }
     }
 
     /// This process's connections, joined and ready to receive.

@@ -24,7 +24,31 @@ final class ReceiverStatistics: Sendable {
 
     /// Records a latency in microseconds; call on `loop`.
     func recordLatency(_ microseconds: UInt64, on loop: any EventLoop) {
-        histograms[ObjectIdentifier(loop)]?.histogram.record(microseconds)
+        guard let loopHistogram = histograms[ObjectIdentifier(loop)] else { return }
+        loopHistogram.histogram.record(microseconds)
+        loopHistogram.interval?.record(microseconds)
+    }
+
+    /// Starts keeping a second histogram per loop, emptied by each ``takeInterval(group:)``.
+    func startIntervals(group: any EventLoopGroup) async {
+        for loop in group.makeIterator() {
+            guard let loopHistogram = histograms[ObjectIdentifier(loop)] else { continue }
+            try? await loop.submit { loopHistogram.interval = LoopHistogram.make() }.get()
+        }
+    }
+
+    /// The latencies recorded since the last call, every loop's merged (each read and reset on its loop).
+    func takeInterval(group: any EventLoopGroup) async -> Histogram<UInt64> {
+        var merged = LoopHistogram.make()
+        for loop in group.makeIterator() {
+            guard let loopHistogram = histograms[ObjectIdentifier(loop)] else { continue }
+            let taken = try? await loop.submit { () -> Histogram<UInt64>? in
+                defer { loopHistogram.interval?.reset() }
+                return loopHistogram.interval
+            }.get()
+            if let taken = taken.flatMap({ $0 }) { merged.add(taken) }
+        }
+        return merged
     }
 
     /// All loops' latencies. Call once receiving has stopped.
@@ -43,6 +67,8 @@ final class ReceiverStatistics: Sendable {
 /// A histogram touched only on its own event loop.
 final class LoopHistogram: @unchecked Sendable {
     var histogram = LoopHistogram.make()
+    /// For `--plot`: what arrived since the sampler last took it.
+    var interval: Histogram<UInt64>?
 
     static func make() -> Histogram<UInt64> {
         // 1 µs to 10 minutes at 3 significant digits.

@@ -85,7 +85,8 @@ public enum RedisBackend {
             services.append(IngestConsumer(configuration: ingest, backplane: backplane, broker: broker, logger: logger, metrics: hub.metrics))
         }
         return try await HeraldServer(
-            configuration: configuration, hub: hub, broker: broker, roster: roster, denylist: denylist, services: services, logger: logger
+            configuration: configuration, hub: hub, broker: broker, roster: roster, denylist: denylist,
+            statusBoard: RedisStatusBoard(backplane: backplane), services: services, logger: logger
         )
     }
 }

@@ -116,6 +116,10 @@ public struct HeraldConfiguration: Sendable {
     /// stops accepting and closes its connections (1012): time for a load balancer's readiness
     /// probe to take it out of rotation. Zero stops at once.
     public var drainDelay: TimeAmount = .zero
+    /// Where the node's last warnings and errors are kept for `/status`. Set it (and log through
+    /// ``RecentLogEvents/capturing(_:)``) to capture the whole process's, the backend's
+    /// included; `nil` captures what the server itself logs.
+    public var recentLogEvents: RecentLogEvents?
 
     /// The HTTP request deadlines, as ``HTTPRequestDeadline`` takes them.
     var requestLimits: HTTPRequestDeadline.Limits {

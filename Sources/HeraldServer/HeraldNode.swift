@@ -33,6 +33,10 @@ public final class HeraldNode: Sendable {
     /// The browser origins allowed to open WebSockets (`nil`: the server's own origin, or any
     /// in development mode; see ``CORSPolicy/admitsUpgrade(origin:host:policy:allowsAnyOriginWithoutList:)``).
     let webSocketOrigins: CORSPolicy?
+    /// Where this node posts its figures and reads the cluster's for `/status`.
+    let statusBoard: any StatusBoard
+    /// The node's last warnings and errors, for `/status`.
+    let recentEvents: RecentLogEvents
 
     public convenience init(
         configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, denylist: (any TokenDenylist)? = nil,
@@ -48,8 +52,10 @@ public final class HeraldNode: Sendable {
 
     init(
         configuration: HeraldConfiguration, hub: Hub, broker: any Broker, roster: any Roster, denylist: any TokenDenylist, authenticator: Authenticator,
-        tls: TLSContextStore?, logger: Logger
+        tls: TLSContextStore?, logger: Logger, statusBoard: (any StatusBoard)? = nil, recentEvents: RecentLogEvents = RecentLogEvents()
     ) {
+        self.statusBoard = statusBoard ?? LocalStatusBoard()
+        self.recentEvents = recentEvents
         self.denylist = denylist
         self.tls = tls
         self.configuration = configuration

@@ -68,6 +68,7 @@ public struct HeraldServer: Sendable {
         broker: any Broker,
         roster: any Roster,
         denylist: (any TokenDenylist)? = nil,
+        statusBoard: (any StatusBoard)? = nil,
         services: [any Service] = [],
         logger: Logger = Logger(label: "herald")
     ) async throws(ConfigurationError) {
@@ -89,8 +90,13 @@ public struct HeraldServer: Sendable {
         }
         hub.attach(broker: broker, roster: roster)
         let denylist = denylist ?? LocalTokenDenylist(limit: configuration.maxRevokedTokens, notifying: hub)
+        // The node's own warnings and errors are kept for /status (the caller's, when it
+        // captured its logger for the whole process: ``HeraldConfiguration/recentLogEvents``).
+        let recentEvents = configuration.recentLogEvents ?? RecentLogEvents()
+        let logger = configuration.recentLogEvents == nil ? recentEvents.capturing(logger) : logger
         self.node = HeraldNode(
-            configuration: configuration, hub: hub, broker: broker, roster: roster, denylist: denylist, authenticator: authenticator, tls: tls, logger: logger
+            configuration: configuration, hub: hub, broker: broker, roster: roster, denylist: denylist, authenticator: authenticator, tls: tls, logger: logger,
+            statusBoard: statusBoard, recentEvents: recentEvents
         )
         self.logger = logger
         self.services = services
@@ -106,7 +112,8 @@ public struct HeraldServer: Sendable {
         router.middlewares.add(HTTPConventionsMiddleware(cors: CORSPolicy(configuration.allowedOrigins)))
         router.middlewares.add(JSONErrorMiddleware())
         let metrics = configuration.metrics == .off ? nil : NodeMetrics(node: node)
-        HTTPAPI(node: node, metrics: configuration.metrics == .api ? metrics : nil).register(on: router)
+        let status = StatusReporter(node: node, board: node.statusBoard, recentEvents: node.recentEvents)
+        HTTPAPI(node: node, metrics: configuration.metrics == .api ? metrics : nil, status: status).register(on: router)
         let listener = HeraldListener(
             childChannel: HeraldChildChannel(responder: HeraldListener.responder(for: router, logger: logger), node: node),
             host: configuration.host,
@@ -130,7 +137,7 @@ public struct HeraldServer: Sendable {
         let reloader: [any Service] = node.tls == nil ? [] : [CertificateReloader(node: node)]
         let presence: [any Service] = node.presenceNotifier.map { [$0] } ?? []
         return NodeServices(
-            services: [node.hub] + services + presence + reloader + metricsListener + [listener], node: node, drainDelay: configuration.drainDelay,
+            services: [node.hub] + services + presence + reloader + metricsListener + [status, listener], node: node, drainDelay: configuration.drainDelay,
             logger: logger)
     }
 

@@ -98,6 +98,12 @@ struct Bench: AsyncParsableCommand {
     var tlsCA: String?
     @Flag(name: .customLong("tls-insecure"), help: "With --tls: accept any certificate, unverified.")
     var tlsInsecure = false
+    @Option(help: "Write an SVG of deliveries/s and latency percentiles over the run to this file (one generator process).")
+    var plot: String?
+    @Option(name: .customLong("plot-title"), help: "The plot's title (default: the scenario and target).")
+    var plotTitle: String?
+    @Option(name: .customLong("sample-interval"), parsing: .unconditional, help: "With --plot: seconds per point (default 0.25).")
+    var sampleInterval = 0.25
     @Flag(help: "Print the report as JSON (for scripts).")
     var json = false
     @Flag(name: .customLong("no-progress"), help: "No live progress line.")
@@ -129,6 +135,10 @@ struct Bench: AsyncParsableCommand {
         try check(connectTimeout, "connect-timeout", 1...3600)
         try check(killAfter, "kill-after", 0...86_400)
         try check(processes, "processes", 0...256)
+        try check(sampleInterval, "sample-interval", 0.01...60)
+        if plot != nil, processes > 1 {
+            throw ValidationError("--plot samples one generator process: use --processes 1 (or leave it out for fewer than about 19,700 connections)")
+        }
         for pid in serverPID { try check(pid, "server-pid", 1...Int32.max) }
         if tls {
             guard (tlsCA != nil) != tlsInsecure else {
@@ -177,7 +187,8 @@ struct Bench: AsyncParsableCommand {
         configuration.killAfter = killAfter
         configuration.progress = !noProgress && !json
         configuration.allowRemoteTarget = allowRemoteTarget
-        configuration.processes = processes
+        configuration.processes = plot == nil ? processes : 1
+        if plot != nil { configuration.sampleInterval = sampleInterval }
         configuration.tls = tls
         configuration.tlsCAFile = tlsCA
         configuration.tlsInsecure = tlsInsecure
@@ -188,6 +199,14 @@ struct Bench: AsyncParsableCommand {
             }
         } catch let error as BenchError {
             throw ValidationError(error.description)
+        }
+        if let plot {
+            do {
+                try BenchPlot.svg(report, title: plotTitle).write(toFile: plot, atomically: true, encoding: .utf8)
+            } catch {
+                throw ValidationError("--plot \(plot): cannot write the SVG there: \(error.localizedDescription)")
+            }
+            if !json { FileHandle.standardError.write(Data("plot: \(plot) (\(report.timeline?.count ?? 0) points)\n".utf8)) }
         }
         print(json ? report.json() : report.table())
     }

@@ -387,8 +387,12 @@ struct Serve: AsyncParsableCommand {
             if settings.workers == 1 { configuration.nodeID = nodeID }
             LoggingSystem.bootstrap { label in JSONLogHandler.standardError(label: label, metadata: ["node": .string(nodeID)]) }
         }
+        // Every warning and error of the node (the Redis backend's included) also goes to /status.
+        let recentEvents = RecentLogEvents()
+        configuration.recentLogEvents = recentEvents
         var logger = Logger(label: "herald")
         logger.logLevel = settings.logLevel
+        logger = recentEvents.capturing(logger)
 
         if settings.workers > 1 {
             let supervisor = WorkerSupervisor(

@@ -1,3 +1,4 @@
+import Foundation
 import HeraldBench
 import NIOCore
 import NIOPosix
@@ -29,6 +30,34 @@ struct LoadGeneratorTests {
         #expect(report.deliveries.unique == report.expectedDeliveries - 4)
         #expect(!report.isClean)
         #expect(report.latency != nil)
+        try await server.close()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func aSampledRunHasATimelineAndPlotsIt() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await FaultyServer(group: group, faults: .init(drop: [], duplicate: [], swap: []))
+        var configuration = BenchConfiguration()
+        configuration.scenario = .rooms
+        configuration.port = server.port
+        configuration.connections = 4
+        configuration.rooms = 1
+        configuration.rate = 200
+        configuration.duration = 1
+        configuration.transport = .ws
+        configuration.publishConnections = 1
+        configuration.drainTimeout = 1
+        configuration.progress = false
+        configuration.sampleInterval = 0.1
+        let report = try await LoadGenerator(configuration: configuration).run()
+        let timeline = try #require(report.timeline)
+        #expect(timeline.count >= 5, "about ten points in a second")
+        #expect(timeline.map(\.seconds) == timeline.map(\.seconds).sorted())
+        #expect(timeline.contains { $0.deliveriesPerSecond > 0 && $0.p50 != nil })
+        let svg = BenchPlot.svg(report, title: "rooms <test>")
+        #expect(svg.hasPrefix("<svg") && svg.hasSuffix("</svg>\n"))
+        #expect(svg.components(separatedBy: "<polyline").count - 1 == 4, "deliveries/s and three percentiles")
+        #expect(svg.contains("rooms &lt;test&gt;"), "text is escaped")
         try await server.close()
         try await group.shutdownGracefully()
     }

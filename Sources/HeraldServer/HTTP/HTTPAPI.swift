@@ -11,6 +11,8 @@ struct HTTPAPI {
     let node: HeraldNode
     /// Serves `/metrics` here (behind the API key) when set.
     var metrics: NodeMetrics?
+    /// Answers `/api/status` (and posts this node's figures first, so they are fresh).
+    var status: StatusReporter?
 
     func register(on router: Router<BasicRequestContext>) {
         router.getAndHead("/") { _, _ in
@@ -18,6 +20,14 @@ struct HTTPAPI {
                 status: .ok,
                 headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-cache"],
                 body: .init(byteBuffer: ByteBuffer(string: DemoPage.html))
+            )
+        }
+        // The page holds no figures: it asks /api/status with the key the user types in.
+        router.getAndHead("/status") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-cache"],
+                body: .init(byteBuffer: ByteBuffer(bytes: PackageResources.status_html))
             )
         }
         router.getAndHead("/herald.js") { request, _ in
@@ -53,6 +63,22 @@ struct HTTPAPI {
         }
         let api = router.group("api").add(middleware: APIKeyMiddleware(apiKey: node.configuration.apiKey))
         RevocationAPI(node: node).register(on: api)
+        if let status {
+            api.getAndHead("status") { _, _ in
+                await status.post()
+                var body = ByteBuffer()
+                body.writeStaticString(#"{"node":"#)
+                body.writeJSONString(node.nodeID)
+                body.writeString(#","interval":\#(StatusReporter.interval.components.seconds),"nodes":["#)
+                for (index, entry) in await node.statusBoard.snapshots().sorted(by: { $0.key < $1.key }).enumerated() {
+                    if index > 0 { body.writeStaticString(",") }
+                    var snapshot = entry.value
+                    body.writeBuffer(&snapshot)
+                }
+                body.writeStaticString("]}")
+                return Response(status: .ok, headers: [.contentType: "application/json", .cacheControl: "no-store"], body: .init(byteBuffer: body))
+            }
+        }
         api.post("publish") { request, _ in
             try await publishBatch(request)
         }
