@@ -11,6 +11,9 @@ Each server is started fresh for every repetition and stopped after it:
           side by side: --servers before,herald,floor
   floor   ../shared/baselines/floor, built with make into a scratch copy
   seed    ../shared/baselines/seed/run.sh PORT 2 (FastAPI + Redis; needs redis-server, creates its venv)
+A server may carry a label, KIND@LABEL (`--servers herald,herald@batch,floor`), to run the same
+server with other bench arguments: `--bench-arg batch=--batch=100` adds `--batch=100` to the
+runs labelled `batch` only.
 Results (one JSON per run) go to --out (default /tmp/herald-bench/<timestamp>).
 """
 import argparse
@@ -138,6 +141,7 @@ def main() -> int:
     ap.add_argument("--herald-before", default=None, help="the herald binary of server kind `before` (an earlier build)")
     ap.add_argument("--herald-arg", action="append", default=[], help="extra argument for herald serve (repeatable)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--bench-arg", action="append", default=[], help="LABEL=ARG: a herald bench argument for the servers labelled LABEL (KIND@LABEL)")
     ap.add_argument("bench", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     bench_args = [a for a in args.bench if a != "--"]
@@ -146,10 +150,12 @@ def main() -> int:
     results: dict[str, list[dict]] = {}
     for rep in range(args.reps):
         for kind in args.servers.split(","):
-            server = Server(kind, args.herald, args.herald_arg, out, args.herald_before)
+            base, _, label = kind.partition("@")
+            server = Server(base, args.herald, args.herald_arg, out, args.herald_before)
             server.start()
             try:
-                cmd = [args.herald, "bench", "--port", str(server.port), "--json"] + bench_args
+                extra = [a.partition("=")[2] for a in args.bench_arg if label and a.partition("=")[0] == label]
+                cmd = [args.herald, "bench", "--port", str(server.port), "--json"] + bench_args + extra
                 for pid in server.pids():
                     cmd += ["--server-pid", str(pid)]
                 run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -158,7 +164,7 @@ def main() -> int:
                     continue
                 report = json.loads(run.stdout)
                 results.setdefault(kind, []).append(report)
-                with open(os.path.join(out, f"{kind}-{rep}.json"), "w") as f:
+                with open(os.path.join(out, f"{kind.replace('@', '-')}-{rep}.json"), "w") as f:
                     f.write(run.stdout)
                 lat = (report.get("latency") or {}).get("p99")
                 print(f"{kind:6} rep {rep}: {report.get('deliveriesPerSecond', 0):9.0f} deliveries/s, "

@@ -14,7 +14,7 @@ public protocol MetricsExposition: Sendable {
 /// Counted where they happen: events that are rare per message (a publish, a disconnect, a
 /// refused frame, a recovery, a Redis command). Figures that move once per recipient are kept
 /// in ``HubStatistics``' atomics as before and copied into the counters of the same names when
-/// the metrics are read (``MetricsMirror``), so the delivery path gains no work.
+/// the metrics are read (by the server, at each scrape), so the delivery path gains no work.
 ///
 /// No label takes values that grow with users, rooms or connections: labels are a scope, a
 /// close code, a source, a reason — each a short fixed list (``catalog`` names them).
