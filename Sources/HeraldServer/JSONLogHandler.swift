@@ -82,14 +82,29 @@ public struct JSONLogHandler: LogHandler {
     }
 
     private static func timestamp() -> String {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        var seconds = now.tv_sec
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        return String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min,
-            parts.tm_sec, Int(now.tv_nsec / 1_000_000))
+        timestamp(millisecondsSince1970: Int64(Date().timeIntervalSince1970 * 1000))
+    }
+
+    /// `2026-12-03T21:04:05.123Z`, by arithmetic (the civil-from-days algorithm): no formatter
+    /// to allocate and no C time structures.
+    static func timestamp(millisecondsSince1970 milliseconds: Int64) -> String {
+        let (days, dayMilliseconds) = milliseconds.quotientAndRemainder(dividingBy: 86_400_000)
+        let shift = dayMilliseconds < 0 ? 1 : 0
+        let day = days - Int64(shift) + 719_468
+        let ms = dayMilliseconds + Int64(shift) * 86_400_000
+        let era = (day >= 0 ? day : day - 146_096) / 146_097
+        let dayOfEra = day - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let monthIndex = (5 * dayOfYear + 2) / 153
+        let dayOfMonth = dayOfYear - (153 * monthIndex + 2) / 5 + 1
+        let month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        func two(_ value: Int64) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        let fraction = ms % 1000
+        let fractionText = fraction < 10 ? "00\(fraction)" : fraction < 100 ? "0\(fraction)" : "\(fraction)"
+        return "\(year)-\(two(month))-\(two(dayOfMonth))T\(two(ms / 3_600_000))"
+            + ":\(two(ms / 60_000 % 60)):\(two(ms / 1000 % 60)).\(fractionText)Z"
     }
 }
 

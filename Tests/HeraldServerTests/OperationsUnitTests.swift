@@ -53,6 +53,13 @@ struct OperationsUnitTests {
         }
     }
 
+    @Test func logTimestampsAreUTCWithMilliseconds() {
+        #expect(JSONLogHandler.timestamp(millisecondsSince1970: 0) == "1970-01-01T00:00:00.000Z")
+        #expect(JSONLogHandler.timestamp(millisecondsSince1970: 1_796_333_256_381) == "2026-12-03T21:27:36.381Z")
+        #expect(JSONLogHandler.timestamp(millisecondsSince1970: 951_782_400_007) == "2000-02-29T00:00:00.007Z")
+        #expect(JSONLogHandler.timestamp(millisecondsSince1970: 4_102_444_799_999) == "2099-12-31T23:59:59.999Z")
+    }
+
     @Test func jsonLogLinesAreOneObjectEachWithCredentialsRedacted() throws {
         let lines = LineCollector()
         var logger = Logger(label: "herald") { label in
