@@ -78,8 +78,8 @@ public final class HeraldMetrics: Sendable {
         self.recoveries = recoveries
     }
 
-    /// Records nothing.
-    public static let disabled = HeraldMetrics(factory: NOOPMetricsHandler.instance)
+    /// Records nothing (a new instance each time: the counts the status page reads are per hub).
+    public static var disabled: HeraldMetrics { HeraldMetrics(factory: NOOPMetricsHandler.instance) }
 
     public func recordPublish(from source: PublishSource, count: Int = 1) {
         publishes[source]?.increment(by: count)

@@ -317,8 +317,8 @@ public final class IngestConsumer: Service, Sendable {
                 let elements: [RawJSON]
                 do {
                     let object = try JSONObject(parsing: ByteBuffer(string: #"{"commands":"# + commands + "}"))
-                    guard case .success(let array?) = object.array("commands") else {
-                        return .failure(Problem(description: "commands must be a JSON array of commands"))
+                    guard case .success(let array?) = object.array("commands", limit: PublishCommand.maxBatch) else {
+                        return .failure(Problem(description: "commands must be a JSON array of at most \(PublishCommand.maxBatch) commands"))
                     }
                     elements = array
                 } catch {

@@ -41,7 +41,12 @@ public final class RedisStatusBoard: StatusBoard {
         var snapshots: [String: ByteBuffer] = [:]
         for (node, value) in zip(nodes, values) {
             // Redis is input too: only a JSON object goes into the page's answer.
-            guard case .bulkString(let bytes?) = value, (try? JSONObject(parsing: bytes)) != nil else { continue }
+            // and one that names the node it is stored under (no entry can pose as another node).
+            guard case .bulkString(let bytes?) = value, let object = try? JSONObject(parsing: bytes), case .success(let named?) = object.string("node"),
+                named == node
+            else {
+                continue
+            }
             snapshots[node] = bytes
         }
         return snapshots

@@ -109,7 +109,7 @@ public final class RedisConnection: Sendable {
         let loop = channel.eventLoop
         let replies = commands.map { _ in ReplySlot(loop.makePromise(of: RESPValue.self)) }
         let channel = self.channel
-        loop.execute {
+        let send: @Sendable () -> Void = {
             for (command, reply) in zip(commands, replies) {
                 let written = loop.makePromise(of: Void.self)
                 channel.write(RedisCommandHandler.Request(command: command, reply: reply), promise: written)
@@ -117,6 +117,9 @@ public final class RedisConnection: Sendable {
             }
             channel.flush()
         }
+        // Inline when already on the loop, as `submit(_:)` writes: a single command sent after
+        // the pipeline must not overtake it.
+        if loop.inEventLoop { send() } else { loop.execute(send) }
         return replies.map(\.future)
     }
 

@@ -1,5 +1,12 @@
 import Foundation
 public import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Writes one JSON object per line (`--log-format json`), for log shippers:
 ///
@@ -21,7 +28,7 @@ public struct JSONLogHandler: LogHandler {
 
     /// A handler writing to standard error (where swift-log's default handler writes).
     public static func standardError(label: String, metadata: Logger.Metadata = [:]) -> JSONLogHandler {
-        var handler = JSONLogHandler(label: label) { line in FileHandle.standardError.write(Data(line.utf8)) }
+        var handler = JSONLogHandler(label: label) { line in StandardError.write(line) }
         handler.metadata = metadata
         return handler
     }
@@ -112,11 +119,12 @@ public struct JSONLogHandler: LogHandler {
 /// of a `Bearer` authorization.
 public enum LogRedaction {
     public static func redact(_ text: String) -> String {
-        guard text.contains("token=") || text.contains("earer ") else { return text }
+        let lowered = text.lowercased()
+        guard lowered.contains("token") || lowered.contains("bearer ") else { return text }
         var result = text
-        for marker in ["token=", "Bearer ", "bearer "] {
+        for marker in ["token=", "bearer ", "\"token\":\"", "\"token\": \""] {
             var searchStart = result.startIndex
-            while let range = result.range(of: marker, range: searchStart..<result.endIndex) {
+            while let range = result.range(of: marker, options: .caseInsensitive, range: searchStart..<result.endIndex) {
                 let valueEnd = result[range.upperBound...].firstIndex { " &\"',;)\n".contains($0) } ?? result.endIndex
                 guard valueEnd > range.upperBound else {
                     searchStart = range.upperBound
@@ -127,5 +135,35 @@ public enum LogRedaction {
             }
         }
         return result
+    }
+}
+
+/// Standard error, written one whole line at a time (a lock, so concurrent lines never
+/// interleave) and never fatally: a closed pipe or a full disk loses the line, not the node
+/// (Foundation's `FileHandle.write(_:)` traps on a write error).
+enum StandardError {
+    private static let lock = Mutex<Void>(())
+
+    static func write(_ line: String) {
+        lock.withLock { _ in
+            var bytes = Array(line.utf8)
+            bytes.withUnsafeMutableBytes { buffer in
+                var offset = 0
+                while offset < buffer.count {
+                    #if canImport(Glibc)
+                    let written = Glibc.write(2, buffer.baseAddress! + offset, buffer.count - offset)
+                    #else
+                    let written = Darwin.write(2, buffer.baseAddress! + offset, buffer.count - offset)
+                    #endif
+                    if written > 0 {
+                        offset += written
+                    } else if written < 0 && errno == EINTR {
+                        continue
+                    } else {
+                        return  // EPIPE, ENOSPC, EAGAIN…: drop the rest of this line
+                    }
+                }
+            }
+        }
     }
 }

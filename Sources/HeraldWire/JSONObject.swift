@@ -85,19 +85,24 @@ public struct JSONObject: Sendable {
         return .success(nested)
     }
 
-    /// The elements of an array field, as raw JSON; `nil` when absent, an error when not an array.
-    public func array(_ key: String) -> Result<[RawJSON]?, ClientFrameError> {
+    /// The elements of an array field, as raw JSON; `nil` when absent, an error when not an
+    /// array or longer than `limit` (found before the elements are kept).
+    public func array(_ key: String, limit: Int = .max) -> Result<[RawJSON]?, ClientFrameError> {
         guard let field = field(key), let value = raw(key) else { return .success(nil) }
         guard field.kind == .array else {
             return .failure(ClientFrameError(id: nil, message: "field \"\(key)\" must be an array"))
         }
         let bytes = value.bytes
-        // Validated already (as part of this object): splitting it cannot fail.
-        let ranges: [Range<Int>] =
-            (try? bytes.withUnsafeReadableBytes { raw throws(JSONSyntaxError) -> [Range<Int>] in
+        // Validated already (as part of this object): splitting it fails only past `limit`.
+        let ranges: [Range<Int>]
+        do {
+            ranges = try bytes.withUnsafeReadableBytes { raw throws(JSONSyntaxError) -> [Range<Int>] in
                 var scanner = JSONScanner(raw.bindMemory(to: UInt8.self))
-                return try scanner.scanTopLevelArray()
-            }) ?? []
+                return try scanner.scanTopLevelArray(limit: limit)
+            }
+        } catch {
+            return .failure(ClientFrameError(id: nil, message: "field \"\(key)\" has more than \(limit) elements"))
+        }
         return .success(ranges.map { RawJSON(trusted: bytes.getSlice(at: bytes.readerIndex + $0.lowerBound, length: $0.count)!) })
     }
 

@@ -62,7 +62,8 @@ struct JSONScanner {
     }
 
     /// Scans a whole document that must be one array; returns its elements' byte ranges in order.
-    mutating func scanTopLevelArray() throws(JSONSyntaxError) -> [Range<Int>] {
+    /// Stops with an error past `limit` elements, before keeping more.
+    mutating func scanTopLevelArray(limit: Int = .max) throws(JSONSyntaxError) -> [Range<Int>] {
         skipWhitespace()
         guard peek() == UInt8(ascii: "[") else { throw JSONSyntaxError("expected a JSON array") }
         index += 1
@@ -75,6 +76,7 @@ struct JSONScanner {
                 skipWhitespace()
                 let start = index
                 _ = try scanValue(depth: 1)
+                guard elements.count < limit else { throw JSONSyntaxError("more than \(limit) elements") }
                 elements.append(start..<index)
                 skipWhitespace()
                 guard let next = peek() else { throw JSONSyntaxError("unterminated array") }

@@ -83,6 +83,10 @@ struct OperationsUnitTests {
         let second = try #require(JSONSerialization.jsonObject(with: Data(collected[1].utf8)) as? [String: Any])
         #expect(second["message"] as? String == "upgrade GET /ws?token=[redacted]&since=1")
         #expect(second["header"] as? String == "Bearer [redacted]")
+        #expect(LogRedaction.redact("Authorization: BEARER sekrit") == "Authorization: BEARER [redacted]")
+        #expect(LogRedaction.redact(#"{"token":"eyJa.b.c","user":"ada"}"#) == #"{"token":"[redacted]","user":"ada"}"#)
+        #expect(LogRedaction.redact("?TOKEN=abc&x=1") == "?TOKEN=[redacted]&x=1")
+        #expect(LogRedaction.redact("no credentials here") == "no credentials here")
     }
 }
 

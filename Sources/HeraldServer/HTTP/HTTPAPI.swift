@@ -65,12 +65,15 @@ struct HTTPAPI {
         RevocationAPI(node: node).register(on: api)
         if let status {
             api.getAndHead("status") { _, _ in
-                await status.post()
+                // The board's, with this node's own fresh (also while Redis cannot be read:
+                // then this node's reason is what the page needs to show).
+                var snapshots = await node.statusBoard.snapshots()
+                if let own = await status.current() { snapshots[node.nodeID] = own }
                 var body = ByteBuffer()
                 body.writeStaticString(#"{"node":"#)
                 body.writeJSONString(node.nodeID)
                 body.writeString(#","interval":\#(StatusReporter.interval.components.seconds),"nodes":["#)
-                for (index, entry) in await node.statusBoard.snapshots().sorted(by: { $0.key < $1.key }).enumerated() {
+                for (index, entry) in snapshots.sorted(by: { $0.key < $1.key }).enumerated() {
                     if index > 0 { body.writeStaticString(",") }
                     var snapshot = entry.value
                     body.writeBuffer(&snapshot)

@@ -28,7 +28,11 @@ enum PublishBatch {
             throw APIError(.badRequest, code: .badRequest, message: "body must be a JSON object {\"commands\":[…]}: \(error.message)")
         }
         let elements: [RawJSON]
-        switch object.array("commands") {
+        switch object.array("commands", limit: PublishCommand.maxBatch) {
+        case .failure where object.kind("commands") == .array:
+            throw APIError(
+                .badRequest, code: .badRequest,
+                message: "more than \(PublishCommand.maxBatch) commands in one batch; at most \(PublishCommand.maxBatch): split it")
         case .failure:
             throw APIError(.badRequest, code: .badRequest, message: "field \"commands\" must be an array of commands")
         case .success(nil):

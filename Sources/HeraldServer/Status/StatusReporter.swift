@@ -17,6 +17,8 @@ final class StatusReporter: Service, Sendable {
     private let startTime = ProcessFigures.startTime() ?? Date().timeIntervalSince1970
     /// The latency counts at the last post: quantiles are of what happened since.
     private let lastLatencyCounts = Mutex<[Int]>([])
+    /// The queued bytes when last measured: the periodic post does not walk every connection.
+    private let lastQueuedBytes = Atomic<Int>(0)
 
     init(node: HeraldNode, board: any StatusBoard, recentEvents: RecentLogEvents) {
         self.node = node
@@ -27,26 +29,31 @@ final class StatusReporter: Service, Sendable {
     func run() async throws {
         lastLatencyCounts.withLock { $0 = node.hub.metrics.publishLatencyCounts() }
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            await post()
-            try? await Task.sleep(for: Self.interval)
+            let snapshot = await self.snapshot(resettingBaseline: true, walkingConnections: false)
+            if let json = try? JSONEncoder().encode(snapshot) {
+                await board.post(node: node.nodeID, snapshot: ByteBuffer(bytes: json), ttl: Self.ttl)
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: Self.interval) }
         }
     }
 
-    /// Posts a snapshot now (also what `/api/status` does first, so the answer is fresh).
-    func post() async {
-        let snapshot = await self.snapshot()
-        guard let json = try? JSONEncoder().encode(snapshot) else { return }
-        await board.post(node: node.nodeID, snapshot: ByteBuffer(bytes: json), ttl: Self.ttl)
+    /// This node's figures now, for `/api/status`: the queued bytes measured (a walk of every
+    /// connection, only when someone asks), the latency quantiles since the last post (asking
+    /// does not move the window).
+    func current() async -> ByteBuffer? {
+        guard let json = try? JSONEncoder().encode(await snapshot(resettingBaseline: false, walkingConnections: true)) else { return nil }
+        return ByteBuffer(bytes: json)
     }
 
-    private func snapshot() async -> NodeStatus {
+    private func snapshot(resettingBaseline: Bool, walkingConnections: Bool) async -> NodeStatus {
         let hub = node.hub
         let counts = hub.statistics.snapshot()
         let latency = hub.metrics.publishLatencyCounts()
         let previous = lastLatencyCounts.withLock { previous in
-            defer { previous = latency }
+            defer { if resettingBaseline { previous = latency } }
             return previous
         }
+        if walkingConnections { lastQueuedBytes.store(await hub.queuedOutboundBytes(), ordering: .relaxed) }
         let brokerProblem = node.broker.unreadiness
         return NodeStatus(
             node: node.nodeID,
@@ -64,7 +71,7 @@ final class StatusReporter: Service, Sendable {
             slowConsumersCut: counts.slowConsumersCut,
             publishLatencyP50Milliseconds: previous.isEmpty ? nil : HeraldMetrics.latencyQuantile(0.5, from: previous, to: latency),
             publishLatencyP99Milliseconds: previous.isEmpty ? nil : HeraldMetrics.latencyQuantile(0.99, from: previous, to: latency),
-            outboundQueuedBytes: await hub.queuedOutboundBytes(),
+            outboundQueuedBytes: lastQueuedBytes.load(ordering: .relaxed),
             residentBytes: ProcessFigures.residentBytes(),
             cpuSeconds: ProcessFigures.cpuSeconds(),
             lastErrors: recentEvents.all.suffix(10)
