@@ -70,7 +70,7 @@ public enum RedisBackend {
             try await backplane.connect()
         } catch {
             throw ConfigurationError.unavailable(
-                "cannot use Redis at \(url.host):\(url.port): \(error). Check that redis-server runs there and accepts connections, or fix --redis / HERALD_REDIS_URL"
+                "cannot use Redis at \(url.location): \(error). Check that redis-server runs there and accepts connections, or fix --redis / HERALD_REDIS_URL"
             )
         }
         await roster.heartbeat()

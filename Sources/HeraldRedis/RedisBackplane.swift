@@ -70,7 +70,7 @@ public final class RedisBackplane: Service, Sendable {
         let (reconnects, reconnected) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         self.commandReconnects = reconnects
         self.client = RedisClient(url: url, configuration: configuration.client, on: group) {
-            logger.notice("Redis command connection re-established", metadata: ["redis": "\(url.host):\(url.port)"])
+            logger.notice("Redis command connection re-established", metadata: ["redis": "\(url.location)"])
             reconnected.yield()
         }
         self.subscriber = RedisSubscriber(

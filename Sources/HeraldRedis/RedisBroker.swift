@@ -81,16 +81,23 @@ public final class RedisBroker: Broker {
                 counters.recordReconnect()
                 logger.warning(
                     "Redis pub/sub connection re-established and every channel resubscribed; healing the gap from the channels' history",
-                    metadata: ["redis": "\(url.host):\(url.port)"]
+                    metadata: ["redis": "\(url.location)"]
                 )
                 healContinuation.yield()
             }
         )
     }
 
-    /// Loads the broker's scripts (on every connection of the backplane's client).
+    /// Loads the broker's scripts on every connection of the backplane's client, and has each
+    /// new connection store which server it reached (``serverCheck(_:)``) before it publishes.
     public func connect() async {
         await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript, Self.positionScript] + RedisAcknowledgementStore.scripts)
+        let claim = RESPCommand("EVAL", Self.claimServerScript.source, "1", layout.serverKey)
+        do {
+            try await client.prepareEachConnection(with: [claim])
+        } catch {
+            logger.warning("cannot record the Redis server's identity; reconnecting", metadata: ["error": "\(error)"])
+        }
     }
 
     public var statistics: BrokerStatistics.Snapshot { counters.snapshot() }
@@ -146,7 +153,7 @@ public final class RedisBroker: Broker {
         let keyKey = layout.idempotencyKey(envelope.target, envelope.idempotencyKey ?? "")
         if envelope.target != .all {
             // Offset, history append and publish in one atomic step on the server.
-            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey]
+            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey, layout.serverKey]
             var arguments = [
                 channel, envelope.frame, ByteBuffer(string: envelope.positionIndex.map(String.init) ?? ""),
                 ByteBuffer(string: String(history.size(for: envelope.target))), ttl, key,
@@ -203,9 +210,9 @@ public final class RedisBroker: Broker {
         return (StreamPosition(offset: offset, epoch: epoch), index, frame)
     }
 
-    /// KEYS: the channel's stream key (a hash: epoch, offset), its history (a Redis Stream),
-    /// the idempotency key's key; with `ack`, KEYS[4], KEYS[5]: the user's unacknowledged set and
-    /// frames. ARGV: channel, frame (without its position), position index ("" for none),
+    /// KEYS: the channel's stream key (a hash: epoch, offset, server), its history (a Redis
+    /// Stream), the idempotency key's key, the data set's server (``RedisLayout/serverKey``);
+    /// with `ack`, KEYS[5], KEYS[6]: the user's unacknowledged set and frames. ARGV: channel, frame (without its position), position index ("" for none),
     /// history size, history TTL in seconds, idempotency key ("" for none); with `ack`, ARGV[7],
     /// ARGV[8]: how long the message waits for its acknowledgement, and how many may wait.
     ///
@@ -213,15 +220,18 @@ public final class RedisBroker: Broker {
     /// next offset (a new epoch when the channel has none), keeps the frame and its index in the
     /// history (and with `ack` in the user's unacknowledged messages, as `INDEX\nFRAME`), publishes
     /// `#OFFSET EPOCH INDEX\n` and the frame, and returns {offset, epoch}. The frame is never
-    /// read or changed: the node that delivers it stamps the position in.
+    /// read or changed: the node that delivers it stamps the position in. A channel whose
+    /// position was written on another Redis server than the one now holding the data set
+    /// starts a new epoch (``serverCheck(_:)``).
     static let publishScript = RedisScript(
         """
         if ARGV[6] ~= '' and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then return 0 end
+        \(serverCheck(4))
         local epoch = redis.call('HGET', KEYS[1], 'epoch')
         local time = redis.call('TIME')
         if not epoch then
           epoch = string.format('%x%x', tonumber(time[1]), tonumber(time[2]))
-          redis.call('HSET', KEYS[1], 'epoch', epoch)
+          redis.call('HSET', KEYS[1], 'epoch', epoch, 'server', server)
         end
         local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
         if tonumber(ARGV[4]) > 0 then
@@ -232,15 +242,15 @@ public final class RedisBroker: Broker {
         if ARGV[7] then
           local member = epoch .. ':' .. offset
           local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-          redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]) * 1000, member)
-          redis.call('HSET', KEYS[5], member, ARGV[3] .. '\\n' .. ARGV[2])
-          if redis.call('ZCARD', KEYS[4]) > tonumber(ARGV[8]) then
-            local oldest = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
-            redis.call('ZREM', KEYS[4], oldest)
-            redis.call('HDEL', KEYS[5], oldest)
+          redis.call('ZADD', KEYS[5], now + tonumber(ARGV[7]) * 1000, member)
+          redis.call('HSET', KEYS[6], member, ARGV[3] .. '\\n' .. ARGV[2])
+          if redis.call('ZCARD', KEYS[5]) > tonumber(ARGV[8]) then
+            local oldest = redis.call('ZRANGE', KEYS[5], 0, 0)[1]
+            redis.call('ZREM', KEYS[5], oldest)
+            redis.call('HDEL', KEYS[6], oldest)
           end
-          redis.call('EXPIRE', KEYS[4], ARGV[7])
           redis.call('EXPIRE', KEYS[5], ARGV[7])
+          redis.call('EXPIRE', KEYS[6], ARGV[7])
         end
         redis.call('PUBLISH', ARGV[1], '#' .. offset .. ' ' .. epoch .. ' ' .. ARGV[3] .. '\\n' .. ARGV[2])
         return {offset, epoch}
@@ -256,27 +266,30 @@ public final class RedisBroker: Broker {
         """
     )
 
-    /// KEYS: the channel's hash. ARGV: history TTL in seconds. Returns {epoch, latest offset},
-    /// giving a channel without an epoch one (made as the publish script makes it, and kept as
-    /// long as a published one: the TTL).
+    /// KEYS: the channel's hash, its history, the data set's server. ARGV: history TTL in
+    /// seconds. Returns {epoch, latest offset}, giving a channel without an epoch one (made as
+    /// the publish script makes it, and kept as long as a published one: the TTL).
     static let positionScript = RedisScript(
         """
+        \(serverCheck(3))
         local epoch = redis.call('HGET', KEYS[1], 'epoch')
         if not epoch then
           local time = redis.call('TIME')
           epoch = string.format('%x%x', tonumber(time[1]), tonumber(time[2]))
-          redis.call('HSET', KEYS[1], 'epoch', epoch)
+          redis.call('HSET', KEYS[1], 'epoch', epoch, 'server', server)
           redis.call('EXPIRE', KEYS[1], ARGV[1])
         end
         return {epoch, tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')}
         """
     )
 
-    /// KEYS as for publishing. ARGV: first stream id wanted, count, history TTL in seconds.
-    /// Returns {epoch, latest offset, oldest offset kept, entries}; entries older than the TTL
-    /// count as gone. A channel without a stream answers an epoch of "" and offset 0.
+    /// KEYS: the channel's hash, its history, the data set's server. ARGV: first stream id
+    /// wanted, count, history TTL in seconds. Returns {epoch, latest offset, oldest offset kept,
+    /// entries}; entries older than the TTL count as gone. A channel without a stream (or whose
+    /// stream was written on another server) answers an epoch of "" and offset 0.
     static let historyScript = RedisScript(
         """
+        \(serverCheck(3))
         local epoch = redis.call('HGET', KEYS[1], 'epoch') or ''
         local latest = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
         local now = tonumber(redis.call('TIME')[1])
@@ -297,6 +310,36 @@ public final class RedisBroker: Broker {
           end
         end
         return {epoch, latest, oldest, entries}
+        """
+    )
+
+    /// Lua that scripts reading or writing a channel's position run first, leaving the data
+    /// set's server in `server`. KEYS[1] is the channel's hash, KEYS[2] its history,
+    /// KEYS[`serverKey`] the data set's server (``RedisLayout/serverKey``).
+    ///
+    /// Redis replicates asynchronously and persists at intervals: a promoted replica, or a
+    /// server restarted from its AOF or RDB file, may lack the latest publishes. Offsets assigned
+    /// there again would be offsets clients and nodes already saw, carrying other messages, and
+    /// they would skip them as duplicates: a silent loss. So each channel's hash records the
+    /// server it was written on (the `run_id` nodes store in the server key when they connect),
+    /// and a channel written on another server starts a new epoch: the loss is visible, as
+    /// `epoch_changed`. A hash without the field (written before this check) is adopted.
+    static func serverCheck(_ serverKey: Int) -> String {
+        """
+        local server = redis.call('GET', KEYS[\(serverKey)]) or ''
+        local written = redis.call('HGET', KEYS[1], 'server')
+        if written and written ~= server then redis.call('DEL', KEYS[1], KEYS[2]) elseif not written and redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'server', server) end
+        """
+    }
+
+    /// Run on each new command connection before it is used: stores the `run_id` of the server
+    /// it reached in the server key (the same value from every node on that server).
+    static let claimServerScript = RedisScript(
+        """
+        local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+        if not id then return redis.error_reply('ERR INFO server has no run_id') end
+        redis.call('SET', KEYS[1], id)
+        return id
         """
     )
 
@@ -343,7 +386,7 @@ public final class RedisBroker: Broker {
         do {
             reply = try await client.evaluate(
                 Self.historyScript,
-                keys: [layout.streamKey(target), layout.historyKey(target)],
+                keys: [layout.streamKey(target), layout.historyKey(target), layout.serverKey],
                 arguments: [String(since + 1) + "-0", String(max(0, limit)), String(max(1, configuration.history.ttl.components.seconds))]
             )
         } catch {
@@ -357,7 +400,8 @@ public final class RedisBroker: Broker {
         let reply: RESPValue
         do {
             reply = try await client.evaluate(
-                Self.positionScript, keys: [layout.streamKey(target)], arguments: [String(max(1, configuration.history.ttl.components.seconds))])
+                Self.positionScript, keys: [layout.streamKey(target), layout.historyKey(target), layout.serverKey],
+                arguments: [String(max(1, configuration.history.ttl.components.seconds))])
         } catch {
             throw BrokerError("cannot read the channel's position from Redis: \(error)")
         }

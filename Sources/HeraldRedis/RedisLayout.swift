@@ -84,6 +84,10 @@ public struct RedisLayout: Sendable, Equatable {
     /// A random value set once for the data set: when it changes, Redis lost its data (a restart
     /// without persistence, a flush) and nodes restore what they hold.
     public var instanceKey: String { prefix + ":instance" }
+    /// The `run_id` of the Redis server holding the data set, as the nodes found it when they
+    /// connected: a channel's position written on another server may be missing its latest
+    /// offsets (a failover, a restart from persistence), so the channel starts a new epoch.
+    public var serverKey: String { prefix + ":server" }
     public func presenceKey(_ node: String) -> String { presenceKeyPrefix + node }
     /// A counter raised whenever some room's presence may have changed (a membership, a user
     /// online or offline somewhere, a node gone): nodes sending presence events read it once

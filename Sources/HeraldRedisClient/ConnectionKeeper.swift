@@ -13,6 +13,9 @@ struct ConnectionKeeper {
     let lost: @Sendable (RedisConnection) -> Void
     /// Called each time a connection is back after a loss (not for the first one).
     let reconnected: @Sendable () -> Void
+    /// Returns when the connection in use should be given up although it is up (its server is
+    /// no longer the master Sentinel names); `nil` keeps a connection until it is lost.
+    var watch: (@Sendable (RedisConnection) async -> Void)? = nil
 
     /// Runs until the task is cancelled, then closes the connection in use.
     mutating func run() async {
@@ -20,8 +23,21 @@ struct ConnectionKeeper {
         var connectedBefore = current() != nil
         while !Task.isCancelled {
             if let connection = current(), connection.isActive {
-                await withTaskCancellationHandler {
-                    try? await connection.closeFuture.get()
+                await withTaskCancellationHandler { [watch] in
+                    guard let watch else {
+                        try? await connection.closeFuture.get()
+                        return
+                    }
+                    await withTaskGroup(of: Void.self) { group in
+                        group.addTask { try? await connection.closeFuture.get() }
+                        group.addTask {
+                            await watch(connection)
+                            // The master moved: close, so that the loop below reconnects to it.
+                            if !Task.isCancelled { await connection.close() }
+                        }
+                        await group.next()
+                        group.cancelAll()
+                    }
                 } onCancel: {
                     Task { await connection.close() }
                 }

@@ -57,6 +57,14 @@ public indirect enum RESPValue: Sendable, Equatable {
         }
     }
 
+    /// Whether the value is a null (RESP3 `_`, or RESP2's null bulk string or array).
+    public var isNull: Bool {
+        switch self {
+        case .null, .bulkString(nil), .array(nil): true
+        default: false
+        }
+    }
+
     /// Whether the value is an error reply (simple or bulk).
     public var isError: Bool {
         switch self {

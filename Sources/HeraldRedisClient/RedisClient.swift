@@ -29,6 +29,8 @@ public final class RedisClient: Sendable {
     private let state = Mutex<State>(State())
     /// Scripts loaded (`SCRIPT LOAD`) on every new connection before it is used.
     private let preloaded = Mutex<[RedisScript]>([])
+    /// Commands sent on every new connection, after the scripts, before it is used.
+    private let preparation = Mutex<[RESPCommand]>([])
 
     struct State {
         var connection: RedisConnection?
@@ -73,6 +75,9 @@ public final class RedisClient: Sendable {
                 onReconnect()
             }
         )
+        if let sentinel = url.sentinel {
+            keeper.watch = { [group] connection in await RedisSentinel.watch(connection, through: sentinel, on: group) }
+        }
         await keeper.run()
     }
 
@@ -93,12 +98,22 @@ public final class RedisClient: Sendable {
         guard let connection = state.withLock({ $0.connection }), connection.isActive else {
             configuration.metrics?.commandErrors.increment()
             return group.any().makeFailedFuture(
-                RedisError.transport("not connected to Redis at \(url.host):\(url.port) (reconnecting); the command was not sent")
+                RedisError.transport("not connected to Redis at \(url.location) (reconnecting); the command was not sent")
             )
         }
         let reply = connection.submit(command)
         configuration.metrics?.observe(reply)
+        if url.sentinel != nil { giveUpIfDemoted(connection, reply) }
         return reply
+    }
+
+    /// With Sentinel: a `READONLY` refusal means the server was made a replica (a failover the
+    /// watch has not heard of yet): close the connection, so the reconnect asks the sentinels.
+    private func giveUpIfDemoted(_ connection: RedisConnection, _ reply: EventLoopFuture<RESPValue>) {
+        reply.whenFailure { error in
+            guard (error as? RedisError)?.serverCode == "READONLY" else { return }
+            Task { await connection.close() }
+        }
     }
 
     /// Sends `commands` in one write (a pipeline: one round trip for all of them); each future
@@ -107,13 +122,14 @@ public final class RedisClient: Sendable {
     public func submit(pipeline commands: [PipelinedCommand]) -> [EventLoopFuture<RESPValue>] {
         guard !commands.isEmpty else { return [] }
         guard let connection = state.withLock({ $0.connection }), connection.isActive else {
-            let error = RedisError.transport("not connected to Redis at \(url.host):\(url.port) (reconnecting); the commands were not sent")
+            let error = RedisError.transport("not connected to Redis at \(url.location) (reconnecting); the commands were not sent")
             configuration.metrics?.commandErrors.increment(by: commands.count)
             return commands.map { _ in group.any().makeFailedFuture(error) }
         }
         let replies = connection.submit(pipeline: commands.map(\.sentFirst))
         return zip(commands, replies).map { command, reply in
             configuration.metrics?.observe(reply)
+            if url.sentinel != nil { giveUpIfDemoted(connection, reply) }
             guard case .script(let script, let keys, let arguments) = command else { return reply }
             return reply.flatMapError { error in
                 guard let redisError = error as? RedisError, redisError.serverCode == "NOSCRIPT" else {
@@ -135,6 +151,27 @@ public final class RedisClient: Sendable {
         }
         if let connection = state.withLock({ $0.connection }) {
             for script in scripts { _ = try? await connection.send(RESPCommand("SCRIPT", "LOAD", script.source)) }
+        }
+    }
+
+    /// Sends `commands` on every connection from now on (and on the current one, if any), after
+    /// the preloaded scripts and before commands use it. A connection on which one fails is not
+    /// used: it is closed and the reconnect tries again, with backoff.
+    /// - Throws: the error of a command that failed on the current connection (which is closed).
+    public func prepareEachConnection(with commands: [RESPCommand]) async throws {
+        preparation.withLock { $0 += commands }
+        guard let connection = state.withLock({ $0.connection }) else { return }
+        try await Self.prepare(connection, with: commands)
+    }
+
+    private static func prepare(_ connection: RedisConnection, with commands: [RESPCommand]) async throws {
+        for command in commands {
+            do {
+                _ = try await connection.send(command)
+            } catch {
+                await connection.close()
+                throw error
+            }
         }
     }
 
@@ -169,6 +206,7 @@ public final class RedisClient: Sendable {
         // meanwhile is noticed by the caller.
         let loads = preloaded.withLock { $0 }.map { connection.submit(RESPCommand("SCRIPT", "LOAD", $0.source)) }
         for load in loads { _ = try? await load.get() }
+        try await Self.prepare(connection, with: preparation.withLock { $0 })
         return connection
     }
 }

@@ -20,7 +20,9 @@ public final class RedisConnection: Sendable {
         self.channel = channel
     }
 
-    /// Connects, negotiates the protocol, logs in and selects the database.
+    /// Connects, negotiates the protocol, logs in and selects the database. With a Sentinel URL,
+    /// connects to the master the sentinels name (``RedisSentinel``); the connection's `url` is
+    /// then the master's.
     /// - Parameters:
     ///   - url: where Redis is, with credentials and database.
     ///   - group: the event loops the connection runs on.
@@ -36,6 +38,10 @@ public final class RedisConnection: Sendable {
         commandTimeout: TimeAmount? = .seconds(5),
         onPush: @escaping @Sendable (RESPValue) -> Void = { _ in }
     ) async throws -> RedisConnection {
+        if let sentinel = url.sentinel {
+            return try await RedisSentinel.connectToMaster(
+                url, through: sentinel, on: group, connectTimeout: connectTimeout, commandTimeout: commandTimeout, onPush: onPush)
+        }
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: group)

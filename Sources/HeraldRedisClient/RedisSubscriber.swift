@@ -119,6 +119,9 @@ public final class RedisSubscriber: Sendable {
                 onReconnect()
             }
         )
+        if let sentinel = url.sentinel {
+            keeper.watch = { [group] connection in await RedisSentinel.watch(connection, through: sentinel, on: group) }
+        }
         await keeper.run()
     }
 

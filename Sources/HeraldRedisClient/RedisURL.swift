@@ -1,10 +1,18 @@
-/// Where a Redis server is and how to log in: `redis://[[user]:password@]host[:port][/db]`.
+/// Where a Redis server is and how to log in: `redis://[[user]:password@]host[:port][/db]`,
+/// or, for a master that Redis Sentinel watches,
+/// `redis+sentinel://[[user]:password@]sentinel1[:port],sentinel2[:port]/MASTER[/db]`.
 public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
+    /// The server (with Sentinel: the first sentinel, until a connection resolves the master).
     public var host: String
     public var port: Int
+    /// Credentials and database of the server (with Sentinel: of the master; sentinels are
+    /// asked without credentials).
     public var user: String?
     public var password: String?
     public var database: Int
+    /// Set when the server is the master Sentinel names: every connection asks the sentinels
+    /// where it is first.
+    public var sentinel: RedisSentinelAddress?
 
     public init(host: String = "127.0.0.1", port: Int = 6379, user: String? = nil, password: String? = nil, database: Int = 0) {
         self.host = host
@@ -21,13 +29,24 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         return String(text[..<scheme.upperBound]) + "***" + String(text[at...])
     }
 
-    /// Parses `redis://…`. `rediss://` (TLS) is refused: this client speaks plain TCP.
+    /// Parses `redis://…` or `redis+sentinel://…`. `rediss://` (TLS) is refused: this client
+    /// speaks plain TCP.
     public init(parsing text: String) throws(RedisError) {
-        if text.hasPrefix("rediss://") {
+        if text.hasPrefix("rediss://") || text.hasPrefix("rediss+sentinel://") {
             throw RedisError.invalidConfiguration(
                 "rediss:// (TLS) is not supported by Herald's Redis client; use redis:// on a trusted network or a TLS tunnel")
         }
-        guard text.hasPrefix("redis://") else { throw RedisError.invalidConfiguration("a Redis URL starts with redis://, got \(Self.redacting(text))") }
+        if text.hasPrefix("redis+sentinel://") {
+            try self.init(parsingSentinel: text)
+            return
+        }
+        guard text.hasPrefix("redis://") else {
+            throw RedisError.invalidConfiguration("a Redis URL starts with redis:// or redis+sentinel://, got \(Self.redacting(text))")
+        }
+        try self.init(parsingServer: text)
+    }
+
+    private init(parsingServer text: String) throws(RedisError) {
         var rest = Substring(text.dropFirst("redis://".count))
         self.init()
         if let at = rest.lastIndex(of: "@") {
@@ -49,18 +68,81 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
                 database = number
             }
         }
+        (host, port) = try Self.address(rest, defaultPort: 6379, in: text)
+    }
+
+    /// `redis+sentinel://[credentials@]s1[:port],s2[:port]/MASTER[/db]`: parsed as a server URL
+    /// would be, the sentinels (port 26379 by default) standing for the host.
+    private init(parsingSentinel text: String) throws(RedisError) {
+        let rest = Substring(text.dropFirst("redis+sentinel://".count))
+        var hosts = rest
+        var path = Substring("")
+        let at = rest.lastIndex(of: "@")
+        let afterCredentials = at.map { rest.index(after: $0) } ?? rest.startIndex
+        if let slash = rest[afterCredentials...].firstIndex(of: "/") {
+            hosts = rest[..<slash]
+            path = rest[rest.index(after: slash)...]
+        }
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard let name = parts.first, !name.isEmpty, parts.count <= 2 else {
+            throw RedisError.invalidConfiguration(
+                "a Sentinel URL names the master after the sentinels: redis+sentinel://host:26379,host:26380/mymaster[/db], got \(Self.redacting(text))")
+        }
+        guard name.utf8.count <= 256, name.allSatisfy({ $0.isASCII && !$0.isWhitespace && $0 != "%" }) else {
+            throw RedisError.invalidConfiguration("the master name in a Sentinel URL is printable ASCII without spaces, got \(name)")
+        }
+        let credentials = at.map { String(rest[..<$0]) + "@" } ?? ""
+        let database = parts.count == 2 ? "/" + String(parts[1]) : ""
+        let listed = hosts[afterCredentials...].split(separator: ",", omittingEmptySubsequences: false)
+        guard !listed.isEmpty, listed.count <= 16, !listed.contains(where: \.isEmpty) else {
+            throw RedisError.invalidConfiguration("a Sentinel URL lists 1 to 16 sentinels separated by commas, got \(Self.redacting(text))")
+        }
+        var sentinels: [RedisSentinelAddress.Server] = []
+        for entry in listed {
+            let (host, port) = try Self.address(entry, defaultPort: 26379, in: text)
+            sentinels.append(.init(host: host, port: port))
+        }
+        // Credentials and database as in a server URL; host and port stand in for the master
+        // until it is resolved.
+        try self.init(parsingServer: "redis://" + credentials + sentinels[0].host + ":" + String(sentinels[0].port) + database)
+        sentinel = RedisSentinelAddress(sentinels: sentinels, masterName: String(name))
+    }
+
+    /// `host[:port]` or `[v6]:port`.
+    private static func address(_ text: Substring, defaultPort: Int, in url: String) throws(RedisError) -> (String, Int) {
+        var rest = text
+        var port = defaultPort
         if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
             guard let number = Int(rest[rest.index(after: colon)...]), (1...65535).contains(number) else {
-                throw RedisError.invalidConfiguration("invalid port in Redis URL \(Self.redacting(text))")
+                throw RedisError.invalidConfiguration("invalid port in Redis URL \(Self.redacting(url))")
             }
             port = number
             rest = rest[..<colon]
         }
-        host = rest.isEmpty ? "127.0.0.1" : String(rest.filter { $0 != "[" && $0 != "]" })
+        return (rest.isEmpty ? "127.0.0.1" : String(rest.filter { $0 != "[" && $0 != "]" }), port)
+    }
+
+    /// This URL with the server at `host:port` and no Sentinel (a resolved master).
+    public func server(host: String, port: Int) -> RedisURL {
+        var url = self
+        url.host = host
+        url.port = port
+        url.sentinel = nil
+        return url
     }
 
     public var description: String {
-        "redis://\(password == nil ? "" : "\(user ?? ""):***@")\(host):\(port)/\(database)"
+        let login = password == nil ? "" : "\(user ?? ""):***@"
+        if let sentinel {
+            return "redis+sentinel://\(login)\(sentinel.sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ","))/\(sentinel.masterName)/\(database)"
+        }
+        return "redis://\(login)\(host):\(port)/\(database)"
+    }
+
+    /// Where the server is, for messages: `host:port`, or the master's name and its sentinels.
+    public var location: String {
+        guard let sentinel else { return "\(host):\(port)" }
+        return "master \(sentinel.masterName) (Sentinel at \(sentinel.sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",")))"
     }
 
     private static func decode(_ text: Substring) -> String {
@@ -82,5 +164,26 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
             }
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// The sentinels to ask, and the name of the master they watch (`sentinel monitor NAME …`).
+public struct RedisSentinelAddress: Sendable, Equatable {
+    public struct Server: Sendable, Equatable {
+        public var host: String
+        public var port: Int
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+    }
+
+    public var sentinels: [Server]
+    public var masterName: String
+
+    public init(sentinels: [Server], masterName: String) {
+        self.sentinels = sentinels
+        self.masterName = masterName
     }
 }

@@ -16,6 +16,9 @@ import Testing
 enum BackendKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case memory
     case redis
+    /// Redis behind Sentinel: a master, a replica and three sentinels, reached through
+    /// `redis+sentinel://`.
+    case sentinel
 
     var testDescription: String { rawValue }
 
@@ -23,10 +26,10 @@ enum BackendKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     var maxNodes: Int { self == .memory ? 1 : 2 }
 
     /// Whether the backend is a service that can become unreachable.
-    var canBeUnavailable: Bool { self == .redis }
+    var canBeUnavailable: Bool { self != .memory }
 
     /// Whether nodes can die without telling the backend (presence must then expire).
-    var outlivesNodes: Bool { self == .redis }
+    var outlivesNodes: Bool { self != .memory }
 }
 
 /// What a conformance test configures.
@@ -90,13 +93,15 @@ final class TestBackend: Sendable {
     let kind: BackendKind
     let nodes: [TestNode]
     let redis: RedisServerProcess?
+    let sentinel: RedisSentinelSetup?
 
     var node: TestNode { nodes[0] }
 
-    private init(kind: BackendKind, nodes: [TestNode], redis: RedisServerProcess?) {
+    private init(kind: BackendKind, nodes: [TestNode], redis: RedisServerProcess?, sentinel: RedisSentinelSetup? = nil) {
         self.kind = kind
         self.nodes = nodes
         self.redis = redis
+        self.sentinel = sentinel
     }
 
     static func start(_ kind: BackendKind, nodes count: Int = 1, configure: (inout BackendSettings) -> Void = { _ in }) async throws -> TestBackend {
@@ -109,12 +114,23 @@ final class TestBackend: Sendable {
             let broker = LocalBroker(deliveringTo: sink, history: settings.history)
             let roster = LocalRoster(limits: settings.limits, notifying: sink)
             return TestBackend(kind: kind, nodes: [TestNode(broker: broker, roster: roster, sink: sink, services: [broker])], redis: nil)
-        case .redis:
-            let redis = try await RedisServerProcess()
+        case .redis, .sentinel:
+            var redis: RedisServerProcess?
+            var sentinel: RedisSentinelSetup?
+            let url: RedisURL
+            if kind == .redis {
+                let server = try await RedisServerProcess()
+                redis = server
+                url = RedisURL(port: server.port)
+            } else {
+                let setup = try await RedisSentinelSetup(readyForFailover: false)
+                sentinel = setup
+                url = try RedisURL(parsing: setup.url)
+            }
             var nodes: [TestNode] = []
             for index in 0..<count {
                 let sink = RecordingSink()
-                var configuration = RedisBackplane.Configuration(url: RedisURL(port: redis.port), nodeID: "n\(index)")
+                var configuration = RedisBackplane.Configuration(url: url, nodeID: "n\(index)")
                 configuration.prefix = "conformance"
                 configuration.client.commandTimeout = .seconds(2)
                 let logger = Logger(label: "conformance")
@@ -129,18 +145,22 @@ final class TestBackend: Sendable {
                 let services: [any Service] = settings.silentNodes.contains(index) ? [backplane, broker] : [backplane, broker, roster]
                 nodes.append(TestNode(broker: broker, roster: roster, sink: sink, services: services))
             }
-            return TestBackend(kind: kind, nodes: nodes, redis: redis)
+            return TestBackend(kind: kind, nodes: nodes, redis: redis, sentinel: sentinel)
         }
     }
 
-    /// Makes the backend unreachable (kills the Redis server).
+    /// Makes the backend unreachable (kills the Redis server; with Sentinel, the master and
+    /// its replica, so that there is nothing to fail over to).
     func makeUnavailable() {
         redis?.stop()
+        sentinel?.replica.stop()
+        sentinel?.master.stop()
     }
 
     func stop() async {
         for node in nodes { await node.stop() }
         redis?.stop()
+        sentinel?.stop()
     }
 
     /// Runs `body` with a started backend, stopping it afterwards (also when `body` throws).
