@@ -38,6 +38,11 @@ public protocol Broker: Service {
     /// - Throws: ``BrokerError`` when the history cannot be read (Redis unreachable).
     func history(of target: DeliveryTarget, since: Int64, limit: Int) async throws(BrokerError) -> HistoryPage
 
+    /// As ``history(of:since:limit:)``, for a reader positioned in `epoch` (a client
+    /// recovering): entries of another epoch are of no use to it, so a broker may answer the
+    /// position alone, without reading up to `limit` entries, when the channel's epoch differs.
+    func history(of target: DeliveryTarget, since: Int64, limit: Int, inEpoch epoch: String) async throws(BrokerError) -> HistoryPage
+
     /// The latest position of a room's or a user's channel, for a client that joins it now
     /// and must be able to resume from there after a reconnect. A channel with no epoch yet
     /// (nothing published, or forgotten after the history TTL) is given one here, which the
@@ -63,6 +68,10 @@ public protocol Broker: Service {
 }
 
 extension Broker {
+    public func history(of target: DeliveryTarget, since: Int64, limit: Int, inEpoch epoch: String) async throws(BrokerError) -> HistoryPage {
+        try await history(of: target, since: since, limit: limit)
+    }
+
     /// An in-process broker is always ready.
     public var unreadiness: String? { nil }
 

@@ -89,7 +89,7 @@ public final class RedisBroker: Broker {
     }
 
     /// Loads the broker's scripts on every connection of the backplane's client, and has each
-    /// new connection store which server it reached (``serverCheck(_:)``) before it publishes.
+    /// new connection store which server it reached (``RedisLayout/serverKey``) before it publishes.
     public func connect() async {
         await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript, Self.positionScript] + RedisAcknowledgementStore.scripts)
         let claim = RESPCommand("EVAL", Self.claimServerScript.source, "1", layout.serverKey)
@@ -284,7 +284,8 @@ public final class RedisBroker: Broker {
     )
 
     /// KEYS: the channel's hash, its history, the data set's server. ARGV: first stream id
-    /// wanted, count, history TTL in seconds. Returns {epoch, latest offset, oldest offset kept,
+    /// wanted, count, history TTL in seconds, the reader's epoch ("" for any: with another,
+    /// no entries are read). Returns {epoch, latest offset, oldest offset kept,
     /// entries}; entries older than the TTL count as gone. A channel without a stream (or whose
     /// stream was written on another server) answers an epoch of "" and offset 0.
     static let historyScript = RedisScript(
@@ -304,7 +305,7 @@ public final class RedisBroker: Broker {
           end
         end
         local entries = {}
-        if tonumber(ARGV[2]) > 0 then
+        if tonumber(ARGV[2]) > 0 and (ARGV[4] == nil or ARGV[4] == '' or ARGV[4] == epoch) then
           for _, entry in ipairs(redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])) do
             if tonumber(entry[2][2]) >= horizon then entries[#entries + 1] = entry end
           end
@@ -382,12 +383,17 @@ public final class RedisBroker: Broker {
     // MARK: - History
 
     public func history(of target: DeliveryTarget, since: Int64, limit: Int) async throws(BrokerError) -> HistoryPage {
+        try await history(of: target, since: since, limit: limit, inEpoch: "")
+    }
+
+    /// Reads no entries when the channel is in another epoch than `epoch` ("" for any).
+    public func history(of target: DeliveryTarget, since: Int64, limit: Int, inEpoch epoch: String) async throws(BrokerError) -> HistoryPage {
         let reply: RESPValue
         do {
             reply = try await client.evaluate(
                 Self.historyScript,
                 keys: [layout.streamKey(target), layout.historyKey(target), layout.serverKey],
-                arguments: [String(since + 1) + "-0", String(max(0, limit)), String(max(1, configuration.history.ttl.components.seconds))]
+                arguments: [String(since + 1) + "-0", String(max(0, limit)), String(max(1, configuration.history.ttl.components.seconds)), epoch]
             )
         } catch {
             throw BrokerError("cannot read the history from Redis: \(error)")
@@ -446,6 +452,11 @@ public final class RedisBroker: Broker {
         for await _ in heals {
             var delivered = 0
             var lost = 0
+            // The pub/sub connection may be back before the command connection that reads the
+            // history (after a failover each reconnects on its own schedule): wait for it, bounded.
+            let deadline = ContinuousClock.now + Self.healingWait
+            while !backplane.isConnected, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+            var unreadable = 0
             for (target, position) in streams.suspended() {
                 var page: HistoryPage?
                 if let position {
@@ -460,6 +471,12 @@ public final class RedisBroker: Broker {
                         if page == nil, attempt < 4 { try? await Task.sleep(for: .milliseconds(200)) }
                     }
                 }
+                if position != nil, page == nil {
+                    // What was published during the gap cannot be known: count it as lost (one
+                    // message at least), never as nothing.
+                    unreadable += 1
+                    lost += 1
+                }
                 let outcome = streams.heal(target, with: page)
                 delivered += outcome.delivered
                 lost += outcome.lost
@@ -470,10 +487,19 @@ public final class RedisBroker: Broker {
                     )
                 }
             }
+            if unreadable > 0 {
+                logger.warning(
+                    "could not read the history of channels to heal the pub/sub gap: messages published during the gap may be missing on this node",
+                    metadata: ["channels": "\(unreadable)"]
+                )
+            }
             if lost > 0 { counters.recordHealingLoss(lost) }
             logger.notice("healed the pub/sub gap from history", metadata: ["recovered": "\(delivered)", "lost": "\(lost)"])
         }
     }
+
+    /// How long healing waits for the command connection to be back before reading history.
+    static let healingWait: Duration = .seconds(15)
 
     // MARK: - Receiving
 

@@ -49,8 +49,11 @@ public final class RedisConnection: Sendable {
                 .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        let progress = ReadProgress()
+                        try channel.pipeline.syncOperations.addHandler(ReadProgressHandler(progress))
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder()))
-                        try channel.pipeline.syncOperations.addHandler(RedisCommandHandler(commandTimeout: commandTimeout, onPush: onPush))
+                        try channel.pipeline.syncOperations.addHandler(
+                            RedisCommandHandler(commandTimeout: commandTimeout, progress: progress, onPush: onPush))
                     }
                 }
                 .connect(host: url.host, port: url.port).get()
@@ -165,14 +168,16 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// Why the connection was dropped by us, for the commands it fails.
     private var closeReason: RedisError?
     private var watchdog: RepeatedTask?
-    /// Replies read so far; the watchdog notes when the count last moved.
-    private var repliesRead = 0
-    private var repliesAtLastTick = 0
+    /// Bytes read so far (a large reply still arriving is progress, not silence); the watchdog
+    /// notes when the count last moved.
+    private let progress: ReadProgress
+    private var bytesAtLastTick = 0
     private var lastProgress = NIODeadline.now()
     private var lastTick = NIODeadline.now()
 
-    init(commandTimeout: TimeAmount?, onPush: @escaping @Sendable (RESPValue) -> Void) {
+    init(commandTimeout: TimeAmount?, progress: ReadProgress = ReadProgress(), onPush: @escaping @Sendable (RESPValue) -> Void) {
         self.commandTimeout = commandTimeout
+        self.progress = progress
         self.onPush = onPush
     }
 
@@ -190,8 +195,8 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
             let now = NIODeadline.now()
             let behind = now - lastTick > period * 2
             lastTick = now
-            if repliesRead != repliesAtLastTick {
-                repliesAtLastTick = repliesRead
+            if progress.bytes != bytesAtLastTick {
+                bytesAtLastTick = progress.bytes
                 lastProgress = now
             }
             guard let oldest = waiting.first else {
@@ -225,7 +230,6 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let value = unwrapInboundIn(data)
-        repliesRead &+= 1
         if case .push = value {
             onPush(value)
             return
@@ -252,6 +256,29 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
+    }
+}
+
+/// How many bytes a connection has read, counted before decoding (shared by the two handlers
+/// of one channel, on its event loop).
+final class ReadProgress {
+    var bytes = 0
+}
+
+/// Counts the bytes read from Redis, so that the command timeout tells a large reply still
+/// arriving from a server that went silent.
+final class ReadProgressHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private let progress: ReadProgress
+
+    init(_ progress: ReadProgress) {
+        self.progress = progress
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        progress.bytes &+= unwrapInboundIn(data).readableBytes
+        context.fireChannelRead(data)
     }
 }
 

@@ -43,7 +43,7 @@ public enum RedisSentinel {
     }
 
     /// `[host, port]` from `SENTINEL GET-MASTER-ADDR-BY-NAME`; `nil` for anything else.
-    static func address(in reply: RESPValue) -> RedisSentinelAddress.Server? {
+    public static func address(in reply: RESPValue) -> RedisSentinelAddress.Server? {
         guard case .array(let parts?) = reply, parts.count == 2, let host = parts[0].string, let portText = parts[1].string,
             let port = Int(portText), (1...65535).contains(port), (1...255).contains(host.utf8.count),
             host.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f })
@@ -119,7 +119,7 @@ public enum RedisSentinel {
     }
 
     /// A `+switch-master` message: `NAME OLD-HOST OLD-PORT NEW-HOST NEW-PORT`.
-    static func isSwitch(_ push: RESPValue, of name: String, awayFrom here: RedisSentinelAddress.Server) -> Bool {
+    public static func isSwitch(_ push: RESPValue, of name: String, awayFrom here: RedisSentinelAddress.Server) -> Bool {
         guard case .push(let items) = push, items.count == 3, items[0].string == "message", items[1].string == "+switch-master",
             let text = items[2].string
         else { return false }

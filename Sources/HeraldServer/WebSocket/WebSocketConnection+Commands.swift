@@ -269,7 +269,7 @@ extension WebSocketConnection {
         beginCommand()
         eventLoop.makeFutureWithTask { () async throws -> HistoryPage in
             if let grant { _ = try await roster.join(user: user, room: room, grant: grant) }
-            return try await broker.history(of: target, since: since.offset, limit: limit)
+            return try await broker.history(of: target, since: since.offset, limit: limit, inEpoch: since.epoch)
         }.whenComplete { [self] result in
             node.hub.release(hold, for: self)
             switch result {

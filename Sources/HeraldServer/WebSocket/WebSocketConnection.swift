@@ -193,7 +193,7 @@ final class WebSocketConnection: ChannelInboundHandler, ClientConnection, @unche
             return eventLoop.makeFutureWithTask { [eventLoop] in
                 let page: HistoryPage?
                 if let resumeFrom {
-                    page = try await broker.history(of: .user(user), since: resumeFrom.offset, limit: limit)
+                    page = try await broker.history(of: .user(user), since: resumeFrom.offset, limit: limit, inEpoch: resumeFrom.epoch)
                 } else if wantsPosition {
                     // Only the position (one the next message continues), nothing replayed.
                     let latest = try await broker.position(of: .user(user))

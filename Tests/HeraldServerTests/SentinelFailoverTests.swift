@@ -1,0 +1,128 @@
+import Foundation
+import HeraldTestSupport
+import Synchronization
+import Testing
+
+/// Two `herald serve` nodes on a real Sentinel deployment (a master, a replica, three
+/// sentinels) whose master is killed with SIGKILL under traffic.
+@Suite("Sentinel: herald nodes through a failover", .serialized, .timeLimit(.minutes(3)))
+struct SentinelFailoverTests {
+    @Test func aMasterKilledDuringTenThousandMessagesLosesNothingSilently() async throws {
+        let setup = try await RedisSentinelSetup()
+        defer { setup.stop() }
+        var nodes: [HeraldNodeProcess] = []
+        defer { for node in nodes { node.stop() } }
+        for index in 1...2 {
+            nodes.append(
+                try await HeraldNodeProcess(arguments: [
+                    "--redis", setup.url, "--node-id", "n\(index)", "--presence-ttl", "3", "--history-size", "10000", "--log-level", "warning",
+                ]))
+        }
+        let ports = nodes.map(\.port)
+        let watchers = [
+            try await TestClient.connect(port: ports[0], query: "user=w1", label: "w1@n1"),
+            try await TestClient.connect(port: ports[1], query: "user=w2", label: "w2@n2"),
+        ]
+        for watcher in watchers { _ = try await watcher.next(type: "welcome") }
+        for user in ["w1", "w2", "late"] { #expect(try await httpRequest(port: ports[0], "PUT", "/api/rooms/R/members/\(user)").status == 200) }
+
+        // A client that saw the first message, then went away before the failover.
+        let late = try await TestClient.connect(port: ports[1], query: "user=late", label: "late@n2")
+        _ = try await late.next(type: "welcome")
+        #expect(try await httpRequest(port: ports[0], "POST", "/api/rooms/R/publish", body: #"{"id":"first","data":-1}"#).status == 202)
+        let seen = try await messages(late, count: 1)[0]
+        await late.close()
+
+        // 10,000 messages from 4 publishers over both nodes, each retried (with its id) until
+        // accepted: a publish refused while there is no master is answered 503 at once.
+        let total = 10_000
+        let accepted = Tally()
+        let refused = Tally()
+        let killer = Task {
+            while accepted.value.load(ordering: .relaxed) < 3_000 { try await Task.sleep(for: .milliseconds(5)) }
+            return try await setup.killMasterAndAwaitFailover()
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for lane in 0..<4 {
+                group.addTask {
+                    for n in stride(from: lane, to: total, by: 4) {
+                        let deadline = ContinuousClock.now + .seconds(60)
+                        while true {
+                            let started = ContinuousClock.now
+                            let status = try await httpRequest(port: ports[n % 2], "POST", "/api/rooms/R/publish", body: #"{"id":"m\#(n)","data":\#(n)}"#)
+                                .status
+                            if status == 202 { break }
+                            if status != 503 { throw TestFailure("publish \(n) answered \(status)") }
+                            #expect(ContinuousClock.now - started < .seconds(3), "a refused publish is answered fast")
+                            refused.value.add(1, ordering: .relaxed)
+                            if ContinuousClock.now > deadline { throw TestFailure("publish \(n) refused for 60 s") }
+                            try await Task.sleep(for: .milliseconds(50))
+                        }
+                        accepted.value.add(1, ordering: .relaxed)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let failover = try await killer.value
+        print("failover took \(failover) as the test saw it; \(refused.value.load(ordering: .relaxed)) publish attempts refused meanwhile")
+
+        for watcher in watchers {
+            // Every message, once and in order within each epoch. The failover begins one new epoch
+            // (the promoted replica may lack the old master's last writes, whose offsets must not
+            // be given again): a client sees the epoch change. A message whose publish the dying
+            // master applied but did not answer is published again by the retry in the new epoch.
+            var received: [(data: Int, offset: Int, epoch: String)] = []
+            var distinct = Set<Int>()
+            while distinct.count < total {
+                guard let frame = try? await watcher.nextPositioned(timeout: 10) else {
+                    let missing = Set(0..<total).subtracting(distinct).sorted()
+                    var epochs: [String] = []
+                    for message in received where epochs.last != message.epoch { epochs.append(message.epoch) }
+                    let switchAt = received.firstIndex { $0.epoch != received[0].epoch }
+                    Issue.record(
+                        "\(watcher.label): missing \(missing.prefix(20)) of \(missing.count); epochs \(epochs); switch at index \(switchAt.map(String.init) ?? "-"), around: \(switchAt.map { Array(received[max(0, $0 - 5)..<min(received.count, $0 + 5)]).map { "\($0.data)@\($0.offset)" } } ?? [])"
+                    )
+                    break
+                }
+                guard frame["type"] as? String == "message", let data = frame["data"] as? Int, data >= 0 else { continue }
+                let (offset, epoch) = try position(frame)
+                received.append((data, offset, epoch))
+                distinct.insert(data)
+            }
+            var epochs: [String] = []
+            for message in received where epochs.last != message.epoch { epochs.append(message.epoch) }
+            #expect(epochs.count == 2, "\(watcher.label): epochs \(epochs): the new master began one new epoch, which never goes back")
+            for epoch in epochs {
+                let mine = received.filter { $0.epoch == epoch }
+                let first = mine.first!.offset
+                #expect(misplaced(mine.map(\.offset), first...(first + mine.count - 1)) == nil, "\(watcher.label), epoch \(epoch): in order, no gap")
+                #expect(first == 1 || epoch == epochs[0], "\(watcher.label): a new epoch is seen from its first message")
+                #expect(Set(mine.map(\.data)).count == mine.count, "\(watcher.label), epoch \(epoch): no duplicate")
+            }
+            print("\(watcher.label): \(received.count) messages for \(total) distinct, epochs \(epochs.count)")
+        }
+
+        // The client that went away asks to recover: what Redis may have lost is reported.
+        let back = try await TestClient.connect(port: ports[0], query: "user=late", label: "late@n1")
+        _ = try await back.next(type: "welcome")
+        try await back.send(#"{"type":"join","room":"R","since":{"offset":\#(seen.offset),"epoch":"\#(seen.epoch)"}}"#)
+        let joined = try await back.next(type: "joined")
+        // The promoted replica may lack the old master's last writes: the room began a new epoch
+        // there, and recovering across it is refused as it is after a lost history.
+        #expect(joined["recovered"] as? Bool == false)
+        #expect(joined["reason"] as? String == "epoch_changed")
+        #expect(joined["epoch"] as? String != seen.epoch)
+        await back.close()
+        for node in 0..<2 {
+            let stats = try json(try await httpRequest(port: ports[node], "GET", "/api/stats").body)
+            #expect((stats["brokerReconnects"] as? Int ?? 0) >= 1, "n\(node + 1) reconnected to the new master")
+        }
+        for watcher in watchers { await watcher.close() }
+    }
+}
+
+/// A counter tasks share (`Atomic` itself cannot be captured).
+private final class Tally: Sendable {
+    let value = Atomic<Int>(0)
+}
