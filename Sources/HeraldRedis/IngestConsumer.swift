@@ -61,7 +61,7 @@ public final class IngestConsumer: Service, Sendable {
         var clientConfiguration = backplane.configuration.client
         clientConfiguration.commandTimeout = .seconds(5)
         clientConfiguration.metrics = RedisClientMetrics(metrics)
-        self.client = RedisClient(url: backplane.configuration.url, configuration: clientConfiguration)
+        self.client = RedisClient(url: backplane.url, configuration: clientConfiguration)
     }
 
     public func run() async throws {

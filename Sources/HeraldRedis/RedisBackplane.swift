@@ -32,6 +32,9 @@ public final class RedisBackplane: Service, Sendable {
 
     public let configuration: Configuration
     public let layout: RedisLayout
+    /// Where the connections go: the configured URL, and in a Redis Cluster the key whose
+    /// slot's master serves Herald (the layout's prefix).
+    public let url: RedisURL
     /// The command connection: publishes, scripts, reads.
     public let client: RedisClient
     let subscriber: RedisSubscriber
@@ -62,9 +65,14 @@ public final class RedisBackplane: Service, Sendable {
 
     public init(configuration: Configuration, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.configuration = configuration
-        let layout = RedisLayout(prefix: configuration.prefix)
+        // In a Redis Cluster every key and channel carries the prefix as a hash tag, so that all
+        // of Herald's data is in one slot: its scripts touch many keys at once.
+        let layout = RedisLayout(prefix: configuration.url.cluster == nil ? configuration.prefix : "{" + configuration.prefix + "}")
         self.layout = layout
-        let url = configuration.url
+        var routed = configuration.url
+        routed.cluster?.routingKey = layout.prefix
+        let url = routed
+        self.url = url
         let routes = RouteTable()
         self.routes = routes
         let (reconnects, reconnected) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))

@@ -61,7 +61,7 @@ public final class RedisBroker: Broker {
         self.logger = logger
         let counters = self.counters
         let subscribed = self.subscribed
-        let url = backplane.configuration.url
+        let url = backplane.url
         let streams = StreamTracker(sink: sink)
         self.streams = streams
         self.redisAcknowledgements = RedisAcknowledgementStore(backplane: backplane)

@@ -103,15 +103,16 @@ public final class RedisClient: Sendable {
         }
         let reply = connection.submit(command)
         configuration.metrics?.observe(reply)
-        if url.sentinel != nil { giveUpIfDemoted(connection, reply) }
+        if url.sentinel != nil || url.cluster != nil { giveUpIfDemoted(connection, reply) }
         return reply
     }
 
     /// With Sentinel: a `READONLY` refusal means the server was made a replica (a failover the
-    /// watch has not heard of yet): close the connection, so the reconnect asks the sentinels.
+    /// watch has not heard of yet); in a cluster, `MOVED` and `ASK` too mean that the slot is
+    /// served elsewhere: close the connection, so the reconnect asks where the master is.
     private func giveUpIfDemoted(_ connection: RedisConnection, _ reply: EventLoopFuture<RESPValue>) {
         reply.whenFailure { error in
-            guard (error as? RedisError)?.serverCode == "READONLY" else { return }
+            guard let code = (error as? RedisError)?.serverCode, RedisCluster.redirections.contains(code) else { return }
             Task { await connection.close() }
         }
     }
@@ -129,7 +130,7 @@ public final class RedisClient: Sendable {
         let replies = connection.submit(pipeline: commands.map(\.sentFirst))
         return zip(commands, replies).map { command, reply in
             configuration.metrics?.observe(reply)
-            if url.sentinel != nil { giveUpIfDemoted(connection, reply) }
+            if url.sentinel != nil || url.cluster != nil { giveUpIfDemoted(connection, reply) }
             guard case .script(let script, let keys, let arguments) = command else { return reply }
             return reply.flatMapError { error in
                 guard let redisError = error as? RedisError, redisError.serverCode == "NOSCRIPT" else {

@@ -38,6 +38,10 @@ public final class RedisConnection: Sendable {
         commandTimeout: TimeAmount? = .seconds(5),
         onPush: @escaping @Sendable (RESPValue) -> Void = { _ in }
     ) async throws -> RedisConnection {
+        if let cluster = url.cluster {
+            return try await RedisCluster.connectToMaster(
+                url, in: cluster, on: group, connectTimeout: connectTimeout, commandTimeout: commandTimeout, onPush: onPush)
+        }
         if let sentinel = url.sentinel {
             return try await RedisSentinel.connectToMaster(
                 url, through: sentinel, on: group, connectTimeout: connectTimeout, commandTimeout: commandTimeout, onPush: onPush)

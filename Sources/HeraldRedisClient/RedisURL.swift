@@ -1,6 +1,7 @@
 /// Where a Redis server is and how to log in: `redis://[[user]:password@]host[:port][/db]`,
 /// or, for a master that Redis Sentinel watches,
-/// `redis+sentinel://[[user]:password@]sentinel1[:port],sentinel2[:port]/MASTER[/db]`.
+/// `redis+sentinel://[[user]:password@]sentinel1[:port],sentinel2[:port]/MASTER[/db]`, or, for
+/// the master of one hash slot of a Redis Cluster, `redis+cluster://[[user]:password@]node1[:port],node2[:port]`.
 public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     /// The server (with Sentinel: the first sentinel, until a connection resolves the master).
     public var host: String
@@ -13,6 +14,9 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     /// Set when the server is the master Sentinel names: every connection asks the sentinels
     /// where it is first.
     public var sentinel: RedisSentinelAddress?
+    /// Set when the server is the master serving one hash slot of a Redis Cluster: every
+    /// connection asks the cluster (`CLUSTER SHARDS`) which master serves it first.
+    public var cluster: RedisClusterAddress?
 
     public init(host: String = "127.0.0.1", port: Int = 6379, user: String? = nil, password: String? = nil, database: Int = 0) {
         self.host = host
@@ -38,6 +42,10 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         }
         if text.hasPrefix("redis+sentinel://") {
             try self.init(parsingSentinel: text)
+            return
+        }
+        if text.hasPrefix("redis+cluster://") {
+            try self.init(parsingCluster: text)
             return
         }
         guard text.hasPrefix("redis://") else {
@@ -108,6 +116,31 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         sentinel = RedisSentinelAddress(sentinels: sentinels, masterName: String(name))
     }
 
+    /// `redis+cluster://[credentials@]n1[:port],n2[:port]`: the nodes to ask first (port 6379
+    /// by default); the cluster has only database 0.
+    private init(parsingCluster text: String) throws(RedisError) {
+        let rest = Substring(text.dropFirst("redis+cluster://".count))
+        let at = rest.lastIndex(of: "@")
+        var hosts = rest[(at.map { rest.index(after: $0) } ?? rest.startIndex)...]
+        if hosts.hasSuffix("/") || hosts.hasSuffix("/0") { hosts = hosts[..<hosts.lastIndex(of: "/")!] }
+        guard !hosts.contains("/") else {
+            throw RedisError.invalidConfiguration(
+                "a Redis Cluster URL lists nodes only (a cluster has only database 0): redis+cluster://host:6379,host:6380, got \(Self.redacting(text))")
+        }
+        let listed = hosts.split(separator: ",", omittingEmptySubsequences: false)
+        guard !listed.isEmpty, listed.count <= 64, !listed.contains(where: \.isEmpty) else {
+            throw RedisError.invalidConfiguration("a Redis Cluster URL lists 1 to 64 nodes separated by commas, got \(Self.redacting(text))")
+        }
+        var seeds: [RedisSentinelAddress.Server] = []
+        for entry in listed {
+            let (host, port) = try Self.address(entry, defaultPort: 6379, in: text)
+            seeds.append(.init(host: host, port: port))
+        }
+        let credentials = at.map { String(rest[..<$0]) + "@" } ?? ""
+        try self.init(parsingServer: "redis://" + credentials + seeds[0].host + ":" + String(seeds[0].port))
+        cluster = RedisClusterAddress(seeds: seeds)
+    }
+
     /// `host[:port]` or `[v6]:port`.
     private static func address(_ text: Substring, defaultPort: Int, in url: String) throws(RedisError) -> (String, Int) {
         var rest = text
@@ -128,11 +161,15 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         url.host = host
         url.port = port
         url.sentinel = nil
+        url.cluster = nil
         return url
     }
 
     public var description: String {
         let login = password == nil ? "" : "\(user ?? ""):***@"
+        if let cluster {
+            return "redis+cluster://\(login)\(cluster.seeds.map { "\($0.host):\($0.port)" }.joined(separator: ","))"
+        }
         if let sentinel {
             return "redis+sentinel://\(login)\(sentinel.sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ","))/\(sentinel.masterName)/\(database)"
         }
@@ -141,6 +178,10 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
 
     /// Where the server is, for messages: `host:port`, or the master's name and its sentinels.
     public var location: String {
+        if let cluster {
+            return
+                "the master of slot \(RedisCluster.slot(of: cluster.routingKey)) (Redis Cluster at \(cluster.seeds.map { "\($0.host):\($0.port)" }.joined(separator: ",")))"
+        }
         guard let sentinel else { return "\(host):\(port)" }
         return "master \(sentinel.masterName) (Sentinel at \(sentinel.sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",")))"
     }
@@ -185,5 +226,19 @@ public struct RedisSentinelAddress: Sendable, Equatable {
     public init(sentinels: [Server], masterName: String) {
         self.sentinels = sentinels
         self.masterName = masterName
+    }
+}
+
+/// Nodes of a Redis Cluster to ask for its slot map, and the key whose hash slot's master a
+/// connection is for.
+public struct RedisClusterAddress: Sendable, Equatable {
+    public var seeds: [RedisSentinelAddress.Server]
+    /// Connections go to the master serving this key's slot (a hash tag such as `{herald}`
+    /// puts every key that carries it in one slot).
+    public var routingKey: String
+
+    public init(seeds: [RedisSentinelAddress.Server], routingKey: String = "") {
+        self.seeds = seeds
+        self.routingKey = routingKey
     }
 }

@@ -19,6 +19,9 @@ enum BackendKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     /// Redis behind Sentinel: a master, a replica and three sentinels, reached through
     /// `redis+sentinel://`.
     case sentinel
+    /// A Redis Cluster of three masters with a replica each, reached through `redis+cluster://`
+    /// (every key and channel in the prefix's hash slot).
+    case cluster
 
     var testDescription: String { rawValue }
 
@@ -94,14 +97,16 @@ final class TestBackend: Sendable {
     let nodes: [TestNode]
     let redis: RedisServerProcess?
     let sentinel: RedisSentinelSetup?
+    let cluster: RedisClusterSetup?
 
     var node: TestNode { nodes[0] }
 
-    private init(kind: BackendKind, nodes: [TestNode], redis: RedisServerProcess?, sentinel: RedisSentinelSetup? = nil) {
+    private init(kind: BackendKind, nodes: [TestNode], redis: RedisServerProcess?, sentinel: RedisSentinelSetup? = nil, cluster: RedisClusterSetup? = nil) {
         self.kind = kind
         self.nodes = nodes
         self.redis = redis
         self.sentinel = sentinel
+        self.cluster = cluster
     }
 
     static func start(_ kind: BackendKind, nodes count: Int = 1, configure: (inout BackendSettings) -> Void = { _ in }) async throws -> TestBackend {
@@ -114,18 +119,24 @@ final class TestBackend: Sendable {
             let broker = LocalBroker(deliveringTo: sink, history: settings.history)
             let roster = LocalRoster(limits: settings.limits, notifying: sink)
             return TestBackend(kind: kind, nodes: [TestNode(broker: broker, roster: roster, sink: sink, services: [broker])], redis: nil)
-        case .redis, .sentinel:
+        case .redis, .sentinel, .cluster:
             var redis: RedisServerProcess?
             var sentinel: RedisSentinelSetup?
+            var cluster: RedisClusterSetup?
             let url: RedisURL
-            if kind == .redis {
-                let server = try await RedisServerProcess()
-                redis = server
-                url = RedisURL(port: server.port)
-            } else {
+            switch kind {
+            case .sentinel:
                 let setup = try await RedisSentinelSetup(readyForFailover: false)
                 sentinel = setup
                 url = try RedisURL(parsing: setup.url)
+            case .cluster:
+                let setup = try await RedisClusterSetup(readyForFailover: false)
+                cluster = setup
+                url = try RedisURL(parsing: setup.url)
+            default:
+                let server = try await RedisServerProcess()
+                redis = server
+                url = RedisURL(port: server.port)
             }
             var nodes: [TestNode] = []
             for index in 0..<count {
@@ -145,22 +156,24 @@ final class TestBackend: Sendable {
                 let services: [any Service] = settings.silentNodes.contains(index) ? [backplane, broker] : [backplane, broker, roster]
                 nodes.append(TestNode(broker: broker, roster: roster, sink: sink, services: services))
             }
-            return TestBackend(kind: kind, nodes: nodes, redis: redis, sentinel: sentinel)
+            return TestBackend(kind: kind, nodes: nodes, redis: redis, sentinel: sentinel, cluster: cluster)
         }
     }
 
     /// Makes the backend unreachable (kills the Redis server; with Sentinel, the master and
-    /// its replica, so that there is nothing to fail over to).
+    /// its replica, so that there is nothing to fail over to; every node of a cluster).
     func makeUnavailable() {
         redis?.stop()
         sentinel?.replica.stop()
         sentinel?.master.stop()
+        cluster?.stop()
     }
 
     func stop() async {
         for node in nodes { await node.stop() }
         redis?.stop()
         sentinel?.stop()
+        cluster?.stop()
     }
 
     /// Runs `body` with a started backend, stopping it afterwards (also when `body` throws).

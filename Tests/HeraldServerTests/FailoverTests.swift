@@ -3,12 +3,36 @@ import HeraldTestSupport
 import Synchronization
 import Testing
 
-/// Two `herald serve` nodes on a real Sentinel deployment (a master, a replica, three
-/// sentinels) whose master is killed with SIGKILL under traffic.
-@Suite("Sentinel: herald nodes through a failover", .serialized, .timeLimit(.minutes(3)))
-struct SentinelFailoverTests {
-    @Test func aMasterKilledDuringTenThousandMessagesLosesNothingSilently() async throws {
-        let setup = try await RedisSentinelSetup()
+/// A Redis deployment with failover, started for one test.
+enum FailoverDeployment: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    /// A master, a replica and three sentinels.
+    case sentinel
+    /// Three masters with a replica each; Herald's keys are in the slot of `{herald}`.
+    case cluster
+
+    var testDescription: String { rawValue }
+
+    /// Starts it: the `--redis` URL, a way to kill the master Herald uses (waiting until its
+    /// replica took over), and a way to stop everything.
+    func start() async throws -> (url: String, killMaster: @Sendable () async throws -> Duration, stop: @Sendable () -> Void) {
+        switch self {
+        case .sentinel:
+            let setup = try await RedisSentinelSetup()
+            return (setup.url, { try await setup.killMasterAndAwaitFailover() }, { setup.stop() })
+        case .cluster:
+            let setup = try await RedisClusterSetup()
+            return (setup.url, { try await setup.killMasterAndAwaitFailover(servingSlotOf: "{herald}") }, { setup.stop() })
+        }
+    }
+}
+
+/// Two `herald serve` nodes on a real Redis deployment with failover (Sentinel, Redis Cluster)
+/// whose master is killed with SIGKILL under traffic.
+@Suite("Failover: herald nodes through a Redis master's death", .serialized, .timeLimit(.minutes(3)))
+struct FailoverTests {
+    @Test(arguments: FailoverDeployment.allCases)
+    func aMasterKilledDuringTenThousandMessagesLosesNothingSilently(_ deployment: FailoverDeployment) async throws {
+        let setup = try await deployment.start()
         defer { setup.stop() }
         var nodes: [HeraldNodeProcess] = []
         defer { for node in nodes { node.stop() } }
@@ -40,7 +64,7 @@ struct SentinelFailoverTests {
         let refused = Tally()
         let killer = Task {
             while accepted.value.load(ordering: .relaxed) < 3_000 { try await Task.sleep(for: .milliseconds(5)) }
-            return try await setup.killMasterAndAwaitFailover()
+            return try await setup.killMaster()
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for lane in 0..<4 {
@@ -65,7 +89,7 @@ struct SentinelFailoverTests {
             try await group.waitForAll()
         }
         let failover = try await killer.value
-        print("failover took \(failover) as the test saw it; \(refused.value.load(ordering: .relaxed)) publish attempts refused meanwhile")
+        print("\(deployment): failover took \(failover) as the test saw it; \(refused.value.load(ordering: .relaxed)) publish attempts refused meanwhile")
 
         for watcher in watchers {
             // Every message, once and in order within each epoch. The failover begins one new epoch

@@ -1,0 +1,138 @@
+public import NIOCore
+
+/// Redis Cluster's hash slots, and finding the master that serves one: every connection asks
+/// the cluster's nodes in turn for the slot map (`CLUSTER SHARDS`), connects to the master
+/// serving the slot of ``RedisClusterAddress/routingKey`` and checks with `ROLE` that it is a
+/// master. A connection whose commands are answered `MOVED`, `ASK` or `READONLY` (the slot
+/// moved, or the master was made a replica by a failover) is given up, so that the reconnect
+/// asks the cluster again.
+///
+/// This serves clients whose keys all carry one hash tag (Herald's, in cluster mode): one
+/// slot, one master at a time, no cross-node routing. The slot map is input like any other:
+/// a malformed one is refused and the next node asked.
+public enum RedisCluster {
+    public static let slotCount = 16_384
+
+    /// The hash slot of `key`: CRC16 (XMODEM) of the key, or of its hash tag — the part between
+    /// the first `{` and the next `}`, when that is not empty — modulo 16384.
+    public static func slot(of key: String) -> Int {
+        var bytes = Array(key.utf8)
+        if let open = bytes.firstIndex(of: UInt8(ascii: "{")),
+            let close = bytes[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1
+        {
+            bytes = Array(bytes[(open + 1)..<close])
+        }
+        return Int(crc16(bytes)) % slotCount
+    }
+
+    /// CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), as Redis Cluster computes it.
+    static func crc16(_ bytes: [UInt8]) -> UInt16 {
+        var crc: UInt16 = 0
+        for byte in bytes {
+            crc ^= UInt16(byte) << 8
+            for _ in 0..<8 { crc = crc & 0x8000 != 0 ? (crc << 1) ^ 0x1021 : crc << 1 }
+        }
+        return crc
+    }
+
+    /// The master serving `slot` in a `CLUSTER SHARDS` reply (RESP3 maps or RESP2 lists):
+    /// a node of role `master` and health `online` of the shard whose ranges hold the slot.
+    public static func master(of slot: Int, in shards: RESPValue) -> RedisSentinelAddress.Server? {
+        guard case .array(let list?) = shards else { return nil }
+        for shard in list {
+            guard let shardFields = fields(of: shard), case .array(let bounds?)? = shardFields["slots"], bounds.count % 2 == 0,
+                case .array(let nodes?)? = shardFields["nodes"]
+            else { continue }
+            var holds = false
+            for index in stride(from: 0, to: bounds.count, by: 2) {
+                if case .integer(let low) = bounds[index], case .integer(let high) = bounds[index + 1], low <= slot, slot <= high { holds = true }
+            }
+            guard holds else { continue }
+            for entry in nodes {
+                guard let node = fields(of: entry), node["role"]?.string == "master", node["health"]?.string ?? "online" == "online",
+                    case .integer(let port)? = node["port"], (1...65535).contains(port)
+                else { continue }
+                let endpoint = node["endpoint"]?.string ?? ""
+                let host = endpoint.isEmpty || endpoint == "?" ? node["ip"]?.string ?? "" : endpoint
+                guard (1...255).contains(host.utf8.count), host.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { continue }
+                return RedisSentinelAddress.Server(host: host, port: Int(port))
+            }
+        }
+        return nil
+    }
+
+    /// A RESP3 map, or a RESP2 list of alternating names and values, by name.
+    private static func fields(of value: RESPValue) -> [String: RESPValue]? {
+        var result: [String: RESPValue] = [:]
+        switch value {
+        case .map(let pairs):
+            for pair in pairs { if let name = pair.key.string { result[name] = pair.value } }
+        case .array(let items?) where items.count % 2 == 0:
+            for index in stride(from: 0, to: items.count, by: 2) { if let name = items[index].string { result[name] = items[index + 1] } }
+        default:
+            return nil
+        }
+        return result
+    }
+
+    /// Asks the cluster's nodes, in the order given, which master serves the routing key's slot.
+    /// - Returns: `url` pointing at that master (credentials kept, no cluster).
+    /// - Throws: ``RedisError/transport(_:)`` saying what each node answered, when none named it.
+    public static func master(
+        of url: RedisURL, in cluster: RedisClusterAddress, on group: any EventLoopGroup, connectTimeout: TimeAmount
+    ) async throws(RedisError) -> RedisURL {
+        let slot = slot(of: cluster.routingKey)
+        var answers: [String] = []
+        for seed in cluster.seeds {
+            let reply: RESPValue
+            do {
+                let connection = try await RedisConnection.connect(
+                    to: url.server(host: seed.host, port: seed.port), on: group, connectTimeout: connectTimeout, commandTimeout: .seconds(2))
+                do {
+                    reply = try await connection.send(RESPCommand("CLUSTER", "SHARDS"))
+                } catch {
+                    await connection.close()
+                    throw error
+                }
+                await connection.close()
+            } catch {
+                answers.append("\(seed.host):\(seed.port): \(error)")
+                continue
+            }
+            if let master = master(of: slot, in: reply) { return url.server(host: master.host, port: master.port) }
+            answers.append("\(seed.host):\(seed.port) names no online master for slot \(slot)")
+        }
+        throw RedisError.transport(
+            "no node of the Redis Cluster named the master of slot \(slot) (\(answers.joined(separator: "; "))); check the nodes' addresses, and that the cluster is up (CLUSTER INFO)"
+        )
+    }
+
+    /// Connects to the master serving the routing key's slot, and makes sure it is one.
+    static func connectToMaster(
+        _ url: RedisURL,
+        in cluster: RedisClusterAddress,
+        on group: any EventLoopGroup,
+        connectTimeout: TimeAmount,
+        commandTimeout: TimeAmount?,
+        onPush: @escaping @Sendable (RESPValue) -> Void
+    ) async throws -> RedisConnection {
+        let master = try await master(of: url, in: cluster, on: group, connectTimeout: connectTimeout)
+        let connection = try await RedisConnection.connect(
+            to: master, on: group, connectTimeout: connectTimeout, commandTimeout: commandTimeout, onPush: onPush)
+        do {
+            let role = try await connection.send(RESPCommand("ROLE"))
+            guard case .array(let parts?) = role, parts.first?.string == "master" else {
+                throw RedisError.transport(
+                    "the cluster named \(master.host):\(master.port) the master of slot \(slot(of: cluster.routingKey)), but it is not a master (ROLE: \(role)); asking again"
+                )
+            }
+        } catch {
+            await connection.close()
+            throw error
+        }
+        return connection
+    }
+
+    /// Error codes that mean the connection's server no longer serves the slot as master.
+    static let redirections: Set<String> = ["MOVED", "ASK", "READONLY"]
+}
