@@ -35,6 +35,8 @@ public final class RedisBackplane: Service, Sendable {
     /// Where the connections go: the configured URL, and in a Redis Cluster the key whose
     /// slot's master serves Herald (the layout's prefix).
     public let url: RedisURL
+    /// The event loops the connections run on.
+    let group: any EventLoopGroup
     /// The command connection: publishes, scripts, reads.
     public let client: RedisClient
     let subscriber: RedisSubscriber
@@ -65,6 +67,7 @@ public final class RedisBackplane: Service, Sendable {
 
     public init(configuration: Configuration, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.configuration = configuration
+        self.group = group
         // In a Redis Cluster every key and channel carries the prefix as a hash tag, so that all
         // of Herald's data is in one slot: its scripts touch many keys at once.
         let layout = RedisLayout(prefix: configuration.url.cluster == nil ? configuration.prefix : "{" + configuration.prefix + "}")

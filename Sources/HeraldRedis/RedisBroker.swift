@@ -92,9 +92,9 @@ public final class RedisBroker: Broker {
     /// new connection store which server it reached (``RedisLayout/serverKey``) before it publishes.
     public func connect() async {
         await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript, Self.positionScript] + RedisAcknowledgementStore.scripts)
-        let claim = RESPCommand("EVAL", Self.claimServerScript.source, "1", layout.serverKey)
+        let (layout, url, group) = (layout, backplane.url, backplane.group)
         do {
-            try await client.prepareEachConnection(with: [claim])
+            try await client.prepareEachConnection { connection in try await Self.claimServer(on: connection, layout: layout, url: url, group: group) }
         } catch {
             logger.warning("cannot record the Redis server's identity; reconnecting", metadata: ["error": "\(error)"])
         }
@@ -153,7 +153,7 @@ public final class RedisBroker: Broker {
         let keyKey = layout.idempotencyKey(envelope.target, envelope.idempotencyKey ?? "")
         if envelope.target != .all {
             // Offset, history append and publish in one atomic step on the server.
-            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey, layout.serverKey]
+            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey, layout.serverKey, layout.losslessServersKey]
             var arguments = [
                 channel, envelope.frame, ByteBuffer(string: envelope.positionIndex.map(String.init) ?? ""),
                 ByteBuffer(string: String(history.size(for: envelope.target))), ttl, key,
@@ -212,7 +212,7 @@ public final class RedisBroker: Broker {
 
     /// KEYS: the channel's stream key (a hash: epoch, offset, server), its history (a Redis
     /// Stream), the idempotency key's key, the data set's server (``RedisLayout/serverKey``);
-    /// with `ack`, KEYS[5], KEYS[6]: the user's unacknowledged set and frames. ARGV: channel, frame (without its position), position index ("" for none),
+    /// the servers whose writes are all here (``RedisLayout/losslessServersKey``); with `ack`, KEYS[6], KEYS[7]: the user's unacknowledged set and frames. ARGV: channel, frame (without its position), position index ("" for none),
     /// history size, history TTL in seconds, idempotency key ("" for none); with `ack`, ARGV[7],
     /// ARGV[8]: how long the message waits for its acknowledgement, and how many may wait.
     ///
@@ -242,15 +242,15 @@ public final class RedisBroker: Broker {
         if ARGV[7] then
           local member = epoch .. ':' .. offset
           local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-          redis.call('ZADD', KEYS[5], now + tonumber(ARGV[7]) * 1000, member)
-          redis.call('HSET', KEYS[6], member, ARGV[3] .. '\\n' .. ARGV[2])
-          if redis.call('ZCARD', KEYS[5]) > tonumber(ARGV[8]) then
-            local oldest = redis.call('ZRANGE', KEYS[5], 0, 0)[1]
-            redis.call('ZREM', KEYS[5], oldest)
-            redis.call('HDEL', KEYS[6], oldest)
+          redis.call('ZADD', KEYS[6], now + tonumber(ARGV[7]) * 1000, member)
+          redis.call('HSET', KEYS[7], member, ARGV[3] .. '\\n' .. ARGV[2])
+          if redis.call('ZCARD', KEYS[6]) > tonumber(ARGV[8]) then
+            local oldest = redis.call('ZRANGE', KEYS[6], 0, 0)[1]
+            redis.call('ZREM', KEYS[6], oldest)
+            redis.call('HDEL', KEYS[7], oldest)
           end
-          redis.call('EXPIRE', KEYS[5], ARGV[7])
           redis.call('EXPIRE', KEYS[6], ARGV[7])
+          redis.call('EXPIRE', KEYS[7], ARGV[7])
         end
         redis.call('PUBLISH', ARGV[1], '#' .. offset .. ' ' .. epoch .. ' ' .. ARGV[3] .. '\\n' .. ARGV[2])
         return {offset, epoch}
@@ -266,7 +266,7 @@ public final class RedisBroker: Broker {
         """
     )
 
-    /// KEYS: the channel's hash, its history, the data set's server. ARGV: history TTL in
+    /// KEYS: the channel's hash, its history, the data set's server, the lossless servers. ARGV: history TTL in
     /// seconds. Returns {epoch, latest offset}, giving a channel without an epoch one (made as
     /// the publish script makes it, and kept as long as a published one: the TTL).
     static let positionScript = RedisScript(
@@ -283,7 +283,7 @@ public final class RedisBroker: Broker {
         """
     )
 
-    /// KEYS: the channel's hash, its history, the data set's server. ARGV: first stream id
+    /// KEYS: the channel's hash, its history, the data set's server, the lossless servers. ARGV: first stream id
     /// wanted, count, history TTL in seconds, the reader's epoch ("" for any: with another,
     /// no entries are read). Returns {epoch, latest offset, oldest offset kept,
     /// entries}; entries older than the TTL count as gone. A channel without a stream (or whose
@@ -316,7 +316,8 @@ public final class RedisBroker: Broker {
 
     /// Lua that scripts reading or writing a channel's position run first, leaving the data
     /// set's server in `server`. KEYS[1] is the channel's hash, KEYS[2] its history,
-    /// KEYS[`serverKey`] the data set's server (``RedisLayout/serverKey``).
+    /// KEYS[`serverKey`] the data set's server (``RedisLayout/serverKey``) and the next key the
+    /// servers whose writes are all here (``RedisLayout/losslessServersKey``).
     ///
     /// Redis replicates asynchronously and persists at intervals: a promoted replica, or a
     /// server restarted from its AOF or RDB file, may lack the latest publishes. Offsets assigned
@@ -324,25 +325,77 @@ public final class RedisBroker: Broker {
     /// they would skip them as duplicates: a silent loss. So each channel's hash records the
     /// server it was written on (the `run_id` nodes store in the server key when they connect),
     /// and a channel written on another server starts a new epoch: the loss is visible, as
-    /// `epoch_changed`. A hash without the field (written before this check) is adopted.
+    /// `epoch_changed`. A channel written on a server whose data moved here whole (a cluster slot
+    /// migrated from a master that is still up) keeps its epoch. A hash without the field
+    /// (written before this check) is adopted.
     static func serverCheck(_ serverKey: Int) -> String {
         """
         local server = redis.call('GET', KEYS[\(serverKey)]) or ''
         local written = redis.call('HGET', KEYS[1], 'server')
-        if written and written ~= server then redis.call('DEL', KEYS[1], KEYS[2]) elseif not written and redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'server', server) end
+        if written and written ~= server and redis.call('SISMEMBER', KEYS[\(serverKey + 1)], written) == 0 then
+          redis.call('DEL', KEYS[1], KEYS[2])
+        elseif written ~= server and redis.call('EXISTS', KEYS[1]) == 1 then
+          redis.call('HSET', KEYS[1], 'server', server)
+        end
         """
     }
 
-    /// Run on each new command connection before it is used: stores the `run_id` of the server
-    /// it reached in the server key (the same value from every node on that server).
+    /// KEYS: the server key, the lossless servers. ARGV: this server's `run_id`, the `run_id` the
+    /// node found in the server key, `1` when that server is a master still up (a slot moved here
+    /// whole) else `0`. Makes this server the data set's; a predecessor that may have had writes
+    /// this one lacks (a failover, a restart) empties the lossless servers, so that every channel
+    /// written elsewhere starts a new epoch.
     static let claimServerScript = RedisScript(
         """
-        local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-        if not id then return redis.error_reply('ERR INFO server has no run_id') end
-        redis.call('SET', KEYS[1], id)
-        return id
+        local previous = redis.call('GET', KEYS[1])
+        if previous == ARGV[1] then return 0 end
+        if previous and previous == ARGV[2] and ARGV[3] == '1' then
+          redis.call('SADD', KEYS[2], previous)
+        else
+          redis.call('DEL', KEYS[2])
+        end
+        redis.call('SET', KEYS[1], ARGV[1])
+        return 1
         """
     )
+
+    /// Run on each new command connection before it is used: makes the server it reached the
+    /// data set's (``claimServerScript``), finding out first, in a cluster, whether the server
+    /// named before is a master still up (whose data then moved here whole: a slot migration).
+    static func claimServer(on connection: RedisConnection, layout: RedisLayout, url: RedisURL, group: any EventLoopGroup) async throws {
+        let current = try await runID(of: connection)
+        let previous = try await connection.send(RESPCommand("GET", layout.serverKey)).string ?? ""
+        guard previous != current else { return }
+        var moved = false
+        if url.cluster != nil, !previous.isEmpty {
+            moved = await isLiveMaster(runID: previous, shards: try await connection.send(RESPCommand("CLUSTER", "SHARDS")), url: url, group: group)
+        }
+        _ = try await connection.send(
+            RESPCommand("EVAL", claimServerScript.source, "2", layout.serverKey, layout.losslessServersKey, current, previous, moved ? "1" : "0"))
+    }
+
+    /// The `run_id` in `INFO server`.
+    static func runID(of connection: RedisConnection) async throws -> String {
+        let info = try await connection.send(RESPCommand("INFO", "server")).string ?? ""
+        guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("run_id:") }) else {
+            throw RedisError.unexpectedReply("INFO server has no run_id")
+        }
+        return String(line.dropFirst("run_id:".count))
+    }
+
+    /// Whether a master of the cluster (as `shards` lists them) runs as `runID`: asks each.
+    static func isLiveMaster(runID: String, shards: RESPValue, url: RedisURL, group: any EventLoopGroup) async -> Bool {
+        for address in RedisCluster.masters(in: shards) {
+            guard
+                let connection = try? await RedisConnection.connect(
+                    to: url.server(host: address.host, port: address.port), on: group, connectTimeout: .seconds(1), commandTimeout: .seconds(1))
+            else { continue }
+            let id = try? await Self.runID(of: connection)
+            await connection.close()
+            if id == runID { return true }
+        }
+        return false
+    }
 
     // MARK: - Interest
 
@@ -392,7 +445,7 @@ public final class RedisBroker: Broker {
         do {
             reply = try await client.evaluate(
                 Self.historyScript,
-                keys: [layout.streamKey(target), layout.historyKey(target), layout.serverKey],
+                keys: [layout.streamKey(target), layout.historyKey(target), layout.serverKey, layout.losslessServersKey],
                 arguments: [String(since + 1) + "-0", String(max(0, limit)), String(max(1, configuration.history.ttl.components.seconds)), epoch]
             )
         } catch {
@@ -406,7 +459,7 @@ public final class RedisBroker: Broker {
         let reply: RESPValue
         do {
             reply = try await client.evaluate(
-                Self.positionScript, keys: [layout.streamKey(target), layout.historyKey(target), layout.serverKey],
+                Self.positionScript, keys: [layout.streamKey(target), layout.historyKey(target), layout.serverKey, layout.losslessServersKey],
                 arguments: [String(max(1, configuration.history.ttl.components.seconds))])
         } catch {
             throw BrokerError("cannot read the channel's position from Redis: \(error)")

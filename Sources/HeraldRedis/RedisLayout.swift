@@ -88,6 +88,9 @@ public struct RedisLayout: Sendable, Equatable {
     /// connected: a channel's position written on another server may be missing its latest
     /// offsets (a failover, a restart from persistence), so the channel starts a new epoch.
     public var serverKey: String { prefix + ":server" }
+    /// The `run_id`s of servers whose writes are all in the data set (a cluster slot that moved
+    /// here from a master still up): channels written there keep their epoch.
+    public var losslessServersKey: String { prefix + ":server-lossless" }
     public func presenceKey(_ node: String) -> String { presenceKeyPrefix + node }
     /// A counter raised whenever some room's presence may have changed (a membership, a user
     /// online or offline somewhere, a node gone): nodes sending presence events read it once

@@ -29,8 +29,8 @@ public final class RedisClient: Sendable {
     private let state = Mutex<State>(State())
     /// Scripts loaded (`SCRIPT LOAD`) on every new connection before it is used.
     private let preloaded = Mutex<[RedisScript]>([])
-    /// Commands sent on every new connection, after the scripts, before it is used.
-    private let preparation = Mutex<[RESPCommand]>([])
+    /// Run on every new connection, after the scripts, before it is used.
+    private let preparation = Mutex<[@Sendable (RedisConnection) async throws -> Void]>([])
 
     struct State {
         var connection: RedisConnection?
@@ -160,15 +160,24 @@ public final class RedisClient: Sendable {
     /// used: it is closed and the reconnect tries again, with backoff.
     /// - Throws: the error of a command that failed on the current connection (which is closed).
     public func prepareEachConnection(with commands: [RESPCommand]) async throws {
-        preparation.withLock { $0 += commands }
-        guard let connection = state.withLock({ $0.connection }) else { return }
-        try await Self.prepare(connection, with: commands)
+        try await prepareEachConnection { connection in
+            for command in commands { _ = try await connection.send(command) }
+        }
     }
 
-    private static func prepare(_ connection: RedisConnection, with commands: [RESPCommand]) async throws {
-        for command in commands {
+    /// Runs `preparation` on every connection from now on (and on the current one, if any),
+    /// after the preloaded scripts and before commands use it; a connection on which it throws
+    /// is not used (closed, and the reconnect tries again, with backoff).
+    public func prepareEachConnection(_ preparation: @escaping @Sendable (RedisConnection) async throws -> Void) async throws {
+        self.preparation.withLock { $0.append(preparation) }
+        guard let connection = state.withLock({ $0.connection }) else { return }
+        try await Self.prepare(connection, with: [preparation])
+    }
+
+    private static func prepare(_ connection: RedisConnection, with preparations: [@Sendable (RedisConnection) async throws -> Void]) async throws {
+        for preparation in preparations {
             do {
-                _ = try await connection.send(command)
+                try await preparation(connection)
             } catch {
                 await connection.close()
                 throw error

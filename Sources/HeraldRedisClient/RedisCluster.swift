@@ -48,17 +48,29 @@ public enum RedisCluster {
                 if case .integer(let low) = bounds[index], case .integer(let high) = bounds[index + 1], low <= slot, slot <= high { holds = true }
             }
             guard holds else { continue }
-            for entry in nodes {
-                guard let node = fields(of: entry), node["role"]?.string == "master", node["health"]?.string ?? "online" == "online",
-                    case .integer(let port)? = node["port"], (1...65535).contains(port)
-                else { continue }
-                let endpoint = node["endpoint"]?.string ?? ""
-                let host = endpoint.isEmpty || endpoint == "?" ? node["ip"]?.string ?? "" : endpoint
-                guard (1...255).contains(host.utf8.count), host.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { continue }
-                return RedisSentinelAddress.Server(host: host, port: Int(port))
-            }
+            if let master = nodes.lazy.compactMap(address(ofMaster:)).first { return master }
         }
         return nil
+    }
+
+    /// Every online master in a `CLUSTER SHARDS` reply.
+    public static func masters(in shards: RESPValue) -> [RedisSentinelAddress.Server] {
+        guard case .array(let list?) = shards else { return [] }
+        return list.compactMap { shard in
+            guard let shardFields = fields(of: shard), case .array(let nodes?)? = shardFields["nodes"] else { return nil }
+            return nodes.lazy.compactMap(address(ofMaster:)).first
+        }
+    }
+
+    /// The address of an online master node entry.
+    private static func address(ofMaster entry: RESPValue) -> RedisSentinelAddress.Server? {
+        guard let node = fields(of: entry), node["role"]?.string == "master", node["health"]?.string ?? "online" == "online",
+            case .integer(let port)? = node["port"], (1...65535).contains(port)
+        else { return nil }
+        let endpoint = node["endpoint"]?.string ?? ""
+        let host = endpoint.isEmpty || endpoint == "?" ? node["ip"]?.string ?? "" : endpoint
+        guard (1...255).contains(host.utf8.count), host.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { return nil }
+        return RedisSentinelAddress.Server(host: host, port: Int(port))
     }
 
     /// A RESP3 map, or a RESP2 list of alternating names and values, by name.

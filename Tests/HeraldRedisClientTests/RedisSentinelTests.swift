@@ -136,3 +136,90 @@ struct RedisSentinelFailoverTests {
         }
     }
 }
+
+@Suite("Redis Cluster slots, maps and URLs (no servers)")
+struct RedisClusterUnitTests {
+    @Test func slotsAreRedisClusterSlotsHashTagsIncluded() {
+        // Each as `CLUSTER KEYSLOT` answers (Redis 7.0).
+        let expected = [
+            "foo": 12182, "bar": 5061, "{herald}": 2546, "{herald}:members:lobby": 2546, "{conformance}:x": 3885, "123456789": 12739,
+            "{}foo": 9500, "a{}b{c}": 7353, "{user1000}.following": 3443,
+        ]
+        for (key, slot) in expected { #expect(RedisCluster.slot(of: key) == slot, "\(key)") }
+    }
+
+    @Test func aClusterURLListsNodesAndKeepsTheLogin() throws {
+        let url = try RedisURL(parsing: "redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2,[::1]:7002")
+        #expect(url.cluster?.seeds == [.init(host: "10.0.0.1", port: 7000), .init(host: "10.0.0.2", port: 6379), .init(host: "::1", port: 7002)])
+        #expect(url.password == "s3cret" && url.database == 0)
+        #expect(url.description == "redis+cluster://:***@10.0.0.1:7000,10.0.0.2:6379,::1:7002")
+        #expect(try RedisURL(parsing: "redis+cluster://n1:7000/").cluster != nil)
+        for bad in ["redis+cluster://n1:7000/1", "redis+cluster://", "redis+cluster://n1,,n2", "redis+cluster://n1:99999"] {
+            #expect(throws: RedisError.self, "\(bad)") { try RedisURL(parsing: bad) }
+        }
+    }
+
+    @Test func theSlotsMasterIsReadFromShardsInEitherProtocolAndCheckedFirst() {
+        func text(_ value: String) -> RESPValue { .bulkString(ByteBuffer(string: value)) }
+        func node(_ port: Int64, _ role: String, health: String = "online", ip: String = "10.0.0.1", endpoint: String? = nil) -> RESPValue {
+            .map([
+                (text("port"), .integer(port)), (text("ip"), text(ip)), (text("endpoint"), text(endpoint ?? ip)), (text("role"), text(role)),
+                (text("health"), text(health)),
+            ])
+        }
+        let shards = RESPValue.array([
+            .map([(text("slots"), .array([.integer(0), .integer(5460)])), (text("nodes"), .array([node(7001, "replica"), node(7000, "master")]))]),
+            .map([(text("slots"), .array([.integer(5461), .integer(10922)])), (text("nodes"), .array([node(7010, "master", health: "fail")]))]),
+            // RESP2: a list of names and values.
+            .array([
+                text("slots"), .array([.integer(10923), .integer(16383)]), text("nodes"),
+                .array([.array([text("port"), .integer(7020), text("ip"), text("10.0.0.3"), text("endpoint"), text("?"), text("role"), text("master")])]),
+            ]),
+        ])
+        #expect(RedisCluster.master(of: 2546, in: shards) == .init(host: "10.0.0.1", port: 7000))
+        #expect(RedisCluster.master(of: 6000, in: shards) == nil, "a failed master is not used")
+        #expect(RedisCluster.master(of: 16383, in: shards) == .init(host: "10.0.0.3", port: 7020), "endpoint ? falls back to ip")
+        #expect(RedisCluster.masters(in: shards).count == 2)
+        let hostile = RESPValue.array([
+            .map([
+                (text("slots"), .array([.integer(0), .integer(16383)])),
+                (text("nodes"), .array([node(70000, "master"), node(7000, "master", ip: "bad host")])),
+            ])
+        ])
+        #expect(RedisCluster.master(of: 1, in: hostile) == nil)
+        #expect(RedisCluster.master(of: 1, in: .simpleString("OK")) == nil)
+    }
+}
+
+/// The client on a real Redis Cluster (three masters with a replica each).
+@Suite("Redis Cluster against real redis-server processes", .serialized, .timeLimit(.minutes(2)))
+struct RedisClusterTests {
+    @Test func theClientFollowsItsSlotThroughAFailoverAndAMigration() async throws {
+        let cluster = try await RedisClusterSetup()
+        defer { cluster.stop() }
+        var url = try RedisURL(parsing: cluster.url)
+        url.cluster?.routingKey = "{app}"
+        let client = RedisClient(url: url)
+        try await client.connect()
+        let running = Task { await client.run() }
+        defer { running.cancel() }
+        #expect(try await client.send(RESPCommand("SET", "{app}:k", "1")) == .simpleString("OK"))
+        let first = try #require(cluster.shard(of: "{app}"))
+        #expect(redisCLI(port: first.master.port, ["GET", "{app}:k"]) == "1", "connected to the slot's master")
+
+        // A manual failover: the old master stays up as a replica and answers MOVED.
+        #expect(redisCLI(port: first.replica.port, ["CLUSTER", "FAILOVER"]) == "OK")
+        try await waitUntil("the client writes to the promoted replica", within: 20) {
+            (try? await client.send(RESPCommand("SET", "{app}:k", "2"))) == .simpleString("OK")
+                && redisCLI(port: first.replica.port, ["GET", "{app}:k"]) == "2"
+        }
+        // The slot moves to another master: the client follows it there.
+        try await cluster.waitUntilHealthy(withReplicas: false)
+        let target = try await cluster.migrateSlot(of: "{app}")
+        try await waitUntil("the client writes where the slot moved", within: 20) {
+            (try? await client.send(RESPCommand("SET", "{app}:k", "3"))) == .simpleString("OK") && redisCLI(port: target, ["GET", "{app}:k"]) == "3"
+        }
+        #expect(client.reconnectCount >= 2)
+        await client.close()
+    }
+}

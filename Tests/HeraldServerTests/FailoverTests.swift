@@ -146,6 +146,82 @@ struct FailoverTests {
     }
 }
 
+extension FailoverTests {
+    @Test func heraldsSlotMigratedUnderTrafficLosesNothingAndKeepsItsEpoch() async throws {
+        let cluster = try await RedisClusterSetup(readyForFailover: false)
+        defer { cluster.stop() }
+        var nodes: [HeraldNodeProcess] = []
+        defer { for node in nodes { node.stop() } }
+        for index in 1...2 {
+            nodes.append(
+                try await HeraldNodeProcess(arguments: [
+                    "--redis", cluster.url, "--node-id", "n\(index)", "--presence-ttl", "3", "--history-size", "10000", "--log-level", "warning",
+                ]))
+        }
+        let ports = nodes.map(\.port)
+        let watchers = [
+            try await TestClient.connect(port: ports[0], query: "user=w1", label: "w1@n1"),
+            try await TestClient.connect(port: ports[1], query: "user=w2", label: "w2@n2"),
+        ]
+        for watcher in watchers { _ = try await watcher.next(type: "welcome") }
+        for user in ["w1", "w2", "late"] { #expect(try await httpRequest(port: ports[0], "PUT", "/api/rooms/R/members/\(user)").status == 200) }
+        let late = try await TestClient.connect(port: ports[1], query: "user=late", label: "late@n2")
+        _ = try await late.next(type: "welcome")
+        #expect(try await httpRequest(port: ports[0], "POST", "/api/rooms/R/publish", body: #"{"id":"first","data":-1}"#).status == 202)
+        let seen = try await messages(late, count: 1)[0]
+        await late.close()
+
+        let total = 3_000
+        let accepted = Tally()
+        let refused = Tally()
+        let mover = Task {
+            while accepted.value.load(ordering: .relaxed) < 1_000 { try await Task.sleep(for: .milliseconds(5)) }
+            return try await cluster.migrateSlot(of: "{herald}")
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for lane in 0..<4 {
+                group.addTask {
+                    for n in stride(from: lane, to: total, by: 4) {
+                        let deadline = ContinuousClock.now + .seconds(60)
+                        while true {
+                            let status = try await httpRequest(port: ports[n % 2], "POST", "/api/rooms/R/publish", body: #"{"id":"m\#(n)","data":\#(n)}"#)
+                                .status
+                            if status == 202 { break }
+                            if status != 503 { throw TestFailure("publish \(n) answered \(status)") }
+                            refused.value.add(1, ordering: .relaxed)
+                            if ContinuousClock.now > deadline { throw TestFailure("publish \(n) refused for 60 s") }
+                            try await Task.sleep(for: .milliseconds(20))
+                        }
+                        accepted.value.add(1, ordering: .relaxed)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let target = try await mover.value
+        #expect(cluster.shard(of: "{herald}")?.master.port == target, "the slot moved")
+        print("slot migration: \(refused.value.load(ordering: .relaxed)) publish attempts refused while it moved")
+
+        // The data moved whole: one epoch, every message once and in order.
+        for watcher in watchers {
+            // The first message (-1), then the stream.
+            let received = try await messages(watcher, count: total + 1, timeout: 20)
+            #expect(Set(received.map(\.epoch)).count == 1, "\(watcher.label): the migration kept the epoch")
+            #expect(misplaced(received.map(\.offset), 1...(total + 1)) == nil, "\(watcher.label)")
+            #expect(Set(received.compactMap { $0.data as? Int }).count == total + 1)
+        }
+        // And the history moved with it: a client away since before recovers everything.
+        let back = try await TestClient.connect(port: ports[0], query: "user=late", label: "late@n1")
+        _ = try await back.next(type: "welcome")
+        try await back.send(#"{"type":"join","room":"R","since":{"offset":\#(seen.offset),"epoch":"\#(seen.epoch)"}}"#)
+        let joined = try await back.next(type: "joined")
+        #expect(joined["recovered"] as? Bool == true)
+        #expect(Set(try await messages(back, count: total).compactMap { $0.data as? Int }).count == total)
+        await back.close()
+        for watcher in watchers { await watcher.close() }
+    }
+}
+
 /// A counter tasks share (`Atomic` itself cannot be captured).
 private final class Tally: Sendable {
     let value = Atomic<Int>(0)

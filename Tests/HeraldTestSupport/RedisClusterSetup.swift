@@ -121,6 +121,36 @@ public final class RedisClusterSetup: @unchecked Sendable {
         return ContinuousClock.now - started
     }
 
+    /// Moves `key`'s slot, and every key in it, from its master to another master, as an
+    /// operator resharding by hand does: `SETSLOT … IMPORTING` on the target, `MIGRATING` on the
+    /// source, `MIGRATE` in batches of 100 keys, then `SETSLOT … NODE` everywhere.
+    /// - Returns: the port of the master that serves the slot now.
+    @discardableResult
+    public func migrateSlot(of key: String) async throws -> Int {
+        guard let slot = slot(of: key), let seer = servers.first(where: \.process.isRunning) else { throw RedisTestFailure("no live node") }
+        let nodes = nodes(asSeenBy: seer.port)
+        guard let source = nodes.first(where: { $0.isMaster && !$0.failed && $0.slots.contains { $0.contains(slot) } }),
+            let target = nodes.first(where: { $0.isMaster && !$0.failed && $0.id != source.id && !$0.slots.isEmpty })
+        else { throw RedisTestFailure("no source and target master for slot \(slot)") }
+        func expectOK(_ port: Int, _ arguments: [String]) throws {
+            let reply = redisCLI(port: port, arguments)
+            guard reply == "OK" else { throw RedisTestFailure("\(arguments.joined(separator: " ")) on \(port) answered \(reply)") }
+        }
+        try expectOK(target.port, ["CLUSTER", "SETSLOT", String(slot), "IMPORTING", source.id])
+        try expectOK(source.port, ["CLUSTER", "SETSLOT", String(slot), "MIGRATING", target.id])
+        for _ in 0..<10_000 {
+            let keys = redisCLI(port: source.port, ["CLUSTER", "GETKEYSINSLOT", String(slot), "100"]).split(separator: "\n").map(String.init)
+            if keys.isEmpty { break }
+            let reply = redisCLI(port: source.port, ["MIGRATE", "127.0.0.1", String(target.port), "", "0", "5000", "KEYS"] + keys)
+            guard reply == "OK" || reply == "NOKEY" else { throw RedisTestFailure("MIGRATE answered \(reply)") }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        for node in [target] + nodes.filter({ $0.isMaster && !$0.failed && $0.id != target.id }) {
+            try expectOK(node.port, ["CLUSTER", "SETSLOT", String(slot), "NODE", target.id])
+        }
+        return target.port
+    }
+
     public func stop() {
         for server in servers { server.stop() }
     }

@@ -67,7 +67,9 @@ enum PublishRequest {
         if let error = error as? BrokerError, error.kind == .storageFull {
             return APIError(.init(code: 507, reasonPhrase: "Insufficient Storage"), code: .storageFull, message: "message not published: \(error)")
         }
-        return APIError(.serviceUnavailable, code: .unavailable, message: "message not published: \(error)")
+        // Not "not published": a command Redis received before it stopped answering may still
+        // be applied. The retry with the same id is what makes that safe.
+        return APIError(.serviceUnavailable, code: .unavailable, message: "message not confirmed (retry with the same id): \(error)")
     }
 
     /// The body of every 202, built once: publishing is the API's hot call.

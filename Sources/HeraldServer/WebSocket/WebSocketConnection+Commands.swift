@@ -317,7 +317,7 @@ extension WebSocketConnection {
                 node.hub.metrics.recordPublish(from: .websocket)
                 send(ServerFrame.ok(id: id), flush: true)
             case .failure(let error):
-                send(ServerFrame.error(.unavailable, message: "message not published: \(error)", id: id), flush: true)
+                send(ServerFrame.error(.unavailable, message: "message not confirmed (retry with the same id): \(error)", id: id), flush: true)
             }
         }
     }
