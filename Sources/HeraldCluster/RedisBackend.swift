@@ -55,6 +55,11 @@ public enum RedisBackend {
         } catch {
             throw ConfigurationError("--redis \(RedisURL.redacting(redis.url)): \(error)")
         }
+        if url.cluster != nil, redis.prefix.contains(where: { $0 == "{" || $0 == "}" }) {
+            throw ConfigurationError(
+                "--redis-prefix \(redis.prefix): on a Redis Cluster Herald makes the prefix a hash tag ({\(redis.prefix)}); a prefix with { or } would split Herald's keys over several slots. Use one without braces"
+            )
+        }
         let hub = HeraldServer.makeHub(configuration: configuration, logger: logger)
         var backplaneConfiguration = RedisBackplane.Configuration(url: url, nodeID: nodeID)
         backplaneConfiguration.prefix = redis.prefix

@@ -92,9 +92,11 @@ public final class RedisBroker: Broker {
     /// new connection store which server it reached (``RedisLayout/serverKey``) before it publishes.
     public func connect() async {
         await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript, Self.positionScript] + RedisAcknowledgementStore.scripts)
-        let (layout, url, group) = (layout, backplane.url, backplane.group)
+        let (layout, url, group, logger) = (layout, backplane.url, backplane.group, logger)
         do {
-            try await client.prepareEachConnection { connection in try await Self.claimServer(on: connection, layout: layout, url: url, group: group) }
+            try await client.prepareEachConnection { connection in
+                try await Self.claimServer(on: connection, layout: layout, url: url, group: group, logger: logger)
+            }
         } catch {
             logger.warning("cannot record the Redis server's identity; reconnecting", metadata: ["error": "\(error)"])
         }
@@ -222,11 +224,11 @@ public final class RedisBroker: Broker {
     /// `#OFFSET EPOCH INDEX\n` and the frame, and returns {offset, epoch}. The frame is never
     /// read or changed: the node that delivers it stamps the position in. A channel whose
     /// position was written on another Redis server than the one now holding the data set
-    /// starts a new epoch (``serverCheck(_:)``).
+    /// starts a new epoch (``serverCheck(_:ttl:)``).
     static let publishScript = RedisScript(
         """
         if ARGV[6] ~= '' and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then return 0 end
-        \(serverCheck(4))
+        \(serverCheck(4, ttl: 5))
         local epoch = redis.call('HGET', KEYS[1], 'epoch')
         local time = redis.call('TIME')
         if not epoch then
@@ -271,7 +273,7 @@ public final class RedisBroker: Broker {
     /// the publish script makes it, and kept as long as a published one: the TTL).
     static let positionScript = RedisScript(
         """
-        \(serverCheck(3))
+        \(serverCheck(3, ttl: 1))
         local epoch = redis.call('HGET', KEYS[1], 'epoch')
         if not epoch then
           local time = redis.call('TIME')
@@ -290,7 +292,7 @@ public final class RedisBroker: Broker {
     /// stream was written on another server) answers an epoch of "" and offset 0.
     static let historyScript = RedisScript(
         """
-        \(serverCheck(3))
+        \(serverCheck(3, ttl: 3))
         local epoch = redis.call('HGET', KEYS[1], 'epoch') or ''
         local latest = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
         local now = tonumber(redis.call('TIME')[1])
@@ -325,23 +327,29 @@ public final class RedisBroker: Broker {
     /// they would skip them as duplicates: a silent loss. So each channel's hash records the
     /// server it was written on (the `run_id` nodes store in the server key when they connect),
     /// and a channel written on another server starts a new epoch: the loss is visible, as
-    /// `epoch_changed`. A channel written on a server whose data moved here whole (a cluster slot
+    /// `epoch_changed`: its history is dropped and it gets a new epoch at once, at offset 1, so
+    /// that its first message is 2. Offset 1 stands for what may have been lost: a client
+    /// positioned at offset 0 of the old epoch (it had seen nothing, and may have missed what
+    /// followed) is then told `epoch_changed`, not that nothing happened (both at 0). A channel written on a server whose data moved here whole (a cluster slot
     /// migrated from a master that is still up) keeps its epoch. A hash without the field
-    /// (written before this check) is adopted.
-    static func serverCheck(_ serverKey: Int) -> String {
+    /// (written before this check) is adopted. `ttl` is the index of the history TTL in ARGV.
+    static func serverCheck(_ serverKey: Int, ttl: Int) -> String {
         """
         local server = redis.call('GET', KEYS[\(serverKey)]) or ''
         local written = redis.call('HGET', KEYS[1], 'server')
         if written and written ~= server and redis.call('SISMEMBER', KEYS[\(serverKey + 1)], written) == 0 then
-          redis.call('DEL', KEYS[1], KEYS[2])
+          redis.call('DEL', KEYS[2])
+          local now = redis.call('TIME')
+          redis.call('HSET', KEYS[1], 'epoch', string.format('%x%x', tonumber(now[1]), tonumber(now[2])), 'offset', 1, 'server', server)
+          redis.call('EXPIRE', KEYS[1], ARGV[\(ttl)])
         elseif written ~= server and redis.call('EXISTS', KEYS[1]) == 1 then
           redis.call('HSET', KEYS[1], 'server', server)
         end
         """
     }
 
-    /// KEYS: the server key, the lossless servers. ARGV: this server's `run_id`, the `run_id` the
-    /// node found in the server key, `1` when that server is a master still up (a slot moved here
+    /// KEYS: the server key, the lossless servers. ARGV: this server's name (``ServerIdentity``),
+    /// the name the node found in the server key, `1` when that server is a master still up (a slot moved here
     /// whole) else `0`. Makes this server the data set's; a predecessor that may have had writes
     /// this one lacks (a failover, a restart) empties the lossless servers, so that every channel
     /// written elsewhere starts a new epoch.
@@ -362,39 +370,95 @@ public final class RedisBroker: Broker {
     /// Run on each new command connection before it is used: makes the server it reached the
     /// data set's (``claimServerScript``), finding out first, in a cluster, whether the server
     /// named before is a master still up (whose data then moved here whole: a slot migration).
-    static func claimServer(on connection: RedisConnection, layout: RedisLayout, url: RedisURL, group: any EventLoopGroup) async throws {
-        let current = try await runID(of: connection)
+    ///
+    /// A server is named by its `run_id` (its process) and its `master_replid` (its data's
+    /// history: it changes whenever the server is promoted or resynchronised from another),
+    /// so a master that failed over and later came back as master with the same process is
+    /// still a new server. A Redis user not allowed `INFO` (`-@dangerous`) gets no protection:
+    /// the node logs it and carries on.
+    static func claimServer(on connection: RedisConnection, layout: RedisLayout, url: RedisURL, group: any EventLoopGroup, logger: Logger) async throws {
+        let identity: ServerIdentity
+        do {
+            identity = try await ServerIdentity.of(connection)
+        } catch let error as RedisError where error.serverCode == "NOPERM" {
+            logger.warning(
+                "this Redis user may not run INFO: Herald cannot tell a failed-over or restarted Redis from the one before, and channels will not start new epochs after one (allow +info)",
+                metadata: ["error": "\(error)"])
+            return
+        }
         let previous = try await connection.send(RESPCommand("GET", layout.serverKey)).string ?? ""
-        guard previous != current else { return }
+        guard previous != identity.name else { return }
         var moved = false
-        if url.cluster != nil, !previous.isEmpty {
-            moved = await isLiveMaster(runID: previous, shards: try await connection.send(RESPCommand("CLUSTER", "SHARDS")), url: url, group: group)
+        // A server promoted since it started (a replica once) may lack writes of the master it
+        // replaced: never count what it holds as whole.
+        if url.cluster != nil, !previous.isEmpty, !identity.wasPromoted {
+            moved = await isLiveMaster(named: previous, shards: try await connection.send(RESPCommand("CLUSTER", "SHARDS")), url: url, group: group)
         }
-        _ = try await connection.send(
-            RESPCommand("EVAL", claimServerScript.source, "2", layout.serverKey, layout.losslessServersKey, current, previous, moved ? "1" : "0"))
+        do {
+            _ = try await connection.send(
+                RESPCommand("EVAL", claimServerScript.source, "2", layout.serverKey, layout.losslessServersKey, identity.name, previous, moved ? "1" : "0"))
+        } catch let error as RedisError where error.serverCode == "NOREPLICAS" {
+            // min-replicas-to-write with no replica: every write is refused, publishes included;
+            // keep the connection for reads, and claim on the next one.
+            logger.warning("Redis refuses writes (NOREPLICAS): publishes fail until a replica is back", metadata: ["error": "\(error)"])
+        }
     }
 
-    /// The `run_id` in `INFO server`.
-    static func runID(of connection: RedisConnection) async throws -> String {
-        let info = try await connection.send(RESPCommand("INFO", "server")).string ?? ""
-        guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("run_id:") }) else {
-            throw RedisError.unexpectedReply("INFO server has no run_id")
+    /// Who a Redis server is: its process and its data's replication history.
+    struct ServerIdentity {
+        var runID: String
+        var replicationID: String
+        var previousReplicationID: String
+
+        var name: String { runID + ":" + replicationID }
+        /// Whether the server took over from a master (its replication history has a second id).
+        var wasPromoted: Bool { !previousReplicationID.isEmpty && previousReplicationID.contains { $0 != "0" } }
+
+        static func of(_ connection: RedisConnection) async throws -> ServerIdentity {
+            let server = try await connection.send(RESPCommand("INFO", "server")).string ?? ""
+            let replication = try await connection.send(RESPCommand("INFO", "replication")).string ?? ""
+            func field(_ name: String, in text: String) -> String? {
+                text.split(whereSeparator: \.isNewline).first { $0.hasPrefix(name + ":") }.map { String($0.dropFirst(name.count + 1)) }
+            }
+            guard let runID = field("run_id", in: server), let replicationID = field("master_replid", in: replication),
+                runID.utf8.count <= 64, replicationID.utf8.count <= 64
+            else { throw RedisError.unexpectedReply("INFO has no run_id or master_replid: not a Redis server Herald can tell apart after a failover") }
+            return ServerIdentity(runID: runID, replicationID: replicationID, previousReplicationID: field("master_replid2", in: replication) ?? "")
         }
-        return String(line.dropFirst("run_id:".count))
     }
 
-    /// Whether a master of the cluster (as `shards` lists them) runs as `runID`: asks each.
-    static func isLiveMaster(runID: String, shards: RESPValue, url: RedisURL, group: any EventLoopGroup) async -> Bool {
-        for address in RedisCluster.masters(in: shards) {
-            guard
-                let connection = try? await RedisConnection.connect(
-                    to: url.server(host: address.host, port: address.port), on: group, connectTimeout: .seconds(1), commandTimeout: .seconds(1))
-            else { continue }
-            let id = try? await Self.runID(of: connection)
-            await connection.close()
-            if id == runID { return true }
+    /// Whether a master of the cluster (as `shards` lists them, at most 16) is `name`: asks
+    /// them all at once, within 3 s.
+    static func isLiveMaster(named name: String, shards: RESPValue, url: RedisURL, group: any EventLoopGroup) async -> Bool {
+        let masters = Array(RedisCluster.masters(in: shards).prefix(16))
+        return await withTaskGroup(of: Bool.self) { tasks in
+            for address in masters {
+                tasks.addTask {
+                    guard
+                        let connection = try? await RedisConnection.connect(
+                            to: url.server(host: address.host, port: address.port), on: group, connectTimeout: .seconds(1), commandTimeout: .seconds(1))
+                    else { return false }
+                    let identity = try? await ServerIdentity.of(connection)
+                    await connection.close()
+                    return identity?.name == name
+                }
+            }
+            tasks.addTask {
+                try? await Task.sleep(for: .seconds(3))
+                return false
+            }
+            var answered = 0
+            for await found in tasks {
+                answered += 1
+                if found {
+                    tasks.cancelAll()
+                    return true
+                }
+                if answered == masters.count || Task.isCancelled { break }
+            }
+            tasks.cancelAll()
+            return false
         }
-        return false
     }
 
     // MARK: - Interest
@@ -515,7 +579,7 @@ public final class RedisBroker: Broker {
                 if let position {
                     let limit = max(configuration.history.size, 1)
                     for attempt in 0..<5 where page == nil {
-                        page = try? await history(of: target, since: position.offset, limit: limit)
+                        page = try? await history(of: target, since: position.offset, limit: limit, inEpoch: position.epoch)
                         // A new epoch (Redis lost the channel, or it idled past its history): all
                         // of the new epoch was published during the gap; read it from its start.
                         if let current = page, current.latest.epoch != position.epoch, current.latest.offset > 0 {

@@ -21,6 +21,7 @@ struct ConnectionKeeper {
     mutating func run() async {
         // A connection made before run() (by connect()) counts: losing it is a reconnect.
         var connectedBefore = current() != nil
+        var connectedAt: ContinuousClock.Instant? = nil
         while !Task.isCancelled {
             if let connection = current(), connection.isActive {
                 await withTaskCancellationHandler { [watch] in
@@ -45,7 +46,12 @@ struct ConnectionKeeper {
                 continue
             }
             do {
+                // A connection that was lost within a second of being made (a server that keeps
+                // closing it, a redirection to a server that redirects back) does not reset the
+                // backoff: reconnects slow down instead of looping.
+                if let made = connectedAt, ContinuousClock.now - made < .seconds(1) { try? await Task.sleep(for: backoff.next()) }
                 try await connect()
+                connectedAt = ContinuousClock.now
                 backoff.reset()
                 if connectedBefore { reconnected() }
                 connectedBefore = true

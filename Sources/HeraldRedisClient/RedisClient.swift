@@ -108,8 +108,8 @@ public final class RedisClient: Sendable {
     }
 
     /// With Sentinel: a `READONLY` refusal means the server was made a replica (a failover the
-    /// watch has not heard of yet); in a cluster, `MOVED` and `ASK` too mean that the slot is
-    /// served elsewhere: close the connection, so the reconnect asks where the master is.
+    /// watch has not heard of yet); in a cluster, `MOVED` too means that the slot is served
+    /// elsewhere: close the connection, so the reconnect asks where the master is.
     private func giveUpIfDemoted(_ connection: RedisConnection, _ reply: EventLoopFuture<RESPValue>) {
         reply.whenFailure { error in
             guard let code = (error as? RedisError)?.serverCode, RedisCluster.redirections.contains(code) else { return }

@@ -3,9 +3,9 @@ public import NIOCore
 /// Redis Cluster's hash slots, and finding the master that serves one: every connection asks
 /// the cluster's nodes in turn for the slot map (`CLUSTER SHARDS`), connects to the master
 /// serving the slot of ``RedisClusterAddress/routingKey`` and checks with `ROLE` that it is a
-/// master. A connection whose commands are answered `MOVED`, `ASK` or `READONLY` (the slot
-/// moved, or the master was made a replica by a failover) is given up, so that the reconnect
-/// asks the cluster again.
+/// master. A connection whose commands are answered `MOVED` or `READONLY` (the slot moved, or
+/// the master was made a replica by a failover) is given up, so that the reconnect asks the
+/// cluster again; `ASK` (a key already moved by a migration under way) fails the command only.
 ///
 /// This serves clients whose keys all carry one hash tag (Herald's, in cluster mode): one
 /// slot, one master at a time, no cross-node routing. The slot map is input like any other:
@@ -95,7 +95,7 @@ public enum RedisCluster {
     ) async throws(RedisError) -> RedisURL {
         let slot = slot(of: cluster.routingKey)
         var answers: [String] = []
-        for seed in cluster.seeds {
+        for seed in cluster.seeds.rotatedRandomly() {
             let reply: RESPValue
             do {
                 let connection = try await RedisConnection.connect(
@@ -145,6 +145,9 @@ public enum RedisCluster {
         return connection
     }
 
-    /// Error codes that mean the connection's server no longer serves the slot as master.
-    static let redirections: Set<String> = ["MOVED", "ASK", "READONLY"]
+    /// Error codes that mean the connection's server no longer serves the slot as master. Not
+    /// `ASK`: during a migration the source still serves the slot, only some keys have moved;
+    /// the command fails (the caller retries) and the connection stays, rather than every node
+    /// reconnecting to the same master after every command until the move ends.
+    static let redirections: Set<String> = ["MOVED", "READONLY"]
 }

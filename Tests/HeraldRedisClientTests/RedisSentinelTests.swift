@@ -1,3 +1,4 @@
+import Foundation
 import HeraldRedisClient
 import HeraldTestSupport
 import NIOCore
@@ -57,7 +58,10 @@ struct RedisSentinelURLTests {
 
 /// The client and subscriber against a real Sentinel deployment (a master, a replica, three
 /// sentinels), the master killed with SIGKILL.
-@Suite("Sentinel failover against real redis-server processes", .serialized, .timeLimit(.minutes(2)))
+/// Run alone with the other failover suites (`HERALD_FAILOVER_TESTS=1`).
+@Suite(
+    "Sentinel failover against real redis-server processes", .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: ProcessInfo.processInfo.environment["HERALD_FAILOVER_TESTS"] == "1"))
 struct RedisSentinelFailoverTests {
     @Test func theClientAndTheSubscriberFollowTheMasterToItsReplica() async throws {
         let setup = try await RedisSentinelSetup()
@@ -192,7 +196,9 @@ struct RedisClusterUnitTests {
 }
 
 /// The client on a real Redis Cluster (three masters with a replica each).
-@Suite("Redis Cluster against real redis-server processes", .serialized, .timeLimit(.minutes(2)))
+@Suite(
+    "Redis Cluster against real redis-server processes", .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: ProcessInfo.processInfo.environment["HERALD_FAILOVER_TESTS"] == "1"))
 struct RedisClusterTests {
     @Test func theClientFollowsItsSlotThroughAFailoverAndAMigration() async throws {
         let cluster = try await RedisClusterSetup()
