@@ -129,20 +129,9 @@ public enum RedisCluster {
         onPush: @escaping @Sendable (RESPValue) -> Void
     ) async throws -> RedisConnection {
         let master = try await master(of: url, in: cluster, on: group, connectTimeout: connectTimeout)
-        let connection = try await RedisConnection.connect(
-            to: master, on: group, connectTimeout: connectTimeout, commandTimeout: commandTimeout, onPush: onPush)
-        do {
-            let role = try await connection.send(RESPCommand("ROLE"))
-            guard case .array(let parts?) = role, parts.first?.string == "master" else {
-                throw RedisError.transport(
-                    "the cluster named \(master.host):\(master.port) the master of slot \(slot(of: cluster.routingKey)), but it is not a master (ROLE: \(role)); asking again"
-                )
-            }
-        } catch {
-            await connection.close()
-            throw error
-        }
-        return connection
+        return try await RedisConnection.connect(
+            toMaster: master, on: group, connectTimeout: connectTimeout, commandTimeout: commandTimeout, onPush: onPush,
+            namedBy: "the cluster named \(master.host):\(master.port) the master of slot \(slot(of: cluster.routingKey))")
     }
 
     /// Error codes that mean the connection's server no longer serves the slot as master. Not

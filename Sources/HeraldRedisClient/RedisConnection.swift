@@ -98,6 +98,30 @@ public final class RedisConnection: Sendable {
         return connection
     }
 
+    /// Connects to `master`, named master by a sentinel or a cluster node, and checks with
+    /// `ROLE` that it is one (whoever named it may not have noticed a failover yet).
+    /// - Parameter namedBy: who named it, for the error (`Sentinel named HOST:PORT the master M`).
+    static func connect(
+        toMaster master: RedisURL,
+        on group: any EventLoopGroup,
+        connectTimeout: TimeAmount,
+        commandTimeout: TimeAmount?,
+        onPush: @escaping @Sendable (RESPValue) -> Void,
+        namedBy: String
+    ) async throws -> RedisConnection {
+        let connection = try await connect(to: master, on: group, connectTimeout: connectTimeout, commandTimeout: commandTimeout, onPush: onPush)
+        do {
+            let role = try await connection.send(RESPCommand("ROLE"))
+            guard case .array(let parts?) = role, parts.first?.string == "master" else {
+                throw RedisError.transport("\(namedBy), but it is not a master (ROLE: \(role)); asking again")
+            }
+        } catch {
+            await connection.close()
+            throw error
+        }
+        return connection
+    }
+
     /// Sends one command and waits for its reply. Error replies throw ``RedisError``.
     /// Fails at once when the connection is gone.
     @discardableResult

@@ -66,19 +66,9 @@ public enum RedisSentinel {
         onPush: @escaping @Sendable (RESPValue) -> Void
     ) async throws -> RedisConnection {
         let master = try await master(of: url, through: sentinel, on: group, connectTimeout: connectTimeout)
-        let connection = try await RedisConnection.connect(
-            to: master, on: group, connectTimeout: connectTimeout, commandTimeout: commandTimeout, onPush: onPush)
-        do {
-            let role = try await connection.send(RESPCommand("ROLE"))
-            guard case .array(let parts?) = role, parts.first?.string == "master" else {
-                throw RedisError.transport(
-                    "Sentinel named \(master.host):\(master.port) the master \(sentinel.masterName), but it is not a master (ROLE: \(role)); asking again")
-            }
-        } catch {
-            await connection.close()
-            throw error
-        }
-        return connection
+        return try await RedisConnection.connect(
+            toMaster: master, on: group, connectTimeout: connectTimeout, commandTimeout: commandTimeout, onPush: onPush,
+            namedBy: "Sentinel named \(master.host):\(master.port) the master \(sentinel.masterName)")
     }
 
     /// Returns once the sentinels say that the master moved away from where `connection` is

@@ -38,28 +38,9 @@ struct FailoverTests {
     func aMasterKilledDuringTenThousandMessagesLosesNothingSilently(_ deployment: FailoverDeployment) async throws {
         let setup = try await deployment.start()
         defer { setup.stop() }
-        var nodes: [HeraldNodeProcess] = []
-        defer { for node in nodes { node.stop() } }
-        for index in 1...2 {
-            nodes.append(
-                try await HeraldNodeProcess(arguments: [
-                    "--redis", setup.url, "--node-id", "n\(index)", "--presence-ttl", "3", "--history-size", "10000", "--log-level", "warning",
-                ]))
-        }
-        let ports = nodes.map(\.port)
-        let watchers = [
-            try await TestClient.connect(port: ports[0], query: "user=w1", label: "w1@n1"),
-            try await TestClient.connect(port: ports[1], query: "user=w2", label: "w2@n2"),
-        ]
-        for watcher in watchers { _ = try await watcher.next(type: "welcome") }
-        for user in ["w1", "w2", "late"] { #expect(try await httpRequest(port: ports[0], "PUT", "/api/rooms/R/members/\(user)").status == 200) }
-
-        // A client that saw the first message, then went away before the failover.
-        let late = try await TestClient.connect(port: ports[1], query: "user=late", label: "late@n2")
-        _ = try await late.next(type: "welcome")
-        #expect(try await httpRequest(port: ports[0], "POST", "/api/rooms/R/publish", body: #"{"id":"first","data":-1}"#).status == 202)
-        let seen = try await messages(late, count: 1)[0]
-        await late.close()
+        let stage = try await TwoNodeStage(redis: setup.url)
+        defer { stage.stop() }
+        let (ports, watchers, seen) = (stage.ports, stage.watchers, stage.seen)
 
         // 10,000 messages from 4 publishers over both nodes, each retried (with its id) until
         // accepted: a publish refused while there is no master is answered 503 at once.
@@ -70,28 +51,7 @@ struct FailoverTests {
             while accepted.value.load(ordering: .relaxed) < 3_000 { try await Task.sleep(for: .milliseconds(5)) }
             return try await setup.killMaster()
         }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for lane in 0..<4 {
-                group.addTask {
-                    for n in stride(from: lane, to: total, by: 4) {
-                        let deadline = ContinuousClock.now + .seconds(60)
-                        while true {
-                            let started = ContinuousClock.now
-                            let status = try await httpRequest(port: ports[n % 2], "POST", "/api/rooms/R/publish", body: #"{"id":"m\#(n)","data":\#(n)}"#)
-                                .status
-                            if status == 202 { break }
-                            if status != 503 { throw TestFailure("publish \(n) answered \(status)") }
-                            #expect(ContinuousClock.now - started < .seconds(3), "a refused publish is answered fast")
-                            refused.value.add(1, ordering: .relaxed)
-                            if ContinuousClock.now > deadline { throw TestFailure("publish \(n) refused for 60 s") }
-                            try await Task.sleep(for: .milliseconds(50))
-                        }
-                        accepted.value.add(1, ordering: .relaxed)
-                    }
-                }
-            }
-            try await group.waitForAll()
-        }
+        try await stage.publish(total, accepted: accepted, refused: refused)
         let failover = try await killer.value
         print("\(deployment): failover took \(failover) as the test saw it; \(refused.value.load(ordering: .relaxed)) publish attempts refused meanwhile")
 
@@ -157,26 +117,9 @@ extension FailoverTests {
     @Test func heraldsSlotMigratedUnderTrafficLosesNothingAndKeepsItsEpoch() async throws {
         let cluster = try await RedisClusterSetup(readyForFailover: false)
         defer { cluster.stop() }
-        var nodes: [HeraldNodeProcess] = []
-        defer { for node in nodes { node.stop() } }
-        for index in 1...2 {
-            nodes.append(
-                try await HeraldNodeProcess(arguments: [
-                    "--redis", cluster.url, "--node-id", "n\(index)", "--presence-ttl", "3", "--history-size", "10000", "--log-level", "warning",
-                ]))
-        }
-        let ports = nodes.map(\.port)
-        let watchers = [
-            try await TestClient.connect(port: ports[0], query: "user=w1", label: "w1@n1"),
-            try await TestClient.connect(port: ports[1], query: "user=w2", label: "w2@n2"),
-        ]
-        for watcher in watchers { _ = try await watcher.next(type: "welcome") }
-        for user in ["w1", "w2", "late"] { #expect(try await httpRequest(port: ports[0], "PUT", "/api/rooms/R/members/\(user)").status == 200) }
-        let late = try await TestClient.connect(port: ports[1], query: "user=late", label: "late@n2")
-        _ = try await late.next(type: "welcome")
-        #expect(try await httpRequest(port: ports[0], "POST", "/api/rooms/R/publish", body: #"{"id":"first","data":-1}"#).status == 202)
-        let seen = try await messages(late, count: 1)[0]
-        await late.close()
+        let stage = try await TwoNodeStage(redis: cluster.url)
+        defer { stage.stop() }
+        let (ports, watchers, seen) = (stage.ports, stage.watchers, stage.seen)
 
         let total = 3_000
         let accepted = Tally()
@@ -185,26 +128,7 @@ extension FailoverTests {
             while accepted.value.load(ordering: .relaxed) < 1_000 { try await Task.sleep(for: .milliseconds(5)) }
             return try await cluster.migrateSlot(of: "{herald}")
         }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for lane in 0..<4 {
-                group.addTask {
-                    for n in stride(from: lane, to: total, by: 4) {
-                        let deadline = ContinuousClock.now + .seconds(60)
-                        while true {
-                            let status = try await httpRequest(port: ports[n % 2], "POST", "/api/rooms/R/publish", body: #"{"id":"m\#(n)","data":\#(n)}"#)
-                                .status
-                            if status == 202 { break }
-                            if status != 503 { throw TestFailure("publish \(n) answered \(status)") }
-                            refused.value.add(1, ordering: .relaxed)
-                            if ContinuousClock.now > deadline { throw TestFailure("publish \(n) refused for 60 s") }
-                            try await Task.sleep(for: .milliseconds(20))
-                        }
-                        accepted.value.add(1, ordering: .relaxed)
-                    }
-                }
-            }
-            try await group.waitForAll()
-        }
+        try await stage.publish(total, accepted: accepted, refused: refused)
         let target = try await mover.value
         #expect(cluster.shard(of: "{herald}")?.master.port == target, "the slot moved")
         print("slot migration: \(refused.value.load(ordering: .relaxed)) publish attempts refused while it moved")
@@ -283,6 +207,75 @@ extension FailoverTests {
         #expect(joined["recovered"] as? Bool == false, "\(joined)")
         #expect(joined["reason"] as? String == "epoch_changed")
         await back.close()
+    }
+}
+
+/// Two `herald serve` nodes on `redis`, a watcher on each (members of room R, as is `late`), and
+/// `late`'s position after the room's first message (data -1), taken before it went away.
+private struct TwoNodeStage {
+    let nodes: [HeraldNodeProcess]
+    let watchers: [TestClient]
+    let seen: (data: Any, offset: Int, epoch: String)
+    var ports: [Int] { nodes.map(\.port) }
+
+    init(redis: String) async throws {
+        var nodes: [HeraldNodeProcess] = []
+        do {
+            for index in 1...2 {
+                nodes.append(
+                    try await HeraldNodeProcess(arguments: [
+                        "--redis", redis, "--node-id", "n\(index)", "--presence-ttl", "3", "--history-size", "10000", "--log-level", "warning",
+                    ]))
+            }
+        } catch {
+            for node in nodes { node.stop() }
+            throw error
+        }
+        self.nodes = nodes
+        let ports = nodes.map(\.port)
+        watchers = [
+            try await TestClient.connect(port: ports[0], query: "user=w1", label: "w1@n1"),
+            try await TestClient.connect(port: ports[1], query: "user=w2", label: "w2@n2"),
+        ]
+        for watcher in watchers { _ = try await watcher.next(type: "welcome") }
+        for user in ["w1", "w2", "late"] { #expect(try await httpRequest(port: ports[0], "PUT", "/api/rooms/R/members/\(user)").status == 200) }
+        let late = try await TestClient.connect(port: ports[1], query: "user=late", label: "late@n2")
+        _ = try await late.next(type: "welcome")
+        #expect(try await httpRequest(port: ports[0], "POST", "/api/rooms/R/publish", body: #"{"id":"first","data":-1}"#).status == 202)
+        seen = try await messages(late, count: 1)[0]
+        await late.close()
+    }
+
+    /// Publishes data 0..<total to R from 4 publishers over both nodes, each retried with its id
+    /// on 503 (which must come fast) until accepted, for 60 s at most each.
+    func publish(_ total: Int, accepted: Tally, refused: Tally) async throws {
+        let ports = self.ports
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for lane in 0..<4 {
+                group.addTask {
+                    for n in stride(from: lane, to: total, by: 4) {
+                        let deadline = ContinuousClock.now + .seconds(60)
+                        while true {
+                            let started = ContinuousClock.now
+                            let status = try await httpRequest(port: ports[n % 2], "POST", "/api/rooms/R/publish", body: #"{"id":"m\#(n)","data":\#(n)}"#)
+                                .status
+                            if status == 202 { break }
+                            if status != 503 { throw TestFailure("publish \(n) answered \(status)") }
+                            #expect(ContinuousClock.now - started < .seconds(3), "a refused publish is answered fast")
+                            refused.value.add(1, ordering: .relaxed)
+                            if ContinuousClock.now > deadline { throw TestFailure("publish \(n) refused for 60 s") }
+                            try await Task.sleep(for: .milliseconds(20))
+                        }
+                        accepted.value.add(1, ordering: .relaxed)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    func stop() {
+        for node in nodes { node.stop() }
     }
 }
 
