@@ -352,12 +352,13 @@ public final class RedisBroker: Broker {
     /// the name the node found in the server key, `1` when that server is a master still up (a slot moved here
     /// whole) else `0`. Makes this server the data set's; a predecessor that may have had writes
     /// this one lacks (a failover, a restart) empties the lossless servers, so that every channel
-    /// written elsewhere starts a new epoch.
+    /// written elsewhere starts a new epoch. The set is bounded: past 64 migrations in a row it
+    /// is emptied too (channels then begin new epochs, as after a failover).
     static let claimServerScript = RedisScript(
         """
         local previous = redis.call('GET', KEYS[1])
         if previous == ARGV[1] then return 0 end
-        if previous and previous == ARGV[2] and ARGV[3] == '1' then
+        if previous and previous == ARGV[2] and ARGV[3] == '1' and redis.call('SCARD', KEYS[2]) < 64 then
           redis.call('SADD', KEYS[2], previous)
         else
           redis.call('DEL', KEYS[2])

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Synchronization
 
 /// A real `redis-server` for the tests: ephemeral port, no persistence, its own temporary
 /// directory; stopped (SIGKILL) by `stop()`.
@@ -47,7 +48,20 @@ public final class RedisServerProcess: @unchecked Sendable {
         try? FileManager.default.removeItem(at: directory)
     }
 
+    /// A free loopback port, never one handed out before in this test process: the tests run
+    /// in parallel, and a port one test picked but has not bound yet could otherwise be picked
+    /// by another (Herald binds with `SO_REUSEPORT`, so both servers would then share it).
     public static func freePort() throws -> Int {
+        for _ in 0..<100 {
+            let port = try unusedPort()
+            if handedOut.withLock({ $0.insert(port).inserted }) { return port }
+        }
+        throw RedisTestFailure("no free port that was not handed out already")
+    }
+
+    private static let handedOut = Mutex<Set<Int>>([])
+
+    private static func unusedPort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
