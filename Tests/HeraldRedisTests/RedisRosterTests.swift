@@ -39,7 +39,10 @@ struct RedisRosterTests {
 
         init(_ id: String, port: Int, limits: HubConfiguration = .init()) async throws {
             sink = CountingSink()
-            backplane = RedisBackplane(configuration: .init(url: RedisURL(port: port), nodeID: id), logger: Logger(label: "test"))
+            var configuration = RedisBackplane.Configuration(url: RedisURL(port: port), nodeID: id)
+            // Not a timeout test: a full parallel run can keep one Redis busy past the 1 s default.
+            configuration.client.commandTimeout = .seconds(10)
+            backplane = RedisBackplane(configuration: configuration, logger: Logger(label: "test"))
             broker = RedisBroker(backplane: backplane, deliveringTo: sink, logger: Logger(label: "test"))
             roster = RedisRoster(backplane: backplane, limits: limits, presenceTTL: .seconds(3), notifying: sink, logger: Logger(label: "test"))
             await broker.connect()
