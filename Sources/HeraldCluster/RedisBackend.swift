@@ -82,10 +82,10 @@ public enum RedisBackend {
         await denylist.reload()
         // Stopped in reverse: the ingest consumer first, the backplane's connections last.
         var services: [any Service] = [backplane, broker, roster, denylist]
-        let stream = redis.ingestStream ?? backplane.layout.prefix + ":ingest"
-        if !stream.isEmpty, url.cluster != nil, RedisCluster.slot(of: stream) != RedisCluster.slot(of: backplane.layout.prefix) {
+        let stream = redis.ingestStream ?? backplane.layout.sharedPrefix + ":ingest"
+        if !stream.isEmpty, url.cluster != nil, RedisCluster.slot(of: stream) != RedisCluster.slot(of: backplane.layout.sharedPrefix) {
             throw ConfigurationError(
-                "--ingest-stream \(stream): in a Redis Cluster every key of Herald carries the hash tag \(backplane.layout.prefix) (to stay in one slot); name the stream \(backplane.layout.prefix):ingest or another name containing \(backplane.layout.prefix)"
+                "--ingest-stream \(stream): in a Redis Cluster every key of Herald carries the hash tag \(backplane.layout.sharedPrefix) (to stay in one slot); name the stream \(backplane.layout.sharedPrefix):ingest or another name containing \(backplane.layout.sharedPrefix)"
             )
         }
         if !stream.isEmpty {

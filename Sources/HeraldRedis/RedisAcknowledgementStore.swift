@@ -18,8 +18,27 @@ public final class RedisAcknowledgementStore: AcknowledgementStore {
         let layout = backplane.layout
         let client = backplane.client
         let prefixes = [ByteBuffer(string: layout.unacknowledgedKey("")), ByteBuffer(string: layout.unacknowledgedFramesKey(""))]
+        let shards = backplane.shards
         self.reads = BatchedReader { users in
-            client.evaluate(Self.unacknowledgedOfUsersScript, keys: [], arguments: prefixes + users.map { ByteBuffer(string: $0) })
+            if let shards {
+                // Sharded: each user's keys are in the slot of the user's channel; one call per
+                // user, pipelined per master (the whole keys as prefixes, an empty user).
+                let calls = users.map { user in
+                    let keys = [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user)]
+                    return RedisClusterClient.RoutedCommand(
+                        .script(Self.unacknowledgedOfUsersScript, keys: keys, arguments: keys.map { ByteBuffer(string: $0) } + [ByteBuffer()]))
+                }
+                let replies = shards.submit(pipeline: calls)
+                return EventLoopFuture.whenAllSucceed(replies, on: replies[0].eventLoop).flatMapThrowing { replies in
+                    try replies.map { reply in
+                        guard case .array(let lists?) = reply, lists.count == 1, case .array(let items?) = lists[0] else {
+                            throw RedisError.unexpectedReply("Redis answered the unacknowledged script with \(reply)")
+                        }
+                        return Self.entries(items)
+                    }
+                }
+            }
+            return client.evaluate(Self.unacknowledgedOfUsersScript, keys: [], arguments: prefixes + users.map { ByteBuffer(string: $0) })
                 .flatMapThrowing { reply in
                     guard case .array(let lists?) = reply, lists.count == users.count else {
                         throw RedisError.unexpectedReply("Redis answered the unacknowledged script with \(reply)")
@@ -43,12 +62,14 @@ public final class RedisAcknowledgementStore: AcknowledgementStore {
 
     public func acknowledge(user: String, offset: Int64, epoch: String?) async throws(BrokerError) {
         let layout = backplane.layout
+        let keys = [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user), layout.streamKey(.user(user))]
+        let arguments = [String(offset), epoch ?? ""]
         do {
-            _ = try await backplane.client.evaluate(
-                Self.acknowledgeScript,
-                keys: [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user), layout.streamKey(.user(user))],
-                arguments: [String(offset), epoch ?? ""]
-            )
+            if let shards = backplane.shards {
+                _ = try await shards.evaluate(Self.acknowledgeScript, keys: keys, arguments: arguments)
+            } else {
+                _ = try await backplane.client.evaluate(Self.acknowledgeScript, keys: keys, arguments: arguments)
+            }
         } catch {
             throw BrokerError("cannot record the acknowledgement in Redis: \(error)")
         }
@@ -79,8 +100,8 @@ public final class RedisAcknowledgementStore: AcknowledgementStore {
 
     /// ARGV: the unacknowledged set and frames key prefixes, then users. For each user, in
     /// order: drops expired messages and answers {{EPOCH:OFFSET, INDEX\nFRAME}, ...}, oldest
-    /// first. Users with nothing waiting cost one ZCARD. (The keys are not declared: the roster
-    /// needs a single Redis anyway.)
+    /// first. Users with nothing waiting cost one ZCARD. (The keys are not declared unless sharded,
+    /// where each call reads one user, whose keys are then passed as prefixes and declared.)
     static let unacknowledgedOfUsersScript = RedisScript(
         """
         local time = redis.call('TIME')

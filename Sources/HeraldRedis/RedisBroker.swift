@@ -91,7 +91,10 @@ public final class RedisBroker: Broker {
     /// Loads the broker's scripts on every connection of the backplane's client, and has each
     /// new connection store which server it reached (``RedisLayout/serverKey``) before it publishes.
     public func connect() async {
-        await client.preload([Self.publishScript, Self.broadcastOnceScript, Self.historyScript, Self.positionScript] + RedisAcknowledgementStore.scripts)
+        let scripts =
+            [Self.publishScript, Self.shardedPublishScript, Self.broadcastOnceScript, Self.historyScript, Self.positionScript]
+            + RedisAcknowledgementStore.scripts
+        await client.preload(scripts)
         let (layout, url, group, logger) = (layout, backplane.url, backplane.group, logger)
         do {
             try await client.prepareEachConnection { connection in
@@ -100,6 +103,42 @@ public final class RedisBroker: Broker {
         } catch {
             logger.warning("cannot record the Redis server's identity; reconnecting", metadata: ["error": "\(error)"])
         }
+        guard let shards = backplane.shards else { return }
+        // Sharded: each master's connections learn which server they reached, and claim each
+        // slot (``RedisLayout/serverKeys(forSlot:)``) before their first command for it.
+        await shards.preload(scripts)
+        do {
+            try await shards.prepareEachConnection { connection in
+                do {
+                    let identity = try await ServerIdentity.of(connection)
+                    connection.notes.values.withLock {
+                        $0["server"] = identity.name
+                        $0["promoted"] = identity.wasPromoted ? "1" : "0"
+                    }
+                } catch let error as RedisError where error.serverCode == "NOPERM" {
+                    logger.warning(
+                        "this Redis user may not run INFO: Herald cannot tell a failed-over or restarted Redis from the one before, and channels will not start new epochs after one (allow +info)",
+                        metadata: ["error": "\(error)"])
+                }
+            }
+        } catch {
+            logger.warning("cannot record a Redis master's identity; reconnecting", metadata: ["error": "\(error)"])
+        }
+        shards.setSlotPreparation { [weak shards] slot, connection in
+            guard let shards else { return [] }
+            return Self.claimSlot(slot, on: connection, among: shards.connections, layout: layout)
+        }
+    }
+
+    /// The claim of `slot` by the server `connection` reached (``claimSlotScript``), with the
+    /// names of the other masters' servers this node is connected to (masters still up).
+    static func claimSlot(_ slot: Int, on connection: RedisConnection, among connections: [RedisConnection], layout: RedisLayout) -> [RESPCommand] {
+        let (name, promoted) = connection.notes.values.withLock { ($0["server"], $0["promoted"] == "1") }
+        guard let name else { return [] }  // no INFO permission: no claims, as unsharded
+        let live = connections.compactMap { other in other === connection ? nil : other.notes.values.withLock { $0["server"] } }
+        let keys = layout.serverKeys(forSlot: slot)
+        let arguments = ["EVAL", claimSlotScript.source, "2", keys.server, keys.lossless, name, promoted ? "0" : "1"] + live
+        return [RESPCommand(arguments: arguments.map { ByteBuffer(string: $0) })]
     }
 
     public var statistics: BrokerStatistics.Snapshot { counters.snapshot() }
@@ -130,20 +169,41 @@ public final class RedisBroker: Broker {
     public func publish(_ envelope: Envelope, on eventLoop: any EventLoop) -> EventLoopFuture<StreamPosition?> {
         let request = publishRequest(for: envelope)
         let reply: EventLoopFuture<RESPValue>
-        switch request.command {
-        case .command(let command): reply = client.submit(command)
-        case .script(let script, let keys, let arguments): reply = client.evaluate(script, keys: keys, arguments: arguments)
+        if let shards = backplane.shards, envelope.target != .all {
+            reply = shards.submit(pipeline: [RedisClusterClient.RoutedCommand(request.command)])[0]
+        } else {
+            switch request.command {
+            case .command(let command): reply = client.submit(command)
+            case .script(let script, let keys, let arguments): reply = client.evaluate(script, keys: keys, arguments: arguments)
+            }
         }
         return finish(reply, parse: request.parse, on: eventLoop)
     }
 
-    /// Every envelope's command in one pipelined write to Redis (one round trip), each answered
-    /// on its own, in order: a batch's failures are the commands' own.
+    /// Every envelope's command in one pipelined write to Redis (one round trip; sharded, one
+    /// per master), each answered on its own, in order per channel: a batch's failures are the
+    /// commands' own.
     public func publish(batch envelopes: [Envelope], on eventLoop: any EventLoop) -> EventLoopFuture<[Result<StreamPosition?, any Error>]> {
         let requests = envelopes.map(publishRequest(for:))
-        let replies = client.submit(pipeline: requests.map(\.command))
+        var replies: [EventLoopFuture<RESPValue>]
+        if let shards = backplane.shards {
+            let channelIndices = envelopes.indices.filter { envelopes[$0].target != .all }
+            let sharedIndices = envelopes.indices.filter { envelopes[$0].target == .all }
+            replies = Array(repeating: eventLoop.makeSucceededFuture(.null), count: envelopes.count)
+            let routed = shards.submit(pipeline: channelIndices.map { RedisClusterClient.RoutedCommand(requests[$0].command) })
+            for (index, reply) in zip(channelIndices, routed) { replies[index] = reply }
+            for (index, reply) in zip(sharedIndices, client.submit(pipeline: sharedIndices.map { requests[$0].command })) { replies[index] = reply }
+        } else {
+            replies = client.submit(pipeline: requests.map(\.command))
+        }
         let published = zip(requests, replies).map { request, reply in finish(reply, parse: request.parse, on: eventLoop) }
         return EventLoopFuture.whenAllComplete(published, on: eventLoop)
+    }
+
+    /// Runs a script of `target`'s channel where its keys are.
+    private func evaluate(_ script: RedisScript, for target: DeliveryTarget, keys: [String], arguments: [String]) async throws -> RESPValue {
+        if let shards = backplane.shards, target != .all { return try await shards.evaluate(script, keys: keys, arguments: arguments) }
+        return try await client.evaluate(script, keys: keys, arguments: arguments)
     }
 
     /// What publishing `envelope` sends to Redis, and how its reply becomes a position.
@@ -155,7 +215,8 @@ public final class RedisBroker: Broker {
         let keyKey = layout.idempotencyKey(envelope.target, envelope.idempotencyKey ?? "")
         if envelope.target != .all {
             // Offset, history append and publish in one atomic step on the server.
-            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey, layout.serverKey, layout.losslessServersKey]
+            let server = layout.serverKeys(for: envelope.target)
+            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey, server.server, server.lossless]
             var arguments = [
                 channel, envelope.frame, ByteBuffer(string: envelope.positionIndex.map(String.init) ?? ""),
                 ByteBuffer(string: String(history.size(for: envelope.target))), ttl, key,
@@ -165,7 +226,7 @@ public final class RedisBroker: Broker {
                 arguments += [ByteBuffer(string: String(max(1, history.ackTTL.components.seconds))), ByteBuffer(string: String(history.maxUnacknowledged))]
             }
             return (
-                .script(Self.publishScript, keys: keys, arguments: arguments),
+                .script(layout.sharded ? Self.shardedPublishScript : Self.publishScript, keys: keys, arguments: arguments),
                 { reply in
                     guard case .array(let parts?) = reply else { return nil }  // a duplicate: `0`
                     guard parts.count == 2, case .integer(let offset) = parts[0], let epoch = parts[1].string else {
@@ -225,7 +286,10 @@ public final class RedisBroker: Broker {
     /// read or changed: the node that delivers it stamps the position in. A channel whose
     /// position was written on another Redis server than the one now holding the data set
     /// starts a new epoch (``serverCheck(_:ttl:)``).
-    static let publishScript = RedisScript(
+    static let publishScript = RedisScript(publishSource("PUBLISH"))
+
+    /// The publish script's source, publishing with `command`.
+    private static func publishSource(_ command: String) -> String {
         """
         if ARGV[6] ~= '' and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then return 0 end
         \(serverCheck(4, ttl: 5))
@@ -254,8 +318,35 @@ public final class RedisBroker: Broker {
           redis.call('EXPIRE', KEYS[6], ARGV[7])
           redis.call('EXPIRE', KEYS[7], ARGV[7])
         end
-        redis.call('PUBLISH', ARGV[1], '#' .. offset .. ' ' .. epoch .. ' ' .. ARGV[3] .. '\\n' .. ARGV[2])
+        redis.call('\(command)', ARGV[1], '#' .. offset .. ' ' .. epoch .. ' ' .. ARGV[3] .. '\\n' .. ARGV[2])
         return {offset, epoch}
+        """
+    }
+
+    /// The publish script with `SPUBLISH`: on a sharded cluster a channel's messages stay in
+    /// its slot's shard (its keys and its shard channel share the slot).
+    static let shardedPublishScript = RedisScript(publishSource("SPUBLISH"))
+
+    /// KEYS: one slot's server key and lossless servers (``RedisLayout/serverKeys(forSlot:)``).
+    /// ARGV: the name of the server running it, `1` when that server was never promoted, then
+    /// the names of the cluster's other masters that are up. ``claimServerScript`` for one slot
+    /// of a sharded cluster: a slot whose previous server is a master still up, here on a
+    /// server never promoted, moved here whole (a migration) and keeps its channels' epochs.
+    static let claimSlotScript = RedisScript(
+        """
+        local previous = redis.call('GET', KEYS[1])
+        if previous == ARGV[1] then return 0 end
+        local whole = false
+        if previous and ARGV[2] == '1' then
+          for i = 3, #ARGV do if ARGV[i] == previous then whole = true end end
+        end
+        if whole and redis.call('SCARD', KEYS[2]) < 64 then
+          redis.call('SADD', KEYS[2], previous)
+        else
+          redis.call('DEL', KEYS[2])
+        end
+        redis.call('SET', KEYS[1], ARGV[1])
+        return 1
         """
     )
 
@@ -485,8 +576,8 @@ public final class RedisBroker: Broker {
             let subscribe = batch.wanted.filter(\.value).map(\.key)
             let unsubscribe = batch.wanted.filter { !$0.value }.map(\.key)
             do {
-                try await backplane.subscriber.subscribe(subscribe)
-                try await backplane.subscriber.unsubscribe(unsubscribe)
+                try await backplane.subscribe(subscribe)
+                try await backplane.unsubscribe(unsubscribe)
                 for waiter in batch.waiters { waiter.succeed() }
                 for channel in unsubscribe {
                     if case .target(let target)? = layout.destination(of: channel) { streams.forget(target) }
@@ -508,9 +599,10 @@ public final class RedisBroker: Broker {
     public func history(of target: DeliveryTarget, since: Int64, limit: Int, inEpoch epoch: String) async throws(BrokerError) -> HistoryPage {
         let reply: RESPValue
         do {
-            reply = try await client.evaluate(
-                Self.historyScript,
-                keys: [layout.streamKey(target), layout.historyKey(target), layout.serverKey, layout.losslessServersKey],
+            let server = layout.serverKeys(for: target)
+            reply = try await evaluate(
+                Self.historyScript, for: target,
+                keys: [layout.streamKey(target), layout.historyKey(target), server.server, server.lossless],
                 arguments: [String(since + 1) + "-0", String(max(0, limit)), String(max(1, configuration.history.ttl.components.seconds)), epoch]
             )
         } catch {
@@ -523,8 +615,9 @@ public final class RedisBroker: Broker {
     public func position(of target: DeliveryTarget) async throws(BrokerError) -> StreamPosition {
         let reply: RESPValue
         do {
-            reply = try await client.evaluate(
-                Self.positionScript, keys: [layout.streamKey(target), layout.historyKey(target), layout.serverKey, layout.losslessServersKey],
+            let server = layout.serverKeys(for: target)
+            reply = try await evaluate(
+                Self.positionScript, for: target, keys: [layout.streamKey(target), layout.historyKey(target), server.server, server.lossless],
                 arguments: [String(max(1, configuration.history.ttl.components.seconds))])
         } catch {
             throw BrokerError("cannot read the channel's position from Redis: \(error)")

@@ -1,4 +1,5 @@
 public import Herald
+import HeraldRedisClient
 import HeraldWire
 
 /// Herald's names in Redis, all under one prefix so several clusters can share a server.
@@ -15,24 +16,59 @@ import HeraldWire
 /// set of rooms), `{prefix}:nodes` (live nodes, scored by when they expire) and
 /// `{prefix}:presence:{node}` (a node's connections per user, expiring with the node).
 public struct RedisLayout: Sendable, Equatable {
+    /// The prefix of room and user channels and of their keys.
     public let prefix: String
+    /// The prefix of what the whole cluster shares: broadcast, node and control channels, the
+    /// roster's keys. `{prefix}` on a sharded Redis Cluster (one slot), else ``prefix``.
+    public let sharedPrefix: String
+    /// Whether room and user channels are spread over a Redis Cluster's slots: each channel's
+    /// name carries its own hash tag (`herald.room.{lobby}`), so that its keys (position,
+    /// history, idempotency, unacknowledged messages) share the slot of its shard channel.
+    public let sharded: Bool
 
     public init(prefix: String = "herald") {
         self.prefix = prefix
+        self.sharedPrefix = prefix
+        self.sharded = false
     }
 
-    public var broadcastChannel: String { prefix + ".all" }
+    /// The layout of a sharded Redis Cluster; `prefix` must hold no braces.
+    public init(shardedWithPrefix prefix: String) {
+        self.prefix = prefix
+        self.sharedPrefix = "{" + prefix + "}"
+        self.sharded = true
+    }
+
+    public var broadcastChannel: String { sharedPrefix + ".all" }
     public func channel(for target: DeliveryTarget) -> String {
         switch target {
-        case .all: prefix + ".all"
-        case .room(let room): prefix + ".room." + room
-        case .user(let user): prefix + ".user." + user
+        case .all: sharedPrefix + ".all"
+        case .room(let room): prefix + ".room." + (sharded ? Self.tagged(room) : room)
+        case .user(let user): prefix + ".user." + (sharded ? Self.tagged(user) : user)
         }
     }
-    public func nodeChannel(_ node: String) -> String { prefix + ".node." + node }
-    public var controlChannel: String { prefix + ".control" }
+    public func nodeChannel(_ node: String) -> String { sharedPrefix + ".node." + node }
+    public var controlChannel: String { sharedPrefix + ".control" }
     /// Revoked token ids, scored by when their revocation expires (seconds since 1970).
-    public var revokedTokensKey: String { prefix + ":revoked-tokens" }
+    public var revokedTokensKey: String { sharedPrefix + ":revoked-tokens" }
+
+    /// A name as a hash tag: `{name}`, or for a name holding a `}` (which would end the tag
+    /// early, or leave it empty) `{#HASH}name` with a hash of the name.
+    static func tagged(_ name: String) -> String {
+        guard name.utf8.contains(UInt8(ascii: "}")) else { return "{" + name + "}" }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        for byte in name.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return "{#" + String(hash, radix: 16) + "}" + name
+    }
+
+    /// The name in a tagged channel suffix (``tagged(_:)``).
+    static func untagged(_ text: Substring) -> String? {
+        guard text.first == "{", let close = text.firstIndex(of: "}") else { return nil }
+        let tag = text[text.index(after: text.startIndex)..<close]
+        let rest = text[text.index(after: close)...]
+        if rest.isEmpty { return tag.isEmpty ? nil : String(tag) }
+        return tag.first == "#" ? String(rest) : nil
+    }
 
     /// What a channel name addresses.
     enum Destination: Equatable {
@@ -42,13 +78,19 @@ public struct RedisLayout: Sendable, Equatable {
     }
 
     func destination(of channel: String) -> Destination? {
+        if channel.hasPrefix(sharedPrefix) {
+            let rest = channel.dropFirst(sharedPrefix.count)
+            if rest == ".all" { return .target(.all) }
+            if rest.hasPrefix(".node."), rest.count > 6 { return .node(String(rest.dropFirst(6))) }
+            if rest == ".control" { return .control }
+        }
         guard channel.hasPrefix(prefix), channel.utf8.count > prefix.utf8.count else { return nil }
         let rest = channel.dropFirst(prefix.count)
-        if rest == ".all" { return .target(.all) }
-        if rest.hasPrefix(".room.") { return .target(.room(String(rest.dropFirst(6)))) }
-        if rest.hasPrefix(".user.") { return .target(.user(String(rest.dropFirst(6)))) }
-        if rest.hasPrefix(".node.") { return .node(String(rest.dropFirst(6))) }
-        if rest == ".control" { return .control }
+        for (marker, make) in [(".room.", DeliveryTarget.room), (".user.", DeliveryTarget.user)] where rest.hasPrefix(marker) {
+            let name = rest.dropFirst(marker.count)
+            guard sharded else { return .target(make(String(name))) }
+            return Self.untagged(name).map { .target(make($0)) }
+        }
         return nil
     }
 
@@ -65,38 +107,53 @@ public struct RedisLayout: Sendable, Equatable {
     }
 
     /// A user's unacknowledged messages: `EPOCH:OFFSET` scored by expiry, and their frames.
-    public func unacknowledgedKey(_ user: String) -> String { prefix + ":unacked:" + user }
-    public func unacknowledgedFramesKey(_ user: String) -> String { prefix + ":unacked-frames:" + user }
+    /// (Sharded: beside the user's channel, in its slot.)
+    public func unacknowledgedKey(_ user: String) -> String { prefix + ":unacked:" + unacknowledgedSuffix(user) }
+    public func unacknowledgedFramesKey(_ user: String) -> String { prefix + ":unacked-frames:" + unacknowledgedSuffix(user) }
+    private func unacknowledgedSuffix(_ user: String) -> String { sharded ? channel(for: .user(user)) : user }
 
-    public func membersKey(_ room: String) -> String { prefix + ":members:" + room }
-    public func roomsOfKey(_ user: String) -> String { prefix + ":rooms-of:" + user }
+    public func membersKey(_ room: String) -> String { sharedPrefix + ":members:" + room }
+    public func roomsOfKey(_ user: String) -> String { sharedPrefix + ":rooms-of:" + user }
     /// The rooms of `roomsOfKey` the user joined themselves (`MembershipGrant.user`); the
     /// others were granted by the backend.
-    public func ownJoinsKey(_ user: String) -> String { prefix + ":own-joins:" + user }
+    public func ownJoinsKey(_ user: String) -> String { sharedPrefix + ":own-joins:" + user }
     /// The user's memberships ended recently (a hash of rooms, expiring), so that a write-back
     /// of memberships Redis lost does not bring them back.
-    public func endedKey(_ user: String) -> String { prefix + ":ended:" + user }
-    public var roomsKey: String { prefix + ":rooms" }
-    public var nodesKey: String { prefix + ":nodes" }
-    public var presenceKeyPrefix: String { prefix + ":presence:" }
+    public func endedKey(_ user: String) -> String { sharedPrefix + ":ended:" + user }
+    public var roomsKey: String { sharedPrefix + ":rooms" }
+    public var nodesKey: String { sharedPrefix + ":nodes" }
+    public var presenceKeyPrefix: String { sharedPrefix + ":presence:" }
     /// Each live node's connections and users, as `CONNECTIONS USERS`, by node id (a hash).
-    public var nodeTotalsKey: String { prefix + ":node-totals" }
+    public var nodeTotalsKey: String { sharedPrefix + ":node-totals" }
     /// A random value set once for the data set: when it changes, Redis lost its data (a restart
     /// without persistence, a flush) and nodes restore what they hold.
-    public var instanceKey: String { prefix + ":instance" }
+    public var instanceKey: String { sharedPrefix + ":instance" }
     /// The `run_id` of the Redis server holding the data set, as the nodes found it when they
     /// connected: a channel's position written on another server may be missing its latest
     /// offsets (a failover, a restart from persistence), so the channel starts a new epoch.
-    public var serverKey: String { prefix + ":server" }
+    public var serverKey: String { sharedPrefix + ":server" }
     /// The `run_id`s of servers whose writes are all in the data set (a cluster slot that moved
     /// here from a master still up): channels written there keep their epoch.
-    public var losslessServersKey: String { prefix + ":server-lossless" }
+    public var losslessServersKey: String { sharedPrefix + ":server-lossless" }
+
+    /// The server key and lossless servers key that `target`'s scripts check: the shared ones,
+    /// or on a sharded cluster the ones of the target's slot (a key per slot, in that slot).
+    public func serverKeys(for target: DeliveryTarget) -> (server: String, lossless: String) {
+        guard sharded, target != .all else { return (serverKey, losslessServersKey) }
+        return serverKeys(forSlot: RedisCluster.slot(of: channel(for: target)))
+    }
+
+    /// The server keys of one slot of a sharded cluster.
+    public func serverKeys(forSlot slot: Int) -> (server: String, lossless: String) {
+        let tag = "{" + RedisCluster.tag(ofSlot: slot) + "}"
+        return (prefix + ":server:" + tag, prefix + ":server-lossless:" + tag)
+    }
     public func presenceKey(_ node: String) -> String { presenceKeyPrefix + node }
     /// A counter raised whenever some room's presence may have changed (a membership, a user
     /// online or offline somewhere, a node gone): nodes sending presence events read it once
     /// per window and read rooms' presence only when it moved.
-    public var presenceVersionKey: String { prefix + ":presence-version" }
-    public var presenceInfoKeyPrefix: String { prefix + ":presence-info:" }
+    public var presenceVersionKey: String { sharedPrefix + ":presence-version" }
+    public var presenceInfoKeyPrefix: String { sharedPrefix + ":presence-info:" }
     /// The presence info (token `info` claims) of the users connected to `node`, a hash that
     /// lives and expires with the node's presence hash.
     public func presenceInfoKey(_ node: String) -> String { presenceInfoKeyPrefix + node }

@@ -160,15 +160,26 @@ public final class RedisRoster: Roster, Service {
                     layout.membersKey(change.room), layout.roomsOfKey(change.user), layout.roomsKey, layout.endedKey(change.user),
                     layout.ownJoinsKey(change.user), layout.presenceVersionKey,
                 ],
-                arguments: [change.user, change.room, layout.channel(for: .user(change.user)), notice] + extra
+                arguments: [change.user, change.room, layout.sharded ? "" : layout.channel(for: .user(change.user)), notice] + extra
             )
         } catch {
             acks.cancel(token)
             throw HubError.unavailable("Redis: \(error)")
         }
-        guard case .array(let items?) = reply, items.count == 2, case .integer(let code) = items[0], case .integer(let receivers) = items[1] else {
+        guard case .array(let items?) = reply, items.count == 2, case .integer(let code) = items[0], case .integer(var receivers) = items[1] else {
             acks.cancel(token)
             throw HubError.unavailable("Redis answered the membership script with \(reply)")
+        }
+        if receivers == -1 {
+            // Stored; now announced on the user's shard channel. A failure here leaves the
+            // change stored but unannounced: the caller sees the error and may repeat the call
+            // (a repeated leave is announced again; nodes load a user's rooms on connect).
+            do {
+                receivers = try await publishOnUserChannel(change.user, notice)
+            } catch {
+                acks.cancel(token)
+                throw error
+            }
         }
         switch code {
         case 1:
@@ -206,16 +217,12 @@ public final class RedisRoster: Roster, Service {
     public func disconnect(user: String, code: CloseCode, reason: String) async throws(HubError) {
         let (token, confirmed) = acks.expect(on: MultiThreadedEventLoopGroup.singleton.any())
         let notice = DisconnectNotice(origin: nodeID, token: token, code: code, reason: reason).encoded()
-        let reply: RESPValue
+        let receivers: Int64
         do {
-            reply = try await client.send(RESPCommand("PUBLISH", layout.channel(for: .user(user)), notice))
+            receivers = try await publishOnUserChannel(user, notice)
         } catch {
             acks.cancel(token)
-            throw HubError.unavailable("Redis: \(error)")
-        }
-        guard case .integer(let receivers) = reply else {
-            acks.cancel(token)
-            throw HubError.unavailable("Redis answered PUBLISH with \(reply)")
+            throw error
         }
         guard receivers > 0 else {
             acks.cancel(token)
@@ -225,6 +232,24 @@ public final class RedisRoster: Roster, Service {
         if (try? await confirmed.get()) != true {
             logger.warning("not every node confirmed closing a user's connections in time", metadata: ["user": "\(user)"])
         }
+    }
+
+    /// Publishes `notice` on `user`'s channel (`SPUBLISH` where the channel lives, on a sharded
+    /// cluster); returns how many nodes got it.
+    private func publishOnUserChannel(_ user: String, _ notice: String) async throws(HubError) -> Int64 {
+        let channel = layout.channel(for: .user(user))
+        let reply: RESPValue
+        do {
+            if let shards = backplane.shards {
+                reply = try await shards.send(RESPCommand("SPUBLISH", channel, notice), routedBy: channel)
+            } else {
+                reply = try await client.send(RESPCommand("PUBLISH", channel, notice))
+            }
+        } catch {
+            throw HubError.unavailable("Redis: \(error)")
+        }
+        guard case .integer(let receivers) = reply else { throw HubError.unavailable("Redis answered PUBLISH with \(reply)") }
+        return receivers
     }
 
     public func members(of room: String) async throws(HubError) -> Set<String> {
@@ -435,13 +460,23 @@ public final class RedisRoster: Roster, Service {
         let memberships = sink.localMemberships()
         guard !memberships.isEmpty else { return true }
         var keys: [String] = [layout.roomsKey, layout.presenceVersionKey]
-        var arguments: [String] = [layout.membersKey(""), layout.roomsOfKey(""), layout.endedKey(""), layout.channel(for: .user("")), layout.ownJoinsKey("")]
+        var arguments: [String] = [
+            layout.membersKey(""), layout.roomsOfKey(""), layout.endedKey(""), layout.sharded ? "" : layout.channel(for: .user("")), layout.ownJoinsKey(""),
+        ]
         let fixed = arguments.count
         var restored = 0
         func flush() async throws {
             guard arguments.count > fixed else { return }
             let reply = try await client.evaluate(Self.restoreScript, keys: keys, arguments: arguments)
             if case .integer(let count) = reply { restored += Int(count) }
+            if case .array(let parts?) = reply, parts.count == 2, case .integer(let count) = parts[0], case .array(let pending?) = parts[1] {
+                // Sharded: the script left the announcements to us (user, notice pairs).
+                restored += Int(count)
+                for index in stride(from: 0, to: pending.count - 1, by: 2) {
+                    guard let user = pending[index].string, let notice = pending[index + 1].string else { continue }
+                    _ = try await publishOnUserChannel(user, notice)
+                }
+            }
             keys.removeSubrange(2...)
             arguments.removeSubrange(fixed...)
         }
@@ -482,6 +517,17 @@ public final class RedisRoster: Roster, Service {
 
     // MARK: - Scripts
 
+    /// Publishes the notice (ARGV[4]) on the user's channel (ARGV[3]) and returns how many
+    /// nodes got it; with no channel (a sharded cluster: the user's shard channel is in another
+    /// slot than the roster's keys) returns -1, and the roster publishes it next.
+    static let announce = """
+        local function announce()
+          if ARGV[3] == '' then return -1 end
+          return redis.call('PUBLISH', ARGV[3], ARGV[4])
+        end
+
+        """
+
     /// KEYS: members, rooms-of, rooms, the user's recently ended memberships, the user's own
     /// joins, the presence version (raised on every change). ARGV: user, room, user channel, notice, max rooms per user, max members per room,
     /// max rooms, grant (`u` the user, `b` the backend). Returns {1, receivers} when joined (or
@@ -489,9 +535,9 @@ public final class RedisRoster: Roster, Service {
     /// announced: clients re-join after every welcome, and nodes already apply it), {-1|-2|-3,
     /// 0} for the limit hit.
     static let joinScript = RedisScript(
-        changedRooms(versionKey: 6) + """
+        changedRooms(versionKey: 6) + announce + """
             if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
-              if ARGV[8] == 'b' and redis.call('SREM', KEYS[5], ARGV[2]) == 1 then return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
+              if ARGV[8] == 'b' and redis.call('SREM', KEYS[5], ARGV[2]) == 1 then return {1, announce()} end
               return {0, 0}
             end
             redis.call('HDEL', KEYS[4], ARGV[2])
@@ -504,7 +550,7 @@ public final class RedisRoster: Roster, Service {
             redis.call('SADD', KEYS[3], ARGV[2])
             if ARGV[8] == 'u' then redis.call('SADD', KEYS[5], ARGV[2]) end
             changed(redis.call('INCR', KEYS[6]), {ARGV[2]})
-            return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
+            return {1, announce()}
             """
     )
 
@@ -515,15 +561,15 @@ public final class RedisRoster: Roster, Service {
     /// must still end it there. Every leave is remembered for a while, so that a node writing
     /// back what Redis lost (``restoreScript``) does not bring it back.
     static let leaveScript = RedisScript(
-        changedRooms(versionKey: 6) + """
+        changedRooms(versionKey: 6) + announce + """
             redis.call('HSET', KEYS[4], ARGV[2], 1)
             redis.call('EXPIRE', KEYS[4], ARGV[5])
-            if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {0, redis.call('PUBLISH', ARGV[3], ARGV[4])} end
+            if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {0, announce()} end
             redis.call('SREM', KEYS[2], ARGV[2])
             redis.call('SREM', KEYS[5], ARGV[2])
             if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
             changed(redis.call('INCR', KEYS[6]), {ARGV[2]})
-            return {1, redis.call('PUBLISH', ARGV[3], ARGV[4])}
+            return {1, announce()}
             """
     )
 
@@ -674,6 +720,7 @@ public final class RedisRoster: Roster, Service {
     static let restoreScript = RedisScript(
         """
         local restored = 0
+        local pending = {}
         local i = 6
         while i <= #ARGV do
           local user, count = ARGV[i], tonumber(ARGV[i + 1])
@@ -685,13 +732,19 @@ public final class RedisRoster: Roster, Service {
               redis.call('SADD', KEYS[1], room)
               -- The user's own join, unless a membership is already back (never downgraded).
               if added == 1 and ARGV[j + 2] == 'u' then redis.call('SADD', ARGV[5] .. user, room) end
-              redis.call('PUBLISH', ARGV[4] .. user, ARGV[j + 1])
+              if ARGV[4] == '' then
+                pending[#pending + 1] = user
+                pending[#pending + 1] = ARGV[j + 1]
+              else
+                redis.call('PUBLISH', ARGV[4] .. user, ARGV[j + 1])
+              end
               restored = restored + 1
             end
           end
           i = i + 2 + 3 * count
         end
         if restored > 0 then redis.call('SET', KEYS[2] .. ':all', redis.call('INCR', KEYS[2])) end
+        if ARGV[4] == '' then return {restored, pending} end
         return restored
         """
     )

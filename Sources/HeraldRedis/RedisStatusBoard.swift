@@ -12,8 +12,8 @@ public final class RedisStatusBoard: StatusBoard {
         self.backplane = backplane
     }
 
-    private var nodesKey: String { backplane.layout.prefix + ":status-nodes" }
-    private func snapshotKey(_ node: String) -> String { backplane.layout.prefix + ":status:" + node }
+    private var nodesKey: String { backplane.layout.sharedPrefix + ":status-nodes" }
+    private func snapshotKey(_ node: String) -> String { backplane.layout.sharedPrefix + ":status:" + node }
 
     public func post(node: String, snapshot: ByteBuffer, ttl: Duration) async {
         let now = WallClock.millisecondsSince1970()

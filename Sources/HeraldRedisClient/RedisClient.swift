@@ -84,6 +84,9 @@ public final class RedisClient: Sendable {
     /// Whether a connection is up right now.
     public var isConnected: Bool { state.withLock { $0.connection?.isActive ?? false } }
 
+    /// The connection in use, if one is up.
+    public var currentConnection: RedisConnection? { state.withLock { $0.connection }.flatMap { $0.isActive ? $0 : nil } }
+
     /// Times the connection was re-established after a loss.
     public var reconnectCount: Int { state.withLock { $0.reconnects } }
 
@@ -121,14 +124,25 @@ public final class RedisClient: Sendable {
     /// holds its reply, in order. A script is run with `EVALSHA` and sent again with `EVAL`
     /// when the server does not have it. Fails every command at once when disconnected.
     public func submit(pipeline commands: [PipelinedCommand]) -> [EventLoopFuture<RESPValue>] {
-        guard !commands.isEmpty else { return [] }
+        submit(pipeline: commands, preparedBy: nil).replies
+    }
+
+    /// As ``submit(pipeline:)``, with the commands `prepare` returns for the connection used sent
+    /// first, in the same write: for work a connection needs once per something, such as a
+    /// cluster slot (``RedisClusterClient``). Returns the preparation's replies apart.
+    public func submit(
+        pipeline commands: [PipelinedCommand], preparedBy prepare: ((RedisConnection) -> [RESPCommand])?
+    ) -> (preparation: [EventLoopFuture<RESPValue>], replies: [EventLoopFuture<RESPValue>]) {
+        guard !commands.isEmpty else { return ([], []) }
         guard let connection = state.withLock({ $0.connection }), connection.isActive else {
             let error = RedisError.transport("not connected to Redis at \(url.location) (reconnecting); the commands were not sent")
             configuration.metrics?.commandErrors.increment(by: commands.count)
-            return commands.map { _ in group.any().makeFailedFuture(error) }
+            return ([], commands.map { _ in group.any().makeFailedFuture(error) })
         }
-        let replies = connection.submit(pipeline: commands.map(\.sentFirst))
-        return zip(commands, replies).map { command, reply in
+        let preparation = prepare?(connection) ?? []
+        let all = connection.submit(pipeline: preparation + commands.map(\.sentFirst))
+        let replies = all.dropFirst(preparation.count)
+        let answered = zip(commands, replies).map { command, reply in
             configuration.metrics?.observe(reply)
             if url.sentinel != nil || url.cluster != nil { giveUpIfDemoted(connection, reply) }
             guard case .script(let script, let keys, let arguments) = command else { return reply }
@@ -139,6 +153,7 @@ public final class RedisClient: Sendable {
                 return self.submit(PipelinedCommand.scriptSource(script, keys: keys, arguments: arguments))
             }
         }
+        return (Array(all.prefix(preparation.count)), answered)
     }
 
     /// Loads `scripts` on every connection from now on (and on the current one, if any) before

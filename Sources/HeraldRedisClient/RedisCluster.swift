@@ -25,6 +25,26 @@ public enum RedisCluster {
         return Int(crc16(bytes)) % slotCount
     }
 
+    /// A short hash tag whose keys land in `slot` (`{tag}`): for a key per slot.
+    public static func tag(ofSlot slot: Int) -> String { slotTags[slot] }
+
+    /// The first base-36 number hashing to each slot (found once: about 170,000 CRCs).
+    private static let slotTags: [String] = {
+        var tags = [String?](repeating: nil, count: slotCount)
+        var missing = slotCount
+        var candidate = 0
+        while missing > 0 {
+            let text = String(candidate, radix: 36)
+            let slot = Int(crc16(Array(text.utf8))) % slotCount
+            if tags[slot] == nil {
+                tags[slot] = text
+                missing -= 1
+            }
+            candidate += 1
+        }
+        return tags.map { $0! }
+    }()
+
     /// CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), as Redis Cluster computes it.
     static func crc16(_ bytes: [UInt8]) -> UInt16 {
         var crc: UInt16 = 0
@@ -51,6 +71,26 @@ public enum RedisCluster {
             if let master = nodes.lazy.compactMap(address(ofMaster:)).first { return master }
         }
         return nil
+    }
+
+    /// The master serving each slot (16384 entries, `nil` for a slot no online master serves)
+    /// in a `CLUSTER SHARDS` reply; `nil` when the reply names no master at all.
+    public static func slotMasters(in shards: RESPValue) -> [RedisSentinelAddress.Server?]? {
+        guard case .array(let list?) = shards else { return nil }
+        var map = [RedisSentinelAddress.Server?](repeating: nil, count: slotCount)
+        var any = false
+        for shard in list {
+            guard let shardFields = fields(of: shard), case .array(let bounds?)? = shardFields["slots"], bounds.count % 2 == 0,
+                case .array(let nodes?)? = shardFields["nodes"], let master = nodes.lazy.compactMap(address(ofMaster:)).first
+            else { continue }
+            for index in stride(from: 0, to: bounds.count, by: 2) {
+                guard case .integer(let low) = bounds[index], case .integer(let high) = bounds[index + 1], 0 <= low, low <= high, high < slotCount
+                else { continue }
+                for slot in Int(low)...Int(high) { map[slot] = master }
+                any = true
+            }
+        }
+        return any ? map : nil
     }
 
     /// Every online master in a `CLUSTER SHARDS` reply.

@@ -1,7 +1,7 @@
 import DequeModule
 public import NIOCore
 import NIOPosix
-import Synchronization
+public import Synchronization
 
 /// One connection to a Redis server, with any number of commands in flight (pipelining):
 /// replies are matched to commands in order. RESP3 (`HELLO 3`) when the server speaks it,
@@ -13,6 +13,9 @@ public final class RedisConnection: Sendable {
     /// 3 after a successful `HELLO 3`, else 2.
     public let protocolVersion: Int
     private let channel: any Channel
+    /// What the connection's owner learnt about it or did on it (the server's name, the
+    /// cluster slots it prepared), kept as long as the connection.
+    public let notes = ConnectionNotes()
 
     private init(url: RedisURL, protocolVersion: Int, channel: any Channel) {
         self.url = url
@@ -332,4 +335,14 @@ final class ReplySlot: Sendable {
     func fail(_ error: any Error) {
         if answered.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged { promise.fail(error) }
     }
+}
+
+/// Facts an owner attaches to one connection: they die with it, so a reconnect starts clean.
+public final class ConnectionNotes: Sendable {
+    /// Named values (such as the server's identity, found once per connection).
+    public let values = Mutex<[String: String]>([:])
+    /// Cluster slots the owner already prepared on this connection (``RedisClusterClient``).
+    public let preparedSlots = Mutex<Set<Int>>([])
+
+    public init() {}
 }

@@ -43,6 +43,7 @@ public final class RedisSubscriber: Sendable {
     private let onMessage: @Sendable (RedisMessage) -> Void
     private let onReconnect: @Sendable () -> Void
     private let onDisconnect: @Sendable () -> Void
+    private let onShardChannelDropped: @Sendable (String) -> Void
     private let confirmations = Confirmations()
     private let state = Mutex<State>(State())
     /// Reconnection delays: the first, and the cap.
@@ -64,13 +65,15 @@ public final class RedisSubscriber: Sendable {
         on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         onMessage: @escaping @Sendable (RedisMessage) -> Void,
         onReconnect: @escaping @Sendable () -> Void = {},
-        onDisconnect: @escaping @Sendable () -> Void = {}
+        onDisconnect: @escaping @Sendable () -> Void = {},
+        onShardChannelDropped: @escaping @Sendable (String) -> Void = { _ in }
     ) {
         self.url = url
         self.group = group
         self.onMessage = onMessage
         self.onReconnect = onReconnect
         self.onDisconnect = onDisconnect
+        self.onShardChannelDropped = onShardChannelDropped
     }
 
     /// Connects (once) without the reconnect loop; for callers that drive ``run()`` later or
@@ -159,8 +162,14 @@ public final class RedisSubscriber: Sendable {
     private func open() async throws -> RedisConnection {
         let onMessage = self.onMessage
         let confirmations = self.confirmations
+        // A shard channel Redis unsubscribed on its own (its slot moved away, the server became
+        // a replica) is forgotten here and handed to the owner, who knows where it lives now.
+        let dropped: @Sendable (String) -> Void = { [weak self] channel in
+            guard let self, state.withLock({ $0.shardChannels.remove(channel) }) != nil else { return }
+            onShardChannelDropped(channel)
+        }
         let connection = try await RedisConnection.connect(to: url, on: group) { push in
-            Self.route(push, onMessage: onMessage, confirmations: confirmations)
+            Self.route(push, onMessage: onMessage, confirmations: confirmations, dropped: dropped)
         }
         guard connection.protocolVersion == 3 else {
             await connection.close()
@@ -173,6 +182,15 @@ public final class RedisSubscriber: Sendable {
         try await run("SUBSCRIBE", Array(interest.channels), on: connection)
         try await run("PSUBSCRIBE", Array(interest.patterns), on: connection)
         try await run("SSUBSCRIBE", Array(interest.shardChannels), on: connection)
+    }
+
+    /// The commands that (un)subscribe `names`: one per slot for shard channels (Redis refuses
+    /// a sharded subscription across slots), else one.
+    static func commands(_ command: String, _ names: [String]) -> [[String]] {
+        guard command == "SSUBSCRIBE" || command == "SUNSUBSCRIBE" else { return [names] }
+        var bySlot: [Int: [String]] = [:]
+        for name in names { bySlot[RedisCluster.slot(of: name), default: []].append(name) }
+        return bySlot.keys.sorted().map { bySlot[$0]! }
     }
 
     /// Sends the command and waits (bounded) until Redis confirmed every name. While
@@ -214,7 +232,9 @@ public final class RedisSubscriber: Sendable {
             }
         }
         let confirmed = confirmations.expect(kind: command.lowercased(), names: names)
-        try await connection.sendExpectingPushes(RESPCommand(arguments: ([command] + names).map { ByteBuffer(string: $0) }))
+        for batch in Self.commands(command, names) {
+            try await connection.sendExpectingPushes(RESPCommand(arguments: ([command] + batch).map { ByteBuffer(string: $0) }))
+        }
         try await confirmed.get()
     }
 
@@ -226,7 +246,9 @@ public final class RedisSubscriber: Sendable {
     /// How long a subscription asked for while disconnected waits for the reconnect.
     public static let reconnectWait: Duration = .seconds(10)
 
-    private static func route(_ push: RESPValue, onMessage: @Sendable (RedisMessage) -> Void, confirmations: Confirmations) {
+    private static func route(
+        _ push: RESPValue, onMessage: @Sendable (RedisMessage) -> Void, confirmations: Confirmations, dropped: @Sendable (String) -> Void
+    ) {
         guard case .push(let items) = push, let kind = items.first?.string else { return }
         switch (kind, items.count) {
         case ("message", 3):
@@ -241,7 +263,10 @@ public final class RedisSubscriber: Sendable {
             if let channel = items[2].string, case .bulkString(let payload?) = items[3] {
                 onMessage(RedisMessage(kind: .pattern, pattern: items[1].string, channel: channel, payload: payload))
             }
-        case ("subscribe", _), ("unsubscribe", _), ("psubscribe", _), ("punsubscribe", _), ("ssubscribe", _), ("sunsubscribe", _):
+        case ("sunsubscribe", _):
+            guard items.count >= 2, let name = items[1].string else { return }
+            if !confirmations.confirm(kind: kind, name: name) { dropped(name) }
+        case ("subscribe", _), ("unsubscribe", _), ("psubscribe", _), ("punsubscribe", _), ("ssubscribe", _):
             if items.count >= 2 { confirmations.confirm(kind: kind, name: items[1].string) }
         default:
             break
@@ -294,16 +319,19 @@ final class Confirmations: Sendable {
         return batch.promise.futureResult
     }
 
-    func confirm(kind: String, name: String?) {
-        guard let name else { return }
-        let completed: Batch? = waiting.withLock { state in
+    /// Returns whether a command was waiting for this confirmation.
+    @discardableResult
+    func confirm(kind: String, name: String?) -> Bool {
+        guard let name else { return false }
+        let (expected, completed): (Bool, Batch?) = waiting.withLock { state in
             let key = kind + " " + name
-            guard let batch = state[key]?.popFirst() else { return nil }
+            guard let batch = state[key]?.popFirst() else { return (false, nil) }
             if state[key]?.isEmpty == true { state[key] = nil }
             batch.remaining -= 1
-            return batch.remaining == 0 ? batch : nil
+            return (true, batch.remaining == 0 ? batch : nil)
         }
         completed?.answer(nil)
+        return expected
     }
 
     func failAll() {

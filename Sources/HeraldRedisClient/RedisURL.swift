@@ -116,10 +116,25 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         sentinel = RedisSentinelAddress(sentinels: sentinels, masterName: String(name))
     }
 
-    /// `redis+cluster://[credentials@]n1[:port],n2[:port]`: the nodes to ask first (port 6379
-    /// by default); the cluster has only database 0.
+    /// `redis+cluster://[credentials@]n1[:port],n2[:port][?sharding=channels|none]`: the nodes
+    /// to ask first (port 6379 by default); the cluster has only database 0. `sharding=none`
+    /// keeps every key in one slot (one master serves Herald); the default spreads room and
+    /// user channels over the slots.
     private init(parsingCluster text: String) throws(RedisError) {
-        let rest = Substring(text.dropFirst("redis+cluster://".count))
+        var rest = Substring(text.dropFirst("redis+cluster://".count))
+        var sharded = true
+        let hostsStart = rest.lastIndex(of: "@").map { rest.index(after: $0) } ?? rest.startIndex
+        if let question = rest[hostsStart...].firstIndex(of: "?") {
+            switch rest[rest.index(after: question)...] {
+            case "sharding=channels": sharded = true
+            case "sharding=none": sharded = false
+            default:
+                throw RedisError.invalidConfiguration(
+                    "a Redis Cluster URL takes one option, ?sharding=channels (the default: channels spread over the slots) or ?sharding=none (everything in one slot), got \(Self.redacting(text))"
+                )
+            }
+            rest = rest[..<question]
+        }
         let at = rest.lastIndex(of: "@")
         var hosts = rest[(at.map { rest.index(after: $0) } ?? rest.startIndex)...]
         if hosts.hasSuffix("/") || hosts.hasSuffix("/0") { hosts = hosts[..<hosts.lastIndex(of: "/")!] }
@@ -138,7 +153,7 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         }
         let credentials = at.map { String(rest[..<$0]) + "@" } ?? ""
         try self.init(parsingServer: "redis://" + credentials + seeds[0].host + ":" + String(seeds[0].port))
-        cluster = RedisClusterAddress(seeds: seeds)
+        cluster = RedisClusterAddress(seeds: seeds, sharded: sharded)
     }
 
     /// `host[:port]` or `[v6]:port`.
@@ -168,7 +183,7 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         let login = password == nil ? "" : "\(user ?? ""):***@"
         if let cluster {
-            return "redis+cluster://\(login)\(cluster.seeds.map { "\($0.host):\($0.port)" }.joined(separator: ","))"
+            return "redis+cluster://\(login)\(cluster.seeds.map { "\($0.host):\($0.port)" }.joined(separator: ","))\(cluster.sharded ? "" : "?sharding=none")"
         }
         if let sentinel {
             return "redis+sentinel://\(login)\(sentinel.sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ","))/\(sentinel.masterName)/\(database)"
@@ -210,7 +225,7 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
 
 /// The sentinels to ask, and the name of the master they watch (`sentinel monitor NAME …`).
 public struct RedisSentinelAddress: Sendable, Equatable {
-    public struct Server: Sendable, Equatable {
+    public struct Server: Sendable, Hashable {
         public var host: String
         public var port: Int
 
@@ -236,9 +251,13 @@ public struct RedisClusterAddress: Sendable, Equatable {
     /// Connections go to the master serving this key's slot (a hash tag such as `{herald}`
     /// puts every key that carries it in one slot).
     public var routingKey: String
+    /// Whether the channels are spread over the cluster's slots (`?sharding=channels`, the
+    /// default) or all of Herald lives in one slot (`?sharding=none`).
+    public var sharded: Bool
 
-    public init(seeds: [RedisSentinelAddress.Server], routingKey: String = "") {
+    public init(seeds: [RedisSentinelAddress.Server], routingKey: String = "", sharded: Bool = true) {
         self.seeds = seeds
         self.routingKey = routingKey
+        self.sharded = sharded
     }
 }

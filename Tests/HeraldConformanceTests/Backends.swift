@@ -19,9 +19,12 @@ enum BackendKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     /// Redis behind Sentinel: a master, a replica and three sentinels, reached through
     /// `redis+sentinel://`.
     case sentinel
-    /// A Redis Cluster of three masters with a replica each, reached through `redis+cluster://`
-    /// (every key and channel in the prefix's hash slot).
+    /// A Redis Cluster of three masters with a replica each, reached through `redis+cluster://`:
+    /// room and user channels spread over the slots (sharded pub/sub), shared keys in the
+    /// prefix's slot.
     case cluster
+    /// The same cluster with `?sharding=none`: every key and channel in the prefix's slot.
+    case clusterOneSlot
 
     var testDescription: String { rawValue }
 
@@ -119,7 +122,7 @@ final class TestBackend: Sendable {
             let broker = LocalBroker(deliveringTo: sink, history: settings.history)
             let roster = LocalRoster(limits: settings.limits, notifying: sink)
             return TestBackend(kind: kind, nodes: [TestNode(broker: broker, roster: roster, sink: sink, services: [broker])], redis: nil)
-        case .redis, .sentinel, .cluster:
+        case .redis, .sentinel, .cluster, .clusterOneSlot:
             var redis: RedisServerProcess?
             var sentinel: RedisSentinelSetup?
             var cluster: RedisClusterSetup?
@@ -129,10 +132,10 @@ final class TestBackend: Sendable {
                 let setup = try await RedisSentinelSetup(readyForFailover: false)
                 sentinel = setup
                 url = try RedisURL(parsing: setup.url)
-            case .cluster:
+            case .cluster, .clusterOneSlot:
                 let setup = try await RedisClusterSetup(readyForFailover: false)
                 cluster = setup
-                url = try RedisURL(parsing: setup.url)
+                url = try RedisURL(parsing: setup.url + (kind == .clusterOneSlot ? "?sharding=none" : ""))
             default:
                 let server = try await RedisServerProcess()
                 redis = server
