@@ -2,6 +2,7 @@ import Foundation
 import HeraldRedisClient
 import HeraldTestSupport
 import NIOCore
+import Synchronization
 import Testing
 
 @Suite("Sentinel URLs and announcements (no servers)")
@@ -163,6 +164,45 @@ struct RedisClusterUnitTests {
         }
     }
 
+    @Test func aClusterURLSaysWhetherChannelsAreSharded() throws {
+        #expect(try RedisURL(parsing: "redis+cluster://n1:7000,n2").cluster?.sharded == true, "sharded by default")
+        #expect(try RedisURL(parsing: "redis+cluster://n1:7000?sharding=channels").cluster?.sharded == true)
+        let single = try RedisURL(parsing: "redis+cluster://u:p@n1:7000,n2?sharding=none")
+        #expect(single.cluster?.sharded == false && single.password == "p")
+        #expect(single.description == "redis+cluster://u:***@n1:7000,n2:6379?sharding=none")
+        #expect(try RedisURL(parsing: "redis+cluster://:pa?ss@n1:7000").cluster?.sharded == true, "a ? in the password is not an option")
+        for bad in ["redis+cluster://n1?sharding=all", "redis+cluster://n1?", "redis+cluster://n1?sharding=none&x=1"] {
+            #expect(throws: RedisError.self, "\(bad)") { try RedisURL(parsing: bad) }
+        }
+    }
+
+    @Test func everySlotHasATagThatLandsInIt() {
+        for slot in 0..<RedisCluster.slotCount {
+            let tag = RedisCluster.tag(ofSlot: slot)
+            #expect(!tag.contains("{") && !tag.contains("}"))
+            if RedisCluster.slot(of: "x:{" + tag + "}") != slot { Issue.record("slot \(slot): tag \(tag) lands elsewhere") }
+        }
+    }
+
+    @Test func theSlotMapCoversEachShardsRangesAndSkipsWhatIsMalformed() {
+        func text(_ value: String) -> RESPValue { .bulkString(ByteBuffer(string: value)) }
+        func master(_ port: Int64) -> RESPValue {
+            .map([(text("port"), .integer(port)), (text("ip"), text("10.0.0.1")), (text("role"), text("master")), (text("health"), text("online"))])
+        }
+        let shards = RESPValue.array([
+            .map([(text("slots"), .array([.integer(0), .integer(99), .integer(200), .integer(299)])), (text("nodes"), .array([master(7000)]))]),
+            .map([(text("slots"), .array([.integer(100), .integer(199)])), (text("nodes"), .array([master(7001)]))]),
+            // Out of range, reversed: ignored.
+            .map([(text("slots"), .array([.integer(300), .integer(99_999), .integer(500), .integer(400)])), (text("nodes"), .array([master(7002)]))]),
+        ])
+        let map = RedisCluster.slotMasters(in: shards)
+        #expect(map?.count == RedisCluster.slotCount)
+        #expect(map?[0]?.port == 7000 && map?[250]?.port == 7000 && map?[150]?.port == 7001)
+        #expect(map?[300] == nil && map?[16383] == nil)
+        #expect(RedisCluster.slotMasters(in: .array([])) == nil)
+        #expect(RedisCluster.slotMasters(in: .simpleString("OK")) == nil)
+    }
+
     @Test func theSlotsMasterIsReadFromShardsInEitherProtocolAndCheckedFirst() {
         func text(_ value: String) -> RESPValue { .bulkString(ByteBuffer(string: value)) }
         func node(_ port: Int64, _ role: String, health: String = "online", ip: String = "10.0.0.1", endpoint: String? = nil) -> RESPValue {
@@ -226,6 +266,70 @@ struct RedisClusterTests {
             (try? await client.send(RESPCommand("SET", "{app}:k", "3"))) == .simpleString("OK") && redisCLI(port: target, ["GET", "{app}:k"]) == "3"
         }
         #expect(client.reconnectCount >= 2)
+        await client.close()
+    }
+}
+
+extension RedisClusterTests {
+    /// The sharded client and subscriber: every master serves some channels; one master is
+    /// killed, and commands and subscriptions of its slots follow them to its promoted replica.
+    @Test func theClusterClientAndSubscriberFollowEverySlotThroughAFailover() async throws {
+        let cluster = try await RedisClusterSetup()
+        defer { cluster.stop() }
+        let client = RedisClusterClient(url: try RedisURL(parsing: cluster.url))
+        try await client.connect()
+        let received = Mutex<[String: Int]>([:])
+        let lost = Mutex(0)
+        let back = Mutex(0)
+        let subscriber = RedisClusterSubscriber(
+            cluster: client,
+            onMessage: { message in received.withLock { $0[message.channel, default: 0] += 1 } },
+            onLost: { lost.withLock { $0 += 1 } },
+            onBack: { back.withLock { $0 += 1 } }
+        )
+        let running = Task {
+            async let commands: Void = client.run()
+            async let subscriptions: Void = subscriber.run()
+            _ = await (commands, subscriptions)
+        }
+        defer { running.cancel() }
+        let channels = (0..<30).map { "channel{\($0)}" }
+        try await subscriber.subscribe(channels)
+        #expect(Set(channels.compactMap { client.master(of: RedisCluster.slot(of: $0)) }).count == 3, "every master serves some")
+        for channel in channels {
+            #expect(try await client.send(RESPCommand("SPUBLISH", channel, "1"), routedBy: channel) == .integer(1))
+            #expect(try await client.send(RESPCommand("SET", channel + ":key", "1"), routedBy: channel) == .simpleString("OK"))
+        }
+        try await waitUntil("every channel's message arrived") { received.withLock { $0 } == Dictionary(uniqueKeysWithValues: channels.map { ($0, 1) }) }
+
+        let (master, replica) = try #require(cluster.shard(of: channels[0]))
+        #expect(subscriber.placement.values.contains { $0.port == master.port })
+        try await cluster.killMasterAndAwaitFailover(servingSlotOf: channels[0])
+        try await waitUntil("the map names the promoted replica and every channel is subscribed again", within: 30) {
+            client.master(of: RedisCluster.slot(of: channels[0]))?.port == replica.port && subscriber.isConnected && back.withLock { $0 } >= 1
+        }
+        #expect(lost.withLock { $0 } >= 1)
+        for channel in channels {
+            #expect(try await client.send(RESPCommand("SPUBLISH", channel, "2"), routedBy: channel) == .integer(1))
+            #expect(try await client.send(RESPCommand("GET", channel + ":key"), routedBy: channel) != .null)
+        }
+        try await waitUntil("every channel's second message arrived") { received.withLock { $0 } == Dictionary(uniqueKeysWithValues: channels.map { ($0, 2) }) }
+        #expect(subscriber.placement.values.allSatisfy { $0.port != master.port })
+    }
+
+    @Test func aCommandAnsweredMovedIsSentWhereTheSlotWent() async throws {
+        let cluster = try await RedisClusterSetup(readyForFailover: false)
+        defer { cluster.stop() }
+        let client = RedisClusterClient(url: try RedisURL(parsing: cluster.url))
+        try await client.connect()
+        #expect(try await client.send(RESPCommand("SET", "{moving}:k", "1"), routedBy: "{moving}") == .simpleString("OK"))
+        let refreshes = client.refreshCount
+        let target = try await cluster.migrateSlot(of: "{moving}")
+        // Not yet told (no run loop): the old master answers MOVED, the client reads the map and
+        // sends it again, once.
+        #expect(try await client.send(RESPCommand("INCR", "{moving}:k"), routedBy: "{moving}") == .integer(2))
+        #expect(client.master(of: RedisCluster.slot(of: "{moving}"))?.port == target)
+        #expect(client.refreshCount > refreshes)
         await client.close()
     }
 }

@@ -7,8 +7,12 @@ import Testing
 enum FailoverDeployment: String, CaseIterable, Sendable, CustomTestStringConvertible {
     /// A master, a replica and three sentinels.
     case sentinel
-    /// Three masters with a replica each; Herald's keys are in the slot of `{herald}`.
+    /// Three masters with a replica each, `?sharding=none`: Herald's keys are in the slot of
+    /// `{herald}`, whose master is killed.
     case cluster
+    /// The same cluster sharded (the default): the master killed is the one serving the room's
+    /// channel (`herald.room.{R}`).
+    case shardedCluster
 
     var testDescription: String { rawValue }
 
@@ -21,9 +25,22 @@ enum FailoverDeployment: String, CaseIterable, Sendable, CustomTestStringConvert
             return (setup.url, { try await setup.killMasterAndAwaitFailover() }, { setup.stop() })
         case .cluster:
             let setup = try await RedisClusterSetup()
-            return (setup.url, { try await setup.killMasterAndAwaitFailover(servingSlotOf: "{herald}") }, { setup.stop() })
+            return (setup.url + "?sharding=none", { try await setup.killMasterAndAwaitFailover(servingSlotOf: "{herald}") }, { setup.stop() })
+        case .shardedCluster:
+            let setup = try await RedisClusterSetup()
+            return (setup.url, { try await setup.killMasterAndAwaitFailover(servingSlotOf: "{R}") }, { setup.stop() })
         }
     }
+}
+
+/// How Herald uses a Redis Cluster, and the key whose slot a test moves: the one of all of
+/// Herald's keys, or the one of the room's channel.
+enum ClusterSharding: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case none
+    case channels
+
+    var testDescription: String { rawValue }
+    var movedKey: String { self == .none ? "{herald}" : "{R}" }
 }
 
 /// Two `herald serve` nodes on a real Redis deployment with failover (Sentinel, Redis Cluster)
@@ -114,10 +131,11 @@ struct FailoverTests {
 }
 
 extension FailoverTests {
-    @Test func heraldsSlotMigratedUnderTrafficLosesNothingAndKeepsItsEpoch() async throws {
+    @Test(arguments: ClusterSharding.allCases)
+    func heraldsSlotMigratedUnderTrafficLosesNothingAndKeepsItsEpoch(_ sharding: ClusterSharding) async throws {
         let cluster = try await RedisClusterSetup(readyForFailover: false)
         defer { cluster.stop() }
-        let stage = try await TwoNodeStage(redis: cluster.url)
+        let stage = try await TwoNodeStage(redis: cluster.url + "?sharding=" + sharding.rawValue)
         defer { stage.stop() }
         let (ports, watchers, seen) = (stage.ports, stage.watchers, stage.seen)
 
@@ -126,12 +144,12 @@ extension FailoverTests {
         let refused = Tally()
         let mover = Task {
             while accepted.value.load(ordering: .relaxed) < 1_000 { try await Task.sleep(for: .milliseconds(5)) }
-            return try await cluster.migrateSlot(of: "{herald}")
+            return try await cluster.migrateSlot(of: sharding.movedKey)
         }
         try await stage.publish(total, accepted: accepted, refused: refused)
         let target = try await mover.value
-        #expect(cluster.shard(of: "{herald}")?.master.port == target, "the slot moved")
-        print("slot migration: \(refused.value.load(ordering: .relaxed)) publish attempts refused while it moved")
+        #expect(cluster.shard(of: sharding.movedKey)?.master.port == target, "the slot moved")
+        print("slot migration (sharding \(sharding)): \(refused.value.load(ordering: .relaxed)) publish attempts refused while it moved")
 
         // The data moved whole: one epoch, every message once and in order.
         for watcher in watchers {
