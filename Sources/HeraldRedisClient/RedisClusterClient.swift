@@ -256,7 +256,7 @@ public final class RedisClusterClient: Sendable {
             guard let redisError = error as? RedisError else { return reply }
             switch redisError {
             case .server(code: "MOVED", _):
-                return refreshed(force: true).flatMap { [self] in submit(pipeline: [command], redirected: true)[0] }
+                return refreshed().flatMap { [self] in submit(pipeline: [command], redirected: true)[0] }
             case .server(code: "ASK", let message):
                 guard let target = Self.address(inRedirection: message), let importing = state.withLock({ $0.masters[target] }) else { return reply }
                 let (_, replies) = importing.client.submit(pipeline: [.command(RESPCommand("ASKING")), command.command], preparedBy: nil)
@@ -295,14 +295,15 @@ public final class RedisClusterClient: Sendable {
     }
 
     /// A refresh of the map: the one under way, or a new one.
-    private func refreshed(force: Bool = false) -> EventLoopFuture<Void> {
-        let promise = group.any().makePromise(of: Void.self)
-        let existing = state.withLock { state -> EventLoopFuture<Void>? in
-            if let refreshing = state.refreshing { return refreshing }
+    private func refreshed() -> EventLoopFuture<Void> {
+        let loop = group.any()
+        let (future, promise) = state.withLock { state -> (EventLoopFuture<Void>, EventLoopPromise<Void>?) in
+            if let refreshing = state.refreshing { return (refreshing, nil) }
+            let promise = loop.makePromise(of: Void.self)
             state.refreshing = promise.futureResult
-            return nil
+            return (promise.futureResult, promise)
         }
-        if let existing { return existing }
+        guard let promise else { return future }
         promise.completeWithTask { [self] in
             defer { state.withLock { $0.refreshing = nil } }
             try await refresh()

@@ -66,7 +66,9 @@ public final class HeraldNodeProcess: @unchecked Sendable {
     /// Sends `signal` and waits (bounded) for the process to exit; returns its exit status.
     @discardableResult
     public func stop(signal: Int32 = SIGKILL, within seconds: Double = 10) -> Int32? {
+        reportIfItDied()
         if process.isRunning {
+            reported = true
             kill(process.processIdentifier, signal)
             let deadline = Date().addingTimeInterval(seconds)
             while process.isRunning, Date() < deadline { usleep(10_000) }
@@ -81,7 +83,21 @@ public final class HeraldNodeProcess: @unchecked Sendable {
         return process.isRunning ? nil : process.terminationStatus
     }
 
+    /// A node that exited by itself before the test stopped it (a crash) prints its last words:
+    /// the test that sees its connections refused then says why.
+    private func reportIfItDied() {
+        guard !process.isRunning, !reported else { return }
+        reported = true
+        let all = output.split(separator: "\n", omittingEmptySubsequences: false)
+        // A crash's first lines say why; its backtrace then runs long.
+        let start = all.firstIndex { $0.contains("Fatal error") || $0.contains("Crash") } ?? max(0, all.count - 40)
+        let lines = all[start...].prefix(60).joined(separator: "\n")
+        print("herald node on port \(port) exited by itself (status \(process.terminationStatus)); its last output:\n\(lines)")
+    }
+    private var reported = false
+
     deinit {
+        reportIfItDied()
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         try? FileManager.default.removeItem(at: log)
     }
