@@ -279,7 +279,11 @@ public final class RedisBroker: Broker {
     /// history size, history TTL in seconds, idempotency key ("" for none); with `ack`, ARGV[7],
     /// ARGV[8]: how long the message waits for its acknowledgement, and how many may wait.
     ///
-    /// A key used within the TTL makes the publish a no-op (returns 0). Otherwise assigns the
+    /// A key used within the TTL in the channel's current epoch makes the publish a no-op
+    /// (returns 0): its message is in this epoch's history. A key used in an earlier epoch is
+    /// not: a retry after a failover (whose first try the dying master applied, and whose key
+    /// but not whose message a replica may hold) must be published in the new epoch, or it
+    /// would be lost silently. Otherwise assigns the
     /// next offset (a new epoch when the channel has none), keeps the frame and its index in the
     /// history (and with `ack` in the user's unacknowledged messages, as `INDEX\nFRAME`), publishes
     /// `#OFFSET EPOCH INDEX\n` and the frame, and returns {offset, epoch}. The frame is never
@@ -291,13 +295,16 @@ public final class RedisBroker: Broker {
     /// The publish script's source, publishing with `command`.
     private static func publishSource(_ command: String) -> String {
         """
-        if ARGV[6] ~= '' and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then return 0 end
         \(serverCheck(4, ttl: 5))
         local epoch = redis.call('HGET', KEYS[1], 'epoch')
         local time = redis.call('TIME')
         if not epoch then
           epoch = string.format('%x%x', tonumber(time[1]), tonumber(time[2]))
           redis.call('HSET', KEYS[1], 'epoch', epoch, 'server', server)
+        end
+        if ARGV[6] ~= '' then
+          if redis.call('GET', KEYS[3]) == epoch then return 0 end
+          redis.call('SET', KEYS[3], epoch, 'EX', ARGV[5])
         end
         local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
         if tonumber(ARGV[4]) > 0 then

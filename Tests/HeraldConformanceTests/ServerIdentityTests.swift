@@ -17,6 +17,8 @@ struct ServerIdentityTests {
             try await node.holds(.room("r"))
             let first = try #require(try await node.publish(.room("r"), "1"))
             #expect(first.offset == 1)
+            #expect(try await node.publish(.room("once"), "\"a\"", key: "k")?.offset == 1)
+            #expect(try await node.publish(.room("once"), "\"a\"", key: "k") == nil, "a retry in the same epoch is a duplicate")
             let redis = try await RedisConnection.connect(to: RedisURL(port: try #require(backend.redis).port))
             let layout = RedisLayout(prefix: "conformance")
             let stream = layout.streamKey(.room("r"))
@@ -35,6 +37,13 @@ struct ServerIdentityTests {
                 page.recovery(from: StreamPosition(offset: 0, epoch: first.epoch)) == .epochChanged,
                 "a client that had seen nothing is not told nothing happened")
             #expect(page.recovery(from: first) == .epochChanged)
+
+            // A retry of a publish the lost server applied (the key came over, not the message's
+            // place in the new epoch) is published in the new epoch, not dropped as a duplicate.
+            _ = try await redis.send(RESPCommand("HSET", layout.streamKey(.room("once")), "server", "lost:1"))
+            let retried = try #require(try await node.publish(.room("once"), "\"a\"", key: "k"), "published again, not a duplicate")
+            #expect(retried.offset == 2)
+            #expect(try await node.publish(.room("once"), "\"a\"", key: "k") == nil)
 
             // Written on a server whose data moved here whole: the epoch and offsets go on.
             _ = try await redis.send(RESPCommand("HSET", stream, "server", "moved:1"))
