@@ -16,13 +16,19 @@ public enum RedisCluster {
     /// The hash slot of `key`: CRC16 (XMODEM) of the key, or of its hash tag — the part between
     /// the first `{` and the next `}`, when that is not empty — modulo 16384.
     public static func slot(of key: String) -> Int {
-        var bytes = Array(key.utf8)
-        if let open = bytes.firstIndex(of: UInt8(ascii: "{")),
-            let close = bytes[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1
-        {
-            bytes = Array(bytes[(open + 1)..<close])
+        var key = key
+        // Contiguous UTF-8 (almost always already): CRC16 over it without copying.
+        return key.withUTF8 { bytes in
+            var start = 0
+            var end = bytes.count
+            if let open = bytes.firstIndex(of: UInt8(ascii: "{")),
+                let close = bytes[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1
+            {
+                start = open + 1
+                end = close
+            }
+            return Int(crc16(UnsafeBufferPointer(rebasing: bytes[start..<end]))) % slotCount
         }
-        return Int(crc16(bytes)) % slotCount
     }
 
     /// A short hash tag whose keys land in `slot` (`{tag}`): for a key per slot.
@@ -46,7 +52,7 @@ public enum RedisCluster {
     }()
 
     /// CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), as Redis Cluster computes it.
-    static func crc16(_ bytes: [UInt8]) -> UInt16 {
+    static func crc16(_ bytes: some Sequence<UInt8>) -> UInt16 {
         var crc: UInt16 = 0
         for byte in bytes {
             crc ^= UInt16(byte) << 8
