@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One Redis against a 3-master Redis Cluster (Herald's keys in one slot), side by side: `herald serve --workers 2`
-# on each, the same `rooms` load, alternating runs. Prints per run: deliveries/s, the workers' CPU per delivery,
-# Redis CPU (every redis-server process of the topology) per publish, and latency; then the medians.
+# One Redis against a 3-master Redis Cluster, with Herald's keys in one slot (`?sharding=none`) and sharded (the
+# default: each room's channel and keys in their own slot, SPUBLISH), side by side: `herald serve --workers 2` on
+# each, the same `rooms` load, alternating runs. Prints per run: deliveries/s, the workers' CPU per delivery, Redis
+# CPU (every redis-server process of the topology) per publish, the busiest Redis process's share of it (what caps
+# a topology: each process runs on one core), and latency.
 #
 #   scripts/bench_redis_topologies.sh [REPS=3] [RATE=2000] [DURATION=15] [CONNECTIONS=4000]
 #
@@ -30,7 +32,7 @@ stop_all() {
 }
 trap stop_all EXIT
 
-# start_topology single|cluster: sets url and redis_pids.
+# start_topology single|cluster|sharded: sets url and redis_pids.
 start_topology() {
   local kind=$1 dir="$out/$1"
   rm -rf "$dir" && mkdir -p "$dir"
@@ -57,6 +59,7 @@ start_topology() {
       for _ in $(seq 1 200); do redis-cli -p "${node##*:}" cluster info | grep -q cluster_state:ok && break; sleep 0.05; done
     done
     url="redis+cluster://$(IFS=,; echo "${seeds[*]}")"
+    [ "$kind" = cluster ] && url="$url?sharding=none"
   fi
 }
 
@@ -80,29 +83,38 @@ run() {
   local kind=$1 scenario=$2
   start_topology "$kind"
   start_herald
-  local before after
+  local before after pid
   before=$(cpu_seconds "${redis_pids[@]}")
+  local each_before=()
+  for pid in "${redis_pids[@]}"; do each_before+=("$(cpu_seconds "$pid")"); done
   local extra=()
   [ "$scenario" = rooms ] && extra=(--rooms 100 --rate "$rate")
   "$herald" bench --scenario "$scenario" --port "$port" --connections "$connections" --duration "$duration" "${extra[@]}" \
     --source-addresses 4 --no-progress "${pid_args[@]}" --json >"$out/$kind-$scenario.json"
   after=$(cpu_seconds "${redis_pids[@]}")
+  local busiest=0 index=0
+  for pid in "${redis_pids[@]}"; do
+    busiest=$(python3 -c "import sys; print(max(float(sys.argv[1]), float(sys.argv[2]) - float(sys.argv[3])))" "$busiest" "$(cpu_seconds "$pid")" "${each_before[$index]}")
+    index=$((index + 1))
+  done
   stop_all
-  python3 - "$out/$kind-$scenario.json" "$before" "$after" <<'PY'
+  python3 - "$out/$kind-$scenario.json" "$before" "$after" "$busiest" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 lat = r.get("latency") or {}
 print(f"{r.get('deliveriesPerSecond', 0):.0f} {r.get('serverCPUMicrosecondsPerDelivery') or 0:.2f} {float(sys.argv[3]) - float(sys.argv[2]):.3f} "
-      f"{r.get('published', 0)} {lat.get('p50', 0)} {lat.get('p99', 0)} {r.get('lost', 0)} {r['deliveries'].get('duplicates', 0)}")
+      f"{r.get('published', 0)} {lat.get('p50', 0)} {lat.get('p99', 0)} {r.get('lost', 0)} {r['deliveries'].get('duplicates', 0)} {float(sys.argv[4]):.3f}")
 PY
 }
 
-printf '%-8s %-4s %12s %14s %12s %12s %10s %10s %s\n' topology rep deliveries/s "node µs/deliv" "redis s" "µs/publish" "p50 ms" "p99 ms" "lost/dup"
+printf '%-8s %-4s %12s %14s %22s %12s %14s %10s %10s %s\n' topology rep deliveries/s "node µs/deliv" "redis s" "µs/publish" "busiest µs/pub" "p50 ms" "p99 ms" "lost/dup"
 for rep in $(seq 1 "$reps"); do
-  for kind in single cluster; do
-    read -r _ _ idle_cpu _ _ _ _ _ <<<"$(run "$kind" idle)"
-    read -r dps cpu redis_cpu published p50 p99 lost dup <<<"$(run "$kind" rooms)"
+  for kind in ${TOPOLOGIES:-single cluster sharded}; do
+    read -r _ _ idle_cpu _ _ _ _ _ idle_busiest <<<"$(run "$kind" idle)"
+    read -r dps cpu redis_cpu published p50 p99 lost dup busiest <<<"$(run "$kind" rooms)"
     per_publish=$(python3 -c "import sys; p=int(sys.argv[3]); print(f'{(float(sys.argv[1]) - float(sys.argv[2])) / p * 1e6:.1f}' if p else 'n/a')" "$redis_cpu" "$idle_cpu" "$published")
-    printf '%-8s %-4s %12s %14s %12s %12s %10s %10s %s\n' "$kind" "$rep" "$dps" "$cpu" "$redis_cpu (idle $idle_cpu)" "$per_publish" "$p50" "$p99" "$lost/$dup" | tee -a "$out/results.txt"
+    # The busiest process over the rooms run, less its share of the idle run (the idle's busiest, an upper bound).
+    busiest_per_publish=$(python3 -c "import sys; p=int(sys.argv[3]); print(f'{max(0.0, float(sys.argv[1]) - float(sys.argv[2])) / p * 1e6:.1f}' if p else 'n/a')" "$busiest" "$idle_busiest" "$published")
+    printf '%-8s %-4s %12s %14s %22s %12s %14s %10s %10s %s\n' "$kind" "$rep" "$dps" "$cpu" "$redis_cpu (idle $idle_cpu)" "$per_publish" "$busiest_per_publish" "$p50" "$p99" "$lost/$dup" | tee -a "$out/results.txt"
   done
 done

@@ -224,11 +224,17 @@ public final class RedisClusterClient: Sendable {
         for (server, indices) in byMaster {
             let master = masters[server]!
             let routed = indices.map { commands[$0] }
+            var used: RedisConnection?
             let (preparation, replies) = master.client.submit(
                 pipeline: routed.map(\.command),
-                preparedBy: prepare.map { prepare in { connection in Self.preparation(for: routed, on: connection, prepare) } }
+                preparedBy: prepare.map { prepare in
+                    { connection in
+                        used = connection
+                        return Self.preparation(for: routed, on: connection, prepare)
+                    }
+                }
             )
-            if !preparation.isEmpty, let connection = master.client.currentConnection {
+            if !preparation.isEmpty, let connection = used {
                 // A preparation that failed is tried again before the slot's next command.
                 for future in preparation { future.whenFailure { _ in connection.notes.preparedSlots.withLock { $0.subtract(routed.map(\.slot)) } } }
             }

@@ -72,8 +72,9 @@ public final class RedisClusterSubscriber: Sendable {
         for shard in shards { start(shard) }
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1))
-            // Channels not placed (no master then) or placed where the map no longer says.
-            await rebalance()
+            // Channels not placed yet (no master then, or a subscription that failed); a map
+            // change rebalances at once (the observer), so the placed ones are not checked here.
+            if state.withLock({ $0.wanted.count != $0.placed.count }) { await rebalance() }
         }
         let all = state.withLock { state in
             state.running = false
