@@ -81,7 +81,10 @@ public final class RedisClusterClient: Sendable {
         var mapObservers: [@Sendable () -> Void] = []
     }
 
-    /// - Parameter url: a `redis+cluster://` URL (its seeds are asked for the map first).
+    /// - Parameters:
+    ///   - url: a `redis+cluster://` URL (its seeds are asked for the map first).
+    ///   - configuration: the per-master clients' settings and the map's refresh interval.
+    ///   - group: the event loops the connections run on.
     public init(url: RedisURL, configuration: Configuration = .init(), on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         precondition(url.cluster != nil, "RedisClusterClient needs a redis+cluster:// URL")
         self.url = url
