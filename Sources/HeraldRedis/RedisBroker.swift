@@ -130,14 +130,15 @@ public final class RedisBroker: Broker {
         }
     }
 
-    /// The claim of `slot` by the server `connection` reached (``claimSlotScript``), with the
-    /// names of the other masters' servers this node is connected to (masters still up).
+    /// The claim of `slot` by the server `connection` reached (``claimServerScript`` with the
+    /// slot's keys), with the names of the other masters' servers this node is connected to
+    /// (masters still up).
     static func claimSlot(_ slot: Int, on connection: RedisConnection, among connections: [RedisConnection], layout: RedisLayout) -> [RESPCommand] {
         let (name, promoted) = connection.notes.values.withLock { ($0["server"], $0["promoted"] == "1") }
         guard let name else { return [] }  // no INFO permission: no claims, as unsharded
         let live = connections.compactMap { other in other === connection ? nil : other.notes.values.withLock { $0["server"] } }
         let keys = layout.serverKeys(forSlot: slot)
-        let arguments = ["EVAL", claimSlotScript.source, "2", keys.server, keys.lossless, name, promoted ? "0" : "1"] + live
+        let arguments = ["EVAL", claimServerScript.source, "2", keys.server, keys.lossless, name, promoted ? "0" : "1"] + live
         return [RESPCommand(arguments: arguments.map { ByteBuffer(string: $0) })]
     }
 
@@ -334,29 +335,6 @@ public final class RedisBroker: Broker {
     /// its slot's shard (its keys and its shard channel share the slot).
     static let shardedPublishScript = RedisScript(publishSource("SPUBLISH"))
 
-    /// KEYS: one slot's server key and lossless servers (``RedisLayout/serverKeys(forSlot:)``).
-    /// ARGV: the name of the server running it, `1` when that server was never promoted, then
-    /// the names of the cluster's other masters that are up. ``claimServerScript`` for one slot
-    /// of a sharded cluster: a slot whose previous server is a master still up, here on a
-    /// server never promoted, moved here whole (a migration) and keeps its channels' epochs.
-    static let claimSlotScript = RedisScript(
-        """
-        local previous = redis.call('GET', KEYS[1])
-        if previous == ARGV[1] then return 0 end
-        local whole = false
-        if previous and ARGV[2] == '1' then
-          for i = 3, #ARGV do if ARGV[i] == previous then whole = true end end
-        end
-        if whole and redis.call('SCARD', KEYS[2]) < 64 then
-          redis.call('SADD', KEYS[2], previous)
-        else
-          redis.call('DEL', KEYS[2])
-        end
-        redis.call('SET', KEYS[1], ARGV[1])
-        return 1
-        """
-    )
-
     /// KEYS: the idempotency key's key. ARGV: channel, frame, TTL in seconds. Publishes a
     /// broadcast unless the key was used within the TTL.
     static let broadcastOnceScript = RedisScript(
@@ -446,17 +424,25 @@ public final class RedisBroker: Broker {
         """
     }
 
-    /// KEYS: the server key, the lossless servers. ARGV: this server's name (``ServerIdentity``),
-    /// the name the node found in the server key, `1` when that server is a master still up (a slot moved here
-    /// whole) else `0`. Makes this server the data set's; a predecessor that may have had writes
-    /// this one lacks (a failover, a restart) empties the lossless servers, so that every channel
-    /// written elsewhere starts a new epoch. The set is bounded: past 64 migrations in a row it
-    /// is emptied too (channels then begin new epochs, as after a failover).
+    /// KEYS: the server key and the lossless servers (the shared ones, or one slot's on a
+    /// sharded cluster: ``RedisLayout/serverKeys(forSlot:)``). ARGV: this server's name
+    /// (``ServerIdentity``), `1` when this server may hold data moved here whole (it was never
+    /// promoted, and in one slot the node found the previous server still up as a master) else
+    /// `0`, then the names of masters still up. Makes this server the data set's; a previous
+    /// server among the masters still up moved its data here whole (a migration) and joins the
+    /// lossless servers, whose channels keep their epochs; any other (a failover, a restart) may
+    /// have had writes this one lacks and empties them, so that every channel written elsewhere
+    /// starts a new epoch. The set is bounded: past 64 migrations in a row it is emptied too
+    /// (channels then begin new epochs, as after a failover).
     static let claimServerScript = RedisScript(
         """
         local previous = redis.call('GET', KEYS[1])
         if previous == ARGV[1] then return 0 end
-        if previous and previous == ARGV[2] and ARGV[3] == '1' and redis.call('SCARD', KEYS[2]) < 64 then
+        local whole = false
+        if previous and ARGV[2] == '1' then
+          for i = 3, #ARGV do if ARGV[i] == previous then whole = true end end
+        end
+        if whole and redis.call('SCARD', KEYS[2]) < 64 then
           redis.call('SADD', KEYS[2], previous)
         else
           redis.call('DEL', KEYS[2])
@@ -495,7 +481,7 @@ public final class RedisBroker: Broker {
         }
         do {
             _ = try await connection.send(
-                RESPCommand("EVAL", claimServerScript.source, "2", layout.serverKey, layout.losslessServersKey, identity.name, previous, moved ? "1" : "0"))
+                RESPCommand("EVAL", claimServerScript.source, "2", layout.serverKey, layout.losslessServersKey, identity.name, moved ? "1" : "0", previous))
         } catch let error as RedisError where error.serverCode == "NOREPLICAS" {
             // min-replicas-to-write with no replica: every write is refused, publishes included;
             // keep the connection for reads, and claim on the next one.
