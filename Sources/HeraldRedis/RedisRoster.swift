@@ -238,16 +238,27 @@ public final class RedisRoster: Roster, Service {
     /// cluster); returns how many nodes got it.
     private func publishOnUserChannel(_ user: String, _ notice: String) async throws(HubError) -> Int64 {
         let channel = layout.channel(for: .user(user))
-        let reply: RESPValue
+        var reply: RESPValue?
         do {
             if let shards = backplane.shards {
-                reply = try await shards.send(RESPCommand("SPUBLISH", channel, notice), routedBy: channel)
+                // Sharded, the change is already stored (a separate step): an announcement that
+                // fails leaves open connections elsewhere without it, so it is tried up to three
+                // times, through a failover's first moments (a notice applied twice is harmless).
+                for attempt in 0..<3 where reply == nil {
+                    do {
+                        reply = try await shards.send(RESPCommand("SPUBLISH", channel, notice), routedBy: channel)
+                    } catch {
+                        if attempt == 2 { throw error }
+                        try? await Task.sleep(for: .milliseconds(attempt == 0 ? 100 : 400))
+                    }
+                }
             } else {
                 reply = try await client.send(RESPCommand("PUBLISH", channel, notice))
             }
         } catch {
             throw HubError.unavailable("Redis: \(error)")
         }
+        guard let reply else { throw HubError.unavailable("Redis did not answer PUBLISH") }
         guard case .integer(let receivers) = reply else { throw HubError.unavailable("Redis answered PUBLISH with \(reply)") }
         return receivers
     }
