@@ -568,16 +568,23 @@ public final class RedisBroker: Broker {
             }
             let subscribe = batch.wanted.filter(\.value).map(\.key)
             let unsubscribe = batch.wanted.filter { !$0.value }.map(\.key)
+            // Both halves are tried: a subscription that failed must not leave the batch's
+            // unsubscriptions undone (subscribed channels nobody wants, forever).
+            var failure: (any Error)?
+            do { try await backplane.subscribe(subscribe) } catch { failure = error }
             do {
-                try await backplane.subscribe(subscribe)
                 try await backplane.unsubscribe(unsubscribe)
-                for waiter in batch.waiters { waiter.succeed() }
                 for channel in unsubscribe {
                     if case .target(let target)? = layout.destination(of: channel) { streams.forget(target) }
                 }
             } catch {
-                logger.error("Redis did not confirm a subscription change", metadata: ["error": "\(error)"])
-                for waiter in batch.waiters { waiter.fail(error) }
+                failure = failure ?? error
+            }
+            if let failure {
+                logger.error("Redis did not confirm a subscription change", metadata: ["error": "\(failure)"])
+                for waiter in batch.waiters { waiter.fail(failure) }
+            } else {
+                for waiter in batch.waiters { waiter.succeed() }
             }
         }
     }

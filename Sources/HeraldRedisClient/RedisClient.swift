@@ -128,20 +128,19 @@ public final class RedisClient: Sendable {
     }
 
     /// As ``submit(pipeline:)``, with the commands `prepare` returns for the connection used sent
-    /// first, in the same write: for work a connection needs once per something, such as a
-    /// cluster slot (``RedisClusterClient``). Returns the preparation's replies apart.
+    /// first, in the same write, decided on the connection's event loop
+    /// (``RedisConnection/submit(pipeline:preparedBy:)``): for work a connection needs once per
+    /// something, such as a cluster slot (``RedisClusterClient``).
     public func submit(
-        pipeline commands: [PipelinedCommand], preparedBy prepare: ((RedisConnection) -> [RESPCommand])?
-    ) -> (preparation: [EventLoopFuture<RESPValue>], replies: [EventLoopFuture<RESPValue>]) {
-        guard !commands.isEmpty else { return ([], []) }
+        pipeline commands: [PipelinedCommand], preparedBy prepare: (@Sendable (RedisConnection) -> [RESPCommand])?
+    ) -> (preparation: EventLoopFuture<Void>, replies: [EventLoopFuture<RESPValue>]) {
+        guard !commands.isEmpty else { return (group.any().makeSucceededVoidFuture(), []) }
         guard let connection = state.withLock({ $0.connection }), connection.isActive else {
             let error = RedisError.transport("not connected to Redis at \(url.location) (reconnecting); the commands were not sent")
             configuration.metrics?.commandErrors.increment(by: commands.count)
-            return ([], commands.map { _ in group.any().makeFailedFuture(error) })
+            return (group.any().makeFailedFuture(error), commands.map { _ in group.any().makeFailedFuture(error) })
         }
-        let preparation = prepare?(connection) ?? []
-        let all = connection.submit(pipeline: preparation + commands.map(\.sentFirst))
-        let replies = all.dropFirst(preparation.count)
+        let (preparation, replies) = connection.submit(pipeline: commands.map(\.sentFirst), preparedBy: prepare)
         let answered = zip(commands, replies).map { command, reply in
             configuration.metrics?.observe(reply)
             if url.sentinel != nil || url.cluster != nil { giveUpIfDemoted(connection, reply) }
@@ -153,7 +152,7 @@ public final class RedisClient: Sendable {
                 return self.submit(PipelinedCommand.scriptSource(script, keys: keys, arguments: arguments))
             }
         }
-        return (Array(all.prefix(preparation.count)), answered)
+        return (preparation, answered)
     }
 
     /// Loads `scripts` on every connection from now on (and on the current one, if any) before

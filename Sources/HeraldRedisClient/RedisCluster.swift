@@ -80,11 +80,13 @@ public enum RedisCluster {
     }
 
     /// The master serving each slot (16384 entries, `nil` for a slot no online master serves)
-    /// in a `CLUSTER SHARDS` reply; `nil` when the reply names no master at all.
+    /// in a `CLUSTER SHARDS` reply; `nil` when the reply names no master at all, or its ranges
+    /// add up to more than 8 × 16384 slots (overlapping ranges: not a real cluster's answer).
     public static func slotMasters(in shards: RESPValue) -> [RedisSentinelAddress.Server?]? {
         guard case .array(let list?) = shards else { return nil }
         var map = [RedisSentinelAddress.Server?](repeating: nil, count: slotCount)
         var any = false
+        var budget = 8 * slotCount
         for shard in list {
             guard let shardFields = fields(of: shard), case .array(let bounds?)? = shardFields["slots"], bounds.count % 2 == 0,
                 case .array(let nodes?)? = shardFields["nodes"], let master = nodes.lazy.compactMap(address(ofMaster:)).first
@@ -92,6 +94,8 @@ public enum RedisCluster {
             for index in stride(from: 0, to: bounds.count, by: 2) {
                 guard case .integer(let low) = bounds[index], case .integer(let high) = bounds[index + 1], 0 <= low, low <= high, high < slotCount
                 else { continue }
+                budget -= Int(high - low + 1)
+                guard budget >= 0 else { return nil }
                 for slot in Int(low)...Int(high) { map[slot] = master }
                 any = true
             }

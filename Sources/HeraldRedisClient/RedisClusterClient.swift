@@ -132,7 +132,10 @@ public final class RedisClusterClient: Sendable {
     }
 
     public func close() async {
-        for master in state.withLock({ Array($0.masters.values) }) { await master.client.close() }
+        for master in state.withLock({ Array($0.masters.values) }) {
+            master.task.withLock { $0 }?.cancel()
+            await master.client.close()
+        }
     }
 
     /// Whether there is a map and every master in it is connected.
@@ -142,6 +145,9 @@ public final class RedisClusterClient: Sendable {
 
     /// The masters' connections that are up.
     public var connections: [RedisConnection] { state.withLock { Array($0.masters.values) }.compactMap(\.client.currentConnection) }
+
+    /// The masters of the current map.
+    public var masters: Set<Server> { Set(state.withLock { $0.slots }.compactMap { $0 }) }
 
     /// Times the slot map was read.
     public var refreshCount: Int { state.withLock { $0.refreshes } }
@@ -227,20 +233,18 @@ public final class RedisClusterClient: Sendable {
         for (server, indices) in byMaster {
             let master = masters[server]!
             let routed = indices.map { commands[$0] }
-            var used: RedisConnection?
-            let (preparation, replies) = master.client.submit(
-                pipeline: routed.map(\.command),
-                preparedBy: prepare.map { prepare in
-                    { connection in
-                        used = connection
-                        return Self.preparation(for: routed, on: connection, prepare)
-                    }
+            let fresh = FreshSlots()
+            var preparing: (@Sendable (RedisConnection) -> [RESPCommand])?
+            if let prepare {
+                preparing = { connection in
+                    let slots = Self.unprepared(routed, on: connection)
+                    fresh.record(connection, slots)
+                    return slots.flatMap { prepare($0, connection) }
                 }
-            )
-            if !preparation.isEmpty, let connection = used {
-                // A preparation that failed is tried again before the slot's next command.
-                for future in preparation { future.whenFailure { _ in connection.notes.preparedSlots.withLock { $0.subtract(routed.map(\.slot)) } } }
             }
+            let (preparation, replies) = master.client.submit(pipeline: routed.map(\.command), preparedBy: preparing)
+            // A preparation that failed is tried again before the slot's next command.
+            preparation.whenFailure { _ in fresh.forget() }
             for (index, reply) in zip(indices, replies) {
                 results[index] = redirected ? reply : follow(reply, of: commands[index], from: master)
             }
@@ -248,14 +252,26 @@ public final class RedisClusterClient: Sendable {
         return results.map { $0! }
     }
 
-    /// The preparation of the slots `commands` use that `connection` has not prepared yet.
-    private static func preparation(for commands: [RoutedCommand], on connection: RedisConnection, _ prepare: SlotPreparation) -> [RESPCommand] {
-        let fresh = connection.notes.preparedSlots.withLock { prepared in
+    /// The slots `commands` use that `connection` has not prepared yet, marked prepared (this
+    /// runs on the connection's event loop, just before the write that prepares them).
+    private static func unprepared(_ commands: [RoutedCommand], on connection: RedisConnection) -> [Int] {
+        connection.notes.preparedSlots.withLock { prepared in
             var fresh: [Int] = []
             for command in commands where prepared.insert(command.slot).inserted { fresh.append(command.slot) }
             return fresh
         }
-        return fresh.flatMap { prepare($0, connection) }
+    }
+
+    /// The slots one write prepared, and on which connection: forgotten there if it failed.
+    final class FreshSlots: Sendable {
+        private let state = Mutex<(connection: RedisConnection?, slots: [Int])>((nil, []))
+
+        func record(_ connection: RedisConnection, _ slots: [Int]) { state.withLock { $0 = (connection, slots) } }
+
+        func forget() {
+            let (connection, slots) = state.withLock { $0 }
+            connection?.notes.preparedSlots.withLock { $0.subtract(slots) }
+        }
     }
 
     /// Follows a `MOVED` (new map, then once more) or an `ASK` (once, to the importing master);
@@ -265,6 +281,10 @@ public final class RedisClusterClient: Sendable {
             guard let redisError = error as? RedisError else { return reply }
             switch redisError {
             case .server(code: "MOVED", _):
+                // Another command may have refreshed the map already: then resend at once.
+                if let now = self.master(of: command.slot), now != master.address {
+                    return submit(pipeline: [command], redirected: true)[0]
+                }
                 return refreshed().flatMap { [self] in submit(pipeline: [command], redirected: true)[0] }
             case .server(code: "ASK", let message):
                 guard let target = Self.address(inRedirection: message), let importing = state.withLock({ $0.masters[target] }) else { return reply }
@@ -348,10 +368,17 @@ public final class RedisClusterClient: Sendable {
                 }
             }
         }
-        guard let map else {
+        guard var map else {
             throw RedisError.transport(
                 "no node of the Redis Cluster answered with its slot map (\(answers.joined(separator: "; "))); check the nodes' addresses, and that the cluster is up (CLUSTER INFO)"
             )
+        }
+        // A slot the answer does not name (its master failed and no replica is promoted yet, or
+        // the answering node does not know yet) keeps its previous master: a partial answer
+        // does not take slots away.
+        let previous = state.withLock { $0.slots }
+        if previous.count == map.count {
+            for slot in map.indices where map[slot] == nil { map[slot] = previous[slot] }
         }
         // New masters are connected before the map sends them commands.
         let newcomers = Set(map.compactMap { $0 }).filter { server in state.withLock { $0.masters[server] == nil } }
@@ -363,11 +390,15 @@ public final class RedisClusterClient: Sendable {
         }
         let (gone, running, observers) = state.withLock { state -> ([Master], Bool, [@Sendable () -> Void]) in
             let old = state.slots
-            for (server, master) in made where state.masters[server] == nil { state.masters[server] = master }
+            var gone: [Master] = []
+            for (server, master) in made {
+                if state.masters[server] == nil { state.masters[server] = master } else { gone.append(master) }  // lost a race
+            }
             state.slots = map
             let serving = Set(map.compactMap { $0 })
-            let gone = state.masters.filter { !serving.contains($0.key) }.map(\.value)
-            for master in gone { state.masters[master.address] = nil }
+            let unused = state.masters.filter { !serving.contains($0.key) }.map(\.value)
+            for master in unused { state.masters[master.address] = nil }
+            gone += unused
             if old.count == map.count {
                 let moved = map.indices.filter { old[$0] != map[$0] }
                 if !moved.isEmpty {
@@ -380,7 +411,7 @@ public final class RedisClusterClient: Sendable {
             state.refreshes += 1
             return (gone, state.running, old == map ? [] : state.mapObservers)
         }
-        if running { for master in made.values { start(master) } }
+        if running { for master in made.values where !gone.contains(where: { $0 === master }) { start(master) } }
         for master in gone {
             master.task.withLock { $0 }?.cancel()
             await master.client.close()

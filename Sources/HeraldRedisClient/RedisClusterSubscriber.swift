@@ -43,6 +43,14 @@ public final class RedisClusterSubscriber: Sendable {
         var running = false
         /// `onLost` was told and `onBack` not yet.
         var degraded = false
+        /// Shards whose connection is up with every channel subscribed (a reconnect's
+        /// resubscription done): what `onBack` waits for.
+        var ready: Set<Server> = []
+        /// A rebalance was asked for (the map changed, Redis dropped channels) and one worker
+        /// runs them, one at a time: a slot's worth of `sunsubscribe` pushes costs one.
+        var rebalancePending = false
+        var refreshPending = false
+        var rebalancing = false
     }
 
     public init(
@@ -57,10 +65,7 @@ public final class RedisClusterSubscriber: Sendable {
         self.onMessage = onMessage
         self.onLost = onLost
         self.onBack = onBack
-        cluster.onMapChange { [weak self] in
-            guard let self else { return }
-            Task { await self.rebalance() }
-        }
+        cluster.onMapChange { [weak self] in self?.requestRebalance(refreshingMap: false) }
     }
 
     /// Keeps every shard connection up, and the channels where the map says, until cancelled.
@@ -74,7 +79,8 @@ public final class RedisClusterSubscriber: Sendable {
             try? await Task.sleep(for: .seconds(1))
             // Channels not placed yet (no master then, or a subscription that failed); a map
             // change rebalances at once (the observer), so the placed ones are not checked here.
-            if state.withLock({ $0.wanted.count != $0.placed.count }) { await rebalance() }
+            if state.withLock({ $0.wanted.count != $0.placed.count }) { requestRebalance(refreshingMap: false) }
+            checkHealth()
         }
         let all = state.withLock { state in
             state.running = false
@@ -87,7 +93,7 @@ public final class RedisClusterSubscriber: Sendable {
     /// Whether every wanted channel is subscribed on a connected master.
     public var isConnected: Bool {
         state.withLock { state in
-            state.wanted.count == state.placed.count && Set(state.placed.values).allSatisfy { state.shards[$0]?.subscriber.isConnected ?? false }
+            state.wanted.count == state.placed.count && Set(state.placed.values).isSubset(of: state.ready)
         }
     }
 
@@ -128,14 +134,25 @@ public final class RedisClusterSubscriber: Sendable {
             byServer[server, default: []].append(channel)
         }
         var failure: (any Error)?
-        for (server, names) in byServer {
-            let shard = await shard(for: server)
+        for (server, candidates) in byServer {
+            // Unsubscribed meanwhile (its unsubscription went first through the gate): not placed.
+            let names = state.withLock { state in candidates.filter { state.wanted.contains($0) } }
+            guard !names.isEmpty else { continue }
+            let shard: Shard
+            do {
+                shard = try await self.shard(for: server)
+            } catch {
+                failure = error
+                continue
+            }
             do {
                 try await shard.subscriber.ssubscribe(names)
                 state.withLock { state in
                     for name in names where state.wanted.contains(name) { state.placed[name] = server }
                 }
             } catch {
+                // Not subscribed there: a reconnect must not subscribe them there again.
+                shard.subscriber.forget(shardChannels: names)
                 failure = error
             }
         }
@@ -144,6 +161,32 @@ public final class RedisClusterSubscriber: Sendable {
             throw RedisError.transport(
                 "no master of the Redis Cluster serves the slots of \(unserved) channels (the cluster is down or being reconfigured); they are subscribed once one does"
             )
+        }
+    }
+
+    /// Asks the rebalance worker for a rebalance (and first a new map), starting it if needed.
+    private func requestRebalance(refreshingMap: Bool) {
+        let start = state.withLock { state in
+            state.rebalancePending = true
+            if refreshingMap { state.refreshPending = true }
+            defer { state.rebalancing = true }
+            return !state.rebalancing
+        }
+        guard start else { return }
+        Task {
+            while true {
+                let refresh = state.withLock { state -> Bool? in
+                    guard state.rebalancePending else {
+                        state.rebalancing = false
+                        return nil
+                    }
+                    defer { (state.rebalancePending, state.refreshPending) = (false, false) }
+                    return state.refreshPending
+                }
+                guard let refresh else { return }
+                if refresh { try? await cluster.refreshMap() }
+                await rebalance()
+            }
         }
     }
 
@@ -164,10 +207,14 @@ public final class RedisClusterSubscriber: Sendable {
             for (channel, server) in misplaced { byOld[server, default: []].append(channel) }
             for (server, names) in byOld { try? await state.withLock { $0.shards[server] }?.subscriber.sunsubscribe(names) }
             if !unplaced.isEmpty { try? await place(unplaced) }
+            let masters = cluster.masters
             let idle = state.withLock { state -> [Shard] in
                 let used = Set(state.placed.values)
-                let idle = state.shards.values.filter { !used.contains($0.address) && cluster.master(of: 0) != nil && !isMaster($0.address) }
-                for shard in idle { state.shards[shard.address] = nil }
+                let idle = state.shards.values.filter { !used.contains($0.address) && !masters.contains($0.address) }
+                for shard in idle {
+                    state.shards[shard.address] = nil
+                    state.ready.remove(shard.address)
+                }
                 return idle
             }
             for shard in idle {
@@ -178,34 +225,42 @@ public final class RedisClusterSubscriber: Sendable {
         checkHealth()
     }
 
-    private func isMaster(_ server: Server) -> Bool {
-        (0..<RedisCluster.slotCount).contains { cluster.master(of: $0) == server }
-    }
-
-    private func shard(for server: Server) async -> Shard {
+    /// The subscriber of `server`, connected (made now if there is none).
+    /// - Throws: ``RedisError`` when a new one cannot connect (its channels are placed later).
+    private func shard(for server: Server) async throws -> Shard {
         if let existing = state.withLock({ $0.shards[server] }) { return existing }
         let subscriber = RedisSubscriber(
             url: cluster.url.server(host: server.host, port: server.port),
             on: group,
             onMessage: onMessage,
-            onReconnect: { [weak self] in self?.checkHealth() },
-            onDisconnect: { [weak self] in self?.lost() },
+            onReconnect: { [weak self] in
+                guard let self else { return }
+                state.withLock { _ = $0.ready.insert(server) }
+                checkHealth()
+            },
+            onDisconnect: { [weak self] in
+                guard let self else { return }
+                // A shard being closed (no channels, no longer a master) loses nothing.
+                let holds = state.withLock { state in
+                    state.ready.remove(server)
+                    return state.shards[server] != nil && state.placed.values.contains(server)
+                }
+                if holds { lost() }
+            },
             onShardChannelDropped: { [weak self] channel in
                 guard let self else { return }
                 // Redis dropped it (its slot moved): missed messages until it is back.
                 state.withLock { _ = $0.placed.removeValue(forKey: channel) }
                 lost()
-                Task {
-                    try? await self.cluster.refreshMap()
-                    await self.rebalance()
-                }
+                requestRebalance(refreshingMap: true)
             }
         )
-        try? await subscriber.connect()
+        try await subscriber.connect()
+        // Made inside the gate (place runs there): no other can have been made meanwhile.
         let (shard, running) = state.withLock { state -> (Shard, Bool) in
-            if let raced = state.shards[server] { return (raced, false) }
             let shard = Shard(address: server, subscriber: subscriber)
             state.shards[server] = shard
+            state.ready.insert(server)
             return (shard, state.running)
         }
         if running { start(shard) }
@@ -229,9 +284,7 @@ public final class RedisClusterSubscriber: Sendable {
 
     private func checkHealth() {
         let tell = state.withLock { state in
-            guard state.degraded, state.wanted.count == state.placed.count,
-                Set(state.placed.values).allSatisfy({ state.shards[$0]?.subscriber.isConnected ?? false })
-            else { return false }
+            guard state.degraded, state.wanted.count == state.placed.count, Set(state.placed.values).isSubset(of: state.ready) else { return false }
             state.degraded = false
             return true
         }

@@ -146,10 +146,31 @@ public final class RedisConnection: Sendable {
     /// Sends several commands with one write and one flush (a pipeline); each future holds its
     /// reply, in order.
     public func submit(pipeline commands: [RESPCommand]) -> [EventLoopFuture<RESPValue>] {
+        submit(pipeline: commands, preparedBy: nil).replies
+    }
+
+    /// As ``submit(pipeline:)``, with the commands `prepare` returns sent first, in the same
+    /// write. `prepare` runs on the connection's event loop, where every write of the connection
+    /// is made: what it decides (a slot not yet prepared on this connection) holds for the write
+    /// that follows, whichever thread sent what. `preparation` fails when one of its commands did.
+    public func submit(
+        pipeline commands: [RESPCommand], preparedBy prepare: (@Sendable (RedisConnection) -> [RESPCommand])?
+    ) -> (preparation: EventLoopFuture<Void>, replies: [EventLoopFuture<RESPValue>]) {
         let loop = channel.eventLoop
         let replies = commands.map { _ in ReplySlot(loop.makePromise(of: RESPValue.self)) }
+        let prepared = loop.makePromise(of: Void.self)
         let channel = self.channel
-        let send: @Sendable () -> Void = {
+        let send: @Sendable () -> Void = { [self] in
+            let preparation = prepare?(self) ?? []
+            var preparationReplies: [EventLoopFuture<RESPValue>] = []
+            for command in preparation {
+                let reply = ReplySlot(loop.makePromise(of: RESPValue.self))
+                preparationReplies.append(reply.future)
+                let written = loop.makePromise(of: Void.self)
+                channel.write(RedisCommandHandler.Request(command: command, reply: reply), promise: written)
+                written.futureResult.whenFailure { _ in reply.fail(RedisError.transport("the connection to Redis is closed")) }
+            }
+            EventLoopFuture.andAllSucceed(preparationReplies, on: loop).cascade(to: prepared)
             for (command, reply) in zip(commands, replies) {
                 let written = loop.makePromise(of: Void.self)
                 channel.write(RedisCommandHandler.Request(command: command, reply: reply), promise: written)
@@ -160,7 +181,7 @@ public final class RedisConnection: Sendable {
         // Inline when already on the loop, as `submit(_:)` writes: a single command sent after
         // the pipeline must not overtake it.
         if loop.inEventLoop { send() } else { loop.execute(send) }
-        return replies.map(\.future)
+        return (prepared.futureResult, replies.map(\.future))
     }
 
     /// Sends a command whose answer comes as RESP3 pushes (SUBSCRIBE and its kin), not as a reply.
@@ -196,6 +217,9 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// Commands awaiting replies, in order, with when each was sent.
     private var waiting = Deque<(reply: ReplySlot, sent: NIODeadline)>()
     private var isClosed = false
+    /// Whether a command answered by pushes (not a reply) was sent: an error reply then may
+    /// answer it.
+    private var sentPushCommands = false
     /// Why the connection was dropped by us, for the commands it fails.
     private var closeReason: RedisError?
     private var watchdog: RepeatedTask?
@@ -258,7 +282,7 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
         var buffer = context.channel.allocator.buffer(capacity: 64)
         request.command.encode(into: &buffer)
-        if let reply = request.reply { waiting.append((reply, .now())) }
+        if let reply = request.reply { waiting.append((reply, .now())) } else { sentPushCommands = true }
         context.write(wrapOutboundOut(buffer), promise: promise)
     }
 
@@ -269,6 +293,12 @@ final class RedisCommandHandler: ChannelDuplexHandler, @unchecked Sendable {
             return
         }
         guard let promise = waiting.popFirst()?.reply else {
+            // An error answering a command that expects pushes (`SSUBSCRIBE` sent where its slot
+            // is not served: `MOVED`) goes to `onPush`, which knows what was asked.
+            if sentPushCommands, case .simpleError = value {
+                onPush(value)
+                return
+            }
             // A reply no command asked for: the stream is out of step; do not guess.
             context.close(promise: nil)
             return

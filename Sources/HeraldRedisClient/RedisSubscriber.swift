@@ -146,6 +146,12 @@ public final class RedisSubscriber: Sendable {
         try await run(command, names)
     }
 
+    /// Forgets shard channels without telling Redis (they are not subscribed here: a
+    /// subscription that failed), so that a reconnect does not subscribe them again.
+    public func forget(shardChannels channels: [String]) {
+        state.withLock { $0.shardChannels.subtract(channels) }
+    }
+
     /// Whether the subscriber is connected right now.
     public var isConnected: Bool { state.withLock { $0.connection?.isActive ?? false } }
 
@@ -168,8 +174,27 @@ public final class RedisSubscriber: Sendable {
             guard let self, state.withLock({ $0.shardChannels.remove(channel) }) != nil else { return }
             onShardChannelDropped(channel)
         }
+        // An error answering a subscription: `MOVED SLOT …` (a shard channel sent to a server
+        // that does not serve its slot) drops that slot's shard channels, which the owner places
+        // again; any other fails what waits (it is tried again by the caller).
+        let refused: @Sendable (String) -> Void = { [weak self] message in
+            guard let self else { return }
+            let error = RedisError.reply(message)
+            let parts = message.split(separator: " ")
+            guard parts.first == "MOVED" || parts.first == "ASK", parts.count == 3, let slot = Int(parts[1]) else {
+                confirmations.failAll(error)
+                return
+            }
+            let moved = state.withLock { state -> [String] in
+                let moved = state.shardChannels.filter { RedisCluster.slot(of: $0) == slot }
+                state.shardChannels.subtract(moved)
+                return Array(moved)
+            }
+            confirmations.fail(kind: "ssubscribe", names: moved, error)
+            for channel in moved { onShardChannelDropped(channel) }
+        }
         let connection = try await RedisConnection.connect(to: url, on: group) { push in
-            Self.route(push, onMessage: onMessage, confirmations: confirmations, dropped: dropped)
+            Self.route(push, onMessage: onMessage, confirmations: confirmations, dropped: dropped, refused: refused)
         }
         guard connection.protocolVersion == 3 else {
             await connection.close()
@@ -247,8 +272,13 @@ public final class RedisSubscriber: Sendable {
     public static let reconnectWait: Duration = .seconds(10)
 
     private static func route(
-        _ push: RESPValue, onMessage: @Sendable (RedisMessage) -> Void, confirmations: Confirmations, dropped: @Sendable (String) -> Void
+        _ push: RESPValue, onMessage: @Sendable (RedisMessage) -> Void, confirmations: Confirmations, dropped: @Sendable (String) -> Void,
+        refused: @Sendable (String) -> Void
     ) {
+        if case .simpleError(let message) = push {
+            refused(message)
+            return
+        }
         guard case .push(let items) = push, let kind = items.first?.string else { return }
         switch (kind, items.count) {
         case ("message", 3):
@@ -334,11 +364,23 @@ final class Confirmations: Sendable {
         return expected
     }
 
-    func failAll() {
+    func failAll(_ error: RedisError = RedisError.transport("the subscriber connection closed")) {
         let all = waiting.withLock { state -> [Batch] in
             defer { state.removeAll() }
             return state.values.flatMap { $0 }
         }
-        for batch in all { batch.answer(RedisError.transport("the subscriber connection closed")) }
+        for batch in all { batch.answer(error) }
+    }
+
+    /// Fails the commands waiting for confirmations of `names`.
+    func fail(kind: String, names: [String], _ error: RedisError) {
+        let batches = waiting.withLock { state -> [Batch] in
+            var batches: [Batch] = []
+            for name in names {
+                if let waiting = state.removeValue(forKey: kind + " " + name) { batches += waiting }
+            }
+            return batches
+        }
+        for batch in batches { batch.answer(error) }
     }
 }

@@ -3,6 +3,7 @@ import HeraldRedis
 import HeraldRedisClient
 import HeraldTestSupport
 import HeraldWire
+import Synchronization
 import Testing
 
 /// What only the sharded cluster does (the conformance suites check it keeps every promise):
@@ -84,5 +85,32 @@ struct ShardedClusterTests {
             #expect(page.recovery(from: before) == .recovered, "the history moved with it")
             #expect(page.entries.map(\.offset) == [before.offset + 1, before.offset + 2])
         }
+    }
+}
+
+extension ShardedClusterTests {
+    /// A shard channel subscribed on a master that does not serve its slot is answered `MOVED`:
+    /// the subscription fails, the channel is handed back, and the connection (with its other
+    /// channels) stays.
+    @Test func aSubscriptionSentToTheWrongMasterFailsWithoutTheConnection() async throws {
+        let cluster = try await RedisClusterSetup(readyForFailover: false)
+        defer { cluster.stop() }
+        let channels = (0..<40).map { "c{\($0)}" }
+        let master = try #require(cluster.shard(of: channels[0])).master
+        let mine = channels.filter { cluster.shard(of: $0)?.master.port == master.port }
+        let elsewhere = try #require(channels.first { cluster.shard(of: $0)?.master.port != master.port })
+        let dropped = Mutex<[String]>([])
+        let received = Mutex<[String]>([])
+        let subscriber = RedisSubscriber(
+            url: RedisURL(port: master.port), onMessage: { message in received.withLock { $0.append(message.channel) } },
+            onShardChannelDropped: { channel in dropped.withLock { $0.append(channel) } })
+        try await subscriber.connect()
+        try await subscriber.ssubscribe(mine)
+        await #expect(throws: RedisError.self) { try await subscriber.ssubscribe([elsewhere]) }
+        #expect(dropped.withLock { $0 } == [elsewhere])
+        #expect(subscriber.isConnected, "the connection stays")
+        #expect(redisCLI(port: master.port, ["SPUBLISH", mine[0], "x"]) == "1")
+        try await waitUntil("the channel placed right still receives") { received.withLock { $0 } == [mine[0]] }
+        await subscriber.close()
     }
 }
