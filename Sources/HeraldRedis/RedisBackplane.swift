@@ -66,6 +66,8 @@ public final class RedisBackplane: Service, Sendable {
         var notice: @Sendable (_ user: String, ByteBuffer) -> Void = { _, _ in }
         var nodeMessage: @Sendable (ByteBuffer) -> Void = { _ in }
         var subscriberLost: @Sendable () -> Void = {}
+        /// Some channels stopped being subscribed (a shard of a sharded cluster): the others go on.
+        var channelsLost: @Sendable ([DeliveryTarget]) -> Void = { _ in }
         var subscriberBack: @Sendable () -> Void = {}
         var control: @Sendable (ByteBuffer) -> Void = { _ in }
         var controlBack: @Sendable () -> Void = {}
@@ -142,7 +144,14 @@ public final class RedisBackplane: Service, Sendable {
                 cluster: shards,
                 on: group,
                 onMessage: dispatch,
-                onLost: { if health.lose(shards: true) { routes.withLock { $0.subscriberLost }() } },
+                onLost: { channels in
+                    _ = health.lose(shards: true)
+                    let targets = channels.compactMap { channel -> DeliveryTarget? in
+                        if case .target(let target)? = layout.destination(of: channel) { return target }
+                        return nil
+                    }
+                    routes.withLock { $0.channelsLost }(targets)
+                },
                 onBack: { if health.recover(shards: true) { routes.withLock { $0.subscriberBack }() } }
             )
         } else {
@@ -182,10 +191,14 @@ public final class RedisBackplane: Service, Sendable {
 
     /// The broker's part: messages on room, user and broadcast channels, and the pub/sub
     /// connection's losses (`lost`) and returns (`back`, every channel subscribed again).
-    func route(messages: @escaping @Sendable (DeliveryTarget, ByteBuffer) -> Void, lost: @escaping @Sendable () -> Void, back: @escaping @Sendable () -> Void) {
+    func route(
+        messages: @escaping @Sendable (DeliveryTarget, ByteBuffer) -> Void, lost: @escaping @Sendable () -> Void,
+        lostChannels: @escaping @Sendable ([DeliveryTarget]) -> Void, back: @escaping @Sendable () -> Void
+    ) {
         routes.withLock {
             $0.message = messages
             $0.subscriberLost = lost
+            $0.channelsLost = lostChannels
             $0.subscriberBack = back
         }
     }

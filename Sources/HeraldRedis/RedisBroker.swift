@@ -76,6 +76,11 @@ public final class RedisBroker: Broker {
                 subscribed.value.store(false, ordering: .relaxed)
                 streams.suspend()
             },
+            lostChannels: { targets in
+                // One shard of a sharded cluster: only its channels wait for healing.
+                subscribed.value.store(false, ordering: .relaxed)
+                streams.suspend(targets)
+            },
             back: {
                 subscribed.value.store(true, ordering: .relaxed)
                 counters.recordReconnect()

@@ -56,6 +56,14 @@ final class StreamTracker: Sendable {
         }
     }
 
+    /// Some channels stopped being subscribed (one shard of a sharded cluster): hold their live
+    /// messages until healed; the others stay live.
+    func suspend(_ targets: [DeliveryTarget]) {
+        state.withLock { channels in
+            for target in targets where channels[target] != nil && channels[target]?.held == nil { channels[target]?.held = [] }
+        }
+    }
+
     /// Channels to heal, with the last position delivered on each.
     func suspended() -> [(DeliveryTarget, StreamPosition?)] {
         state.withLock { channels in channels.compactMap { $0.value.held != nil ? ($0.key, $0.value.position) : nil } }

@@ -10,7 +10,7 @@ import Synchronization
 /// The slot map is the ``RedisClusterClient``'s. When it changes (a failover, a migration),
 /// and when Redis unsubscribes a channel on its own (`sunsubscribe` pushes: its slot moved
 /// away), the channels are subscribed again where they now live. Messages published meanwhile
-/// were missed: `onLost` is told when the first channel stops being subscribed, and `onBack`
+/// were missed: `onLost` is told which channels stopped being subscribed (the others go on), and `onBack`
 /// once every channel is subscribed again, so the owner heals from history.
 public final class RedisClusterSubscriber: Sendable {
     public typealias Server = RedisSentinelAddress.Server
@@ -18,7 +18,7 @@ public final class RedisClusterSubscriber: Sendable {
     private let cluster: RedisClusterClient
     private let group: any EventLoopGroup
     private let onMessage: @Sendable (RedisMessage) -> Void
-    private let onLost: @Sendable () -> Void
+    private let onLost: @Sendable ([String]) -> Void
     private let onBack: @Sendable () -> Void
     private let state = Mutex<State>(State())
     /// Subscriptions and moves, one at a time: a move never races a subscription of its channel.
@@ -57,7 +57,7 @@ public final class RedisClusterSubscriber: Sendable {
         cluster: RedisClusterClient,
         on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         onMessage: @escaping @Sendable (RedisMessage) -> Void,
-        onLost: @escaping @Sendable () -> Void = {},
+        onLost: @escaping @Sendable ([String]) -> Void = { _ in },
         onBack: @escaping @Sendable () -> Void = {}
     ) {
         self.cluster = cluster
@@ -202,7 +202,7 @@ public final class RedisClusterSubscriber: Sendable {
                 for channel in misplaced.keys { state.placed[channel] = nil }
                 return (misplaced, state.wanted.filter { state.placed[$0] == nil })
             }
-            if !misplaced.isEmpty { lost() }
+            lost(Array(misplaced.keys))
             var byOld: [Server: [String]] = [:]
             for (channel, server) in misplaced { byOld[server, default: []].append(channel) }
             for (server, names) in byOld { try? await state.withLock { $0.shards[server] }?.subscriber.sunsubscribe(names) }
@@ -241,17 +241,18 @@ public final class RedisClusterSubscriber: Sendable {
             onDisconnect: { [weak self] in
                 guard let self else { return }
                 // A shard being closed (no channels, no longer a master) loses nothing.
-                let holds = state.withLock { state in
+                let held = state.withLock { state -> [String] in
                     state.ready.remove(server)
-                    return state.shards[server] != nil && state.placed.values.contains(server)
+                    guard state.shards[server] != nil else { return [] }
+                    return state.placed.filter { $0.value == server }.map(\.key)
                 }
-                if holds { lost() }
+                lost(held)
             },
             onShardChannelDropped: { [weak self] channel in
                 guard let self else { return }
                 // Redis dropped it (its slot moved): missed messages until it is back.
                 state.withLock { _ = $0.placed.removeValue(forKey: channel) }
-                lost()
+                lost([channel])
                 requestRebalance(refreshingMap: true)
             }
         )
@@ -274,12 +275,11 @@ public final class RedisClusterSubscriber: Sendable {
         }
     }
 
-    private func lost() {
-        let tell = state.withLock { state in
-            defer { state.degraded = true }
-            return !state.degraded
-        }
-        if tell { onLost() }
+    /// `channels` stopped being subscribed: they miss messages until `onBack`.
+    private func lost(_ channels: [String]) {
+        guard !channels.isEmpty else { return }
+        state.withLock { $0.degraded = true }
+        onLost(channels)
     }
 
     private func checkHealth() {

@@ -190,8 +190,10 @@ public final class RedisSubscriber: Sendable {
                 state.shardChannels.subtract(moved)
                 return Array(moved)
             }
-            confirmations.fail(kind: "ssubscribe", names: moved, error)
+            // The owner hears first: when the subscription's caller learns it failed, the
+            // channel is already handed back.
             for channel in moved { onShardChannelDropped(channel) }
+            confirmations.fail(kind: "ssubscribe", names: moved, error)
         }
         let connection = try await RedisConnection.connect(to: url, on: group) { push in
             Self.route(push, onMessage: onMessage, confirmations: confirmations, dropped: dropped, refused: refused)

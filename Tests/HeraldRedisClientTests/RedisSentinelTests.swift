@@ -279,12 +279,12 @@ extension RedisClusterTests {
         let client = RedisClusterClient(url: try RedisURL(parsing: cluster.url))
         try await client.connect()
         let received = Mutex<[String: Int]>([:])
-        let lost = Mutex(0)
+        let lost = Mutex<Set<String>>([])
         let back = Mutex(0)
         let subscriber = RedisClusterSubscriber(
             cluster: client,
             onMessage: { message in received.withLock { $0[message.channel, default: 0] += 1 } },
-            onLost: { lost.withLock { $0 += 1 } },
+            onLost: { channels in lost.withLock { $0.formUnion(channels) } },
             onBack: { back.withLock { $0 += 1 } }
         )
         let running = Task {
@@ -303,12 +303,13 @@ extension RedisClusterTests {
         try await waitUntil("every channel's message arrived") { received.withLock { $0 } == Dictionary(uniqueKeysWithValues: channels.map { ($0, 1) }) }
 
         let (master, replica) = try #require(cluster.shard(of: channels[0]))
-        #expect(subscriber.placement.values.contains { $0.port == master.port })
+        let onKilled = Set(subscriber.placement.filter { $0.value.port == master.port }.keys)
+        #expect(onKilled.contains(channels[0]) && onKilled.count < channels.count)
         try await cluster.killMasterAndAwaitFailover(servingSlotOf: channels[0])
         try await waitUntil("the map names the promoted replica and every channel is subscribed again", within: 30) {
             client.master(of: RedisCluster.slot(of: channels[0]))?.port == replica.port && subscriber.isConnected && back.withLock { $0 } >= 1
         }
-        #expect(lost.withLock { $0 } >= 1)
+        #expect(lost.withLock { $0 } == onKilled, "only the killed master's channels were reported lost")
         for channel in channels {
             #expect(try await client.send(RESPCommand("SPUBLISH", channel, "2"), routedBy: channel) == .integer(1))
             #expect(try await client.send(RESPCommand("GET", channel + ":key"), routedBy: channel) != .null)

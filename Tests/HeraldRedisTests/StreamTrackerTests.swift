@@ -35,6 +35,23 @@ struct StreamTrackerTests {
         #expect(sink.delivered.withLock { $0 } == ["1@e1", "2@e1", "3@e1", "4@e1"])
     }
 
+    @Test func suspendingSomeChannelsLeavesTheOthersLive() {
+        let sink = CountingSink()
+        let tracker = StreamTracker(sink: sink)
+        func message(_ room: String, _ offset: Int64) -> Envelope {
+            Envelope(target: .room(room), frame: ByteBuffer(string: "\(room)\(offset)"), position: StreamPosition(offset: offset, epoch: "e"))
+        }
+        tracker.received(message("A", 1))
+        tracker.received(message("B", 1))
+        tracker.suspend([.room("A")])  // A's shard is failing over; B's is not
+        tracker.received(message("A", 2))
+        tracker.received(message("B", 2))
+        #expect(sink.delivered.withLock { $0 } == ["A1", "B1", "B2"], "B stays live, A waits")
+        #expect(tracker.suspended().map(\.0) == [.room("A")])
+        _ = tracker.heal(.room("A"), with: nil)
+        #expect(sink.delivered.withLock { $0 } == ["A1", "B1", "B2", "A2"])
+    }
+
     @Test func aNewEpochIsDeliveredFromItsFirstMessage() {
         let sink = CountingSink()
         let tracker = StreamTracker(sink: sink)
