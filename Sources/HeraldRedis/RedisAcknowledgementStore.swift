@@ -17,16 +17,14 @@ public final class RedisAcknowledgementStore: AcknowledgementStore {
         self.backplane = backplane
         let layout = backplane.layout
         let client = backplane.client
-        let prefixes = [ByteBuffer(string: layout.unacknowledgedKey("")), ByteBuffer(string: layout.unacknowledgedFramesKey(""))]
         let shards = backplane.shards
         self.reads = BatchedReader { users in
             if let shards {
                 // Sharded: each user's keys are in the slot of the user's channel; one call per
-                // user, pipelined per master (the whole keys as prefixes, an empty user).
+                // user, pipelined per master.
                 let calls = users.map { user in
-                    let keys = [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user)]
-                    return RedisClusterClient.RoutedCommand(
-                        .script(Self.unacknowledgedOfUsersScript, keys: keys, arguments: keys.map { ByteBuffer(string: $0) } + [ByteBuffer()]))
+                    RedisClusterClient.RoutedCommand(
+                        .script(Self.unacknowledgedOfUsersScript, keys: [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user)], arguments: []))
                 }
                 let replies = shards.submit(pipeline: calls)
                 return EventLoopFuture.whenAllSucceed(replies, on: replies[0].eventLoop).flatMapThrowing { replies in
@@ -38,7 +36,8 @@ public final class RedisAcknowledgementStore: AcknowledgementStore {
                     }
                 }
             }
-            return client.evaluate(Self.unacknowledgedOfUsersScript, keys: [], arguments: prefixes + users.map { ByteBuffer(string: $0) })
+            let keys = users.flatMap { [layout.unacknowledgedKey($0), layout.unacknowledgedFramesKey($0)] }
+            return client.evaluate(Self.unacknowledgedOfUsersScript, keys: keys, arguments: [ByteBuffer]())
                 .flatMapThrowing { reply in
                     guard case .array(let lists?) = reply, lists.count == users.count else {
                         throw RedisError.unexpectedReply("Redis answered the unacknowledged script with \(reply)")
@@ -98,23 +97,21 @@ public final class RedisAcknowledgementStore: AcknowledgementStore {
         }
     }
 
-    /// ARGV: the unacknowledged set and frames key prefixes, then users. For each user, in
-    /// order: drops expired messages and answers {{EPOCH:OFFSET, INDEX\nFRAME}, ...}, oldest
-    /// first. Users with nothing waiting cost one ZCARD. (The keys are not declared unless sharded,
-    /// where each call reads one user, whose keys are then passed as prefixes and declared.)
+    /// KEYS: each user's unacknowledged set and frames, in pairs. For each user, in order:
+    /// drops expired messages and answers {{EPOCH:OFFSET, INDEX\nFRAME}, ...}, oldest first.
+    /// Users with nothing waiting cost one ZCARD.
     static let unacknowledgedOfUsersScript = RedisScript(
         """
         local time = redis.call('TIME')
         local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
         local lists = {}
-        for i = 3, #ARGV do
-          local set, frames = ARGV[1] .. ARGV[i], ARGV[2] .. ARGV[i]
+        for i = 1, #KEYS, 2 do
           local out = {}
-          if redis.call('ZCARD', set) > 0 then
-            for _, member in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', now)) do redis.call('HDEL', frames, member) end
-            redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
-            for _, member in ipairs(redis.call('ZRANGE', set, 0, -1)) do
-              local frame = redis.call('HGET', frames, member)
+          if redis.call('ZCARD', KEYS[i]) > 0 then
+            for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now)) do redis.call('HDEL', KEYS[i + 1], member) end
+            redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+            for _, member in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
+              local frame = redis.call('HGET', KEYS[i + 1], member)
               if frame then out[#out + 1] = {member, frame} end
             end
           end

@@ -214,7 +214,8 @@ public final class RedisBroker: Broker {
 
     /// What publishing `envelope` sends to Redis, and how its reply becomes a position.
     private func publishRequest(for envelope: Envelope) -> (command: PipelinedCommand, parse: @Sendable (RESPValue) throws -> StreamPosition?) {
-        let channel = ByteBuffer(string: layout.channel(for: envelope.target))
+        let channelName = layout.channel(for: envelope.target)
+        let channel = ByteBuffer(string: channelName)
         let history = configuration.history
         let ttl = ByteBuffer(string: String(max(1, history.ttl.components.seconds)))
         let key = ByteBuffer(string: envelope.idempotencyKey ?? "")
@@ -222,9 +223,9 @@ public final class RedisBroker: Broker {
         if envelope.target != .all {
             // Offset, history append and publish in one atomic step on the server.
             let server = layout.serverKeys(for: envelope.target)
-            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey, server.server, server.lossless]
+            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey, server.server, server.lossless, channelName]
             var arguments = [
-                channel, envelope.frame, ByteBuffer(string: envelope.positionIndex.map(String.init) ?? ""),
+                envelope.frame, ByteBuffer(string: envelope.positionIndex.map(String.init) ?? ""),
                 ByteBuffer(string: String(history.size(for: envelope.target))), ttl, key,
             ]
             if envelope.requiresAck, case .user(let user) = envelope.target {
@@ -280,10 +281,13 @@ public final class RedisBroker: Broker {
     }
 
     /// KEYS: the channel's stream key (a hash: epoch, offset, server), its history (a Redis
-    /// Stream), the idempotency key's key, the data set's server (``RedisLayout/serverKey``);
-    /// the servers whose writes are all here (``RedisLayout/losslessServersKey``); with `ack`, KEYS[6], KEYS[7]: the user's unacknowledged set and frames. ARGV: channel, frame (without its position), position index ("" for none),
-    /// history size, history TTL in seconds, idempotency key ("" for none); with `ack`, ARGV[7],
-    /// ARGV[8]: how long the message waits for its acknowledgement, and how many may wait.
+    /// Stream), the idempotency key's key, the data set's server (``RedisLayout/serverKey``),
+    /// the servers whose writes are all here (``RedisLayout/losslessServersKey``), the channel
+    /// itself (declared like a key: on a sharded cluster it lives in the slot of the others);
+    /// with `ack`, KEYS[7], KEYS[8]: the user's unacknowledged set and frames. ARGV: frame
+    /// (without its position), position index ("" for none), history size, history TTL in
+    /// seconds, idempotency key ("" for none); with `ack`, ARGV[6], ARGV[7]: how long the
+    /// message waits for its acknowledgement, and how many may wait.
     ///
     /// A key used within the TTL in the channel's current epoch makes the publish a no-op
     /// (returns 0): its message is in this epoch's history. A key used in an earlier epoch is
@@ -301,37 +305,37 @@ public final class RedisBroker: Broker {
     /// The publish script's source, publishing with `command`.
     private static func publishSource(_ command: String) -> String {
         """
-        \(serverCheck(4, ttl: 5))
+        \(serverCheck(4, ttl: 4))
         local epoch = redis.call('HGET', KEYS[1], 'epoch')
         local time = redis.call('TIME')
         if not epoch then
           epoch = string.format('%x%x', tonumber(time[1]), tonumber(time[2]))
           redis.call('HSET', KEYS[1], 'epoch', epoch, 'server', server)
         end
-        if ARGV[6] ~= '' then
+        if ARGV[5] ~= '' then
           if redis.call('GET', KEYS[3]) == epoch then return 0 end
-          redis.call('SET', KEYS[3], epoch, 'EX', ARGV[5])
+          redis.call('SET', KEYS[3], epoch, 'EX', ARGV[4])
         end
         local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-        if tonumber(ARGV[4]) > 0 then
-          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], offset .. '-1', 't', time[1], 'f', ARGV[2], 'i', ARGV[3])
-          redis.call('EXPIRE', KEYS[2], ARGV[5])
+        if tonumber(ARGV[3]) > 0 then
+          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-1', 't', time[1], 'f', ARGV[1], 'i', ARGV[2])
+          redis.call('EXPIRE', KEYS[2], ARGV[4])
         end
-        redis.call('EXPIRE', KEYS[1], ARGV[5])
-        if ARGV[7] then
+        redis.call('EXPIRE', KEYS[1], ARGV[4])
+        if ARGV[6] then
           local member = epoch .. ':' .. offset
           local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-          redis.call('ZADD', KEYS[6], now + tonumber(ARGV[7]) * 1000, member)
-          redis.call('HSET', KEYS[7], member, ARGV[3] .. '\\n' .. ARGV[2])
-          if redis.call('ZCARD', KEYS[6]) > tonumber(ARGV[8]) then
-            local oldest = redis.call('ZRANGE', KEYS[6], 0, 0)[1]
-            redis.call('ZREM', KEYS[6], oldest)
-            redis.call('HDEL', KEYS[7], oldest)
+          redis.call('ZADD', KEYS[7], now + tonumber(ARGV[6]) * 1000, member)
+          redis.call('HSET', KEYS[8], member, ARGV[2] .. '\\n' .. ARGV[1])
+          if redis.call('ZCARD', KEYS[7]) > tonumber(ARGV[7]) then
+            local oldest = redis.call('ZRANGE', KEYS[7], 0, 0)[1]
+            redis.call('ZREM', KEYS[7], oldest)
+            redis.call('HDEL', KEYS[8], oldest)
           end
-          redis.call('EXPIRE', KEYS[6], ARGV[7])
-          redis.call('EXPIRE', KEYS[7], ARGV[7])
+          redis.call('EXPIRE', KEYS[7], ARGV[6])
+          redis.call('EXPIRE', KEYS[8], ARGV[6])
         end
-        redis.call('\(command)', ARGV[1], '#' .. offset .. ' ' .. epoch .. ' ' .. ARGV[3] .. '\\n' .. ARGV[2])
+        redis.call('\(command)', KEYS[6], '#' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2] .. '\\n' .. ARGV[1])
         return {offset, epoch}
         """
     }

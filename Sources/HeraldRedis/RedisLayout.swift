@@ -153,6 +153,15 @@ public struct RedisLayout: Sendable, Equatable {
     /// online or offline somewhere, a node gone): nodes sending presence events read it once
     /// per window and read rooms' presence only when it moved.
     public var presenceVersionKey: String { sharedPrefix + ":presence-version" }
+    /// The rooms whose presence changed, by the version that changed them (a sorted set).
+    public var presenceChangeLogKey: String { presenceVersionKey + ":rooms" }
+    /// The version below which the change log lost entries.
+    public var presenceChangeFloorKey: String { presenceVersionKey + ":floor" }
+    /// The last version at which any room's presence may have changed.
+    public var presenceAnyChangeKey: String { presenceVersionKey + ":all" }
+    /// The keys of the presence version, in the order the roster's scripts take them:
+    /// version, change log, floor, any change.
+    public var presenceVersionKeys: [String] { [presenceVersionKey, presenceChangeLogKey, presenceChangeFloorKey, presenceAnyChangeKey] }
     public var presenceInfoKeyPrefix: String { sharedPrefix + ":presence-info:" }
     /// The presence info (token `info` claims) of the users connected to `node`, a hash that
     /// lives and expires with the node's presence hash.

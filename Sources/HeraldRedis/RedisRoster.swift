@@ -38,6 +38,9 @@ public final class RedisRoster: Roster, Service {
     private let scriptsPreloaded = Atomic<Bool>(false)
     /// The value of the data set's instance key when this node last heartbeated.
     private let knownInstance = Mutex<String?>(nil)
+    /// The live nodes the last presence read found: their hashes are the keys the next one
+    /// declares (``evaluateOverLiveNodes(_:keyOf:users:)``).
+    private let liveNodes = Mutex<[String]>([])
     /// Rooms of users whose first connection is being set up, read in batches.
     private let roomReads: BatchedReader<[String: MembershipGrant]>
     /// This node's presence changes, sent in batches.
@@ -69,8 +72,7 @@ public final class RedisRoster: Roster, Service {
         let client = backplane.client
         let layout = backplane.layout
         let presenceKey = layout.presenceKey(backplane.configuration.nodeID)
-        let presenceVersionKey = layout.presenceVersionKey
-        let roomsOfPrefix = ByteBuffer(string: layout.roomsOfKey(""))
+        let presenceVersionKeys = layout.presenceVersionKeys
         let presenceInfoKey = layout.presenceInfoKey(backplane.configuration.nodeID)
         backplane.route(
             notices: { user, payload in
@@ -98,8 +100,8 @@ public final class RedisRoster: Roster, Service {
         let stale = PresenceFlag()
         self.presenceStale = stale
         self.roomReads = BatchedReader { users in
-            let prefixes = [layout.roomsOfKey(""), layout.ownJoinsKey("")].map { ByteBuffer(string: $0) }
-            return client.evaluate(Self.roomsOfScript, keys: [], arguments: prefixes + users.map { ByteBuffer(string: $0) })
+            let keys = users.flatMap { [layout.roomsOfKey($0), layout.ownJoinsKey($0)] }
+            return client.evaluate(Self.roomsOfScript, keys: keys, arguments: [ByteBuffer]())
                 .flatMapThrowing { reply in
                     guard case .array(let lists?) = reply, lists.count == 2 * users.count else {
                         throw RedisError.unexpectedReply("Redis answered the rooms script with \(reply)")
@@ -119,10 +121,15 @@ public final class RedisRoster: Roster, Service {
                 }
         }
         self.presenceChanges = DeltaBatcher { deltas in
-            var arguments = [ttl, roomsOfPrefix]
-            arguments.reserveCapacity(2 + 2 * deltas.count)
-            for (user, delta) in deltas { arguments += [ByteBuffer(string: user), ByteBuffer(string: String(delta))] }
-            return client.evaluate(Self.presenceScript, keys: [presenceKey, presenceVersionKey, presenceInfoKey], arguments: arguments).map { _ in }.recover {
+            var keys = [presenceKey, presenceInfoKey] + presenceVersionKeys
+            var arguments = [ttl]
+            keys.reserveCapacity(keys.count + deltas.count)
+            arguments.reserveCapacity(1 + 2 * deltas.count)
+            for (user, delta) in deltas {
+                keys.append(layout.roomsOfKey(user))
+                arguments += [ByteBuffer(string: user), ByteBuffer(string: String(delta))]
+            }
+            return client.evaluate(Self.presenceScript, keys: keys, arguments: arguments).map { _ in }.recover {
                 error in
                 // The next heartbeat rewrites the node's presence from the hub's counts.
                 stale.value.store(true, ordering: .relaxed)
@@ -158,8 +165,8 @@ public final class RedisRoster: Roster, Service {
                 script,
                 keys: [
                     layout.membersKey(change.room), layout.roomsOfKey(change.user), layout.roomsKey, layout.endedKey(change.user),
-                    layout.ownJoinsKey(change.user), layout.presenceVersionKey,
-                ],
+                    layout.ownJoinsKey(change.user),
+                ] + layout.presenceVersionKeys,
                 arguments: [change.user, change.room, layout.sharded ? "" : layout.channel(for: .user(change.user)), notice] + extra
             )
         } catch {
@@ -291,7 +298,7 @@ public final class RedisRoster: Roster, Service {
         guard !users.isEmpty else { return [:] }
         let reply: RESPValue
         do {
-            reply = try await client.evaluate(Self.countScript, keys: [layout.nodesKey], arguments: [layout.presenceKeyPrefix] + users)
+            reply = try await evaluateOverLiveNodes(Self.countScript, keyOf: layout.presenceKey, users: users)
         } catch {
             throw HubError.unavailable("Redis: \(error)")
         }
@@ -303,6 +310,26 @@ public final class RedisRoster: Roster, Service {
             if case .integer(let value) = count { result[user, default: 0] += Int(value) }
         }
         return result
+    }
+
+    /// Runs `script` (``countScript`` or ``infoScript``) over the live nodes' hashes, each
+    /// declared as a key: the script is given the nodes the last read found live and answers
+    /// with the live ones instead when they differ (a node came or went), and is run again
+    /// with those. Returns the script's answer for `users`.
+    private func evaluateOverLiveNodes(_ script: RedisScript, keyOf: (String) -> String, users: [String]) async throws -> RESPValue {
+        var candidates = liveNodes.withLock { $0 }
+        for _ in 0..<3 {
+            let reply = try await client.evaluate(
+                script, keys: [layout.nodesKey] + candidates.map(keyOf), arguments: [String(candidates.count)] + candidates + users)
+            guard case .array(let parts?) = reply, parts.count == 2, case .integer(let complete) = parts[0] else {
+                throw RedisError.unexpectedReply("Redis answered the presence script with \(reply)")
+            }
+            if complete == 1 { return parts[1] }
+            guard case .array(let live?) = parts[1] else { throw RedisError.unexpectedReply("Redis answered the presence script with \(reply)") }
+            candidates = live.compactMap(\.string)
+            liveNodes.withLock { [candidates] in $0 = candidates }
+        }
+        throw RedisError.unexpectedReply("the live nodes changed during three presence reads in a row; try again")
     }
 
     /// Batched: changes made while a batch is at Redis leave together with the next one (a
@@ -334,7 +361,7 @@ public final class RedisRoster: Roster, Service {
         }
         _ = try? await client.evaluate(
             Self.goodbyeScript,
-            keys: [layout.nodesKey, layout.nodeTotalsKey, layout.presenceKey(nodeID), layout.presenceInfoKey(nodeID), layout.presenceVersionKey],
+            keys: [layout.nodesKey, layout.nodeTotalsKey, layout.presenceKey(nodeID), layout.presenceInfoKey(nodeID)] + layout.presenceVersionKeys,
             arguments: [nodeID]
         )
     }
@@ -351,7 +378,7 @@ public final class RedisRoster: Roster, Service {
         guard !users.isEmpty else { return [:] }
         let reply: RESPValue
         do {
-            reply = try await client.evaluate(Self.infoScript, keys: [layout.nodesKey], arguments: [layout.presenceInfoKeyPrefix] + users)
+            reply = try await evaluateOverLiveNodes(Self.infoScript, keyOf: layout.presenceInfoKey, users: users)
         } catch {
             throw HubError.unavailable("Redis: \(error)")
         }
@@ -380,7 +407,7 @@ public final class RedisRoster: Roster, Service {
         let reply: RESPValue
         do {
             reply = try await client.evaluate(
-                Self.presenceChangesScript, keys: [layout.instanceKey, layout.presenceVersionKey], arguments: [String(known?.counter ?? -1)])
+                Self.presenceChangesScript, keys: [layout.instanceKey] + layout.presenceVersionKeys, arguments: [String(known?.counter ?? -1)])
         } catch {
             throw HubError.unavailable("Redis: \(error)")
         }
@@ -412,9 +439,8 @@ public final class RedisRoster: Roster, Service {
             let reply = try await client.evaluate(
                 Self.heartbeatScript,
                 keys: [
-                    layout.nodesKey, layout.presenceKey(nodeID), layout.nodeTotalsKey, layout.instanceKey, layout.presenceVersionKey,
-                    layout.presenceInfoKey(nodeID),
-                ],
+                    layout.nodesKey, layout.presenceKey(nodeID), layout.nodeTotalsKey, layout.instanceKey, layout.presenceInfoKey(nodeID),
+                ] + layout.presenceVersionKeys,
                 // A new value each time: a node that finds the key gone must not set it back to
                 // the value it knew, or it would not notice.
                 arguments: [nodeID, ttl, "\(totals.connections) \(totals.users)", String(UInt64.random(in: 1...UInt64.max), radix: 36)]
@@ -438,7 +464,7 @@ public final class RedisRoster: Roster, Service {
             guard stale || !counts.isEmpty else { return }
             var arguments = [ttl]
             for (user, count) in counts { arguments += [user, String(count)] }
-            _ = try await client.evaluate(Self.rewriteScript, keys: [layout.presenceKey(nodeID), layout.presenceVersionKey], arguments: arguments)
+            _ = try await client.evaluate(Self.rewriteScript, keys: [layout.presenceKey(nodeID)] + layout.presenceVersionKeys, arguments: arguments)
             logger.notice("presence rewritten after Redis lost it", metadata: ["users": "\(counts.count)"])
         } catch {
             presenceStale.value.store(true, ordering: .relaxed)
@@ -470,10 +496,9 @@ public final class RedisRoster: Roster, Service {
     func restoreMemberships() async -> Bool {
         let memberships = sink.localMemberships()
         guard !memberships.isEmpty else { return true }
-        var keys: [String] = [layout.roomsKey, layout.presenceVersionKey]
-        var arguments: [String] = [
-            layout.membersKey(""), layout.roomsOfKey(""), layout.endedKey(""), layout.sharded ? "" : layout.channel(for: .user("")), layout.ownJoinsKey(""),
-        ]
+        var keys: [String] = [layout.roomsKey] + layout.presenceVersionKeys
+        let fixedKeys = keys.count
+        var arguments: [String] = [layout.sharded ? "" : layout.channel(for: .user(""))]
         let fixed = arguments.count
         var restored = 0
         func flush() async throws {
@@ -488,7 +513,7 @@ public final class RedisRoster: Roster, Service {
                     _ = try await publishOnUserChannel(user, notice)
                 }
             }
-            keys.removeSubrange(2...)
+            keys.removeSubrange(fixedKeys...)
             arguments.removeSubrange(fixed...)
         }
         do {
@@ -498,6 +523,7 @@ public final class RedisRoster: Roster, Service {
                     // No confirmation is awaited: the token matches no waiting change.
                     let change = MembershipChange(user: user, room: room, isMember: true, grant: grant)
                     arguments += [room, MembershipNotice(origin: nodeID, token: "restore", change: change).encoded(), grant == .user ? "u" : "b"]
+                    keys += [layout.membersKey(room), layout.roomsOfKey(user), layout.endedKey(user), layout.ownJoinsKey(user)]
                 }
                 if arguments.count >= 3000 { try await flush() }
             }
@@ -540,7 +566,8 @@ public final class RedisRoster: Roster, Service {
         """
 
     /// KEYS: members, rooms-of, rooms, the user's recently ended memberships, the user's own
-    /// joins, the presence version (raised on every change). ARGV: user, room, user channel, notice, max rooms per user, max members per room,
+    /// joins, then the presence version keys (``RedisLayout/presenceVersionKeys``: the version
+    /// is raised on every change). ARGV: user, room, user channel, notice, max rooms per user, max members per room,
     /// max rooms, grant (`u` the user, `b` the backend). Returns {1, receivers} when joined (or
     /// when the backend's grant replaced the user's own), {0, 0} when already a member (not
     /// announced: clients re-join after every welcome, and nodes already apply it), {-1|-2|-3,
@@ -584,27 +611,27 @@ public final class RedisRoster: Roster, Service {
             """
     )
 
-    /// KEYS: the node's presence hash, the presence version, the node's presence info. ARGV:
-    /// ttl seconds, the rooms-of key prefix, then user, delta pairs. When a user came online or
-    /// went offline on this node, raises the version and logs the user's rooms as changed;
-    /// forgets the info of users gone from it. (The rooms-of keys are not declared: this roster
-    /// needs a single Redis anyway.)
+    /// KEYS: the node's presence hash, the node's presence info, the presence version keys
+    /// (``RedisLayout/presenceVersionKeys``), then each user's rooms-of key, in ARGV's order.
+    /// ARGV: ttl seconds, then user, delta pairs. When a user came online or went offline on
+    /// this node, raises the version and logs the user's rooms as changed; forgets the info of
+    /// users gone from it.
     static let presenceScript = RedisScript(
-        changedRooms(versionKey: 2) + """
+        changedRooms(versionKey: 3) + """
             local crossed = {}
-            for i = 3, #ARGV, 2 do
+            for i = 2, #ARGV, 2 do
               local count = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
               if count <= 0 then
                 redis.call('HDEL', KEYS[1], ARGV[i])
-                redis.call('HDEL', KEYS[3], ARGV[i])
-                crossed[#crossed + 1] = ARGV[i]
+                redis.call('HDEL', KEYS[2], ARGV[i])
+                crossed[#crossed + 1] = 6 + i / 2
               elseif count == tonumber(ARGV[i + 1]) then
-                crossed[#crossed + 1] = ARGV[i]
+                crossed[#crossed + 1] = 6 + i / 2
               end
             end
             if #crossed > 0 then
-              local version = redis.call('INCR', KEYS[2])
-              for _, user in ipairs(crossed) do changed(version, redis.call('SMEMBERS', ARGV[2] .. user)) end
+              local version = redis.call('INCR', KEYS[3])
+              for _, key in ipairs(crossed) do changed(version, redis.call('SMEMBERS', KEYS[key])) end
             end
             if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
             return 1
@@ -612,19 +639,20 @@ public final class RedisRoster: Roster, Service {
     )
 
     /// Rooms whose presence changed, by the version that changed them, are logged in a sorted
-    /// set beside the version counter (`VERSION:rooms`), kept to the last ``changeLogSize``;
-    /// `VERSION:floor` is the version below which the log lost entries, and `VERSION:all` the
-    /// last version at which any room may have changed (a node expired, came back or left, or
-    /// Redis lost presence). This is the Lua `changed(version, rooms)` of the scripts that log.
+    /// set beside the version counter (``RedisLayout/presenceChangeLogKey``), kept to the last
+    /// ``changeLogSize``; the floor key holds the version below which the log lost entries, and
+    /// the any-change key the last version at which any room may have changed (a node expired,
+    /// came back or left, or Redis lost presence). This is the Lua `changed(version, rooms)` of
+    /// the scripts that log; KEYS[`versionKey`] and the three after it are
+    /// ``RedisLayout/presenceVersionKeys``.
     static func changedRooms(versionKey: Int) -> String {
         """
         local function changed(version, rooms)
-          local log = KEYS[\(versionKey)] .. ':rooms'
-          for _, room in ipairs(rooms) do redis.call('ZADD', log, version, room) end
-          if redis.call('ZCARD', log) > \(changeLogSize) then
-            redis.call('ZREMRANGEBYRANK', log, 0, -\(changeLogSize) - 1)
-            local first = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
-            redis.call('SET', KEYS[\(versionKey)] .. ':floor', tonumber(first[2]) - 1)
+          for _, room in ipairs(rooms) do redis.call('ZADD', KEYS[\(versionKey + 1)], version, room) end
+          if redis.call('ZCARD', KEYS[\(versionKey + 1)]) > \(changeLogSize) then
+            redis.call('ZREMRANGEBYRANK', KEYS[\(versionKey + 1)], 0, -\(changeLogSize) - 1)
+            local first = redis.call('ZRANGE', KEYS[\(versionKey + 1)], 0, 0, 'WITHSCORES')
+            redis.call('SET', KEYS[\(versionKey + 2)], tonumber(first[2]) - 1)
           end
         end
 
@@ -633,51 +661,47 @@ public final class RedisRoster: Roster, Service {
 
     static let changeLogSize = 10_000
 
-    /// KEYS: the instance key, the presence version. ARGV: the version the caller saw (-1: none
-    /// of this data set). Returns {instance (nil before the first heartbeat), version, then 1
+    /// KEYS: the instance key, the presence version keys (``RedisLayout/presenceVersionKeys``).
+    /// ARGV: the version the caller saw (-1: none of this data set). Returns {instance (nil before the first heartbeat), version, then 1
     /// and the rooms changed since when the log can tell, else 0}.
     static let presenceChangesScript = RedisScript(
         """
         local instance = redis.call('GET', KEYS[1])
         local version = tonumber(redis.call('GET', KEYS[2]) or '0')
         local since = tonumber(ARGV[1])
-        local all = tonumber(redis.call('GET', KEYS[2] .. ':all') or '0')
-        local floor = tonumber(redis.call('GET', KEYS[2] .. ':floor') or '0')
+        local all = tonumber(redis.call('GET', KEYS[5]) or '0')
+        local floor = tonumber(redis.call('GET', KEYS[4]) or '0')
         if not instance or since < 0 or since > version or all > since or since < floor then return {instance, version, 0} end
-        return {instance, version, 1, redis.call('ZRANGEBYSCORE', KEYS[2] .. ':rooms', '(' .. since, '+inf')}
+        return {instance, version, 1, redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. since, '+inf')}
         """
     )
 
-    /// KEYS: nodes, node totals, the node's presence hash and info hash, the presence version.
-    /// ARGV: node id. A graceful exit in one step: the node's users go offline, and the nodes
+    /// KEYS: nodes, node totals, the node's presence hash and info hash, the presence version
+    /// keys (``RedisLayout/presenceVersionKeys``). ARGV: node id. A graceful exit in one step: the node's users go offline, and the nodes
     /// sending presence events hear of it.
     static let goodbyeScript = RedisScript(
         """
         redis.call('ZREM', KEYS[1], ARGV[1])
         redis.call('HDEL', KEYS[2], ARGV[1])
         redis.call('DEL', KEYS[3], KEYS[4])
-        redis.call('SET', KEYS[5] .. ':all', redis.call('INCR', KEYS[5]))
+        redis.call('SET', KEYS[8], redis.call('INCR', KEYS[5]))
         return 1
         """
     )
 
-    /// ARGV: the rooms-of and own-joins key prefixes, then users. Returns each user's rooms
-    /// and own joins, in order. (The keys are not declared: this roster needs a single Redis
-    /// anyway.)
+    /// KEYS: each user's rooms-of and own-joins keys, in pairs. Returns each user's rooms and
+    /// own joins, in order.
     static let roomsOfScript = RedisScript(
         """
         local out = {}
-        for i = 3, #ARGV do
-          out[#out + 1] = redis.call('SMEMBERS', ARGV[1] .. ARGV[i])
-          out[#out + 1] = redis.call('SMEMBERS', ARGV[2] .. ARGV[i])
-        end
+        for i = 1, #KEYS do out[i] = redis.call('SMEMBERS', KEYS[i]) end
         return out
         """
     )
 
-    /// KEYS: nodes, the node's presence hash, node totals, the instance key, the presence
-    /// version (raised when a node expired or (re)appeared), the node's presence info (kept
-    /// alive with its presence). ARGV: node id, ttl
+    /// KEYS: nodes, the node's presence hash, node totals, the instance key, the node's
+    /// presence info (kept alive with its presence), the presence version keys
+    /// (``RedisLayout/presenceVersionKeys``: raised when a node expired or (re)appeared). ARGV: node id, ttl
     /// seconds, the node's "CONNECTIONS USERS", an instance value to set if there is none. Uses
     /// the server's clock, so nodes' clocks need not agree. Forgets expired nodes. Returns {1
     /// when the node was not registered (Redis lost it, or it expired) else 0, the number of
@@ -690,10 +714,10 @@ public final class RedisRoster: Roster, Service {
         for _, node in ipairs(dead) do redis.call('HDEL', KEYS[3], node) end
         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
         local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000, ARGV[1])
-        if #dead > 0 or added == 1 then redis.call('SET', KEYS[5] .. ':all', redis.call('INCR', KEYS[5])) end
+        if #dead > 0 or added == 1 then redis.call('SET', KEYS[9], redis.call('INCR', KEYS[6])) end
         redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
         redis.call('EXPIRE', KEYS[2], ARGV[2])
-        redis.call('EXPIRE', KEYS[6], ARGV[2])
+        redis.call('EXPIRE', KEYS[5], ARGV[2])
         local instance = redis.call('GET', KEYS[4])
         if not instance then
           instance = ARGV[4]
@@ -723,48 +747,52 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS: rooms, the presence version (raised when something was written). ARGV: the
-    /// members, rooms-of and ended key prefixes, the user channel
-    /// prefix, the own-joins key prefix, then for each user: user, number of rooms, then room,
-    /// join notice and grant (`u` the user, `b` the backend) for each. Skips memberships ended
-    /// recently; announces each one written. Returns how many.
+    /// KEYS: rooms, the presence version keys (``RedisLayout/presenceVersionKeys``: raised
+    /// when something was written), then for each membership in ARGV's order: the room's
+    /// members, the user's rooms-of, ended and own-joins keys. ARGV: the user channel prefix
+    /// ("" on a sharded cluster, whose user channels are in other slots: the roster announces),
+    /// then for each user: user, number of rooms, then room, join notice and grant (`u` the
+    /// user, `b` the backend) for each. Skips memberships ended recently; announces each one
+    /// written. Returns how many.
     static let restoreScript = RedisScript(
         """
         local restored = 0
         local pending = {}
-        local i = 6
+        local i = 2
+        local k = 6
         while i <= #ARGV do
           local user, count = ARGV[i], tonumber(ARGV[i + 1])
           for j = i + 2, i + 1 + 3 * count, 3 do
             local room = ARGV[j]
-            if redis.call('HEXISTS', ARGV[3] .. user, room) == 0 then
-              local added = redis.call('SADD', ARGV[1] .. room, user)
-              redis.call('SADD', ARGV[2] .. user, room)
+            if redis.call('HEXISTS', KEYS[k + 2], room) == 0 then
+              local added = redis.call('SADD', KEYS[k], user)
+              redis.call('SADD', KEYS[k + 1], room)
               redis.call('SADD', KEYS[1], room)
               -- The user's own join, unless a membership is already back (never downgraded).
-              if added == 1 and ARGV[j + 2] == 'u' then redis.call('SADD', ARGV[5] .. user, room) end
-              if ARGV[4] == '' then
+              if added == 1 and ARGV[j + 2] == 'u' then redis.call('SADD', KEYS[k + 3], room) end
+              if ARGV[1] == '' then
                 pending[#pending + 1] = user
                 pending[#pending + 1] = ARGV[j + 1]
               else
-                redis.call('PUBLISH', ARGV[4] .. user, ARGV[j + 1])
+                redis.call('PUBLISH', ARGV[1] .. user, ARGV[j + 1])
               end
               restored = restored + 1
             end
+            k = k + 4
           end
           i = i + 2 + 3 * count
         end
-        if restored > 0 then redis.call('SET', KEYS[2] .. ':all', redis.call('INCR', KEYS[2])) end
-        if ARGV[4] == '' then return {restored, pending} end
+        if restored > 0 then redis.call('SET', KEYS[5], redis.call('INCR', KEYS[2])) end
+        if ARGV[1] == '' then return {restored, pending} end
         return restored
         """
     )
 
-    /// KEYS: the node's presence hash, the presence version. ARGV: ttl seconds, then user,
-    /// count pairs.
+    /// KEYS: the node's presence hash, the presence version keys
+    /// (``RedisLayout/presenceVersionKeys``). ARGV: ttl seconds, then user, count pairs.
     static let rewriteScript = RedisScript(
         """
-        redis.call('SET', KEYS[2] .. ':all', redis.call('INCR', KEYS[2]))
+        redis.call('SET', KEYS[5], redis.call('INCR', KEYS[2]))
         redis.call('DEL', KEYS[1])
         for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
         redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -772,43 +800,56 @@ public final class RedisRoster: Roster, Service {
         """
     )
 
-    /// KEYS: nodes. ARGV: presence info key prefix, then users. Returns each user's info from
-    /// the first live node that has it (false when none has).
-    static let infoScript = RedisScript(
-        """
+    /// Lua the scripts reading the live nodes' hashes run first. KEYS: nodes, then the hash of
+    /// each node given. ARGV: how many nodes are given, the nodes, then users. Leaves in `keys`
+    /// the indices in KEYS of the live nodes' hashes, and in `given` the count; answers {0,
+    /// live nodes} when a live node was not given (its hash is not declared).
+    static let liveNodeKeys = """
         local time = redis.call('TIME')
         local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
         local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-        local found = {}
-        for i = 2, #ARGV do
-          local info = false
-          for _, node in ipairs(nodes) do
-            info = redis.call('HGET', ARGV[1] .. node, ARGV[i])
-            if info then break end
-          end
-          found[#found + 1] = info
+        local given = tonumber(ARGV[1])
+        local keyOf = {}
+        for c = 1, given do keyOf[ARGV[1 + c]] = 1 + c end
+        local keys = {}
+        for _, node in ipairs(nodes) do
+          if not keyOf[node] then return {0, nodes} end
+          keys[#keys + 1] = keyOf[node]
         end
-        return found
+
         """
+
+    /// KEYS and ARGV as for ``liveNodeKeys``, with the nodes' presence info hashes. Returns {1,
+    /// each user's info from the first live node that has it (false when none has)}.
+    static let infoScript = RedisScript(
+        liveNodeKeys + """
+            local found = {}
+            for i = given + 2, #ARGV do
+              local info = false
+              for _, k in ipairs(keys) do
+                info = redis.call('HGET', KEYS[k], ARGV[i])
+                if info then break end
+              end
+              found[#found + 1] = info
+            end
+            return {1, found}
+            """
     )
 
-    /// KEYS: nodes. ARGV: presence key prefix, then users. Returns each user's connections on
-    /// the live nodes.
+    /// KEYS and ARGV as for ``liveNodeKeys``, with the nodes' presence hashes. Returns {1,
+    /// each user's connections on the live nodes}.
     static let countScript = RedisScript(
-        """
-        local time = redis.call('TIME')
-        local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-        local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-        local counts = {}
-        for i = 2, #ARGV do
-          local total = 0
-          for _, node in ipairs(nodes) do
-            total = total + (tonumber(redis.call('HGET', ARGV[1] .. node, ARGV[i])) or 0)
-          end
-          counts[#counts + 1] = total
-        end
-        return counts
-        """
+        liveNodeKeys + """
+            local counts = {}
+            for i = given + 2, #ARGV do
+              local total = 0
+              for _, k in ipairs(keys) do
+                total = total + (tonumber(redis.call('HGET', KEYS[k], ARGV[i])) or 0)
+              end
+              counts[#counts + 1] = total
+            end
+            return {1, counts}
+            """
     )
 }
 
