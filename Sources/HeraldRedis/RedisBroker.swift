@@ -83,6 +83,7 @@ public final class RedisBroker: Broker {
             },
             back: {
                 subscribed.value.store(true, ordering: .relaxed)
+                streams.resubscribed()
                 counters.recordReconnect()
                 logger.warning(
                     "Redis pub/sub connection re-established and every channel resubscribed; healing the gap from the channels' history",
@@ -223,15 +224,21 @@ public final class RedisBroker: Broker {
         if envelope.target != .all {
             // Offset, history append and publish in one atomic step on the server.
             let server = layout.serverKeys(for: envelope.target)
-            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey, server.server, server.lossless, channelName]
+            var keys = [layout.streamKey(envelope.target), layout.historyKey(envelope.target), keyKey, server.server, server.lossless]
             var arguments = [
                 envelope.frame, ByteBuffer(string: envelope.positionIndex.map(String.init) ?? ""),
                 ByteBuffer(string: String(history.size(for: envelope.target))), ttl, key,
             ]
+            // The shard channel is a key (routed by its slot); a plain channel is not, and
+            // stays out of KEYS (a Redis ACL user's key patterns need not cover it).
+            if layout.sharded { keys.append(channelName) }
             if envelope.requiresAck, case .user(let user) = envelope.target {
                 keys += [layout.unacknowledgedKey(user), layout.unacknowledgedFramesKey(user)]
                 arguments += [ByteBuffer(string: String(max(1, history.ackTTL.components.seconds))), ByteBuffer(string: String(history.maxUnacknowledged))]
+            } else {
+                arguments += [ByteBuffer(), ByteBuffer()]
             }
+            if !layout.sharded { arguments.append(channel) }
             return (
                 .script(layout.sharded ? Self.shardedPublishScript : Self.publishScript, keys: keys, arguments: arguments),
                 { reply in
@@ -282,12 +289,12 @@ public final class RedisBroker: Broker {
 
     /// KEYS: the channel's stream key (a hash: epoch, offset, server), its history (a Redis
     /// Stream), the idempotency key's key, the data set's server (``RedisLayout/serverKey``),
-    /// the servers whose writes are all here (``RedisLayout/losslessServersKey``), the channel
-    /// itself (declared like a key: on a sharded cluster it lives in the slot of the others);
-    /// with `ack`, KEYS[7], KEYS[8]: the user's unacknowledged set and frames. ARGV: frame
-    /// (without its position), position index ("" for none), history size, history TTL in
-    /// seconds, idempotency key ("" for none); with `ack`, ARGV[6], ARGV[7]: how long the
-    /// message waits for its acknowledgement, and how many may wait.
+    /// the servers whose writes are all here (``RedisLayout/losslessServersKey``); with `ack`,
+    /// KEYS[6], KEYS[7]: the user's unacknowledged set and frames. ARGV: frame (without its
+    /// position), position index ("" for none), history size, history TTL in seconds,
+    /// idempotency key ("" for none), how long the message waits for its acknowledgement and
+    /// how many may wait ("" and "" without `ack`), the channel. (``shardedPublishScript``
+    /// takes its shard channel as a key instead.)
     ///
     /// A key used within the TTL in the channel's current epoch makes the publish a no-op
     /// (returns 0): its message is in this epoch's history. A key used in an earlier epoch is
@@ -300,49 +307,54 @@ public final class RedisBroker: Broker {
     /// read or changed: the node that delivers it stamps the position in. A channel whose
     /// position was written on another Redis server than the one now holding the data set
     /// starts a new epoch (``serverCheck(_:ttl:)``).
-    static let publishScript = RedisScript(publishSource("PUBLISH"))
+    static let publishScript = RedisScript(publishSource("PUBLISH", channel: "ARGV[8]", acknowledgements: ("KEYS[6]", "KEYS[7]")))
 
-    /// The publish script's source, publishing with `command`.
-    private static func publishSource(_ command: String) -> String {
-        """
-        \(serverCheck(4, ttl: 4))
-        local epoch = redis.call('HGET', KEYS[1], 'epoch')
-        local time = redis.call('TIME')
-        if not epoch then
-          epoch = string.format('%x%x', tonumber(time[1]), tonumber(time[2]))
-          redis.call('HSET', KEYS[1], 'epoch', epoch, 'server', server)
-        end
-        if ARGV[5] ~= '' then
-          if redis.call('GET', KEYS[3]) == epoch then return 0 end
-          redis.call('SET', KEYS[3], epoch, 'EX', ARGV[4])
-        end
-        local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-        if tonumber(ARGV[3]) > 0 then
-          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-1', 't', time[1], 'f', ARGV[1], 'i', ARGV[2])
-          redis.call('EXPIRE', KEYS[2], ARGV[4])
-        end
-        redis.call('EXPIRE', KEYS[1], ARGV[4])
-        if ARGV[6] then
-          local member = epoch .. ':' .. offset
-          local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-          redis.call('ZADD', KEYS[7], now + tonumber(ARGV[6]) * 1000, member)
-          redis.call('HSET', KEYS[8], member, ARGV[2] .. '\\n' .. ARGV[1])
-          if redis.call('ZCARD', KEYS[7]) > tonumber(ARGV[7]) then
-            local oldest = redis.call('ZRANGE', KEYS[7], 0, 0)[1]
-            redis.call('ZREM', KEYS[7], oldest)
-            redis.call('HDEL', KEYS[8], oldest)
-          end
-          redis.call('EXPIRE', KEYS[7], ARGV[6])
-          redis.call('EXPIRE', KEYS[8], ARGV[6])
-        end
-        redis.call('\(command)', KEYS[6], '#' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2] .. '\\n' .. ARGV[1])
-        return {offset, epoch}
-        """
+    /// The publish script's source, publishing with `command` on `channel`, keeping messages
+    /// waiting for acknowledgements in the keys `acknowledgements` names.
+    private static func publishSource(_ command: String, channel: String, acknowledgements: (set: String, frames: String)) -> String {
+        let (set, frames) = acknowledgements
+        return """
+            \(serverCheck(4, ttl: 4))
+            local epoch = redis.call('HGET', KEYS[1], 'epoch')
+            local time = redis.call('TIME')
+            if not epoch then
+              epoch = string.format('%x%x', tonumber(time[1]), tonumber(time[2]))
+              redis.call('HSET', KEYS[1], 'epoch', epoch, 'server', server)
+            end
+            if ARGV[5] ~= '' then
+              if redis.call('GET', KEYS[3]) == epoch then return 0 end
+              redis.call('SET', KEYS[3], epoch, 'EX', ARGV[4])
+            end
+            local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+            if tonumber(ARGV[3]) > 0 then
+              redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-1', 't', time[1], 'f', ARGV[1], 'i', ARGV[2])
+              redis.call('EXPIRE', KEYS[2], ARGV[4])
+            end
+            redis.call('EXPIRE', KEYS[1], ARGV[4])
+            if ARGV[6] ~= '' then
+              local member = epoch .. ':' .. offset
+              local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+              redis.call('ZADD', \(set), now + tonumber(ARGV[6]) * 1000, member)
+              redis.call('HSET', \(frames), member, ARGV[2] .. '\\n' .. ARGV[1])
+              if redis.call('ZCARD', \(set)) > tonumber(ARGV[7]) then
+                local oldest = redis.call('ZRANGE', \(set), 0, 0)[1]
+                redis.call('ZREM', \(set), oldest)
+                redis.call('HDEL', \(frames), oldest)
+              end
+              redis.call('EXPIRE', \(set), ARGV[6])
+              redis.call('EXPIRE', \(frames), ARGV[6])
+            end
+            redis.call('\(command)', \(channel), '#' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2] .. '\\n' .. ARGV[1])
+            return {offset, epoch}
+            """
     }
 
     /// The publish script with `SPUBLISH`: on a sharded cluster a channel's messages stay in
-    /// its slot's shard (its keys and its shard channel share the slot).
-    static let shardedPublishScript = RedisScript(publishSource("SPUBLISH"))
+    /// its slot's shard (its keys and its shard channel share the slot). KEYS as for
+    /// ``publishScript`` with the shard channel in KEYS[6] (a key here: Redis routes it by its
+    /// slot) and the acknowledgement keys after it; ARGV as for ``publishScript`` without the
+    /// channel.
+    static let shardedPublishScript = RedisScript(publishSource("SPUBLISH", channel: "KEYS[6]", acknowledgements: ("KEYS[7]", "KEYS[8]")))
 
     /// KEYS: the idempotency key's key. ARGV: channel, frame, TTL in seconds. Publishes a
     /// broadcast unless the key was used within the TTL.
@@ -677,7 +689,7 @@ public final class RedisBroker: Broker {
             let deadline = ContinuousClock.now + Self.healingWait
             while !backplane.isConnected, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
             var unreadable = 0
-            for (target, position) in streams.suspended() {
+            for (target, position, lostAt) in streams.suspended() {
                 var page: HistoryPage?
                 if let position {
                     let limit = max(configuration.history.size, 1)
@@ -697,7 +709,7 @@ public final class RedisBroker: Broker {
                     unreadable += 1
                     lost += 1
                 }
-                let outcome = streams.heal(target, with: page)
+                let outcome = streams.heal(target, with: page, lostAt: lostAt)
                 delivered += outcome.delivered
                 lost += outcome.lost
                 if outcome.epochChanged {

@@ -12,13 +12,24 @@ import Synchronization
 final class StreamTracker: Sendable {
     private let sink: any DeliverySink
     private let bufferLimit: Int
-    private let state = Mutex<[DeliveryTarget: Tracked]>([:])
+    private let state = Mutex<State>(State())
 
     struct Tracked {
         var position: StreamPosition?
         /// Live messages held while the channel heals; `nil` when it is live.
         var held: [Envelope]?
         var dropped = 0
+        /// The loss (``State/losses``) that last suspended the channel.
+        var lostAt: UInt64 = 0
+    }
+
+    struct State {
+        var channels: [DeliveryTarget: Tracked] = [:]
+        /// Losses counted so far: each suspension is one.
+        var losses: UInt64 = 0
+        /// Every loss up to this one is subscribed again: its channels may heal. A channel lost
+        /// later (another shard failing meanwhile) waits for its own resubscription.
+        var resubscribedThrough: UInt64 = 0
     }
 
     init(sink: any DeliverySink, bufferLimit: Int = 10_000) {
@@ -32,9 +43,9 @@ final class StreamTracker: Sendable {
             sink.deliver(envelope)
             return
         }
-        state.withLock { channels in
-            var tracked = channels[envelope.target] ?? Tracked()
-            defer { channels[envelope.target] = tracked }
+        state.withLock { state in
+            var tracked = state.channels[envelope.target] ?? Tracked()
+            defer { state.channels[envelope.target] = tracked }
             if tracked.held != nil {
                 if tracked.held!.count >= bufferLimit {
                     tracked.held!.removeFirst()
@@ -51,22 +62,41 @@ final class StreamTracker: Sendable {
 
     /// The pub/sub connection was lost: hold live messages of every tracked channel until healed.
     func suspend() {
-        state.withLock { channels in
-            for key in channels.keys where channels[key]?.held == nil { channels[key]?.held = [] }
+        state.withLock { state in
+            state.losses += 1
+            for key in state.channels.keys { Self.suspend(&state.channels[key]!, at: state.losses) }
         }
     }
 
     /// Some channels stopped being subscribed (one shard of a sharded cluster): hold their live
     /// messages until healed; the others stay live.
     func suspend(_ targets: [DeliveryTarget]) {
-        state.withLock { channels in
-            for target in targets where channels[target] != nil && channels[target]?.held == nil { channels[target]?.held = [] }
+        state.withLock { state in
+            state.losses += 1
+            for target in targets where state.channels[target] != nil { Self.suspend(&state.channels[target]!, at: state.losses) }
         }
     }
 
-    /// Channels to heal, with the last position delivered on each.
-    func suspended() -> [(DeliveryTarget, StreamPosition?)] {
-        state.withLock { channels in channels.compactMap { $0.value.held != nil ? ($0.key, $0.value.position) : nil } }
+    /// A channel already healing is suspended again too: what it reads from history may end
+    /// before this loss, so it must heal once more (``heal(_:with:lostAt:)``).
+    private static func suspend(_ tracked: inout Tracked, at loss: UInt64) {
+        if tracked.held == nil { tracked.held = [] }
+        tracked.lostAt = loss
+    }
+
+    /// Every channel lost so far is subscribed again (the subscriber said so): they may heal.
+    func resubscribed() {
+        state.withLock { $0.resubscribedThrough = $0.losses }
+    }
+
+    /// Channels to heal — suspended ones whose loss is subscribed again — with the last
+    /// position delivered on each and the loss that suspended it.
+    func suspended() -> [(target: DeliveryTarget, position: StreamPosition?, lostAt: UInt64)] {
+        state.withLock { state in
+            state.channels.compactMap { key, tracked in
+                tracked.held != nil && tracked.lostAt <= state.resubscribedThrough ? (key, tracked.position, tracked.lostAt) : nil
+            }
+        }
     }
 
     /// What healing one channel achieved.
@@ -78,10 +108,12 @@ final class StreamTracker: Sendable {
     }
 
     /// Delivers what `page` holds after the last position, then the held live messages, and
-    /// makes the channel live again. `page` is `nil` when the history could not be read.
-    func heal(_ target: DeliveryTarget, with page: HistoryPage?) -> Outcome {
-        state.withLock { channels in
-            guard var tracked = channels[target], let held = tracked.held else { return Outcome() }
+    /// makes the channel live again — unless it was lost again since `lostAt` (as
+    /// ``suspended()`` gave it), when it goes on holding live messages until it heals again.
+    /// `page` is `nil` when the history could not be read.
+    func heal(_ target: DeliveryTarget, with page: HistoryPage?, lostAt: UInt64) -> Outcome {
+        state.withLock { state in
+            guard var tracked = state.channels[target], let held = tracked.held else { return Outcome() }
             var outcome = Outcome(lost: tracked.dropped)
             if let page, let last = tracked.position {
                 // In a new epoch every message was published during the gap: deliver it from its
@@ -103,15 +135,15 @@ final class StreamTracker: Sendable {
                 tracked.position = position
                 sink.deliver(envelope)
             }
-            tracked.held = nil
+            tracked.held = tracked.lostAt == lostAt ? nil : []
             tracked.dropped = 0
-            channels[target] = tracked
+            state.channels[target] = tracked
             return outcome
         }
     }
 
     /// The node no longer subscribes to `target`: forget it.
     func forget(_ target: DeliveryTarget) {
-        _ = state.withLock { $0.removeValue(forKey: target) }
+        _ = state.withLock { $0.channels.removeValue(forKey: target) }
     }
 }

@@ -21,6 +21,8 @@ public final class RedisClusterSubscriber: Sendable {
     private let onLost: @Sendable ([String]) -> Void
     private let onBack: @Sendable () -> Void
     private let state = Mutex<State>(State())
+    /// Held while deciding and telling `onLost` and `onBack`, so the owner hears them in order.
+    private let telling = Mutex<Void>(())
     /// Subscriptions and moves, one at a time: a move never races a subscription of its channel.
     private let serial = SerialGate()
 
@@ -278,17 +280,23 @@ public final class RedisClusterSubscriber: Sendable {
     /// `channels` stopped being subscribed: they miss messages until `onBack`.
     private func lost(_ channels: [String]) {
         guard !channels.isEmpty else { return }
-        state.withLock { $0.degraded = true }
-        onLost(channels)
+        // Told in order with `onBack`: an `onBack` decided before this loss is told before it,
+        // so the owner never takes it as covering channels lost after it.
+        telling.withLock { _ in
+            state.withLock { $0.degraded = true }
+            onLost(channels)
+        }
     }
 
     private func checkHealth() {
-        let tell = state.withLock { state in
-            guard state.degraded, state.wanted.count == state.placed.count, Set(state.placed.values).isSubset(of: state.ready) else { return false }
-            state.degraded = false
-            return true
+        telling.withLock { _ in
+            let tell = state.withLock { state in
+                guard state.degraded, state.wanted.count == state.placed.count, Set(state.placed.values).isSubset(of: state.ready) else { return false }
+                state.degraded = false
+                return true
+            }
+            if tell { onBack() }
         }
-        if tell { onBack() }
     }
 }
 
