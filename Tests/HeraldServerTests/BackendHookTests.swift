@@ -19,7 +19,7 @@ struct BackendHookTests {
 
     func hook(_ backend: LoopbackHTTPServer, path: String, _ tune: (inout BackendHook.Configuration) -> Void = { _ in }) throws -> BackendHook.Configuration {
         var configuration = try BackendHook.Configuration(url: backend.url + path)
-        configuration.timeout = .seconds(3)  // room for a loaded machine; the stalls below take 6 s
+        configuration.timeout = .seconds(5)  // room for a loaded machine; the stalls below take 9 s
         configuration.cacheTTL = .zero
         tune(&configuration)
         return configuration
@@ -57,7 +57,7 @@ struct BackendHookTests {
 
             // Undecided (too slow, an error status, garbage, a number for a boolean): 1013, retry.
             let outcomes: [LoopbackHTTPServer.Behaviour] = [
-                .stall(delay: .seconds(6), status: 200, body: #"{"allow":true}"#),
+                .stall(delay: .seconds(9), status: 200, body: #"{"allow":true}"#),
                 .answer(status: 500, body: "oops"),
                 .answer(status: 200, body: "<html>"),
                 .answer(status: 200, body: #"{"allow":1}"#),
@@ -150,11 +150,11 @@ struct BackendHookTests {
             #expect(denied["code"] as? String == "forbidden" && (denied["message"] as? String)?.hasSuffix("members only") == true, "\(denied)")
 
             for outcome in [
-                LoopbackHTTPServer.Behaviour.stall(delay: .seconds(6), status: 200, body: #"{"allow":true}"#), .answer(status: 200, body: "[]"), .hangUp,
+                LoopbackHTTPServer.Behaviour.stall(delay: .seconds(9), status: 200, body: #"{"allow":true}"#), .answer(status: 200, body: "[]"), .hangUp,
             ] {
                 backend.set(outcome)
                 try await alice.send(#"{"type":"join","room":"attic","id":5}"#)
-                let undecided = try await alice.next(type: "error")
+                let undecided = try await alice.next(type: "error", timeout: 15)
                 #expect(undecided["code"] as? String == "unavailable" && undecided["id"] as? Int == 5, "\(outcome): \(undecided)")
             }
             // Frames after a join wait for its answer: the reply order is the request order.

@@ -134,7 +134,12 @@ struct ConnectionManagerTests {
     /// hold: what the socket did not take waits in NIO, and once the consumer reads again it
     /// gets every message once, in order, and later messages (sent directly again) after them.
     @Test func aConsumerThatFallsBehindCatchesUpInOrder() async throws {
-        try await TestServer.with({ $0.maxOutboundBytes = 128 * 1024 * 1024 }) { server in
+        try await TestServer.with({
+            $0.maxOutboundBytes = 128 * 1024 * 1024
+            // Not a heartbeat test: a ping queued behind 24 MB on a loaded machine may not be
+            // answered before the next one, which would close the connection.
+            $0.hub.heartbeat = .seconds(300)
+        }) { server in
             let gate = ReadGate()
             let lagging = try await TestClient.connect(port: server.port, query: "user=lagging", pausesAfterFirstFrameUntil: gate)
             _ = try await lagging.next(type: "welcome")

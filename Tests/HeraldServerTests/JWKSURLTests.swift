@@ -27,7 +27,7 @@ struct JWKSURLTests {
         var policy = TokenPolicy()
         policy.keySetRefreshInterval = .zero
         var keySet = try JWKSURL(provider.url + "/.well-known/jwks.json")
-        keySet.timeout = .seconds(3)  // the trickling body below is cut at it; room for a loaded machine
+        keySet.timeout = .seconds(6)  // the trickling body below is cut at it; room for a loaded machine
         let authenticator = try await Authenticator(keys: [], keySets: [keySet], policy: policy)
         #expect(provider.received.map(\.uri) == ["/.well-known/jwks.json"], "fetched once at start")
         let k1 = try await keys.signer(.rsa, kid: "k1").sign(claims(), algorithm: .rs256)
