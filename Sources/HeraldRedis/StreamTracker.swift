@@ -129,13 +129,19 @@ final class StreamTracker: Sendable {
                     outcome.delivered += 1
                 }
             }
+            guard tracked.lostAt == lostAt else {
+                // Lost again meanwhile: what is held may lie past that second gap, which the
+                // page does not cover. Keep it held; the next heal reads on from the page.
+                state.channels[target] = tracked
+                return outcome
+            }
             for envelope in held {
                 guard let position = envelope.position else { continue }
                 if let last = tracked.position, last.epoch == position.epoch, position.offset <= last.offset { continue }
                 tracked.position = position
                 sink.deliver(envelope)
             }
-            tracked.held = tracked.lostAt == lostAt ? nil : []
+            tracked.held = nil
             tracked.dropped = 0
             state.channels[target] = tracked
             return outcome
